@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""gfl-d2: Generalized Focal Loss (GFL V1) for detectron2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gfl-d2",
+    version="0.1.0",
+    description="Generalized Focal Loss (GFL V1) dense detector for detectron2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gfl_d2", "gfl_d2.*"]),
+    python_requires=">=3.8",
+    # detectron2 itself is not on PyPI under its own name: tools/install.sh
+    # installs it. These are the packages gfl_d2 imports directly.
+    install_requires=[
+        "torch>=1.10",
+        "torchvision",
+        "fvcore",
+        "pycocotools",
+        "omegaconf>=2.1,<2.4",
+        "numpy",
+        "Pillow",
+        "tqdm",
+    ],
+    extras_require={"dev": ["pytest>=7"]},
+)
