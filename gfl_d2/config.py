@@ -1,0 +1,38 @@
+"""yacs config keys of GFL, for users of detectron2's ``train_net.py``."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_gfl_config"]
+
+
+def add_gfl_config(cfg: CN) -> CN:
+    """
+    Add ``MODEL.GFL.*`` (defaults = the paper's) to a detectron2 config.
+    Call it on ``get_cfg()`` before merging a GFL yaml file.
+    """
+    cfg.MODEL.GFL = CN()
+    g = cfg.MODEL.GFL
+    g.NUM_CLASSES = 80
+    g.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # head
+    g.NUM_CONVS = 4
+    g.NORM = "GN"
+    g.PRIOR_PROB = 0.01
+    # general distribution: n (bins 0..n) and bin width Δ in units of stride
+    g.REG_MAX = 16
+    g.BIN_WIDTH = 1.0
+    # anchor side / stride (must agree with MODEL.ANCHOR_GENERATOR.SIZES)
+    g.ANCHOR_SCALE = 8.0
+    # ATSS
+    g.ATSS_TOPK = 9
+    # losses
+    g.QFL_BETA = 2.0
+    g.LOSS_QFL_WEIGHT = 1.0
+    g.LOSS_BBOX_WEIGHT = 2.0
+    g.LOSS_DFL_WEIGHT = 0.25
+    # inference
+    g.SCORE_THRESH_TEST = 0.05
+    g.TOPK_CANDIDATES_TEST = 1000
+    g.NMS_THRESH_TEST = 0.6
+    # pad images to a multiple of this (0: the backbone's own, 128 with P7)
+    g.SIZE_DIVISIBILITY = 32
+    return cfg

@@ -1,0 +1,91 @@
+"""
+Adaptive Training Sample Selection (ATSS, Zhang et al. 2020), the label
+assignment GFL trains with.
+"""
+from typing import List
+
+import torch
+from torch import Tensor
+
+from .box_coding import aligned_iou
+
+__all__ = ["ATSSMatcher"]
+
+
+class ATSSMatcher:
+    """
+    For every ground-truth box:
+
+    1. on each level, the ``topk`` anchors whose centres are nearest (L2) to the
+       box centre are candidates;
+    2. the IoU threshold is mean + std (unbiased) of the candidates' IoUs;
+    3. a candidate is positive if its IoU reaches the threshold and its centre
+       lies strictly inside the box (every edge distance > ``center_eps``);
+    4. an anchor positive for several boxes takes the one of highest IoU (the
+       lowest box index on a tie).
+
+    Vectorised over ground-truth boxes; the only loop is over FPN levels.
+    """
+
+    def __init__(self, topk: int = 9, center_eps: float = 0.01):
+        if topk < 1:
+            raise ValueError(f"ATSS topk must be >= 1, got {topk}")
+        self.topk = int(topk)
+        self.center_eps = float(center_eps)
+
+    @torch.no_grad()
+    def __call__(self, gt_boxes: Tensor, anchors: List[Tensor]) -> Tensor:
+        """
+        Args:
+            gt_boxes: (M, 4) ground-truth boxes (x0, y0, x1, y1) of one image.
+            anchors: per level, (R_l, 4) anchor boxes.
+
+        Returns:
+            (R,) long: index of the matched box for each of the R = sum R_l
+            anchors (levels concatenated in order), -1 for background.
+        """
+        num_anchors = sum(len(a) for a in anchors)
+        device = anchors[0].device
+        matched = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
+        num_gt = len(gt_boxes)
+        if num_gt == 0 or num_anchors == 0:
+            return matched
+
+        gt_boxes = gt_boxes.float()
+        gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) * 0.5  # (M, 2)
+
+        # 1. candidates: the k nearest anchor centres on every level
+        candidates = []
+        start = 0
+        for level_anchors in anchors:
+            level_anchors = level_anchors.float()
+            centers = (level_anchors[:, :2] + level_anchors[:, 2:]) * 0.5  # (R_l, 2)
+            dist = (centers[:, None, :] - gt_centers[None, :, :]).pow(2).sum(-1).sqrt()  # (R_l, M)
+            k = min(self.topk, len(level_anchors))
+            if k > 0:
+                candidates.append(dist.topk(k, dim=0, largest=False).indices + start)  # (k, M)
+            start += len(level_anchors)
+        candidates = torch.cat(candidates, dim=0)  # (K, M)
+
+        # 2. adaptive IoU threshold per box
+        all_anchors = torch.cat(anchors, dim=0).float()
+        cand_boxes = all_anchors[candidates]  # (K, M, 4)
+        ious = aligned_iou(cand_boxes, gt_boxes[None])  # (K, M)
+        threshold = ious.mean(dim=0) + ious.std(dim=0)  # (M,)
+
+        # 3. IoU above threshold and centre strictly inside the box
+        cand_centers = (cand_boxes[..., :2] + cand_boxes[..., 2:]) * 0.5
+        edge_dist = torch.cat(
+            [cand_centers - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - cand_centers], dim=-1
+        )
+        is_pos = (ious >= threshold[None]) & (edge_dist.min(dim=-1).values > self.center_eps)
+
+        # 4. resolve anchors claimed by several boxes: highest IoU, then lowest index
+        gt_idx = torch.arange(num_gt, device=device).expand_as(candidates)
+        pos_anchor, pos_gt, pos_iou = candidates[is_pos], gt_idx[is_pos], ious[is_pos]
+        best_iou = torch.full((num_anchors,), -1.0, device=device)
+        best_iou.scatter_reduce_(0, pos_anchor, pos_iou, reduce="amax")
+        is_best = pos_iou == best_iou[pos_anchor]
+        fill = torch.full((num_anchors,), num_gt, dtype=torch.long, device=device)
+        fill.scatter_reduce_(0, pos_anchor[is_best], pos_gt[is_best], reduce="amin")
+        return torch.where(fill < num_gt, fill, matched)

@@ -1,0 +1,128 @@
+"""
+GFL's "general distribution" box representation.
+
+Each of the four edge distances (left, top, right, bottom) of a box, measured
+from an anchor centre in units of the level's stride, is a discrete
+distribution over ``n + 1`` bins at values ``0, Δ, ..., nΔ`` (``n = reg_max``);
+the distance is its expectation (the paper's "integral").
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = [
+    "integral",
+    "distance2box",
+    "box2distance",
+    "aligned_iou",
+    "DistributionBox2BoxTransform",
+]
+
+
+def integral(dist_logits: Tensor, bin_width: float = 1.0) -> Tensor:
+    """
+    Expected value of each edge distribution.
+
+    Args:
+        dist_logits: (..., 4 * (n+1)) logits; the four edges (l, t, r, b) in
+            that order, the n+1 bins of one edge contiguous.
+        bin_width: Δ, the distance between neighbouring bins.
+
+    Returns:
+        (..., 4) expected distances (in the same units as ``bin_width``).
+    """
+    if dist_logits.shape[-1] % 4 != 0:
+        raise ValueError(f"expected 4 * (n+1) channels, got {dist_logits.shape[-1]}")
+    dist_logits = dist_logits.unflatten(-1, (4, -1))
+    n_bins = dist_logits.shape[-1]
+    probs = F.softmax(dist_logits.float(), dim=-1)
+    bins = torch.arange(n_bins, device=probs.device, dtype=probs.dtype) * bin_width
+    return probs.matmul(bins)
+
+
+def distance2box(centers: Tensor, distances: Tensor) -> Tensor:
+    """
+    Args:
+        centers: (..., 2) points (x, y).
+        distances: (..., 4) distances (l, t, r, b) from the points to the edges.
+
+    Returns:
+        (..., 4) boxes (x0, y0, x1, y1).
+    """
+    return torch.cat([centers - distances[..., :2], centers + distances[..., 2:]], dim=-1)
+
+
+def box2distance(centers: Tensor, boxes: Tensor) -> Tensor:
+    """
+    Inverse of :func:`distance2box`: (..., 2) points and (..., 4) boxes ->
+    (..., 4) distances (l, t, r, b), unclamped (negative outside the box).
+    """
+    return torch.cat([centers - boxes[..., :2], boxes[..., 2:] - centers], dim=-1)
+
+
+def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU of (..., 4) boxes with (..., 4) boxes, element by element -> (...)."""
+    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    return inter / (area1 + area2 - inter).clamp(min=eps)
+
+
+class DistributionBox2BoxTransform:
+    """
+    Box coding for GFL, with the interface of detectron2's box transforms
+    (``get_deltas`` / ``apply_deltas``) so that ``DenseDetector``'s decoding
+    helpers can use it.
+
+    The "deltas" are edge distances (l, t, r, b) from the anchor centre in units
+    of the level's stride, which is the anchor side divided by ``anchor_scale``
+    (GFL's anchors are ``8 x stride`` squares). Encoded targets are in bin units
+    and clamped to ``[0, reg_max - 0.1]`` so that the right neighbour bin always
+    exists for DFL; predictions are ``4 * (reg_max + 1)`` distribution logits.
+    """
+
+    def __init__(self, reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0):
+        if reg_max < 1:
+            raise ValueError(f"reg_max must be >= 1, got {reg_max}")
+        if bin_width <= 0:
+            raise ValueError(f"bin_width must be > 0, got {bin_width}")
+        self.reg_max = int(reg_max)
+        self.bin_width = float(bin_width)
+        self.anchor_scale = float(anchor_scale)
+
+    def centers_and_strides(self, anchors: Tensor) -> Tuple[Tensor, Tensor]:
+        """(R, 4) anchor boxes -> (R, 2) centres and (R, 1) strides."""
+        centers = (anchors[:, :2] + anchors[:, 2:]) * 0.5
+        strides = (anchors[:, 2:3] - anchors[:, 0:1]) / self.anchor_scale
+        return centers, strides
+
+    def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+        """
+        Args:
+            src_boxes: (R, 4) anchors.
+            target_boxes: (R, 4) matched ground-truth boxes.
+
+        Returns:
+            (R, 4) DFL targets: distances in bins, clamped to [0, reg_max - 0.1].
+        """
+        centers, strides = self.centers_and_strides(src_boxes)
+        dist = box2distance(centers, target_boxes) / (strides * self.bin_width)
+        return dist.clamp(min=0.0, max=self.reg_max - 0.1)
+
+    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        """
+        Args:
+            deltas: (R, 4 * (reg_max + 1)) distribution logits.
+            boxes: (R, 4) anchors.
+
+        Returns:
+            (R, 4) decoded boxes in image coordinates.
+        """
+        centers, strides = self.centers_and_strides(boxes.float())
+        dist = integral(deltas, self.bin_width) * strides
+        return distance2box(centers, dist)
