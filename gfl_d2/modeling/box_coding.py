@@ -39,7 +39,8 @@ def integral(dist_logits: Tensor, bin_width: float = 1.0) -> Tensor:
     n_bins = dist_logits.shape[-1]
     probs = F.softmax(dist_logits.float(), dim=-1)
     bins = torch.arange(n_bins, device=probs.device, dtype=probs.dtype) * bin_width
-    return probs.matmul(bins)
+    # an element-wise product, not a matmul, so that autocast keeps it in fp32
+    return (probs * bins).sum(dim=-1)
 
 
 def distance2box(centers: Tensor, distances: Tensor) -> Tensor:

@@ -1,0 +1,63 @@
+"""Small models and data shared by the tests."""
+import numpy as np
+import torch
+
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import FPN, BasicStem, ResNet
+from detectron2.structures import Boxes, Instances
+
+from gfl_d2.modeling import GFL, GFLHead, LastLevelP6P7FromP5
+
+
+def tiny_gfl_config(num_classes=3, reg_max=16, channels=32, num_convs=1):
+    """A small ResNet-18/GN FPN GFL that runs quickly on CPU (P3-P7)."""
+    return L(GFL)(
+        backbone=L(FPN)(
+            bottom_up=L(ResNet)(
+                stem=L(BasicStem)(in_channels=3, out_channels=64, norm="GN"),
+                stages=L(ResNet.make_default_stages)(depth=18, norm="GN"),
+                out_features=["res3", "res4", "res5"],
+                freeze_at=0,
+            ),
+            in_features=["res3", "res4", "res5"],
+            out_channels=channels,
+            top_block=L(LastLevelP6P7FromP5)(in_channels=channels, out_channels=channels),
+        ),
+        head=L(GFLHead)(
+            input_shape=[ShapeSpec(channels=channels)] * 5,
+            num_classes=num_classes,
+            conv_dims=[channels] * num_convs,
+            norm="GN",
+            reg_max=reg_max,
+        ),
+        num_classes=num_classes,
+        reg_max=reg_max,
+        size_divisibility=32,
+        pixel_mean=[128.0, 128.0, 128.0],
+        pixel_std=[64.0, 64.0, 64.0],
+    )
+
+
+def tiny_gfl(**kwargs):
+    torch.manual_seed(0)
+    return instantiate(tiny_gfl_config(**kwargs))
+
+
+def make_instances(boxes, classes, image_size):
+    inst = Instances(image_size)
+    inst.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
+    return inst
+
+
+def shapes_image(boxes, classes, size=(128, 128), seed=0):
+    """An image with one flat-coloured rectangle per box, colour by class."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = rng.integers(0, 40, size=(3, h, w)).astype(np.float32)
+    colours = [(230, 40, 40), (40, 230, 40), (40, 40, 230), (230, 230, 40)]
+    for (x0, y0, x1, y1), c in zip(boxes, classes):
+        img[:, int(y0):int(y1), int(x0):int(x1)] = np.array(colours[c], dtype=np.float32)[:, None, None]
+    return torch.from_numpy(img)
