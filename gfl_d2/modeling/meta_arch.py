@@ -271,7 +271,7 @@ class GFL(DenseDetector):
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [x[img_idx].float().sigmoid() for x in pred_logits]
+            scores = [x[img_idx].sigmoid() for x in pred_logits]
             dists = [x[img_idx] for x in pred_dists]
             results.append(self.inference_single_image(anchors, scores, dists, image_size))
         return results

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from gfl_d2.modeling.box_coding import DistributionBox2BoxTransform, box2distance, distance2box, integral
+
+
+def two_bin_logits(targets, n_bins):
+    """Logits whose softmax puts (i+1-y, y-i) on bins i, i+1 and ~0 elsewhere."""
+    probs = torch.zeros(*targets.shape, n_bins)
+    i = targets.floor().long()
+    probs.scatter_(-1, i[..., None], (i + 1 - targets)[..., None])
+    probs.scatter_add_(-1, (i + 1).clamp(max=n_bins - 1)[..., None], (targets - i)[..., None])
+    return torch.where(probs > 0, probs.clamp(min=1e-30).log(), torch.tensor(-1e4))
+
+
+def test_integral_of_one_hot_is_the_bin():
+    n = 16
+    logits = torch.full((4, n + 1), -1e4)
+    for e, b in enumerate([0, 3, 9, 16]):
+        logits[e, b] = 0.0
+    got = integral(logits.reshape(1, -1))
+    torch.testing.assert_close(got, torch.tensor([[0.0, 3.0, 9.0, 16.0]]))
+
+
+def test_integral_of_two_bins_is_exact_and_respects_bin_width():
+    y = torch.tensor([[0.25, 4.5, 7.75, 15.9]])
+    logits = two_bin_logits(y, 17).reshape(1, -1)
+    torch.testing.assert_close(integral(logits), y)
+    torch.testing.assert_close(integral(logits, bin_width=0.5), y * 0.5)
+
+
+def test_integral_layout_is_edge_major():
+    # channel c = edge * (n+1) + bin
+    n = 4
+    logits = torch.full((4 * (n + 1),), -1e4)
+    logits[0 * 5 + 1] = 0  # left -> 1
+    logits[1 * 5 + 2] = 0  # top -> 2
+    logits[2 * 5 + 3] = 0  # right -> 3
+    logits[3 * 5 + 4] = 0  # bottom -> 4
+    torch.testing.assert_close(integral(logits), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+def test_integral_stays_fp32_under_autocast():
+    logits = torch.randn(10, 68).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = integral(logits)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, integral(logits.float()))
+
+
+def test_distance_box_round_trip():
+    torch.manual_seed(0)
+    centers = torch.rand(50, 2) * 100
+    dists = torch.rand(50, 4) * 30
+    boxes = distance2box(centers, dists)
+    torch.testing.assert_close(boxes[:, :2], centers - dists[:, :2])
+    torch.testing.assert_close(box2distance(centers, boxes), dists)
+
+
+def anchors_at(centers, stride, scale=8.0):
+    half = stride * scale / 2
+    return torch.cat([centers - half, centers + half], dim=1)
+
+
+def test_encode_decode_round_trip():
+    torch.manual_seed(1)
+    t = DistributionBox2BoxTransform(reg_max=16)
+    stride = 8.0
+    centers = torch.rand(40, 2) * 200 + 50
+    anchors = anchors_at(centers, stride)
+    dists = torch.rand(40, 4) * 15 * stride  # within range: no clamping
+    gt = distance2box(centers, dists)
+    deltas = t.get_deltas(anchors, gt)
+    torch.testing.assert_close(deltas, dists / stride)
+    decoded = t.apply_deltas(two_bin_logits(deltas, 17).reshape(40, -1), anchors)
+    torch.testing.assert_close(decoded, gt, atol=1e-3, rtol=0)
+
+
+def test_encode_clamps_to_reg_max_minus_0_1():
+    t = DistributionBox2BoxTransform(reg_max=16)
+    stride = 16.0
+    c = torch.tensor([[100.0, 100.0]])
+    anchors = anchors_at(c, stride)
+    far = torch.tensor([[100 - 40 * stride, 100 - 1.0, 100 + 2.5 * stride, 100 + 16 * stride]])
+    deltas = t.get_deltas(anchors, far)
+    torch.testing.assert_close(deltas, torch.tensor([[15.9, 1 / stride, 2.5, 15.9]]))
+    # a centre outside the box gives a negative distance: clamped to 0
+    outside = torch.tensor([[110.0, 50.0, 150.0, 150.0]])
+    assert t.get_deltas(anchors, outside)[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("bin_width", [0.5, 1.0, 2.0])
+def test_bin_width_scales_targets(bin_width):
+    t = DistributionBox2BoxTransform(reg_max=16, bin_width=bin_width)
+    c = torch.tensor([[64.0, 64.0]])
+    anchors = anchors_at(c, 8.0)
+    gt = distance2box(c, torch.tensor([[8.0, 16.0, 24.0, 4.0]]))
+    deltas = t.get_deltas(anchors, gt)
+    torch.testing.assert_close(deltas, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9))
+
+
+def test_invalid_parameters_are_rejected():
+    with pytest.raises(ValueError, match="reg_max"):
+        DistributionBox2BoxTransform(reg_max=0)
+    with pytest.raises(ValueError, match="bin_width"):
+        DistributionBox2BoxTransform(bin_width=0)
+    with pytest.raises(ValueError, match="4 \\* \\(n\\+1\\)"):
+        integral(torch.zeros(3, 10))

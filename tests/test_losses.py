@@ -1,0 +1,176 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gfl_d2.modeling.losses import distribution_focal_loss, generalized_focal_loss, quality_focal_loss
+
+
+def qfl_direct(logits, y, beta):
+    """The paper's QFL, written out: -|y - s|^b ((1 - y) log(1 - s) + y log s)."""
+    s = torch.sigmoid(logits.double())
+    y = y.double()
+    return -((y - s).abs() ** beta) * ((1 - y) * torch.log(1 - s) + y * torch.log(s))
+
+
+def dfl_direct(logits, y):
+    """The paper's DFL, written out with explicit neighbours y_i = floor(y)."""
+    probs = torch.softmax(logits.double(), dim=-1)
+    out = torch.empty(y.shape, dtype=torch.float64)
+    for idx in range(y.numel()):
+        yy = float(y.reshape(-1)[idx])
+        i = math.floor(yy)
+        p = probs.reshape(-1, probs.shape[-1])[idx]
+        out.reshape(-1)[idx] = -((i + 1 - yy) * math.log(p[i]) + (yy - i) * math.log(p[i + 1]))
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.0, 3.0])
+def test_qfl_equals_formula(beta):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 7) * 3
+    y = torch.rand(6, 7)
+    y[0] = 0.0
+    y[1, :3] = 1.0
+    got = quality_focal_loss(logits, y, beta)
+    assert got.shape == (6, 7) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), qfl_direct(logits, y, beta), rtol=1e-5, atol=1e-6)
+
+
+def test_qfl_beta0_hard_labels_is_bce():
+    torch.manual_seed(1)
+    logits = torch.randn(50, 4) * 4
+    y = (torch.rand(50, 4) > 0.7).float()
+    torch.testing.assert_close(
+        quality_focal_loss(logits, y, beta=0.0),
+        F.binary_cross_entropy_with_logits(logits, y, reduction="none"),
+    )
+
+
+@pytest.mark.parametrize("y", [0.0, 0.1, 0.37, 0.5, 0.9, 1.0])
+def test_qfl_minimum_and_zero_gradient_at_sigma_equal_y(y):
+    target = torch.tensor([y])
+    if 0 < y < 1:
+        x0 = math.log(y / (1 - y))
+        x = torch.tensor([x0], dtype=torch.float32, requires_grad=True)
+        loss = quality_focal_loss(x, target)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        assert abs(grad.item()) < 1e-6
+        # neighbours are worse
+        for dx in (-0.5, -0.05, 0.05, 0.5):
+            assert quality_focal_loss(torch.tensor([x0 + dx]), target) > loss.detach()
+    else:
+        # at y = 0 / 1 the loss decreases monotonically towards sigma = y
+        xs = torch.linspace(-8, 8, 33)
+        losses = quality_focal_loss(xs, target.expand(33))
+        diffs = losses[1:] - losses[:-1]
+        assert (diffs > 0).all() if y == 0 else (diffs < 0).all()
+
+
+def test_qfl_finite_for_extreme_logits():
+    logits = torch.tensor([[-100.0, 100.0, -100.0, 100.0, 0.0]], requires_grad=True)
+    y = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.3]])
+    loss = quality_focal_loss(logits, y)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logits.grad).all()
+    # the confidently wrong entries cost about |x| each
+    assert 99 < loss[0, 2] < 101 and 99 < loss[0, 3] < 101
+    assert loss[0, 0] < 1e-30 and loss[0, 1] < 1e-30
+
+
+def test_qfl_under_bf16_autocast():
+    torch.manual_seed(2)
+    logits = (torch.randn(32, 5) * 5).bfloat16()
+    y = torch.rand(32, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = quality_focal_loss(logits, y)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), qfl_direct(logits.float(), y, 2.0), rtol=1e-5, atol=1e-6)
+
+
+def test_dfl_equals_formula():
+    torch.manual_seed(3)
+    logits = torch.randn(5, 4, 17) * 2
+    y = torch.rand(5, 4) * 15.9
+    y[0, 0] = 0.0
+    y[0, 1] = 15.9
+    y[0, 2] = 3.0  # on a bin: the whole weight on the left bin
+    got = distribution_focal_loss(logits, y)
+    assert got.shape == (5, 4) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), dfl_direct(logits, y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("y", [0.0, 0.25, 3.5, 7.9, 15.9])
+def test_dfl_minimum_and_zero_gradient_at_two_bin_target(y):
+    n_bins = 17
+    i = math.floor(y)
+    probs = torch.full((n_bins,), 0.0)
+    probs[i] = i + 1 - y
+    probs[i + 1] = y - i
+    # the optimum: softmax equal to the two-bin distribution (other bins -> 0)
+    logits = torch.where(probs > 0, probs.clamp(min=1e-30).log(), torch.tensor(-1e4))
+    logits.requires_grad_(True)
+    loss = distribution_focal_loss(logits[None], torch.tensor([y]))
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert grad.abs().max() < 1e-5
+    # the integral of the optimum is y exactly
+    assert abs(float((torch.softmax(logits.detach(), -1) * torch.arange(n_bins)).sum()) - y) < 1e-5
+    # any perturbation of the two target bins is worse
+    torch.manual_seed(4)
+    for _ in range(5):
+        noise = torch.zeros(n_bins)
+        noise[i : i + 2] = torch.randn(2) * 0.3
+        worse = distribution_focal_loss((logits.detach() + noise)[None], torch.tensor([y]))
+        assert worse > loss.detach() if y != i else worse >= loss.detach()
+
+
+def test_dfl_finite_for_extreme_logits():
+    logits = torch.full((2, 17), -100.0)
+    logits[0, 0] = 100.0
+    logits[1, 16] = 100.0
+    logits.requires_grad_(True)
+    loss = distribution_focal_loss(logits, torch.tensor([15.9, 0.0]))
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logits.grad).all()
+
+
+def test_dfl_under_bf16_autocast():
+    torch.manual_seed(5)
+    logits = torch.randn(8, 4, 17).bfloat16()
+    y = torch.rand(8, 4) * 15.9
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = distribution_focal_loss(logits, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), dfl_direct(logits.float(), y), rtol=1e-5, atol=1e-6)
+
+
+def test_gfl_general_form_equals_formula_and_specialises():
+    torch.manual_seed(6)
+    # direct: -|y - (yl pl + yr pr)|^b ((yr - y) log pl + (y - yl) log pr)
+    pl, pr = torch.rand(20) * 0.9 + 0.05, torch.rand(20) * 0.9 + 0.05
+    yl = torch.randint(0, 10, (20,)).float()
+    yr = yl + 1
+    y = yl + torch.rand(20)
+    direct = -((y - (yl * pl + yr * pr)).abs() ** 2) * ((yr - y) * pl.log() + (y - yl) * pr.log())
+    torch.testing.assert_close(generalized_focal_loss(pl.log(), pr.log(), yl, yr, y, beta=2.0), direct)
+
+    # QFL: y_l = 0, y_r = 1, p_r = sigmoid(x)
+    x = torch.randn(20) * 3
+    t = torch.rand(20)
+    torch.testing.assert_close(
+        generalized_focal_loss(F.logsigmoid(-x), F.logsigmoid(x), 0.0, 1.0, t, beta=2.0),
+        quality_focal_loss(x, t, beta=2.0),
+    )
+    # DFL: beta = 0, p = softmax over bins, neighbours floor(y), floor(y) + 1
+    logits = torch.randn(20, 17)
+    yy = torch.rand(20) * 15.9
+    logp = torch.log_softmax(logits, -1)
+    left = yy.floor().long()
+    torch.testing.assert_close(
+        generalized_focal_loss(
+            logp.gather(1, left[:, None])[:, 0], logp.gather(1, left[:, None] + 1)[:, 0],
+            left.float(), left.float() + 1, yy, beta=0.0,
+        ),
+        distribution_focal_loss(logits, yy),
+    )
