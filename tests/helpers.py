@@ -11,7 +11,7 @@ from detectron2.structures import Boxes, Instances
 from gfl_d2.modeling import GFL, GFLHead, LastLevelP6P7FromP5
 
 
-def tiny_gfl_config(num_classes=3, reg_max=16, channels=32, num_convs=1):
+def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
     """A small ResNet-18/GN FPN GFL that runs quickly on CPU (P3-P7)."""
     return L(GFL)(
         backbone=L(FPN)(
