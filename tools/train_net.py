@@ -36,6 +36,11 @@ from gfl_d2.engine import create_ddp_model, resolve_device  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 
+# with no --config-file: the embedded dataset and a small GFL that trains on a CPU
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
+)
+
 
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
@@ -84,7 +89,7 @@ def do_train(args, cfg):
 
 def setup(args):
     if not args.config_file:
-        raise SystemExit("--config-file is required (e.g. configs/COCO-Detection/gfl_R_50_FPN_1x.py)")
+        args.config_file = DEFAULT_CONFIG
     if not os.path.isfile(args.config_file):
         raise SystemExit(f"config file not found: {args.config_file}")
     cfg = LazyConfig.load(args.config_file)

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["ShapesConfig", "CATEGORIES", "render_image", "write_split", "build_shapes_dataset", "register_shapes"]
+__all__ = ["ShapesConfig", "CATEGORIES", "render_image", "write_split", "build_shapes_dataset", "register_shapes", "prepare_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,3 +305,21 @@ def register_shapes(
         )
         MetadataCatalog.get(name).set(thing_classes=[n for _, n, _ in CATEGORIES])
     return names
+
+
+def prepare_shapes(split: str, num_images: int, seed: int, root: Optional[str] = None, image_size: int = 128) -> str:
+    """
+    Make sure split ``split`` of the shapes dataset exists (generating it if
+    needed) and is registered; return its dataset name (``shapes_{split}``).
+    Meant for configs: ``names=L(prepare_shapes)(split="val", ...)``.
+    """
+    from detectron2.data import MetadataCatalog
+
+    cfg = ShapesConfig(image_size=image_size)
+    root = root or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "shapes")
+    paths = build_shapes_dataset(root, [(split, num_images, seed)], cfg)
+    (name,) = register_shapes(root, splits=[split])
+    registered = MetadataCatalog.get(name).json_file
+    if os.path.abspath(registered) != os.path.abspath(paths[split]):
+        raise ValueError(f"dataset {name!r} is already registered with {registered}, not {paths[split]}")
+    return name
