@@ -8,6 +8,9 @@ __all__ = ["create_ddp_model", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
+# bound at import, so that this wrapper may also be installed in place of detectron2's
+_d2_create_ddp_model = defaults.create_ddp_model
+
 
 def create_ddp_model(model: torch.nn.Module, **kwargs):
     """
@@ -17,7 +20,7 @@ def create_ddp_model(model: torch.nn.Module, **kwargs):
     param = next(model.parameters(), None)
     if param is not None and param.device.type == "cpu":
         kwargs.setdefault("device_ids", None)
-    return defaults.create_ddp_model(model, **kwargs)
+    return _d2_create_ddp_model(model, **kwargs)
 
 
 def resolve_device(device: str) -> str:

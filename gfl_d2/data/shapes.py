@@ -241,7 +241,7 @@ def write_split(
         categories=[dict(id=c, name=n, supercategory="shape") for c, n, _ in CATEGORIES],
     )
     json_path = os.path.join(ann_dir, f"instances_{split}.json")
-    tmp = json_path + ".tmp"
+    tmp = f"{json_path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
     os.replace(tmp, json_path)  # a half-written json is never left behind
@@ -314,9 +314,14 @@ def prepare_shapes(split: str, num_images: int, seed: int, root: Optional[str] =
     Meant for configs: ``names=L(prepare_shapes)(split="val", ...)``.
     """
     from detectron2.data import MetadataCatalog
+    from detectron2.utils import comm
 
     cfg = ShapesConfig(image_size=image_size)
     root = root or os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "shapes")
+    # one process per machine writes the files; the others wait for it
+    if comm.get_local_rank() == 0:
+        build_shapes_dataset(root, [(split, num_images, seed)], cfg)
+    comm.synchronize()
     paths = build_shapes_dataset(root, [(split, num_images, seed)], cfg)
     (name,) = register_shapes(root, splits=[split])
     registered = MetadataCatalog.get(name).json_file

@@ -19,6 +19,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from gfl_d2 import add_gfl_config  # noqa: E402  (also registers GFL)
+from gfl_d2.data import register_shapes  # noqa: E402
 from gfl_d2.engine import create_ddp_model, resolve_device  # noqa: E402
 
 # DefaultTrainer wraps the model with detectron2's create_ddp_model, which passes
@@ -35,6 +36,8 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
+    # the generated shapes dataset (tools/train_net.py makes it), if present
+    register_shapes()
     cfg = get_cfg()
     add_gfl_config(cfg)
     cfg.merge_from_file(args.config_file)

@@ -1,0 +1,91 @@
+"""Every config under configs/ loads and builds the model it describes."""
+import glob
+import os
+
+import pytest
+import torch
+
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.modeling import build_model
+
+from gfl_d2 import GFL, add_gfl_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAZY = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+LAZY = [p for p in LAZY if os.sep + "common" + os.sep not in p]
+YAML = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+def test_configs_are_found():
+    names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in LAZY + YAML}
+    for expected in [
+        "COCO-Detection/gfl_R_50_FPN_1x.py",
+        "COCO-Detection/gfl_R_50_FPN_ms2x.py",
+        "COCO-Detection/gfl_R_101_FPN_ms2x.py",
+        "COCO-Detection/gfl_X_101_32x4d_FPN_ms2x.py",
+        "Base-GFL.yaml",
+        "gfl_R_50_FPN_1x.yaml",
+    ]:
+        assert expected in names
+
+
+@pytest.mark.parametrize("path", LAZY, ids=lambda p: os.path.relpath(p, ROOT))
+def test_lazy_config_instantiates(path):
+    cfg = LazyConfig.load(path)
+    for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
+        assert key in cfg, key
+    model = instantiate(cfg.model)
+    assert isinstance(model, GFL)
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": torch.rand(3, 96, 128) * 255}])
+    assert set(out["instances"].get_fields()) == {"pred_boxes", "scores", "pred_classes"}
+    # the optimizer and schedule build too
+    cfg.optimizer.params.model = model
+    instantiate(cfg.optimizer)
+    instantiate(cfg.lr_multiplier)
+
+
+def test_coco_configs_match_the_release():
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py"))
+    m = cfg.model
+    assert m.num_classes == 80 and m.reg_max == 16 and m.anchor_matcher.topk == 9
+    assert m.backbone.bottom_up.stages.stride_in_1x1 is False
+    assert m.backbone.bottom_up.stages.norm == "FrozenBN"
+    assert m.backbone.top_block.in_feature == "p5"
+    assert list(m.pixel_mean) == [123.675, 116.28, 103.53] and m.input_format == "RGB"
+    assert cfg.dataloader.train.mapper.image_format == "RGB"
+    assert m.size_divisibility == 32
+    assert cfg.optimizer.lr == 0.01 and cfg.train.max_iter == 90000
+    assert abs(cfg.lr_multiplier.warmup_length * 90000 - 500) < 1e-6
+    ms = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_ms2x.py"))
+    assert ms.train.max_iter == 180000
+    assert tuple(ms.dataloader.train.mapper.augmentations[0].short_edge_length) == (480, 960)
+
+
+def test_release_architecture_details():
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py"))
+    model = instantiate(cfg.model)
+    block = model.backbone.bottom_up.res3[0]
+    assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)  # stride on the 3x3
+    x = torch.randn(1, 256, 4, 4)
+    top = model.backbone.top_block
+    p6 = top.p6(x)
+    torch.testing.assert_close(top(x)[1], top.p7(p6))  # no ReLU before P7
+    images = model.preprocess_image([{"image": torch.zeros(3, 100, 100)}])
+    assert images.tensor.shape[-2:] == (128, 128)  # padded to a multiple of 32
+
+
+def test_yacs_config_builds_the_same_model_as_lazy():
+    cfg = get_cfg()
+    add_gfl_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "gfl_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    yacs_model = build_model(cfg)
+    lazy_model = instantiate(LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py")).model)
+    assert isinstance(yacs_model, GFL)
+    a = {k: v.shape for k, v in yacs_model.state_dict().items()}
+    b = {k: v.shape for k, v in lazy_model.state_dict().items()}
+    assert a == b
+    assert yacs_model.size_divisibility == lazy_model.size_divisibility == 32
+    assert yacs_model.test_nms_thresh == 0.6 and yacs_model.max_detections_per_image == 100
