@@ -36,12 +36,12 @@ def read_metrics(path):
 def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     out_dir = tmp_path / "out"
     log = run(
-        ["tools/train_net.py", "train.max_iter=6", "train.checkpointer.period=3", "train.log_period=2",
+        ["tools/train_net.py", "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=2",
          f"train.output_dir={out_dir}"] + TINY,
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
-    assert (out_dir / "model_final.pth").is_file() and (out_dir / "model_0000002.pth").is_file()
+    assert (out_dir / "model_final.pth").is_file() and (out_dir / "model_0000004.pth").is_file()
     metrics = read_metrics(out_dir / "metrics.json")
     losses = [m for m in metrics if "loss_qfl" in m]
     assert losses and all(k in losses[-1] for k in ("loss_qfl", "loss_bbox", "loss_dfl", "num_pos_anchors", "lr"))
@@ -57,6 +57,21 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+
+    # the demo draws detections of that checkpoint on images and folders
+    val_dir = tmp_path / "datasets" / "shapes" / "val"
+    demo_out = tmp_path / "demo"
+    run(
+        ["tools/demo.py", "--input", str(val_dir / "000000.png"), str(val_dir), "--output", str(demo_out),
+         "--confidence-threshold", "0.0", f"train.init_checkpoint={out_dir / 'model_final.pth'}"] + TINY,
+        tmp_path / "datasets",
+    )
+    written = sorted(os.listdir(demo_out))
+    assert written == sorted(os.listdir(val_dir))
+    from PIL import Image
+
+    with Image.open(demo_out / "000001.png") as im:
+        assert im.size[0] >= 128 and im.getbbox() is not None
 
 
 def test_lazy_train_net_two_cpu_processes(tmp_path):

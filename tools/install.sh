@@ -36,7 +36,8 @@ step "detectron2 runtime dependencies"
 # detectron2's own requirements (it is installed without them below);
 # setuptools < 81 because detectron2.model_zoo imports pkg_resources.
 pip_install "setuptools<81" fvcore iopath pycocotools "omegaconf>=2.1,<2.4" "hydra-core>=1.1" \
-  yacs termcolor tabulate cloudpickle "tqdm>4.29.0" tensorboard matplotlib Pillow packaging black
+  yacs termcolor tabulate cloudpickle "tqdm>4.29.0" tensorboard matplotlib Pillow packaging black \
+  opencv-python-headless
 
 step "detectron2 ($D2_SOURCE)"
 if "$PY" -c 'import detectron2.modeling.meta_arch.dense_detector' 2>/dev/null; then

@@ -64,7 +64,7 @@ optimizer.lr = 0.02
 optimizer.params.weight_decay_norm = 0.0
 
 train = get_config("common/train.py").train
-train.max_iter = 1500
+train.max_iter = 2200
 train.device = "cpu"
 train.output_dir = "./output/gfl_R_18_FPN_shapes"
 train.init_checkpoint = ""
@@ -74,8 +74,8 @@ train.checkpointer.period = 500
 train.checkpointer.max_to_keep = 2
 
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[1100, 1350], num_updates=1500),
-    warmup_length=100 / 1500,
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[1700, 2000], num_updates=2200),
+    warmup_length=100 / 2200,
     warmup_method="linear",
     warmup_factor=0.001,
 )

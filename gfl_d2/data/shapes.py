@@ -129,6 +129,8 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     owner = np.full((s, s), -1, dtype=np.int32)  # topmost object per pixel
     objects: List[Dict] = []
+    visible_px = np.zeros(0, dtype=np.int64)  # per object: pixels it still owns
+    area_px = np.zeros(0, dtype=np.int64)  # per object: pixels of its solid shape
     num = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     max_size = cfg.max_size_frac * s
     for _ in range(num):
@@ -144,13 +146,8 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
             cover = _shape_mask(CATEGORIES[cat][1], box, yy, xx)
             solid = cover > 0.5
             # keep every earlier object at least (1 - max_occluded_frac) visible
-            ok = True
-            for j, o in enumerate(objects):
-                visible = owner == j
-                remaining = (visible & ~solid).sum()
-                if remaining < (1 - cfg.max_occluded_frac) * o["area_px"]:
-                    ok = False
-                    break
+            lost = np.bincount(owner[solid] + 1, minlength=len(objects) + 1)[1:]
+            ok = bool(np.all(visible_px - lost >= (1 - cfg.max_occluded_frac) * area_px)) if objects else True
             if ok and solid.sum() >= 4:
                 break
         else:
@@ -175,7 +172,11 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
             colour = local + (colour - local) * float(rng.uniform(0.25, 0.45))
         colour = np.clip(colour, 0, 255)
         img = img * (1 - alpha[..., None]) + colour * alpha[..., None]
+        if objects:
+            visible_px -= np.bincount(owner[solid] + 1, minlength=len(objects) + 1)[1:]
         owner[solid] = len(objects)
+        visible_px = np.append(visible_px, solid.sum())
+        area_px = np.append(area_px, solid.sum())
         objects.append(
             dict(box=box, category_id=CATEGORIES[cat][0], solid=solid, area_px=int(solid.sum()),
                  blurred=blurred, fade=fade)
