@@ -33,6 +33,8 @@ def add_gfl_config(cfg: CN) -> CN:
     g.SCORE_THRESH_TEST = 0.05
     g.TOPK_CANDIDATES_TEST = 1000
     g.NMS_THRESH_TEST = 0.6
+    # add pred_box_dists / pred_box_std (per-edge uncertainty) to the outputs
+    g.OUTPUT_BOX_DISTRIBUTIONS = True
     # pad images to a multiple of this (0: the backbone's own, 128 with P7)
     g.SIZE_DIVISIBILITY = 32
     return cfg

@@ -39,7 +39,7 @@ def test_lazy_config_instantiates(path):
     model.eval()
     with torch.no_grad():
         (out,) = model([{"image": torch.rand(3, 96, 128) * 255}])
-    assert set(out["instances"].get_fields()) == {"pred_boxes", "scores", "pred_classes"}
+    assert {"pred_boxes", "scores", "pred_classes"} <= set(out["instances"].get_fields())
     # the optimizer and schedule build too
     cfg.optimizer.params.model = model
     instantiate(cfg.optimizer)

@@ -139,13 +139,23 @@ def test_inference_output_format():
     for o, (h, w) in zip(out, [(200, 260), (64, 64)]):
         inst = o["instances"]
         assert inst.image_size == (h, w)
-        assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
+        assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_box_dists", "pred_box_std"}
         assert len(inst) == 100
         b = inst.pred_boxes.tensor
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         assert (inst.scores[:-1] >= inst.scores[1:]).all()
         assert inst.pred_classes.dtype == torch.long and inst.pred_classes.max() < 3
+
+
+def test_box_distributions_can_be_turned_off():
+    model = tiny_gfl()
+    model.test_score_thresh = 0.0
+    model.output_box_distributions = False
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": shapes_image(*SPECS[0]), "height": 64, "width": 64}])
+    assert set(out["instances"].get_fields()) == {"pred_boxes", "scores", "pred_classes"}
 
 
 def test_inference_thresholds_and_limits():

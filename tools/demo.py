@@ -11,30 +11,24 @@ With no ``--config-file`` the embedded shapes config is used. Trailing
 weights).
 """
 import argparse
-import glob
 import logging
 import os
 import sys
 
-import torch
 from PIL import Image
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, instantiate
-from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
+from detectron2.config import LazyConfig
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402
-from gfl_d2.engine import resolve_device  # noqa: E402
+from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
 )
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parse_args(argv=None):
@@ -47,62 +41,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def list_images(inputs):
-    files = []
-    for path in inputs:
-        if os.path.isdir(path):
-            files += sorted(
-                f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise SystemExit(f"input not found: {path}")
-    if not files:
-        raise SystemExit(f"no images found in {inputs}")
-    return files
-
-
-def dataset_metadata(cfg):
-    """Metadata (class names) of the config's test dataset."""
-    names = cfg.dataloader.test.dataset.names
-    if not isinstance(names, str):  # a LazyCall that prepares and registers the dataset
-        names = instantiate(names)
-    if not isinstance(names, str):
-        names = names[0]
-    return MetadataCatalog.get(names)
-
-
-class Predictor:
-    """Applies the config's test-time resize and runs the model on one image."""
-
-    def __init__(self, cfg):
-        self.model = instantiate(cfg.model).to(resolve_device(cfg.train.get("device", "cuda"))).eval()
-        weights = cfg.train.init_checkpoint
-        if not weights:
-            raise SystemExit("no weights: pass train.init_checkpoint=/path/to/model.pth")
-        DetectionCheckpointer(self.model).load(weights)
-        mapper = cfg.dataloader.test.mapper
-        self.augmentations = T.AugmentationList([instantiate(a) for a in mapper.get("augmentations", [])])
-        self.input_format = mapper.get("image_format", "BGR")
-
-    @torch.no_grad()
-    def __call__(self, image):
-        """image: (H, W, 3) uint8 in ``self.input_format`` -> Instances on the CPU."""
-        h, w = image.shape[:2]
-        aug = T.AugInput(image)
-        self.augmentations(aug)
-        tensor = torch.as_tensor(aug.image.astype("float32").transpose(2, 0, 1))
-        (out,) = self.model([{"image": tensor, "height": h, "width": w}])
-        return out["instances"].to("cpu")
-
-
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
     logger = logging.getLogger("detectron2")
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    predictor = Predictor(cfg)
+    if not cfg.train.init_checkpoint:
+        raise SystemExit("no weights: pass train.init_checkpoint=/path/to/model.pth")
+    predictor = LazyPredictor(cfg)
     metadata = dataset_metadata(cfg)
     os.makedirs(args.output, exist_ok=True)
     for path in list_images(args.input):

@@ -13,6 +13,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 __all__ = [
+    "edge_distributions",
+    "distribution_mean_std",
     "integral",
     "distance2box",
     "box2distance",
@@ -21,9 +23,39 @@ __all__ = [
 ]
 
 
+def edge_distributions(dist_logits: Tensor) -> Tensor:
+    """
+    Args:
+        dist_logits: (..., 4 * (n+1)) logits; the four edges (l, t, r, b) in
+            that order, the n+1 bins of one edge contiguous.
+
+    Returns:
+        (..., 4, n+1) float32 probabilities of each edge over its bins.
+    """
+    if dist_logits.shape[-1] % 4 != 0:
+        raise ValueError(f"expected 4 * (n+1) channels, got {dist_logits.shape[-1]}")
+    return F.softmax(dist_logits.float().unflatten(-1, (4, -1)), dim=-1)
+
+
+def distribution_mean_std(probs: Tensor, bin_width: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """
+    Args:
+        probs: (..., n+1) probabilities over the bins ``0, Δ, ..., nΔ``.
+        bin_width: Δ.
+
+    Returns:
+        (...) expectation and (...) standard deviation, in units of Δ's unit.
+    """
+    bins = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype) * bin_width
+    # element-wise products, not matmuls, so that autocast keeps them in fp32
+    mean = (probs * bins).sum(dim=-1)
+    var = (probs * (bins - mean.unsqueeze(-1)) ** 2).sum(dim=-1)
+    return mean, var.clamp(min=0).sqrt()
+
+
 def integral(dist_logits: Tensor, bin_width: float = 1.0) -> Tensor:
     """
-    Expected value of each edge distribution.
+    Expected value of each edge distribution (the paper's integral).
 
     Args:
         dist_logits: (..., 4 * (n+1)) logits; the four edges (l, t, r, b) in
@@ -33,13 +65,8 @@ def integral(dist_logits: Tensor, bin_width: float = 1.0) -> Tensor:
     Returns:
         (..., 4) expected distances (in the same units as ``bin_width``).
     """
-    if dist_logits.shape[-1] % 4 != 0:
-        raise ValueError(f"expected 4 * (n+1) channels, got {dist_logits.shape[-1]}")
-    dist_logits = dist_logits.unflatten(-1, (4, -1))
-    n_bins = dist_logits.shape[-1]
-    probs = F.softmax(dist_logits.float(), dim=-1)
-    bins = torch.arange(n_bins, device=probs.device, dtype=probs.dtype) * bin_width
-    # an element-wise product, not a matmul, so that autocast keeps it in fp32
+    probs = edge_distributions(dist_logits)
+    bins = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype) * bin_width
     return (probs * bins).sum(dim=-1)
 
 

@@ -17,7 +17,14 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .atss import ATSSMatcher
-from .box_coding import DistributionBox2BoxTransform, aligned_iou, distance2box, integral
+from .box_coding import (
+    DistributionBox2BoxTransform,
+    aligned_iou,
+    distance2box,
+    distribution_mean_std,
+    edge_distributions,
+    integral,
+)
 from .head import GFLHead
 from .losses import distribution_focal_loss, quality_focal_loss
 
@@ -65,6 +72,7 @@ class GFL(DenseDetector):
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 100,
+        output_box_distributions: bool = True,
         size_divisibility: Optional[int] = None,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
@@ -86,6 +94,10 @@ class GFL(DenseDetector):
             loss_*_weight: weights of the three losses (1, 2.0, 0.25 in the paper).
             test_*: inference filtering: score threshold, top-k (location, class)
                 pairs per level, NMS IoU; max_detections_per_image after NMS.
+            output_box_distributions: add ``pred_box_dists`` (N, 4, n+1), each
+                edge's distribution over its bins, and ``pred_box_std`` (N, 4),
+                each edge's standard deviation in output-image pixels, to the
+                inference results. Turn off for deployment.
             size_divisibility: pad images to a multiple of this. ``None`` uses the
                 backbone's (128 for an FPN with P7); the released GFL models
                 used 32.
@@ -119,6 +131,7 @@ class GFL(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.output_box_distributions = output_box_distributions
         self.size_divisibility = size_divisibility
         self.input_format = input_format
 
@@ -146,11 +159,26 @@ class GFL(DenseDetector):
             "test_topk_candidates": g.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": g.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "output_box_distributions": g.OUTPUT_BOX_DISTRIBUTIONS,
             "size_divisibility": g.SIZE_DIVISIBILITY or None,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
         }
+
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        outputs = super().forward(batched_inputs)
+        if self.training or torch.jit.is_scripting() or not self.output_box_distributions:
+            return outputs
+        # detector_postprocess rescales the boxes to the requested output size;
+        # the edge standard deviations must follow
+        for out, inp in zip(outputs, batched_inputs):
+            inst = out["instances"]
+            in_h, in_w = inp["image"].shape[-2:]
+            out_h, out_w = inst.image_size
+            sx, sy = out_w / in_w, out_h / in_h
+            inst.pred_box_std = inst.pred_box_std * inst.pred_box_std.new_tensor([sx, sy, sx, sy])
+        return outputs
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         if self.size_divisibility is None:
@@ -276,6 +304,47 @@ class GFL(DenseDetector):
             results.append(self.inference_single_image(anchors, scores, dists, image_size))
         return results
 
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: Tensor,
+        pred_deltas: Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        DenseDetector's per-level filtering (score threshold, then the top-k
+        (location, class) pairs), decoding the kept boxes from their edge
+        distributions, which are kept as well.
+
+        Args:
+            anchors: Boxes (R_l, 4) of the level.
+            pred_scores: (R_l, C) scores.
+            pred_deltas: (R_l, 4(n+1)) distribution logits.
+        """
+        keep = pred_scores > score_thresh
+        pred_scores = pred_scores[keep]
+        candidates = torch.nonzero(keep)  # (K, 2): location, class
+        num = candidates.shape[0]
+        num_topk = torch.clamp(num, max=topk_candidates) if isinstance(num, Tensor) else min(num, topk_candidates)
+        pred_scores, order = pred_scores.topk(num_topk)
+        anchor_idxs, classes_idxs = candidates[order].unbind(dim=1)
+
+        probs = edge_distributions(pred_deltas[anchor_idxs])  # (K, 4, n+1)
+        mean, std = distribution_mean_std(probs, self.box2box_transform.bin_width)
+        centers, strides = self.box2box_transform.centers_and_strides(anchors.tensor[anchor_idxs].float())
+        result = Instances(
+            image_size,
+            pred_boxes=Boxes(distance2box(centers, mean * strides)),
+            scores=pred_scores,
+            pred_classes=classes_idxs,
+        )
+        if self.output_box_distributions:
+            result.pred_box_dists = probs
+            result.pred_box_std = std * strides
+        return result
+
     def inference_single_image(
         self,
         anchors: List[Boxes],
@@ -291,7 +360,9 @@ class GFL(DenseDetector):
             image_size: (H, W) of the input before padding.
 
         Returns:
-            Instances with ``pred_boxes``, ``scores``, ``pred_classes``.
+            Instances with ``pred_boxes``, ``scores``, ``pred_classes`` (and
+            ``pred_box_dists``, ``pred_box_std`` in input-image pixels if
+            ``output_box_distributions``).
         """
         pred = self._decode_multi_level_predictions(
             anchors, box_cls, box_dists, self.test_score_thresh, self.test_topk_candidates, image_size

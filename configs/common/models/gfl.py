@@ -57,6 +57,8 @@ model = L(GFL)(
     test_topk_candidates=1000,
     test_nms_thresh=0.6,
     max_detections_per_image=100,
+    # per-edge distributions and standard deviations in the outputs
+    output_box_distributions=True,
     size_divisibility=32,
     pixel_mean=[123.675, 116.28, 103.53],
     pixel_std=[58.395, 57.12, 57.375],
