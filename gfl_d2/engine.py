@@ -1,10 +1,18 @@
 """Small additions to detectron2's engine used by the entry points."""
+import difflib
+import inspect
 import logging
+from typing import Optional, Sequence
 
 import torch
-from detectron2.engine import defaults
+from omegaconf import DictConfig, ListConfig
 
-__all__ = ["create_ddp_model", "resolve_device"]
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import defaults
+from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
+from detectron2.utils.registry import locate
+
+__all__ = ["create_ddp_model", "resolve_device", "check_overrides", "CheckedCheckpointer", "clip_gradients"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,3 +37,114 @@ def resolve_device(device: str) -> str:
         logger.warning(f"device={device!r} requested but CUDA is not available: running on CPU")
         return "cpu"
     return device
+
+
+def _allowed_keys(node) -> Optional[set]:
+    """Keys settable on a config node: its own, plus the parameters of a LazyCall target (None: any)."""
+    keys = set(node.keys())
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if target is None:
+        return keys
+    if isinstance(target, str):
+        try:
+            target = locate(target)
+        except Exception:
+            return keys
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return keys
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return keys | {p.name for p in params}
+
+
+def check_overrides(cfg, overrides: Sequence[str]) -> None:
+    """
+    Refuse command-line overrides (``a.b.c=value``) that name a config key
+    which does not exist, instead of silently adding it. Hydra's ``+key=value``
+    (add) and ``~key`` (delete) are left alone. Arguments of a LazyCall's
+    target that the config leaves at their default are accepted.
+    """
+    for item in overrides:
+        if item.startswith(("+", "~")):
+            continue
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0].strip()
+        node = cfg
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if isinstance(node, (ListConfig, list)) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if isinstance(node, (DictConfig, dict)):
+                if part in node:
+                    node = node[part]
+                    continue
+                allowed = _allowed_keys(node)
+                if allowed is None or (part in allowed and i == len(parts) - 1):
+                    break
+                where = ".".join(parts[:i]) or "the config"
+                close = difflib.get_close_matches(part, sorted(allowed), n=3)
+                hint = f"; did you mean {', '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else ""
+                raise KeyError(f"config key {key!r} does not exist: {where} has no {part!r}{hint}")
+            raise KeyError(f"config key {key!r} does not exist: {'.'.join(parts[:i])} is not a mapping")
+
+
+class CheckedCheckpointer(DetectionCheckpointer):
+    """
+    ``DetectionCheckpointer`` that refuses, with a clear message, a file it
+    cannot read (truncated, not a checkpoint) and a checkpoint of which not a
+    single tensor fits the model (another architecture). A checkpoint that fits
+    part of the model (an ImageNet backbone, another detector's backbone) loads
+    as usual, with detectron2's report of what was not loaded.
+    """
+
+    def _load_file(self, filename: str):
+        try:
+            return super()._load_file(filename)
+        except Exception as e:
+            raise RuntimeError(
+                f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}. "
+                "Is the file complete (not truncated) and a PyTorch / detectron2 checkpoint?"
+            ) from e
+
+    def _load_model(self, checkpoint):
+        model_state = checkpoint.get("model")
+        if not isinstance(model_state, dict) or not model_state:
+            raise RuntimeError("The checkpoint holds no model weights (no 'model' state dict)")
+        incompatible = super()._load_model(checkpoint)
+        expected = set(self.model.state_dict().keys())
+        not_loaded = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
+        if expected and not (expected - not_loaded):
+            sample = sorted(model_state)[:3]
+            raise RuntimeError(
+                f"None of the checkpoint's {len(model_state)} tensors fits this {type(_unwrap(self.model)).__name__} "
+                f"model (checkpoint keys look like {sample}): it is a checkpoint of another architecture"
+            )
+        return incompatible
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, clip_type: str = "norm", clip_value: float = 35.0,
+                   norm_type: float = 2.0) -> torch.optim.Optimizer:
+    """
+    Make ``optimizer`` clip the gradients of all its parameters before each
+    step: by global norm (``clip_type="norm"``) or by value (``"value"``), with
+    detectron2's optimizer wrapper.
+    """
+    if clip_type == "norm":
+        def clipper(params):
+            torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type)
+    elif clip_type == "value":
+        def clipper(params):
+            torch.nn.utils.clip_grad_value_(params, clip_value)
+    else:
+        raise ValueError(f"clip_type must be 'norm' or 'value', got {clip_type!r}")
+    cls = _generate_optimizer_class_with_gradient_clipping(type(optimizer), global_clipper=clipper)
+    optimizer.__class__ = cls
+    return optimizer

@@ -16,8 +16,11 @@ import logging
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
+from omegaconf import DictConfig, ListConfig
+
+from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -32,7 +35,8 @@ from detectron2.utils import comm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402  (registers GFL)
-from gfl_d2.engine import create_ddp_model, resolve_device  # noqa: E402
+from gfl_d2.data import check_dataset_dicts  # noqa: E402
+from gfl_d2.engine import CheckedCheckpointer, check_overrides, clip_gradients, create_ddp_model, resolve_device  # noqa: E402,E501
 
 logger = logging.getLogger("detectron2")
 
@@ -52,6 +56,29 @@ def do_test(cfg, model):
     return ret
 
 
+def dataset_names(dataset_cfg):
+    """The registered dataset names a dataset config refers to, where they are plain strings."""
+    names = dataset_cfg.get("names") if isinstance(dataset_cfg, DictConfig) else None
+    if isinstance(names, str):
+        return [names]
+    return [n for n in names if isinstance(n, str)] if isinstance(names, ListConfig) else []
+
+
+def build_train_loader(cfg):
+    """The training loader, with its dataset checked before training starts."""
+    loader_cfg = cfg.dataloader.train
+    if "dataset" in loader_cfg:
+        num_classes = cfg.model.get("num_classes", None)
+        loader_cfg.dataset = L(check_dataset_dicts)(dataset_dicts=loader_cfg.dataset, num_classes=num_classes)
+    try:
+        return instantiate(loader_cfg)
+    except Exception as e:
+        names = dataset_names(loader_cfg.dataset.dataset_dicts) if "dataset" in loader_cfg else []
+        files = [MetadataCatalog.get(n).get("json_file", None) for n in names if n in MetadataCatalog.list()]
+        where = f" {names}" + (f" (annotations: {[f for f in files if f]})" if any(files) else "") if names else ""
+        raise RuntimeError(f"Could not build the training data{where}: {type(e).__name__}: {e}") from e
+
+
 def do_train(args, cfg):
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
@@ -59,11 +86,14 @@ def do_train(args, cfg):
 
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    clip = cfg.train.get("clip_grad", None)
+    if clip is not None and clip.get("enabled", False):
+        clip_gradients(optim, clip.get("clip_type", "norm"), clip.get("clip_value", 35.0), clip.get("norm_type", 2.0))
+    train_loader = build_train_loader(cfg)
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -93,6 +123,10 @@ def setup(args):
     if not os.path.isfile(args.config_file):
         raise SystemExit(f"config file not found: {args.config_file}")
     cfg = LazyConfig.load(args.config_file)
+    try:
+        check_overrides(cfg, args.opts)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {e.args[0]}")
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     default_setup(cfg, args)
@@ -102,10 +136,12 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.train.init_checkpoint:
+            raise SystemExit("error: --eval-only needs weights: train.init_checkpoint=/path/to/model.pth")
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
         return do_test(cfg, model)
     do_train(args, cfg)
     # final evaluation results are printed by the EvalHook after the last iteration

@@ -35,5 +35,8 @@ lr_multiplier.warmup_length = 500 / 90000
 lr_multiplier.warmup_factor = 0.001
 
 train.max_iter = 90000
+train.seed = -1  # -1: a random seed; set one for a reproducible run
+# gradient clipping (off, as in the reference); clip_type "norm" or "value"
+train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=35.0, norm_type=2.0)
 # torchvision's ImageNet ResNet-50 (pytorch-style, RGB, std-normalised), as the release
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"

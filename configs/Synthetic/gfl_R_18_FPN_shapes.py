@@ -72,6 +72,9 @@ train.eval_period = 0  # evaluate once, at the end
 train.log_period = 20
 train.checkpointer.period = 500
 train.checkpointer.max_to_keep = 2
+train.seed = -1  # -1: a random seed; set one for a reproducible run
+# gradient clipping (off, as in the reference); clip_type "norm" or "value"
+train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=35.0, norm_type=2.0)
 
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[1700, 2000], num_updates=2200),

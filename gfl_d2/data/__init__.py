@@ -1,3 +1,4 @@
+from .validation import DatasetError, check_dataset_dicts
 from .shapes import (
     CATEGORIES,
     ShapesConfig,
@@ -10,6 +11,8 @@ from .shapes import (
 
 __all__ = [
     "CATEGORIES",
+    "DatasetError",
+    "check_dataset_dicts",
     "ShapesConfig",
     "build_shapes_dataset",
     "prepare_shapes",

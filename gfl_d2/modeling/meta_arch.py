@@ -15,6 +15,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 
 from .atss import ATSSMatcher
 from .box_coding import (
@@ -26,6 +27,7 @@ from .box_coding import (
     integral,
 )
 from .head import GFLHead
+from .input_checks import sanitize_gt_instances
 from .losses import distribution_focal_loss, quality_focal_loss
 
 __all__ = ["GFL"]
@@ -167,6 +169,23 @@ class GFL(DenseDetector):
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        if self.training and not torch.jit.is_scripting():
+            if not all("instances" in x for x in batched_inputs):
+                raise ValueError("GFL training needs 'instances' (ground truth) in every input")
+            gt, num_clipped, num_dropped = sanitize_gt_instances(batched_inputs, self.num_classes, self.device)
+            storage = get_event_storage()
+            num_clipped, num_dropped = torch.stack([num_clipped, num_dropped]).tolist()
+            storage.put_scalar("gfl/gt_boxes_clipped", num_clipped, smoothing_hint=False)
+            storage.put_scalar("gfl/gt_boxes_dropped", num_dropped, smoothing_hint=False)
+            if num_dropped > 0:
+                log_every_n_seconds(
+                    logging.WARNING,
+                    f"GFL: dropped {num_dropped} ground-truth boxes with zero or negative width/height "
+                    f"(after clipping to the image) at iteration {storage.iter}",
+                    n=30,
+                    name=__name__,
+                )
+            batched_inputs = [dict(x, instances=g) for x, g in zip(batched_inputs, gt)]
         outputs = super().forward(batched_inputs)
         if self.training or torch.jit.is_scripting() or not self.output_box_distributions:
             return outputs

@@ -1,0 +1,62 @@
+"""Checks of the ground truth that reaches the model in training."""
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.structures import Boxes, Instances
+
+__all__ = ["sanitize_gt_instances"]
+
+
+def _name(inp: Dict, index: int) -> str:
+    return inp.get("file_name") or (f"image_id={inp['image_id']}" if "image_id" in inp else f"batch item {index}")
+
+
+def sanitize_gt_instances(
+    batched_inputs: List[Dict], num_classes: int, device: torch.device
+) -> Tuple[List[Instances], Tensor, Tensor]:
+    """
+    Validate and clean the ``instances`` of a training batch.
+
+    Raises ValueError, naming the image, for what means the data is wrong:
+    non-finite box coordinates, class ids outside ``[0, num_classes)``. Clips
+    boxes to their image and drops boxes left with zero or negative width or
+    height.
+
+    Returns:
+        the cleaned Instances (on ``device``), and the number of boxes that
+        were clipped and dropped (0-dim tensors, not synchronised).
+    """
+    instances = [x["instances"].to(device) for x in batched_inputs]
+    boxes = [inst.gt_boxes.tensor for inst in instances]
+    classes = [inst.gt_classes for inst in instances]
+    # one host synchronisation for the whole batch
+    bad = torch.stack(
+        [torch.stack([(~torch.isfinite(b)).any(), ((c < 0) | (c >= num_classes)).any()]) for b, c in zip(boxes, classes)]
+    ).tolist()
+    for i, (nonfinite, bad_class) in enumerate(bad):
+        if nonfinite:
+            sample = boxes[i][~torch.isfinite(boxes[i]).all(dim=1)][0].tolist()
+            raise ValueError(f"{_name(batched_inputs[i], i)}: ground-truth box with NaN/Inf coordinates {sample}")
+        if bad_class:
+            ids = sorted(set(classes[i][(classes[i] < 0) | (classes[i] >= num_classes)].tolist()))
+            raise ValueError(
+                f"{_name(batched_inputs[i], i)}: ground-truth class ids {ids} outside [0, {num_classes}) "
+                f"(the model has num_classes={num_classes})"
+            )
+    cleaned = []
+    num_clipped = torch.zeros((), dtype=torch.long, device=device)
+    num_dropped = torch.zeros((), dtype=torch.long, device=device)
+    for inst, b in zip(instances, boxes):
+        h, w = inst.image_size
+        clipped = torch.stack(
+            [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], dim=1
+        )
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        num_clipped += ((clipped != b).any(dim=1) & keep).sum()
+        num_dropped += (~keep).sum()
+        inst = inst[keep]
+        inst.gt_boxes = Boxes(clipped[keep])
+        cleaned.append(inst)
+    return cleaned, num_clipped, num_dropped
