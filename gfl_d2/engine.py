@@ -2,17 +2,26 @@
 import difflib
 import inspect
 import logging
+import math
 from typing import Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import defaults
+from detectron2.engine import defaults, train_loop
 from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from detectron2.utils.registry import locate
 
-__all__ = ["create_ddp_model", "resolve_device", "check_overrides", "CheckedCheckpointer", "clip_gradients"]
+__all__ = [
+    "create_ddp_model",
+    "resolve_device",
+    "check_overrides",
+    "CheckedCheckpointer",
+    "clip_gradients",
+    "SimpleTrainer",
+    "AMPTrainer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +123,11 @@ class CheckedCheckpointer(DetectionCheckpointer):
         model_state = checkpoint.get("model")
         if not isinstance(model_state, dict) or not model_state:
             raise RuntimeError("The checkpoint holds no model weights (no 'model' state dict)")
+        not_tensors = [k for k, v in model_state.items() if not hasattr(v, "shape")]
+        if not_tensors:
+            raise RuntimeError(
+                f"The checkpoint holds no model weights: its entries {not_tensors[:3]} are not tensors"
+            )
         incompatible = super()._load_model(checkpoint)
         expected = set(self.model.state_dict().keys())
         not_loaded = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
@@ -148,3 +162,23 @@ def clip_gradients(optimizer: torch.optim.Optimizer, clip_type: str = "norm", cl
     cls = _generate_optimizer_class_with_gradient_clipping(type(optimizer), global_clipper=clipper)
     optimizer.__class__ = cls
     return optimizer
+
+
+class _NameNonFiniteLosses:
+    """On detectron2's non-finite-loss error, also name the terms that are not finite."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        try:
+            super()._write_metrics(loss_dict, data_time, prefix, iter)
+        except FloatingPointError as e:
+            bad = [k for k, v in loss_dict.items() if not math.isfinite(float(v.detach() if hasattr(v, "detach") else v))]
+            where = ", ".join(bad) if bad else "none on this worker (another worker's)"
+            raise FloatingPointError(f"{e}\nnon-finite loss terms: {where}") from None
+
+
+class SimpleTrainer(_NameNonFiniteLosses, train_loop.SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` naming the non-finite loss terms when it stops on one."""
+
+
+class AMPTrainer(_NameNonFiniteLosses, train_loop.AMPTrainer):
+    """detectron2's ``AMPTrainer`` naming the non-finite loss terms when it stops on one."""

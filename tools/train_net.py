@@ -22,8 +22,6 @@ from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import (
-    AMPTrainer,
-    SimpleTrainer,
     default_argument_parser,
     default_setup,
     default_writers,
@@ -36,7 +34,15 @@ from detectron2.utils import comm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402  (registers GFL)
 from gfl_d2.data import check_dataset_dicts  # noqa: E402
-from gfl_d2.engine import CheckedCheckpointer, check_overrides, clip_gradients, create_ddp_model, resolve_device  # noqa: E402,E501
+from gfl_d2.engine import (  # noqa: E402
+    AMPTrainer,
+    CheckedCheckpointer,
+    SimpleTrainer,
+    check_overrides,
+    clip_gradients,
+    create_ddp_model,
+    resolve_device,
+)
 
 logger = logging.getLogger("detectron2")
 
