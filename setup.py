@@ -22,5 +22,5 @@ setup(
         "Pillow",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={"dev": ["pytest>=7", "onnx", "onnxruntime"]},
 )

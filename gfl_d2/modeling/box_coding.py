@@ -34,7 +34,8 @@ def edge_distributions(dist_logits: Tensor) -> Tensor:
     """
     if dist_logits.shape[-1] % 4 != 0:
         raise ValueError(f"expected 4 * (n+1) channels, got {dist_logits.shape[-1]}")
-    return F.softmax(dist_logits.float().unflatten(-1, (4, -1)), dim=-1)
+    # explicit sizes (no -1): an ONNX Reshape cannot infer -1 when no box is left
+    return F.softmax(dist_logits.float().unflatten(-1, (4, dist_logits.shape[-1] // 4)), dim=-1)
 
 
 def distribution_mean_std(probs: Tensor, bin_width: float = 1.0) -> Tuple[Tensor, Tensor]:
