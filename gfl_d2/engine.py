@@ -3,6 +3,7 @@ import difflib
 import inspect
 import logging
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -14,6 +15,8 @@ from detectron2.solver.build import _generate_optimizer_class_with_gradient_clip
 from detectron2.utils.registry import locate
 
 __all__ = [
+    "DEFAULT_CONFIG",
+    "load_lazy_config",
     "create_ddp_model",
     "resolve_device",
     "check_overrides",
@@ -24,6 +27,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# the embedded default: the generated shapes dataset and a small GFL that trains on a CPU
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
+)
 
 # bound at import, so that this wrapper may also be installed in place of detectron2's
 _d2_create_ddp_model = defaults.create_ddp_model
@@ -182,3 +190,20 @@ class SimpleTrainer(_NameNonFiniteLosses, train_loop.SimpleTrainer):
 
 class AMPTrainer(_NameNonFiniteLosses, train_loop.AMPTrainer):
     """detectron2's ``AMPTrainer`` naming the non-finite loss terms when it stops on one."""
+
+
+def load_lazy_config(path: str, overrides: Sequence[str] = ()):
+    """
+    ``LazyConfig.load`` + ``apply_overrides``, refusing (SystemExit with the
+    reason) a missing file or an override of a key that does not exist.
+    """
+    from detectron2.config import LazyConfig
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"config file not found: {path}")
+    cfg = LazyConfig.load(path)
+    try:
+        check_overrides(cfg, overrides)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {e.args[0]}")
+    return LazyConfig.apply_overrides(cfg, list(overrides))

@@ -11,6 +11,16 @@ from detectron2.structures import Boxes, Instances
 from gfl_d2.modeling import GFL, GFLHead, LastLevelP6P7FromP5
 
 
+# overrides that shrink the embedded config to a few seconds (tools/train_net.py tests)
+TINY_OVERRIDES = [
+    "dataloader.train.dataset.names.num_images=16",
+    "dataloader.test.dataset.names.num_images=8",
+    "dataloader.train.total_batch_size=4",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+]
+
+
 def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
     """A small ResNet-18/GN FPN GFL that runs quickly on CPU (P3-P7)."""
     return L(GFL)(

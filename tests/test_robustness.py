@@ -16,16 +16,9 @@ from detectron2.utils.events import EventStorage
 
 from gfl_d2.data import DatasetError, check_dataset_dicts
 from gfl_d2.engine import CheckedCheckpointer, SimpleTrainer, clip_gradients
-from helpers import make_instances, shapes_image, tiny_gfl
+from helpers import TINY_OVERRIDES, make_instances, shapes_image, tiny_gfl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "dataloader.train.dataset.names.num_images=16",
-    "dataloader.test.dataset.names.num_images=8",
-    "dataloader.train.total_batch_size=4",
-    "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-]
 
 
 def item(boxes, classes, size=(128, 128), name="img_7.png"):
@@ -229,7 +222,7 @@ def metrics(path):
 
 
 def train_cmd(out_dir, *extra):
-    return [sys.executable, "tools/train_net.py", f"train.output_dir={out_dir}", *TINY, *extra]
+    return [sys.executable, "tools/train_net.py", f"train.output_dir={out_dir}", *TINY_OVERRIDES, *extra]
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
@@ -247,7 +240,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     killed_at = max(m["iteration"] for m in metrics(out / "metrics.json"))
     assert killed_at < 39
     resumed = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--resume", f"train.output_dir={out}", *TINY, *args],
+        [sys.executable, "tools/train_net.py", "--resume", f"train.output_dir={out}", *TINY_OVERRIDES, *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]

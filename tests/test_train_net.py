@@ -7,15 +7,9 @@ import sys
 import pytest
 
 from gfl_d2.data import ShapesConfig, write_split
+from helpers import TINY_OVERRIDES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "dataloader.train.dataset.names.num_images=16",
-    "dataloader.test.dataset.names.num_images=8",
-    "dataloader.train.total_batch_size=4",
-    "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-]
 
 
 def run(cmd, datasets, timeout=600):
@@ -37,7 +31,7 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     out_dir = tmp_path / "out"
     log = run(
         ["tools/train_net.py", "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=2",
-         f"train.output_dir={out_dir}"] + TINY,
+         f"train.output_dir={out_dir}"] + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
@@ -53,7 +47,7 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     # --eval-only on the checkpoint just written
     log = run(
         ["tools/train_net.py", "--eval-only", f"train.init_checkpoint={out_dir / 'model_final.pth'}",
-         f"train.output_dir={tmp_path / 'eval'}"] + TINY,
+         f"train.output_dir={tmp_path / 'eval'}"] + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
@@ -63,7 +57,7 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     demo_out = tmp_path / "demo"
     run(
         ["tools/demo.py", "--input", str(val_dir / "000000.png"), str(val_dir), "--output", str(demo_out),
-         "--confidence-threshold", "0.0", f"train.init_checkpoint={out_dir / 'model_final.pth'}"] + TINY,
+         "--confidence-threshold", "0.0", f"train.init_checkpoint={out_dir / 'model_final.pth'}"] + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     written = sorted(os.listdir(demo_out))
@@ -78,7 +72,7 @@ def test_lazy_train_net_two_cpu_processes(tmp_path):
     out_dir = tmp_path / "out"
     log = run(
         ["tools/train_net.py", "--num-gpus", "2", "train.max_iter=3", "train.log_period=1",
-         f"train.output_dir={out_dir}", "train.eval_period=0"] + TINY,
+         f"train.output_dir={out_dir}", "train.eval_period=0"] + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     assert "copypaste: AP" in log

@@ -17,18 +17,15 @@ import sys
 
 from PIL import Image
 
-from detectron2.config import LazyConfig
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402
+from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
-)
 
 
 def parse_args(argv=None):
@@ -45,7 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
     logger = logging.getLogger("detectron2")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts)
     if not cfg.train.init_checkpoint:
         raise SystemExit("no weights: pass train.init_checkpoint=/path/to/model.pth")
     predictor = LazyPredictor(cfg)

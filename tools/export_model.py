@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import torch
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
@@ -34,7 +34,7 @@ from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402
-from gfl_d2.engine import CheckedCheckpointer, check_overrides  # noqa: E402
+from gfl_d2.engine import CheckedCheckpointer, load_lazy_config  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
@@ -150,12 +150,7 @@ def verify(model, path, fmt, image, fields):
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
-    cfg = LazyConfig.load(args.config_file)
-    try:
-        check_overrides(cfg, args.opts)
-    except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {e.args[0]}")
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts)
     return export(cfg, args)
 
 

@@ -23,17 +23,14 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from detectron2.config import LazyConfig
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
-)
 GROUPS = ("sharp, free", "blurred", "occluded", "blurred + occluded")
 logger = logging.getLogger("detectron2")
 
@@ -125,7 +122,7 @@ def to_markdown(summary):
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts)
     predictor = LazyPredictor(cfg)
     meta = dataset_metadata(cfg)
     coco = COCO(meta.json_file)

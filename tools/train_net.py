@@ -19,7 +19,7 @@ import sys
 from omegaconf import DictConfig, ListConfig
 
 from detectron2.config import LazyCall as L
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import (
     default_argument_parser,
@@ -35,21 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402  (registers GFL)
 from gfl_d2.data import check_dataset_dicts  # noqa: E402
 from gfl_d2.engine import (  # noqa: E402
+    DEFAULT_CONFIG,
     AMPTrainer,
     CheckedCheckpointer,
     SimpleTrainer,
-    check_overrides,
     clip_gradients,
     create_ddp_model,
+    load_lazy_config,
     resolve_device,
 )
 
 logger = logging.getLogger("detectron2")
-
-# with no --config-file: the embedded dataset and a small GFL that trains on a CPU
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
-)
 
 
 def do_test(cfg, model):
@@ -124,16 +120,9 @@ def do_train(args, cfg):
 
 
 def setup(args):
-    if not args.config_file:
-        args.config_file = DEFAULT_CONFIG
-    if not os.path.isfile(args.config_file):
-        raise SystemExit(f"config file not found: {args.config_file}")
-    cfg = LazyConfig.load(args.config_file)
-    try:
-        check_overrides(cfg, args.opts)
-    except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {e.args[0]}")
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    # with no --config-file: the embedded dataset and a small GFL that trains on a CPU
+    args.config_file = args.config_file or DEFAULT_CONFIG
+    cfg = load_lazy_config(args.config_file, args.opts)
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     default_setup(cfg, args)
     return cfg

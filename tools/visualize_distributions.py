@@ -33,17 +33,15 @@ import torch  # noqa: E402
 from matplotlib.gridspec import GridSpec  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config  # noqa: E402
 from gfl_d2.modeling.box_coding import box2distance  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
-)
 EDGES = ("left", "top", "right", "bottom")
 logger = logging.getLogger("detectron2")
 
@@ -191,7 +189,7 @@ def analyze_targets(cfg, args):
 def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts)
     os.makedirs(args.output, exist_ok=True)
     if args.analyze_targets:
         analyze_targets(cfg, args)
