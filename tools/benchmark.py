@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""
+GFL against detectron2's own FCOS and RetinaNet, side by side: same R-50-FPN
+backbone, same inputs, same device, in one process; the models run
+round-robin within every measurement so that drifts of the machine's speed
+hit them alike.
+
+For each model it measures (median and min-max over repeated runs after
+warm-up):
+  * inference latency per image (forward + post-processing) at 800x1333 and
+    at a small size, batch 1 and batch 8;
+  * training iteration time (forward + backward) at batch 2 and 8, with
+    COCO-like ground truth (7 boxes per image on average, some images with 50+);
+  * label assignment alone (GFL's ATSS, FCOS's matching, RetinaNet's IoU
+    matcher) for 16 images x 100 boxes at 800x1333;
+  * peak memory of training: the peak RSS of a fresh process on the CPU, the
+    max allocated memory on a GPU;
+and prints the ratios GFL/FCOS and GFL/RetinaNet. Peak memory is measured in
+a fresh process per model. Results are also written as JSON.
+
+    python tools/benchmark.py                     # the full set, on CUDA if present
+    python tools/benchmark.py --device cpu --quick  # smaller sizes and batches: < 3 minutes on 2 cores
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("gfl", "fcos", "retinanet")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes and batches (CPU: under 3 minutes)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that every path runs")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per line (default 5, quick 3, smoke 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2, quick 1, smoke 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
+    p.add_argument("--output", default="benchmark.json")
+    p.add_argument("--child", nargs=2, metavar=("TASK", "MODEL"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def plan(args):
+    """The measured lines, by mode."""
+    if args.smoke:
+        return dict(infer=[((128, 192), 1), ((64, 96), 2)], train=[((128, 192), 2)], assign=((256, 384), 2, 20),
+                    repeat=args.repeat or 1, warmup=args.warmup if args.warmup is not None else 0)
+    if args.quick:
+        return dict(infer=[((800, 1333), 1), ((320, 512), 1), ((320, 512), 4)], train=[((320, 512), 2)],
+                    assign=((800, 1333), 16, 100), repeat=args.repeat or 3,
+                    warmup=args.warmup if args.warmup is not None else 1)
+    return dict(infer=[((800, 1333), 1), ((800, 1333), 8), ((320, 512), 1), ((320, 512), 8)],
+                train=[((800, 1333), 2), ((800, 1333), 8)], assign=((800, 1333), 16, 100),
+                repeat=args.repeat or 5, warmup=args.warmup if args.warmup is not None else 2)
+
+
+# ------------------------------------------------------------------ models and data
+def build_model(name, device):
+    """R-50-FPN GFL / FCOS / RetinaNet, randomly initialised, 80 classes."""
+    from detectron2 import model_zoo
+    from detectron2.config import LazyConfig, instantiate
+
+    import gfl_d2  # noqa: F401
+
+    if name == "gfl":
+        cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py"))
+    else:
+        cfg = model_zoo.get_config(f"COCO-Detection/{name}_R_50_FPN_1x.py")
+    cfg.model.backbone.bottom_up.freeze_at = 2  # as in the COCO configs of all three
+    # one backbone for all: GFL's (pytorch-style ResNet-50, stride on the 3x3 conv).
+    # detectron2's FCOS/RetinaNet configs put it on the 1x1 conv, which costs less.
+    cfg.model.backbone.bottom_up.stages.stride_in_1x1 = False
+    torch.manual_seed(0)
+    return instantiate(cfg.model).to(device)
+
+
+def coco_like_boxes(n_images, size, seed, mean_boxes=7, crowded_every=8):
+    """
+    Per image, Instances with K boxes (7 to 600 px sides) and classes: K is
+    1 + Poisson(mean_boxes - 1) with every ``crowded_every``-th image holding
+    50+ boxes; ``crowded_every=0``: exactly ``mean_boxes`` boxes per image.
+    """
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    out = []
+    for i in range(n_images):
+        if crowded_every and (i + 1) % crowded_every == 0:
+            k = 50 + int(torch.randint(0, 10, (1,), generator=g))
+        elif crowded_every:
+            k = int(torch.poisson(torch.tensor(float(mean_boxes - 1)), generator=g)) + 1
+        else:
+            k = mean_boxes  # exactly this many
+        side = torch.exp(torch.empty(k, 2).uniform_(2.0, 6.4, generator=g)).clamp(max=min(h, w) * 0.9)  # 7-600 px
+        xy = torch.rand(k, 2, generator=g) * (torch.tensor([w, h]) - side)
+        inst = Instances(size)
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + side], 1))
+        inst.gt_classes = torch.randint(0, 80, (k,), generator=g)
+        out.append(inst)
+    return out
+
+
+def batch_inputs(n, size, with_gt, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    gts = coco_like_boxes(n, size, seed) if with_gt else [None] * n
+    items = []
+    for gt in gts:
+        item = {"image": torch.randint(0, 256, (3, *size), generator=g).float()}
+        if gt is not None:
+            item["instances"] = gt
+        items.append(item)
+    return items
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------ measurements
+def interleaved(fns, device, repeat, warmup):
+    """Time several functions round-robin (each repeat runs every one), so that drifts of
+    the machine's speed hit all models alike. Returns {name: stats}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {n: dict(median=statistics.median(t), min=min(t), max=max(t), runs=len(t)) for n, t in times.items()}
+
+
+def inference_fn(model, inputs):
+    def run():
+        with torch.no_grad():
+            model(inputs)
+    return run
+
+
+def training_fn(model, inputs):
+    from detectron2.utils.events import EventStorage
+
+    def run():
+        with EventStorage():
+            losses = model(inputs)
+            sum(losses.values()).backward()
+        model.zero_grad(set_to_none=True)
+    return run
+
+
+def assignment_fn(model, size, n_images, n_boxes, device):
+    """Label assignment alone: the anchors of the model's padded feature maps, its label_anchors."""
+    import math
+
+    h, w = size
+    gts = [inst.to(device) for inst in coco_like_boxes(n_images, size, seed=2, mean_boxes=n_boxes, crowded_every=0)]
+    div = getattr(model, "size_divisibility", None) or model.backbone.size_divisibility
+    strides = [model.backbone.output_shape()[f].stride for f in model.head_in_features]
+    ph, pw = math.ceil(h / div) * div, math.ceil(w / div) * div
+    feats = [torch.empty(1, 1, math.ceil(ph / s), math.ceil(pw / s), device=device) for s in strides]
+    anchors = model.anchor_generator(feats)
+
+    def run():
+        with torch.no_grad():
+            model.label_anchors(anchors, gts)
+    return run
+
+
+def measure_all(args, p):
+    models = {m: build_model(m, args.device) for m in args.models}
+    results = {m: {} for m in models}
+
+    def record(line, stats):
+        for m, st in stats.items():
+            results[m][line] = st
+
+    for size, batch in p["infer"]:
+        print(f"[benchmark] inference {size} batch {batch}", file=sys.stderr, flush=True)
+        inputs = batch_inputs(batch, size, with_gt=False)
+        for m in models.values():
+            m.eval()
+        stats = interleaved({n: inference_fn(m, inputs) for n, m in models.items()}, args.device, p["repeat"], p["warmup"])
+        record(f"infer {size[0]}x{size[1]} b{batch} (s/img)",
+               {n: {k: (v / batch if k != "runs" else v) for k, v in st.items()} for n, st in stats.items()})
+    for size, batch in p["train"]:
+        print(f"[benchmark] training {size} batch {batch}", file=sys.stderr, flush=True)
+        inputs = batch_inputs(batch, size, with_gt=True, seed=1)
+        for m in models.values():
+            m.train()
+        record(f"train {size[0]}x{size[1]} b{batch} (s/iter)",
+               interleaved({n: training_fn(m, inputs) for n, m in models.items()}, args.device, p["repeat"], p["warmup"]))
+    size, n_images, n_boxes = p["assign"]
+    print(f"[benchmark] label assignment {n_images} images x {n_boxes} boxes", file=sys.stderr, flush=True)
+    record(f"assign {n_images}x{n_boxes} boxes {size[0]}x{size[1]} (s)",
+           interleaved({n: assignment_fn(m, size, n_images, n_boxes, args.device) for n, m in models.items()},
+                       args.device, p["repeat"], p["warmup"]))
+    return results
+
+
+def child_peak_memory(name, device, p):
+    """Peak memory of training at the largest training batch, in a fresh process (CPU: peak RSS)."""
+    model = build_model(name, device).train()
+    size, batch = max(p["train"], key=lambda sb: sb[1] * sb[0][0] * sb[0][1])
+    run = training_fn(model, batch_inputs(batch, size, with_gt=True, seed=1))
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    run()
+    run()
+    if str(device).startswith("cuda"):
+        peak, what = torch.cuda.max_memory_allocated() / 2**20, "GPU max allocated"
+    else:
+        peak, what = peak_rss_mib(), "peak RSS of the process"
+    return {f"train {size[0]}x{size[1]} b{batch} peak memory (MiB, {what})": dict(median=peak, min=peak, max=peak, runs=1)}
+
+
+def peak_rss_mib():
+    """Peak resident memory of this process. Linux's VmHWM, unlike ru_maxrss, is not
+    inherited from the parent across fork + exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(task, name, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", task, name, "--device", args.device,
+           "--output", os.devnull]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--smoke"] if args.smoke else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark of {name} ({task}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(v):
+    return f"{v:.4f}" if v < 10 else f"{v:.1f}"
+
+
+def report(results, models):
+    lines = sorted({line for m in models for line in results[m]}, key=lambda s: (s.split()[0], s))
+    head = "| measure | " + " | ".join(f"{m} median (min-max)" for m in models)
+    ratios = [o for o in ("fcos", "retinanet") if o in models and "gfl" in models]
+    head += "".join(f" | GFL/{o}" for o in ratios) + " |"
+    rows = [head, "|" + "---|" * (1 + len(models) + len(ratios))]
+    ratio_table = {}
+    for line in lines:
+        cells = []
+        for m in models:
+            r = results[m].get(line)
+            cells.append(f"{fmt(r['median'])} ({fmt(r['min'])}-{fmt(r['max'])})" if r else "-")
+        for o in ratios:
+            a, b = results["gfl"].get(line), results[o].get(line)
+            ratio = a["median"] / b["median"] if a and b else None
+            ratio_table.setdefault(line, {})[f"gfl/{o}"] = ratio
+            cells.append(f"{ratio:.3f}" if ratio else "-")
+        rows.append(f"| {line} | " + " | ".join(cells) + " |")
+    return "\n".join(rows), ratio_table
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # randomly initialised weights can drive activations into denormal floats,
+    # which are very slow on some CPUs and would time the weights, not the models
+    torch.set_flush_denormal(True)
+    p = plan(args)
+    if args.child:
+        task, name = args.child
+        result = {"memory": child_peak_memory}[task](name, args.device, p)
+        print(json.dumps(result))
+        return result
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    t0 = time.time()
+    memory = {}
+    for m in args.models:
+        print(f"[benchmark] peak training memory of {m} (fresh process)", file=sys.stderr, flush=True)
+        memory[m] = run_child("memory", m, args)
+    results = measure_all(args, p)
+    for m in args.models:
+        results[m].update(memory[m])
+    table, ratios = report(results, args.models)
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    print(f"\nGFL vs detectron2's FCOS and RetinaNet, R-50-FPN, {device}, torch {torch.__version__}, {mode} mode, "
+          f"{p['repeat']} runs after {p['warmup']} warm-up, {time.time() - t0:.0f} s\n")
+    print(table)
+    out = dict(device=device, torch=torch.__version__, mode=mode, repeat=p["repeat"], warmup=p["warmup"],
+               results=results, ratios=ratios, seconds=time.time() - t0)
+    with open(args.output, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"\nwritten to {args.output}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
