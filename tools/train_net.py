@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+import torch
 from omegaconf import DictConfig, ListConfig
 
 from detectron2.config import LazyCall as L
@@ -94,7 +95,12 @@ def do_train(args, cfg):
     train_loader = build_train_loader(cfg)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    if cfg.train.amp.enabled:
+        # train.amp.precision: "float16" (default) or "bfloat16"; the GFL losses compute in fp32 either way
+        precision = getattr(torch, cfg.train.amp.get("precision", "float16"))
+        trainer = AMPTrainer(model, train_loader, optim, precision=precision)
+    else:
+        trainer = SimpleTrainer(model, train_loader, optim)
     checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
