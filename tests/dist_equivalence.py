@@ -41,6 +41,9 @@ def worker(out_path):
     if comm.is_main_process():
         with open(out_path, "w") as f:
             json.dump(gathered, f)
+    # leave together and close the process group, so that no gloo thread is torn down mid-use
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -135,6 +135,15 @@ def setup(args):
 
 
 def main(args):
+    result = run(args)
+    if comm.get_world_size() > 1:
+        # leave together and close the process group, so that no gloo/NCCL thread is torn down mid-use
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         if not cfg.train.init_checkpoint:
