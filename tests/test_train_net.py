@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from gfl_d2.data import ShapesConfig, write_split
 from helpers import TINY_OVERRIDES

@@ -79,7 +79,6 @@ def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
         (...) float32 loss ``-((y_{i+1} - y) log S_i + (y - y_i) log S_{i+1})``
         with ``y_i = floor(y)``.
     """
-    n = logits.shape[-1] - 1
     targets = targets.float()
     left = targets.floor().long()
     log_probs = F.log_softmax(logits.float(), dim=-1)

@@ -8,7 +8,7 @@ from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
