@@ -66,9 +66,7 @@ def integral(dist_logits: Tensor, bin_width: float = 1.0) -> Tensor:
     Returns:
         (..., 4) expected distances (in the same units as ``bin_width``).
     """
-    probs = edge_distributions(dist_logits)
-    bins = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype) * bin_width
-    return (probs * bins).sum(dim=-1)
+    return distribution_mean_std(edge_distributions(dist_logits), bin_width)[0]
 
 
 def distance2box(centers: Tensor, distances: Tensor) -> Tensor:
@@ -105,8 +103,9 @@ def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
 class DistributionBox2BoxTransform:
     """
     Box coding for GFL, with the interface of detectron2's box transforms
-    (``get_deltas`` / ``apply_deltas``) so that ``DenseDetector``'s decoding
-    helpers can use it.
+    (``get_deltas`` / ``apply_deltas``), for code written against that interface.
+    ``GFL`` itself decodes with :func:`edge_distributions` and
+    :func:`distribution_mean_std`, so as to keep the distributions too.
 
     The "deltas" are edge distances (l, t, r, b) from the anchor centre in units
     of the level's stride, which is the anchor side divided by ``anchor_scale``
