@@ -24,11 +24,22 @@ def add_gfl_config(cfg: CN) -> CN:
     g.ANCHOR_SCALE = 8.0
     # ATSS
     g.ATSS_TOPK = 9
+    # the paper's ablation axes (see gfl_d2.modeling.GFL): classification loss
+    # "qfl" | "focal"; quality "joint" | "centerness" | "iou" | "none"; box
+    # representation "distribution" | "dirac"; box loss weights "auto" |
+    # "score" | "centerness" | "none"
+    g.CLS_LOSS = "qfl"
+    g.QUALITY = "joint"
+    g.BOX_REPRESENTATION = "distribution"
+    g.BOX_LOSS_WEIGHTING = "auto"
     # losses
     g.QFL_BETA = 2.0
+    g.FOCAL_LOSS_ALPHA = 0.25
+    g.FOCAL_LOSS_GAMMA = 2.0
     g.LOSS_QFL_WEIGHT = 1.0
     g.LOSS_BBOX_WEIGHT = 2.0
-    g.LOSS_DFL_WEIGHT = 0.25
+    g.LOSS_DFL_WEIGHT = 0.25  # 0 turns DFL off
+    g.LOSS_QUALITY_WEIGHT = 1.0  # the separate centerness / IoU branch
     # inference
     g.SCORE_THRESH_TEST = 0.05
     g.TOPK_CANDIDATES_TEST = 1000
@@ -37,4 +48,6 @@ def add_gfl_config(cfg: CN) -> CN:
     g.OUTPUT_BOX_DISTRIBUTIONS = True
     # pad images to a multiple of this (0: the backbone's own, 128 with P7)
     g.SIZE_DIVISIBILITY = 32
+    # Quality Focal Loss for detectron2's RetinaNet (META_ARCHITECTURE: QFLRetinaNet)
+    cfg.MODEL.RETINANET.QFL_BETA = 2.0
     return cfg

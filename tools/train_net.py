@@ -50,7 +50,8 @@ logger = logging.getLogger("detectron2")
 
 
 def do_test(cfg, model):
-    if "evaluator" not in cfg.dataloader:
+    # dataloader.evaluator=None: train only (tools/ablation.py evaluates separately)
+    if cfg.dataloader.get("evaluator") is None:
         return {}
     ret = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)

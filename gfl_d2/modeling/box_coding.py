@@ -20,6 +20,8 @@ __all__ = [
     "box2distance",
     "aligned_iou",
     "DistributionBox2BoxTransform",
+    "DiracBox2BoxTransform",
+    "centerness",
 ]
 
 
@@ -100,7 +102,74 @@ def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
     return inter / (area1 + area2 - inter).clamp(min=eps)
 
 
-class DistributionBox2BoxTransform:
+def centerness(distances: Tensor) -> Tensor:
+    """
+    FCOS's centerness of points inside their boxes.
+
+    Args:
+        distances: (..., 4) positive distances (l, t, r, b) to the box edges.
+
+    Returns:
+        (...) ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``.
+    """
+    left_right, top_bottom = distances[..., 0::2], distances[..., 1::2]
+    ratio = (left_right.min(dim=-1).values / left_right.max(dim=-1).values) * (
+        top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values
+    )
+    return ratio.sqrt()
+
+
+class _StrideUnits:
+    """Anchors are ``anchor_scale x stride`` squares; distances are in strides."""
+
+    def __init__(self, anchor_scale: float = 8.0):
+        if anchor_scale <= 0:
+            raise ValueError(f"anchor_scale must be > 0, got {anchor_scale}")
+        self.anchor_scale = float(anchor_scale)
+
+    def centers_and_strides(self, anchors: Tensor) -> Tuple[Tensor, Tensor]:
+        """(R, 4) anchor boxes -> (R, 2) centres and (R, 1) strides."""
+        centers = (anchors[:, :2] + anchors[:, 2:]) * 0.5
+        strides = (anchors[:, 2:3] - anchors[:, 0:1]) / self.anchor_scale
+        return centers, strides
+
+    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        """
+        Args:
+            deltas: (R, num_deltas) box predictions.
+            boxes: (R, 4) anchors.
+
+        Returns:
+            (R, 4) decoded boxes in image coordinates.
+        """
+        centers, strides = self.centers_and_strides(boxes.float())
+        return distance2box(centers, self.distances(deltas) * strides)
+
+
+class DiracBox2BoxTransform(_StrideUnits):
+    """
+    The Dirac-delta box representation (plain distance regression, as in
+    FCOS/ATSS): each edge distance, in units of the level's stride, is one
+    number, ``relu`` of the prediction so that boxes stay valid (as detectron2's
+    ``Box2BoxTransformLinear`` does). Same interface as
+    :class:`DistributionBox2BoxTransform`.
+    """
+
+    def __init__(self, anchor_scale: float = 8.0):
+        super().__init__(anchor_scale)
+        self.num_deltas = 4
+
+    def distances(self, deltas: Tensor) -> Tensor:
+        """(..., 4) predictions -> (..., 4) float32 distances in strides."""
+        return F.relu(deltas.float())
+
+    def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+        """(R, 4) anchors and (R, 4) boxes -> (R, 4) distances in strides, >= 0."""
+        centers, strides = self.centers_and_strides(src_boxes)
+        return (box2distance(centers, target_boxes) / strides).clamp(min=0.0)
+
+
+class DistributionBox2BoxTransform(_StrideUnits):
     """
     Box coding for GFL, with the interface of detectron2's box transforms
     (``get_deltas`` / ``apply_deltas``), for code written against that interface.
@@ -115,19 +184,18 @@ class DistributionBox2BoxTransform:
     """
 
     def __init__(self, reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0):
+        super().__init__(anchor_scale)
         if reg_max < 1:
             raise ValueError(f"reg_max must be >= 1, got {reg_max}")
         if bin_width <= 0:
             raise ValueError(f"bin_width must be > 0, got {bin_width}")
         self.reg_max = int(reg_max)
         self.bin_width = float(bin_width)
-        self.anchor_scale = float(anchor_scale)
+        self.num_deltas = 4 * (self.reg_max + 1)
 
-    def centers_and_strides(self, anchors: Tensor) -> Tuple[Tensor, Tensor]:
-        """(R, 4) anchor boxes -> (R, 2) centres and (R, 1) strides."""
-        centers = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-        strides = (anchors[:, 2:3] - anchors[:, 0:1]) / self.anchor_scale
-        return centers, strides
+    def distances(self, deltas: Tensor) -> Tensor:
+        """(..., 4(n+1)) distribution logits -> (..., 4) float32 expected distances in strides."""
+        return integral(deltas, self.bin_width)
 
     def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
         """
@@ -141,16 +209,3 @@ class DistributionBox2BoxTransform:
         centers, strides = self.centers_and_strides(src_boxes)
         dist = box2distance(centers, target_boxes) / (strides * self.bin_width)
         return dist.clamp(min=0.0, max=self.reg_max - 0.1)
-
-    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        """
-        Args:
-            deltas: (R, 4 * (reg_max + 1)) distribution logits.
-            boxes: (R, 4) anchors.
-
-        Returns:
-            (R, 4) decoded boxes in image coordinates.
-        """
-        centers, strides = self.centers_and_strides(boxes.float())
-        dist = integral(deltas, self.bin_width) * strides
-        return distance2box(centers, dist)

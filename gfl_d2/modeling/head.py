@@ -33,6 +33,10 @@ def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+BOX_REPRESENTATIONS = ("distribution", "dirac")
+QUALITY_REPRESENTATIONS = ("joint", "centerness", "iou", "none")
+
+
 class GFLHead(nn.Module):
     """
     Two towers of ``len(conv_dims)`` conv3x3 + norm + ReLU, shared across
@@ -40,6 +44,11 @@ class GFLHead(nn.Module):
     ``bbox_pred`` the ``4 * (reg_max + 1)`` logits of the four edge
     distributions (l, t, r, b, each ``reg_max + 1`` bins contiguous), multiplied
     by a learnable scalar per level.
+
+    For the paper's ablations the head can also predict plain distances (4
+    channels, ``box_representation="dirac"``) and a separate localisation
+    quality logit (``quality="centerness"`` or ``"iou"``, a conv on the
+    regression tower, as in FCOS/ATSS).
     """
 
     @configurable
@@ -52,6 +61,8 @@ class GFLHead(nn.Module):
         norm: str = "GN",
         reg_max: int = 16,
         prior_prob: float = 0.01,
+        box_representation: str = "distribution",
+        quality: str = "joint",
     ):
         """
         Args:
@@ -62,6 +73,10 @@ class GFLHead(nn.Module):
                 GFL uses "GN" (GroupNorm with 32 groups).
             reg_max: n, the largest bin of the edge distributions.
             prior_prob: initial foreground probability of the classifier.
+            box_representation: "distribution" (4 (reg_max+1) outputs) or
+                "dirac" (4 outputs, one distance per edge).
+            quality: "joint" or "none" (no extra output), "centerness" or "iou"
+                (a separate quality branch, one logit per location).
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -69,16 +84,26 @@ class GFLHead(nn.Module):
             raise ValueError(f"GFLHead needs the same channels on every level, got {sorted(channels)}")
         if norm in ("BN", "SyncBN"):
             raise ValueError("GFLHead shares its towers across levels; use 'GN' rather than BatchNorm")
+        if box_representation not in BOX_REPRESENTATIONS:
+            raise ValueError(f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}")
+        if quality not in QUALITY_REPRESENTATIONS:
+            raise ValueError(f"quality must be one of {QUALITY_REPRESENTATIONS}, got {quality!r}")
         in_channels = channels.pop()
         self.num_classes = num_classes
         self.reg_max = reg_max
+        self.box_representation = box_representation
+        self.quality = quality
+        self.has_quality_branch = quality in ("centerness", "iou")
         self._num_levels = len(input_shape)
 
         self.cls_subnet = _tower(in_channels, conv_dims, norm)
         self.bbox_subnet = _tower(in_channels, conv_dims, norm)
         last = conv_dims[-1] if conv_dims else in_channels
         self.cls_score = nn.Conv2d(last, num_classes, kernel_size=3, stride=1, padding=1)
-        self.bbox_pred = nn.Conv2d(last, 4 * (reg_max + 1), kernel_size=3, stride=1, padding=1)
+        box_channels = 4 * (reg_max + 1) if box_representation == "distribution" else 4
+        self.bbox_pred = nn.Conv2d(last, box_channels, kernel_size=3, stride=1, padding=1)
+        if self.has_quality_branch:
+            self.quality_pred = nn.Conv2d(last, 1, kernel_size=3, stride=1, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(self._num_levels)])
 
         for module in self.modules():
@@ -97,6 +122,8 @@ class GFLHead(nn.Module):
             "norm": cfg.MODEL.GFL.NORM,
             "reg_max": cfg.MODEL.GFL.REG_MAX,
             "prior_prob": cfg.MODEL.GFL.PRIOR_PROB,
+            "box_representation": cfg.MODEL.GFL.BOX_REPRESENTATION,
+            "quality": cfg.MODEL.GFL.QUALITY,
         }
 
     def forward(self, features: List[Tensor]) -> List[List[Tensor]]:
@@ -105,13 +132,19 @@ class GFLHead(nn.Module):
             features: FPN maps, high to low resolution, each (N, Cin, Hi, Wi).
 
         Returns:
-            [cls_logits, box_dist_logits]: per level, (N, C, Hi, Wi) and
-            (N, 4 * (reg_max + 1), Hi, Wi).
+            [cls_logits, box_preds] (+ [quality_logits] with a quality branch):
+            per level, (N, C, Hi, Wi), (N, 4 * (reg_max + 1), Hi, Wi) (or
+            (N, 4, Hi, Wi) for "dirac") and (N, 1, Hi, Wi).
         """
         if len(features) != self._num_levels:
             raise ValueError(f"GFLHead built for {self._num_levels} levels, got {len(features)}")
-        cls_logits, box_dists = [], []
+        cls_logits, box_preds, quality_logits = [], [], []
         for feature, scale in zip(features, self.scales):
             cls_logits.append(self.cls_score(self.cls_subnet(feature)))
-            box_dists.append(scale(self.bbox_pred(self.bbox_subnet(feature))))
-        return [cls_logits, box_dists]
+            box_feature = self.bbox_subnet(feature)
+            box_preds.append(scale(self.bbox_pred(box_feature)))
+            if self.has_quality_branch:
+                quality_logits.append(self.quality_pred(box_feature))
+        if self.has_quality_branch:
+            return [cls_logits, box_preds, quality_logits]
+        return [cls_logits, box_preds]

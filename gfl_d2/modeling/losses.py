@@ -8,10 +8,19 @@ fp16/bf16 autocast: log-probabilities of confident predictions underflow in
 half precision.
 """
 import torch
+from fvcore.nn import sigmoid_focal_loss as _fvcore_sigmoid_focal_loss
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["quality_focal_loss", "distribution_focal_loss", "generalized_focal_loss"]
+from typing import Optional
+
+__all__ = [
+    "quality_focal_loss",
+    "distribution_focal_loss",
+    "generalized_focal_loss",
+    "sigmoid_focal_loss",
+    "dense_class_targets",
+]
 
 
 def generalized_focal_loss(
@@ -86,3 +95,39 @@ def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
     log_p_right = log_probs.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
     weight_left = (left + 1).float() - targets
     return -(weight_left * log_p_left + (1.0 - weight_left) * log_p_right)
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """
+    Focal Loss on hard (0/1) targets, fvcore's, computed in float32.
+
+    Args:
+        logits, targets: (..., C).
+
+    Returns:
+        (..., C) float32 element-wise loss.
+    """
+    return _fvcore_sigmoid_focal_loss(logits.float(), targets.float(), alpha=alpha, gamma=gamma, reduction="none")
+
+
+def dense_class_targets(gt_labels: Tensor, num_classes: int, quality: Optional[Tensor] = None) -> Tensor:
+    """
+    Classification targets of a dense detector.
+
+    Args:
+        gt_labels: (N, R) long: the class of each anchor's matched box,
+            ``num_classes`` for background, -1 for ignored anchors.
+        num_classes: C.
+        quality: (P,) soft targets of the P positive anchors, in the order of
+            ``((gt_labels >= 0) & (gt_labels != C)).nonzero()``; ``None`` for
+            hard (1.0) targets.
+
+    Returns:
+        (N, R, C) float32: the quality (or 1) at each positive anchor's class,
+        0 elsewhere (including ignored anchors: mask them out of the loss).
+    """
+    pos_img, pos_anchor = ((gt_labels >= 0) & (gt_labels != num_classes)).nonzero(as_tuple=True)
+    targets = torch.zeros((*gt_labels.shape, num_classes), dtype=torch.float32, device=gt_labels.device)
+    value = 1.0 if quality is None else quality.float()
+    targets[pos_img, pos_anchor, gt_labels[pos_img, pos_anchor]] = value
+    return targets

@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms
@@ -19,16 +20,18 @@ from detectron2.utils.logger import log_every_n_seconds
 
 from .atss import ATSSMatcher
 from .box_coding import (
+    DiracBox2BoxTransform,
     DistributionBox2BoxTransform,
     aligned_iou,
+    box2distance,
+    centerness,
     distance2box,
     distribution_mean_std,
     edge_distributions,
-    integral,
 )
-from .head import GFLHead
+from .head import BOX_REPRESENTATIONS, QUALITY_REPRESENTATIONS, GFLHead
 from .input_checks import sanitize_gt_instances
-from .losses import distribution_focal_loss, quality_focal_loss
+from .losses import dense_class_targets, distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss
 
 __all__ = ["GFL"]
 
@@ -51,6 +54,19 @@ class GFL(DenseDetector):
     Generalized Focal Loss V1 (:paper:`gfl`): a joint classification-IoU score
     trained with Quality Focal Loss, general edge distributions trained with
     Distribution Focal Loss and GIoU on the integral, and ATSS assignment.
+
+    The paper's ablation axes are arguments, so that its baselines are the same
+    model with other settings:
+
+    ============================  =========  ============  ===================  =========
+    variant                       cls_loss   quality       box_representation   DFL
+    ============================  =========  ============  ===================  =========
+    GFL (default)                 "qfl"      "joint"       "distribution"       weight>0
+    ATSS (the paper's baseline)   "focal"    "centerness"  "dirac"              -
+    ATSS + QFL                    "qfl"      "joint"       "dirac"              -
+    ATSS + DFL                    "focal"    "centerness"  "distribution"       weight>0
+    general distribution, no DFL  any        any           "distribution"       weight 0
+    ============================  =========  ============  ===================  =========
     """
 
     @configurable
@@ -67,9 +83,16 @@ class GFL(DenseDetector):
         bin_width: float = 1.0,
         anchor_scale: float = 8.0,
         qfl_beta: float = 2.0,
+        cls_loss: str = "qfl",
+        quality: str = "joint",
+        box_representation: str = "distribution",
+        box_loss_weighting: str = "auto",
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
         loss_qfl_weight: float = 1.0,
         loss_bbox_weight: float = 2.0,
         loss_dfl_weight: float = 0.25,
+        loss_quality_weight: float = 1.0,
         test_score_thresh: float = 0.05,
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.6,
@@ -93,13 +116,29 @@ class GFL(DenseDetector):
             bin_width: Δ, the spacing of the bins in units of stride.
             anchor_scale: anchor side / stride (GFL's octave base scale, 8).
             qfl_beta: β of Quality Focal Loss.
-            loss_*_weight: weights of the three losses (1, 2.0, 0.25 in the paper).
+            cls_loss: "qfl" (Quality Focal Loss on the joint classification-IoU
+                score) or "focal" (Focal Loss on hard 0/1 labels).
+            quality: localisation quality: "joint" (in the classification
+                score; needs ``cls_loss="qfl"``), "centerness" or "iou" (a
+                separate branch trained with BCE on the positives, multiplied
+                into the score at test time as in ATSS/FCOS), or "none".
+            box_representation: "distribution" (general distribution, decoded
+                by the integral) or "dirac" (one distance per edge, plain
+                regression).
+            box_loss_weighting: weight of each positive in the GIoU and DFL
+                losses: "score" (detached max predicted score, GFL),
+                "centerness" (the centerness target, ATSS), "none"; "auto" is
+                "score" with a joint quality and "centerness" otherwise.
+            focal_loss_alpha, focal_loss_gamma: of Focal Loss (``cls_loss="focal"``).
+            loss_*_weight: weights of the losses (QFL or Focal Loss 1, GIoU 2.0,
+                DFL 0.25, separate quality 1.0). ``loss_dfl_weight=0`` turns DFL off.
             test_*: inference filtering: score threshold, top-k (location, class)
                 pairs per level, NMS IoU; max_detections_per_image after NMS.
             output_box_distributions: add ``pred_box_dists`` (N, 4, n+1), each
                 edge's distribution over its bins, and ``pred_box_std`` (N, 4),
                 each edge's standard deviation in output-image pixels, to the
-                inference results. Turn off for deployment.
+                inference results. Turn off for deployment. Ignored (nothing to
+                output) with the "dirac" representation.
             size_divisibility: pad images to a multiple of this. ``None`` uses the
                 backbone's (128 for an FPN with P7); the released GFL models
                 used 32.
@@ -109,8 +148,16 @@ class GFL(DenseDetector):
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.num_classes = num_classes
         self.reg_max = int(reg_max)
-        if getattr(head, "reg_max", self.reg_max) != self.reg_max:
-            raise ValueError(f"head.reg_max={head.reg_max} but GFL reg_max={self.reg_max}")
+        self._check_variant(cls_loss, quality, box_representation, box_loss_weighting)
+        for name, value in (("reg_max", self.reg_max), ("box_representation", box_representation), ("quality", quality)):
+            if getattr(head, name, value) != value:
+                raise ValueError(f"head.{name}={getattr(head, name)!r} but GFL {name}={value!r}")
+        self.cls_loss = cls_loss
+        self.quality = quality
+        self.box_representation = box_representation
+        if box_loss_weighting == "auto":
+            box_loss_weighting = "score" if quality == "joint" else "centerness"
+        self.box_loss_weighting = box_loss_weighting
 
         feature_shapes = backbone.output_shape()
         strides = [feature_shapes[k].stride for k in self.head_in_features]
@@ -122,12 +169,21 @@ class GFL(DenseDetector):
             raise ValueError("GFL needs exactly one anchor per location (one size, one aspect ratio)")
         self.anchor_generator = anchor_generator
         self.anchor_matcher = anchor_matcher if anchor_matcher is not None else ATSSMatcher(topk=9)
-        self.box2box_transform = DistributionBox2BoxTransform(reg_max, bin_width, anchor_scale)
+        if box_representation == "distribution":
+            self.box2box_transform = DistributionBox2BoxTransform(reg_max, bin_width, anchor_scale)
+        else:
+            self.box2box_transform = DiracBox2BoxTransform(anchor_scale)
+            if output_box_distributions:
+                logger.info("GFL: box_representation='dirac' has no edge distributions to output")
+            output_box_distributions = False
 
         self.qfl_beta = qfl_beta
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
         self.loss_qfl_weight = loss_qfl_weight
         self.loss_bbox_weight = loss_bbox_weight
         self.loss_dfl_weight = loss_dfl_weight
+        self.loss_quality_weight = loss_quality_weight
 
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
@@ -136,6 +192,31 @@ class GFL(DenseDetector):
         self.output_box_distributions = output_box_distributions
         self.size_divisibility = size_divisibility
         self.input_format = input_format
+
+    @staticmethod
+    def _check_variant(cls_loss: str, quality: str, box_representation: str, box_loss_weighting: str):
+        if cls_loss not in ("qfl", "focal"):
+            raise ValueError(f"cls_loss must be 'qfl' or 'focal', got {cls_loss!r}")
+        if quality not in QUALITY_REPRESENTATIONS:
+            raise ValueError(f"quality must be one of {QUALITY_REPRESENTATIONS}, got {quality!r}")
+        if box_representation not in BOX_REPRESENTATIONS:
+            raise ValueError(f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}")
+        if box_loss_weighting not in ("auto", "score", "centerness", "none"):
+            raise ValueError(
+                f"box_loss_weighting must be 'auto', 'score', 'centerness' or 'none', got {box_loss_weighting!r}"
+            )
+        # QFL's target is the localisation quality, so the two come together
+        if (cls_loss == "qfl") != (quality == "joint"):
+            raise ValueError(
+                f"cls_loss={cls_loss!r} with quality={quality!r}: the joint quality is trained by QFL, "
+                "so use cls_loss='qfl' with quality='joint', or cls_loss='focal' with 'centerness', 'iou' or 'none'"
+            )
+
+    @property
+    def _prediction_channels(self) -> List[int]:
+        """Channels of the head's outputs, in order: class logits, box, (quality)."""
+        channels = [self.num_classes, self.box2box_transform.num_deltas]
+        return channels + [1] if self.quality in ("centerness", "iou") else channels
 
     @classmethod
     def from_config(cls, cfg):
@@ -154,9 +235,16 @@ class GFL(DenseDetector):
             "bin_width": g.BIN_WIDTH,
             "anchor_scale": g.ANCHOR_SCALE,
             "qfl_beta": g.QFL_BETA,
+            "cls_loss": g.CLS_LOSS,
+            "quality": g.QUALITY,
+            "box_representation": g.BOX_REPRESENTATION,
+            "box_loss_weighting": g.BOX_LOSS_WEIGHTING,
+            "focal_loss_alpha": g.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": g.FOCAL_LOSS_GAMMA,
             "loss_qfl_weight": g.LOSS_QFL_WEIGHT,
             "loss_bbox_weight": g.LOSS_BBOX_WEIGHT,
             "loss_dfl_weight": g.LOSS_DFL_WEIGHT,
+            "loss_quality_weight": g.LOSS_QUALITY_WEIGHT,
             "test_score_thresh": g.SCORE_THRESH_TEST,
             "test_topk_candidates": g.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": g.NMS_THRESH_TEST,
@@ -210,12 +298,12 @@ class GFL(DenseDetector):
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_dists = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4 * (self.reg_max + 1)]
+        pred_logits, pred_deltas, *pred_quality = self._transpose_dense_predictions(
+            predictions, self._prediction_channels
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        return self.losses(anchors, pred_logits, gt_labels, pred_dists, gt_boxes)
+        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, *pred_quality)
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
@@ -253,74 +341,116 @@ class GFL(DenseDetector):
         anchors: List[Boxes],
         pred_logits: List[Tensor],
         gt_labels: List[Tensor],
-        pred_dists: List[Tensor],
+        pred_deltas: List[Tensor],
         gt_boxes: List[Tensor],
+        pred_quality: Optional[List[Tensor]] = None,
     ) -> Dict[str, Tensor]:
         """
         Args:
             anchors: per level, Boxes (R_l, 4).
-            pred_logits: per level, (N, R_l, C) classification-IoU logits.
+            pred_logits: per level, (N, R_l, C) classification (or joint
+                classification-IoU) logits.
             gt_labels: per image, (R,) from :meth:`label_anchors`.
-            pred_dists: per level, (N, R_l, 4 * (n+1)) distribution logits.
+            pred_deltas: per level, (N, R_l, 4 * (n+1)) distribution logits
+                (or (N, R_l, 4) distances for "dirac").
             gt_boxes: per image, (R, 4) matched boxes.
+            pred_quality: per level, (N, R_l, 1) logits of the separate quality
+                branch, if there is one.
 
         Returns:
-            dict with ``loss_qfl`` (normalised by the number of positives),
-            ``loss_bbox`` (GIoU) and ``loss_dfl`` (normalised by the sum of the
-            positives' predicted max score), weights applied, normalisers
-            averaged over workers.
+            dict with ``loss_qfl`` (or ``loss_cls`` for Focal Loss; normalised by
+            the number of positives), ``loss_bbox`` (GIoU) and ``loss_dfl``
+            (if DFL is on; both normalised by the sum of the positives'
+            weights, see ``box_loss_weighting``), ``loss_quality`` (with a
+            separate quality branch; normalised by the number of positives);
+            weights applied, normalisers averaged over workers.
         """
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
         num_pos = pos_mask.sum()
         get_event_storage().put_scalar("num_pos_anchors", num_pos.item() / num_images)
-        qfl_normalizer = reduce_mean(num_pos.float()).clamp(min=1.0)
+        pos_normalizer = reduce_mean(num_pos.float()).clamp(min=1.0)
 
         pred_logits = torch.cat(pred_logits, dim=1)  # (N, R, C)
-        pred_dists = torch.cat(pred_dists, dim=1)  # (N, R, 4(n+1))
+        pred_deltas = torch.cat(pred_deltas, dim=1)  # (N, R, D)
         anchors = Boxes.cat(anchors).tensor  # (R, 4)
 
         pos_img, pos_anchor = pos_mask.nonzero(as_tuple=True)
-        pos_dist_logits = pred_dists[pos_img, pos_anchor]  # (P, 4(n+1))
-        pos_anchors = anchors[pos_anchor]  # (P, 4)
+        pos_deltas = pred_deltas[pos_img, pos_anchor]  # (P, D)
+        pos_anchors = anchors[pos_anchor].float()  # (P, 4)
         pos_gt_boxes = torch.stack(gt_boxes)[pos_img, pos_anchor].float()  # (P, 4)
 
         # boxes in units of the level's stride, as in the reference
-        centers, strides = self.box2box_transform.centers_and_strides(pos_anchors.float())
-        pred_boxes = distance2box(centers / strides, integral(pos_dist_logits, self.box2box_transform.bin_width))
+        centers, strides = self.box2box_transform.centers_and_strides(pos_anchors)
+        pred_boxes = distance2box(centers / strides, self.box2box_transform.distances(pos_deltas))
         target_boxes = pos_gt_boxes / strides
-
-        # QFL: IoU of the detached prediction at the GT class, 0 elsewhere
+        # IoU of the detached prediction: QFL's target, or the IoU branch's
         quality = aligned_iou(pred_boxes.detach(), target_boxes)
-        cls_targets = torch.zeros_like(pred_logits, dtype=torch.float32)
-        cls_targets[pos_img, pos_anchor, gt_labels[pos_img, pos_anchor]] = quality
-        loss_qfl = quality_focal_loss(pred_logits, cls_targets, self.qfl_beta).sum() / qfl_normalizer
 
-        # box losses weighted by the detached max predicted score of each positive
-        weights = pred_logits.detach()[pos_img, pos_anchor].float().sigmoid().max(dim=1).values  # (P,)
+        losses = {}
+        if self.cls_loss == "qfl":
+            cls_targets = dense_class_targets(gt_labels, self.num_classes, quality)
+            loss_cls = quality_focal_loss(pred_logits, cls_targets, self.qfl_beta)
+            losses["loss_qfl"] = loss_cls.sum() * self.loss_qfl_weight / pos_normalizer
+        else:
+            cls_targets = dense_class_targets(gt_labels, self.num_classes)
+            loss_cls = sigmoid_focal_loss(pred_logits, cls_targets, self.focal_loss_alpha, self.focal_loss_gamma)
+            losses["loss_cls"] = loss_cls.sum() * self.loss_qfl_weight / pos_normalizer
+
+        if self.box_loss_weighting == "score":
+            weights = pred_logits.detach()[pos_img, pos_anchor].float().sigmoid().max(dim=1).values  # (P,)
+        elif self.box_loss_weighting == "centerness":
+            weights = centerness(box2distance(centers, pos_gt_boxes))
+        else:
+            weights = torch.ones_like(quality)
         box_normalizer = reduce_mean(weights.sum()).clamp(min=1.0)
         loss_giou = giou_loss(pred_boxes, target_boxes, reduction="none")
-        dfl_targets = self.box2box_transform.get_deltas(pos_anchors.float(), pos_gt_boxes)  # (P, 4)
-        loss_dfl = distribution_focal_loss(pos_dist_logits.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
+        losses["loss_bbox"] = (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer
+        if self.box_representation == "distribution" and self.loss_dfl_weight > 0:
+            dfl_targets = self.box2box_transform.get_deltas(pos_anchors, pos_gt_boxes)  # (P, 4)
+            loss_dfl = distribution_focal_loss(pos_deltas.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
+            losses["loss_dfl"] = (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer
 
-        return {
-            "loss_qfl": loss_qfl * self.loss_qfl_weight,
-            "loss_bbox": (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer,
-            "loss_dfl": (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer,
-        }
+        if pred_quality is not None:
+            if self.quality == "centerness":
+                quality = centerness(box2distance(centers, pos_gt_boxes))
+            pos_quality = torch.cat(pred_quality, dim=1)[pos_img, pos_anchor, 0].float()  # (P,)
+            loss_quality = F.binary_cross_entropy_with_logits(pos_quality, quality, reduction="sum")
+            losses["loss_quality"] = loss_quality * self.loss_quality_weight / pos_normalizer
+        return losses
+
+    @torch.no_grad()
+    def compute_centerness_targets(self, anchors: List[Boxes], gt_boxes: List[Tensor]) -> Tensor:
+        """
+        Centerness of every anchor centre in its matched box (the target of
+        the "centerness" quality branch, meaningful at positive anchors), with
+        the interface of ``FCOS.compute_ctrness_targets``.
+
+        Args:
+            anchors: per level, Boxes (R_l, 4).
+            gt_boxes: per image, (R, 4) matched boxes.
+
+        Returns:
+            (N, R) centerness.
+        """
+        centers, _ = self.box2box_transform.centers_and_strides(Boxes.cat(anchors).tensor)
+        return centerness(box2distance(centers, torch.stack(gt_boxes)))
 
     # ----------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]):
-        pred_logits, pred_dists = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4 * (self.reg_max + 1)]
+        pred_logits, pred_deltas, *pred_quality = self._transpose_dense_predictions(
+            predictions, self._prediction_channels
         )
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
             scores = [x[img_idx].sigmoid() for x in pred_logits]
-            dists = [x[img_idx] for x in pred_dists]
-            results.append(self.inference_single_image(anchors, scores, dists, image_size))
+            if pred_quality:
+                # a separate quality is multiplied into the score, as in ATSS
+                scores = [s * q[img_idx].sigmoid() for s, q in zip(scores, pred_quality[0])]
+            deltas = [x[img_idx] for x in pred_deltas]
+            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
 
     def _decode_per_level_predictions(
@@ -340,7 +470,8 @@ class GFL(DenseDetector):
         Args:
             anchors: Boxes (R_l, 4) of the level.
             pred_scores: (R_l, C) scores.
-            pred_deltas: (R_l, 4(n+1)) distribution logits.
+            pred_deltas: (R_l, 4(n+1)) distribution logits (or (R_l, 4)
+                distances for "dirac").
         """
         keep = pred_scores > score_thresh
         pred_scores = pred_scores[keep]
@@ -350,9 +481,12 @@ class GFL(DenseDetector):
         pred_scores, order = pred_scores.topk(num_topk)
         anchor_idxs, classes_idxs = candidates[order].unbind(dim=1)
 
-        probs = edge_distributions(pred_deltas[anchor_idxs])  # (K, 4, n+1)
-        mean, std = distribution_mean_std(probs, self.box2box_transform.bin_width)
         centers, strides = self.box2box_transform.centers_and_strides(anchors.tensor[anchor_idxs].float())
+        if self.box_representation == "distribution":
+            probs = edge_distributions(pred_deltas[anchor_idxs])  # (K, 4, n+1)
+            mean, std = distribution_mean_std(probs, self.box2box_transform.bin_width)
+        else:
+            mean = self.box2box_transform.distances(pred_deltas[anchor_idxs])
         result = Instances(
             image_size,
             pred_boxes=Boxes(distance2box(centers, mean * strides)),
@@ -374,8 +508,10 @@ class GFL(DenseDetector):
         """
         Args:
             anchors: per level, Boxes (R_l, 4).
-            box_cls: per level, (R_l, C) scores (sigmoid of the logits).
-            box_dists: per level, (R_l, 4(n+1)) distribution logits.
+            box_cls: per level, (R_l, C) scores (sigmoid of the logits, times
+                the separate quality if any).
+            box_dists: per level, (R_l, 4(n+1)) distribution logits (or
+                (R_l, 4) distances).
             image_size: (H, W) of the input before padding.
 
         Returns:

@@ -35,6 +35,8 @@ model = L(GFL)(
         norm="GN",
         reg_max="${..reg_max}",
         prior_prob=0.01,
+        box_representation="${..box_representation}",
+        quality="${..quality}",
     ),
     # one square anchor of 8 x stride per location (ATSS's octave base scale)
     anchor_generator=L(DefaultAnchorGenerator)(
@@ -50,9 +52,17 @@ model = L(GFL)(
     bin_width=1.0,
     anchor_scale=8.0,
     qfl_beta=2.0,
-    loss_qfl_weight=1.0,
+    # the paper's ablation axes; configs/Ablations has the variants
+    cls_loss="qfl",  # or "focal" (hard labels)
+    quality="joint",  # or "centerness" / "iou" (separate branch, with "focal") / "none"
+    box_representation="distribution",  # or "dirac" (plain distance regression)
+    box_loss_weighting="auto",  # "score" for a joint quality, else "centerness" (ATSS)
+    focal_loss_alpha=0.25,
+    focal_loss_gamma=2.0,
+    loss_qfl_weight=1.0,  # QFL, or Focal Loss with cls_loss="focal"
     loss_bbox_weight=2.0,
-    loss_dfl_weight=0.25,
+    loss_dfl_weight=0.25,  # 0: no DFL
+    loss_quality_weight=1.0,
     test_score_thresh=0.05,
     test_topk_candidates=1000,
     test_nms_thresh=0.6,

@@ -1,0 +1,10 @@
+"""
+ATSS (the GFL paper's baseline, 39.2 AP published for R-50 1x): the GFL model
+with Focal Loss on hard labels, a separate centerness branch and plain
+distance regression (Dirac delta) trained with GIoU.
+"""
+from .gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
+
+model.cls_loss = "focal"
+model.quality = "centerness"
+model.box_representation = "dirac"
