@@ -176,7 +176,7 @@ def test_dirac_variant_is_plain_giou_regression():
     fcos_anchors = Boxes.cat(stride_boxes(anchors)).tensor
     n = len(data)
     logits = [torch.randn(n, len(a), 3) for a in anchors]
-    deltas = [torch.randn(n, len(a), 4) * 3 for a in anchors]  # some negative: relu'd, as in FCOS
+    deltas = [torch.randn(n, len(a), 4) * 3 for a in anchors]  # some below -4: relu'd, as in FCOS
     with EventStorage():
         losses = model.losses(anchors, logits, gt_labels, deltas, gt_boxes)
     assert set(losses) == {"loss_cls", "loss_bbox"}  # no DFL, no quality
@@ -184,13 +184,23 @@ def test_dirac_variant_is_plain_giou_regression():
     pos = torch.stack(gt_labels) != model.num_classes
     linear = Box2BoxTransformLinear(normalize_by_size=True)
     all_deltas = torch.cat(deltas, dim=1)
-    pred = torch.stack([linear.apply_deltas(d, fcos_anchors) for d in all_deltas])  # (N, R, 4) pixels
+    # distances in strides from the anchor's half-side (4 strides)
+    pred = torch.stack([linear.apply_deltas(d + 4.0, fcos_anchors) for d in all_deltas])  # (N, R, 4) pixels
     expected = giou_loss(pred[pos], torch.stack(gt_boxes)[pos], reduction="mean") * model.loss_bbox_weight
     torch.testing.assert_close(losses["loss_bbox"], expected, rtol=1e-4, atol=1e-5)
 
     # inference decodes the same boxes
     anchors_cat = Boxes.cat(anchors).tensor
     torch.testing.assert_close(model.box2box_transform.apply_deltas(all_deltas[0], anchors_cat), pred[0])
+
+
+def test_untrained_dirac_variant_predicts_its_anchors():
+    model = tiny_variant(cls_loss="qfl", quality="joint", box_representation="dirac")
+    anchors = torch.tensor([[-32.0, -32.0, 32.0, 32.0], [16.0, 0.0, 144.0, 128.0]])
+    torch.testing.assert_close(model.box2box_transform.apply_deltas(torch.zeros(2, 4), anchors), anchors)
+    boxes = torch.tensor([[-10.0, -5.0, 20.0, 7.0], [30.0, 10.0, 100.0, 70.0]])
+    deltas = model.box2box_transform.get_deltas(anchors, boxes)
+    torch.testing.assert_close(model.box2box_transform.apply_deltas(deltas, anchors), boxes)
 
 
 def test_dirac_variant_detects_without_distribution_outputs():

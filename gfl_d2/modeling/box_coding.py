@@ -150,8 +150,12 @@ class DiracBox2BoxTransform(_StrideUnits):
     """
     The Dirac-delta box representation (plain distance regression, as in
     FCOS/ATSS): each edge distance, in units of the level's stride, is one
-    number, ``relu`` of the prediction so that boxes stay valid (as detectron2's
-    ``Box2BoxTransformLinear`` does). Same interface as
+    number. The prediction is an offset from the anchor's own half-side
+    (``anchor_scale / 2`` strides), so that an untrained model predicts its
+    anchor box, as ATSS's anchor-based regression does; ``relu`` keeps boxes
+    valid (as detectron2's ``Box2BoxTransformLinear`` does). Starting from
+    empty boxes instead would give QFL all-zero IoU targets and the joint
+    score could collapse before the boxes learn. Same interface as
     :class:`DistributionBox2BoxTransform`.
     """
 
@@ -161,12 +165,12 @@ class DiracBox2BoxTransform(_StrideUnits):
 
     def distances(self, deltas: Tensor) -> Tensor:
         """(..., 4) predictions -> (..., 4) float32 distances in strides."""
-        return F.relu(deltas.float())
+        return F.relu(deltas.float() + self.anchor_scale / 2)
 
     def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
-        """(R, 4) anchors and (R, 4) boxes -> (R, 4) distances in strides, >= 0."""
+        """(R, 4) anchors and (R, 4) boxes -> (R, 4) predictions that decode to the boxes."""
         centers, strides = self.centers_and_strides(src_boxes)
-        return (box2distance(centers, target_boxes) / strides).clamp(min=0.0)
+        return box2distance(centers, target_boxes) / strides - self.anchor_scale / 2
 
 
 class DistributionBox2BoxTransform(_StrideUnits):
