@@ -310,3 +310,20 @@ def test_ablation_tool_runs_saves_and_resumes(tmp_path):
     proc = subprocess.run(cmd + ["--skip-timing"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0 and "2 runs, 2 already done, 0 to go" in proc.stdout, proc.stdout[-2000:]
     assert "training" not in proc.stdout
+
+
+def test_yacs_builds_qfl_retinanet():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from gfl_d2 import add_gfl_config
+
+    cfg = get_cfg()
+    add_gfl_config(cfg)
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "QFLRetinaNet", "MODEL.RETINANET.QFL_BETA", "1.5",
+                         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18",
+                         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
+                         "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4', 'res5']", "MODEL.FPN.IN_FEATURES",
+                         "['res3', 'res4', 'res5']"])
+    model = build_model(cfg)
+    assert isinstance(model, QFLRetinaNet) and model.qfl_beta == 1.5

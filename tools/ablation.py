@@ -58,6 +58,8 @@ VARIANTS = OrderedDict(
         ("GFL no DFL", (GFL_CFG, ["model.loss_dfl_weight=0"], "general distribution trained by GIoU only")),
         ("FL+IoU branch", (ATSS_CFG, ["model.quality=iou"], "FL + separate IoU branch + Dirac delta")),
         ("FL, no quality", (ATSS_CFG, ["model.quality=none"], "FL, no quality estimate + Dirac delta")),
+        ("ATSS+QFL, ctr-weighted", (GFL_CFG, ["model.box_representation=dirac", "model.box_loss_weighting=centerness"],
+                                    "ATSS+QFL with ATSS's centerness weights on the GIoU loss")),
     ]
 )
 
@@ -72,7 +74,8 @@ TABLES = OrderedDict(
         ("n", ("number of bins n (paper Table 2b)", ["GFL n=4", "GFL n=8", "GFL", "GFL n=24"], "sweep")),
         ("delta", ("bin width Δ (paper Table 2c)", ["GFL Δ=0.5", "GFL", "GFL Δ=2"], "sweep")),
         ("quality", ("quality representation and DFL (paper Tables 1a, 2a)",
-                     ["FL, no quality", "ATSS", "FL+IoU branch", "ATSS+QFL", "GFL no DFL", "GFL"], "sweep")),
+                     ["FL, no quality", "ATSS", "FL+IoU branch", "ATSS+QFL", "ATSS+QFL, ctr-weighted", "GFL no DFL",
+                      "GFL"], "sweep")),
     ]
 )
 DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta"]

@@ -31,8 +31,16 @@ class _QualityFocalLossMixin:
     shares, so that only the classification target and loss differ.
     """
 
-    qfl_beta: float
     cls_loss_key: str
+
+    def __init__(self, *, qfl_beta: float = 2.0, **kwargs):
+        """
+        Args:
+            qfl_beta: β of QFL.
+            kwargs: the detector's own arguments (its focal-loss α/γ are unused).
+        """
+        super().__init__(**kwargs)
+        self.qfl_beta = qfl_beta
 
     def losses(self, anchors: List[Boxes], pred_logits: List[Tensor], gt_labels: List[Tensor],
                pred_anchor_deltas: List[Tensor], gt_boxes: List[Tensor], *args) -> Dict[str, Tensor]:
@@ -72,15 +80,9 @@ class QFLRetinaNet(_QualityFocalLossMixin, RetinaNet):
 
     cls_loss_key = "loss_cls"
 
-    @configurable
-    def __init__(self, *, qfl_beta: float = 2.0, **kwargs):
-        """
-        Args:
-            qfl_beta: β of QFL.
-            kwargs: :class:`RetinaNet`'s arguments (its focal-loss α/γ are unused).
-        """
+    @configurable  # for yacs: META_ARCHITECTURE "QFLRetinaNet", MODEL.RETINANET.QFL_BETA
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.qfl_beta = qfl_beta
 
     @classmethod
     def from_config(cls, cfg):
@@ -97,12 +99,3 @@ class QFLFCOS(_QualityFocalLossMixin, FCOS):
     """
 
     cls_loss_key = "loss_fcos_cls"
-
-    def __init__(self, *, qfl_beta: float = 2.0, **kwargs):
-        """
-        Args:
-            qfl_beta: β of QFL.
-            kwargs: :class:`FCOS`'s arguments (its focal-loss α/γ are unused).
-        """
-        super().__init__(**kwargs)
-        self.qfl_beta = qfl_beta
