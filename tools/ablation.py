@@ -19,6 +19,7 @@ last checkpoint. The Markdown tables are written to ``<output>/ablation.md``
 import argparse
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -227,7 +228,7 @@ def do_run(args, name, seed, index, total):
 
 # ------------------------------------------------------------------ timing
 def measure_inference(args, names):
-    """Median seconds per image of each variant's first trained model, interleaved."""
+    """Median seconds per image (batch 1) of each variant's first trained model."""
     import torch
 
     from detectron2.config import instantiate
@@ -246,16 +247,21 @@ def measure_inference(args, names):
         if len(inputs) >= args.timing_images:
             break
     times = {name: [] for name in models}
+    rng = random.Random(0)
+    order = list(models)
     with torch.no_grad():
         for _, model in models.values():  # warm-up
             for x in inputs[:5]:
                 model([x])
+        # interleaved image by image, in a shuffled order, so that drifts of the
+        # machine's speed hit every model alike; the median drops outliers
         for _ in range(args.timing_rounds):
-            for name, (_, model) in models.items():
-                start = time.perf_counter()
-                for x in inputs:
-                    model([x])
-                times[name].append((time.perf_counter() - start) / len(inputs))
+            for x in inputs:
+                rng.shuffle(order)
+                for name in order:
+                    start = time.perf_counter()
+                    models[name][1]([x])
+                    times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
