@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 
 from gfl_d2.engine import load_lazy_config
 from gfl_d2.modeling import GFL, QFLFCOS, QFLRetinaNet
-from helpers import make_instances, shapes_image, tiny_gfl, tiny_gfl_config
+from helpers import make_instances, shapes_image, tiny_gfl_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("ablation", os.path.join(ROOT, "tools", "ablation.py"))
