@@ -149,11 +149,10 @@ def test_atss_centerness_target_equals_fcos_on_the_same_anchors():
     labels = torch.stack(gt_labels)
     pos = labels != model.num_classes
     assert pos.sum() > 5
-    ours = model.compute_centerness_targets(anchors, gt_boxes)
-    theirs = fcos.compute_ctrness_targets(fcos_anchors, gt_boxes)
-    torch.testing.assert_close(ours[pos], theirs[pos])
+    theirs = fcos.compute_ctrness_targets(fcos_anchors, gt_boxes)  # (N, R)
 
-    # and the quality branch is trained towards it: BCE over positives / #positives
+    # the quality branch is trained towards FCOS's target (BCE over positives /
+    # #positives), and the GIoU loss is weighted by it (ATSS)
     num_anchors = sum(len(a) for a in anchors)
     n = len(data)
     logits = [torch.randn(n, len(a), 3) for a in anchors]
@@ -165,6 +164,11 @@ def test_atss_centerness_target_equals_fcos_on_the_same_anchors():
     q = torch.cat(quality, dim=1).reshape(n, num_anchors)
     expected = F.binary_cross_entropy_with_logits(q[pos], theirs[pos], reduction="sum") / pos.sum()
     torch.testing.assert_close(losses["loss_quality"], expected)
+    all_anchors = Boxes.cat(anchors).tensor
+    pred = torch.stack([model.box2box_transform.apply_deltas(d, all_anchors) for d in torch.cat(deltas, dim=1)])
+    giou = giou_loss(pred[pos], torch.stack(gt_boxes)[pos], reduction="none")
+    expected = (giou * theirs[pos]).sum() / theirs[pos].sum() * model.loss_bbox_weight
+    torch.testing.assert_close(losses["loss_bbox"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_dirac_variant_is_plain_giou_regression():

@@ -35,6 +35,7 @@ def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
 
 BOX_REPRESENTATIONS = ("distribution", "dirac")
 QUALITY_REPRESENTATIONS = ("joint", "centerness", "iou", "none")
+SEPARATE_QUALITIES = ("centerness", "iou")  # the ones with a branch of their own
 
 
 class GFLHead(nn.Module):
@@ -93,7 +94,7 @@ class GFLHead(nn.Module):
         self.reg_max = reg_max
         self.box_representation = box_representation
         self.quality = quality
-        self.has_quality_branch = quality in ("centerness", "iou")
+        self.has_quality_branch = quality in SEPARATE_QUALITIES
         self._num_levels = len(input_shape)
 
         self.cls_subnet = _tower(in_channels, conv_dims, norm)

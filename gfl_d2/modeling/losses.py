@@ -7,12 +7,12 @@ All three compute in float32 whatever the input dtype, so they are safe under
 fp16/bf16 autocast: log-probabilities of confident predictions underflow in
 half precision.
 """
+from typing import Optional
+
 import torch
 from fvcore.nn import sigmoid_focal_loss as _fvcore_sigmoid_focal_loss
 from torch import Tensor
 from torch.nn import functional as F
-
-from typing import Optional
 
 __all__ = [
     "quality_focal_loss",

@@ -29,7 +29,7 @@ from .box_coding import (
     distribution_mean_std,
     edge_distributions,
 )
-from .head import BOX_REPRESENTATIONS, QUALITY_REPRESENTATIONS, GFLHead
+from .head import BOX_REPRESENTATIONS, QUALITY_REPRESENTATIONS, SEPARATE_QUALITIES, GFLHead
 from .input_checks import sanitize_gt_instances
 from .losses import dense_class_targets, distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss
 
@@ -216,7 +216,7 @@ class GFL(DenseDetector):
     def _prediction_channels(self) -> List[int]:
         """Channels of the head's outputs, in order: class logits, box, (quality)."""
         channels = [self.num_classes, self.box2box_transform.num_deltas]
-        return channels + [1] if self.quality in ("centerness", "iou") else channels
+        return channels + [1] if self.quality in SEPARATE_QUALITIES else channels
 
     @classmethod
     def from_config(cls, cfg):
@@ -398,10 +398,14 @@ class GFL(DenseDetector):
             loss_cls = sigmoid_focal_loss(pred_logits, cls_targets, self.focal_loss_alpha, self.focal_loss_gamma)
             losses["loss_cls"] = loss_cls.sum() * self.loss_qfl_weight / pos_normalizer
 
+        # FCOS's centerness of each positive's anchor centre in its box: ATSS's
+        # box-loss weight and the centerness branch's target
+        if "centerness" in (self.box_loss_weighting, self.quality):
+            ctr_targets = centerness(box2distance(centers, pos_gt_boxes))  # (P,)
         if self.box_loss_weighting == "score":
             weights = pred_logits.detach()[pos_img, pos_anchor].float().sigmoid().max(dim=1).values  # (P,)
         elif self.box_loss_weighting == "centerness":
-            weights = centerness(box2distance(centers, pos_gt_boxes))
+            weights = ctr_targets
         else:
             weights = torch.ones_like(quality)
         box_normalizer = reduce_mean(weights.sum()).clamp(min=1.0)
@@ -414,28 +418,11 @@ class GFL(DenseDetector):
 
         if pred_quality is not None:
             if self.quality == "centerness":
-                quality = centerness(box2distance(centers, pos_gt_boxes))
+                quality = ctr_targets
             pos_quality = torch.cat(pred_quality, dim=1)[pos_img, pos_anchor, 0].float()  # (P,)
             loss_quality = F.binary_cross_entropy_with_logits(pos_quality, quality, reduction="sum")
             losses["loss_quality"] = loss_quality * self.loss_quality_weight / pos_normalizer
         return losses
-
-    @torch.no_grad()
-    def compute_centerness_targets(self, anchors: List[Boxes], gt_boxes: List[Tensor]) -> Tensor:
-        """
-        Centerness of every anchor centre in its matched box (the target of
-        the "centerness" quality branch, meaningful at positive anchors), with
-        the interface of ``FCOS.compute_ctrness_targets``.
-
-        Args:
-            anchors: per level, Boxes (R_l, 4).
-            gt_boxes: per image, (R, 4) matched boxes.
-
-        Returns:
-            (N, R) centerness.
-        """
-        centers, _ = self.box2box_transform.centers_and_strides(Boxes.cat(anchors).tensor)
-        return centerness(box2distance(centers, torch.stack(gt_boxes)))
 
     # ----------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]):
