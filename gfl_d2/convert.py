@@ -6,13 +6,22 @@ Supported: ResNet-50/101 and ResNeXt-101 (any groups x width) pytorch-style
 backbones, FPN with P6/P7 from P5's output, the GFL head. Anything else (DCN
 backbones, other necks or heads) is refused with the reason.
 """
+import logging
+import os
+import pickle
 import re
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
 
-__all__ = ["ConversionError", "convert_mmdet_state_dict", "describe_mmdet_gfl"]
+__all__ = ["ConversionError", "convert_mmdet_state_dict", "describe_mmdet_gfl", "load_mmdet_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+# MMDetection's ``Integral`` keeps the bin values 0, 1, ..., n as a persistent
+# buffer, so every checkpoint it saves holds them; gfl-d2 derives them from n
+INTEGRAL_BUFFER = "bbox_head.integral.project"
 
 
 class ConversionError(ValueError):
@@ -126,6 +135,76 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor]) -> Dict:
     )
 
 
+def _pickled_objects(path: str, error: Exception) -> List[str]:
+    """The classes/functions a checkpoint pickles beyond tensors and containers, as torch names them."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # the legacy (non-zip) format: torch's error names the first one
+        names = re.findall(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return sorted(set(names))
+
+
+def load_mmdet_checkpoint(path: str, allow_pickle: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """
+    Read an MMDetection checkpoint file.
+
+    It is loaded with ``torch.load(weights_only=True)``, which restores only
+    tensors and plain containers. A file that also pickles other Python objects
+    (mmengine's log history in a checkpoint saved during training, say) is
+    refused with their names unless ``allow_pickle``: full unpickling can run
+    any code the file contains, so it must be asked for, and is logged.
+
+    Returns:
+        (state_dict, meta)
+    """
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        objects = _pickled_objects(path, e) if "can still be loaded" in str(e) else []
+        if not objects:
+            raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})")
+        if not allow_pickle:
+            raise ConversionError(
+                f"{path}: cannot be loaded as weights only: besides tensors it pickles {objects}. Loading it "
+                "fully runs code from the file; if you trust where it comes from, re-run with --allow-pickle"
+            )
+        logger.warning(
+            f"--allow-pickle: fully unpickling {path} (it pickles {objects}); this can run arbitrary code "
+            "from the file, so use it only on files from a source you trust"
+        )
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise ConversionError(f"{path}: cannot be unpickled ({type(e2).__name__}: {e2})")
+    except Exception as e:
+        raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})")
+    if not isinstance(ckpt, dict):
+        raise ConversionError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict) or not state:
+        raise ConversionError(f"{path}: no 'state_dict' in the checkpoint")
+    meta = ckpt.get("meta", {})
+    return state, meta if isinstance(meta, dict) else {}
+
+
+def _check_integral_buffer(value, reg_max: int) -> None:
+    """The saved bins must be 0..n, the only layout gfl-d2's integral computes."""
+    expected = torch.arange(reg_max + 1, dtype=torch.float32)
+    if not torch.is_tensor(value):
+        raise ConversionError(f"{INTEGRAL_BUFFER!r} is not a tensor ({type(value).__name__})")
+    if value.shape == expected.shape and torch.equal(value.detach().float().cpu(), expected):
+        return
+    shown = value.flatten()[:20].tolist()
+    raise ConversionError(
+        f"{INTEGRAL_BUFFER!r} holds the bin values {shown}{' ...' if value.numel() > 20 else ''} "
+        f"(shape {tuple(value.shape)}), but bbox_head.gfl_reg's {4 * (reg_max + 1)} output channels mean "
+        f"n = {reg_max} and bins 0, 1, ..., {reg_max}: this checkpoint was trained with another bin layout, "
+        "which gfl-d2's integral does not compute"
+    )
+
+
 def convert_mmdet_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple["OrderedDict[str, torch.Tensor]", Dict]:
     """
     Args:
@@ -134,14 +213,20 @@ def convert_mmdet_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple["Orde
     Returns:
         (converted state dict, info): ``info`` has the architecture
         (:func:`describe_mmdet_gfl`), the mapping ``{mmdet key: our key}`` and
-        the keys deliberately dropped (BatchNorm's ``num_batches_tracked``).
+        ``dropped``, ``{mmdet key: why}`` for the keys deliberately left out:
+        BatchNorm's ``num_batches_tracked`` and the integral's bin values
+        (checked to be 0..n first).
     """
     info = describe_mmdet_gfl(state_dict)
     converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    mapping, dropped = {}, []
+    mapping, dropped = {}, {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
-            dropped.append(key)  # frozen BN keeps no counter
+            dropped[key] = "BatchNorm counter (frozen BN keeps none)"
+            continue
+        if key == INTEGRAL_BUFFER:
+            _check_integral_buffer(value, info["reg_max"])
+            dropped[key] = f"the integral's bins 0..{info['reg_max']} (gfl-d2 computes them from n)"
             continue
         if not torch.is_tensor(value):
             raise ConversionError(f"{key!r} is not a tensor ({type(value).__name__})")

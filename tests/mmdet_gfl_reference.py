@@ -1,67 +1,54 @@
 """
-An MMDetection-format GFL state dict (the key names and shapes of the released
-checkpoints) and a forward pass written directly on it with torch.nn.functional,
+An MMDetection-format GFL state dict (the keys, shapes and dtypes MMDetection
+itself saves, recorded in tests/fixtures by make_mmdet_gfl_fixture.py) and a forward pass written directly on it with torch.nn.functional,
 following MMDetection's ResNet (pytorch style), FPN (extra convs on P5's output,
 no ReLU before P7) and GFL head. Independent of detectron2's modules: used to
 check that converted weights compute the same function.
 """
+import json
+import os
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
 BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "mmdet_gfl_state_dicts.json")
 
 
-def _bn(sd, prefix, c, g):
-    sd[f"{prefix}.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
-    sd[f"{prefix}.bias"] = 0.1 * torch.randn(c, generator=g)
-    sd[f"{prefix}.running_mean"] = 0.1 * torch.randn(c, generator=g)
-    sd[f"{prefix}.running_var"] = 0.5 + torch.rand(c, generator=g)
-    sd[f"{prefix}.num_batches_tracked"] = torch.tensor(1000)
+def mmdet_state_dict_layout(model: str = "R-50 1x"):
+    """[(key, shape, dtype)] of the state_dict MMDetection's GFL ``model`` saves (from the fixture)."""
+    with open(FIXTURE) as f:
+        models = json.load(f)["models"]
+    return [(key, tuple(shape), getattr(torch, dtype)) for key, shape, dtype in models[model]["state_dict"]]
 
 
-def _conv(sd, key, cout, cin, k, g, bias=False):
-    sd[f"{key}.weight"] = torch.randn(cout, cin, k, k, generator=g) * (2.0 / (cin * k * k)) ** 0.5
-    if bias:
-        sd[f"{key}.bias"] = 0.01 * torch.randn(cout, generator=g)
-
-
-def mmdet_gfl_state_dict(depth=50, groups=1, width=64, num_classes=80, reg_max=16, channels=256, seed=0):
+def mmdet_gfl_state_dict(model: str = "R-50 1x", seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+    """
+    A state dict with exactly the keys, shapes and dtypes MMDetection saves for
+    ``model`` (see tests/fixtures), filled with random values of the right kind:
+    He-scaled conv weights, BN statistics with positive variances, the integral
+    buffer with its bins 0..n.
+    """
     g = torch.Generator().manual_seed(seed)
     sd = OrderedDict()
-    _conv(sd, "backbone.conv1", 64, 3, 7, g)
-    _bn(sd, "backbone.bn1", 64, g)
-    in_ch = 64
-    for layer, n in enumerate(BLOCKS[depth], start=1):
-        planes = 64 * 2 ** (layer - 1)
-        mid = planes if groups == 1 else (planes * width // 64) * groups
-        out = planes * 4
-        for b in range(n):
-            p = f"backbone.layer{layer}.{b}"
-            _conv(sd, f"{p}.conv1", mid, in_ch, 1, g)
-            _bn(sd, f"{p}.bn1", mid, g)
-            _conv(sd, f"{p}.conv2", mid, mid // groups, 3, g)
-            _bn(sd, f"{p}.bn2", mid, g)
-            _conv(sd, f"{p}.conv3", out, mid, 1, g)
-            _bn(sd, f"{p}.bn3", out, g)
-            if b == 0:
-                _conv(sd, f"{p}.downsample.0", out, in_ch, 1, g)
-                _bn(sd, f"{p}.downsample.1", out, g)
-            in_ch = out
-    for i, c in enumerate([512, 1024, 2048]):
-        _conv(sd, f"neck.lateral_convs.{i}.conv", channels, c, 1, g, bias=True)
-    for i in range(5):
-        _conv(sd, f"neck.fpn_convs.{i}.conv", channels, channels, 3, g, bias=True)
-    for tower in ("cls", "reg"):
-        for i in range(4):
-            _conv(sd, f"bbox_head.{tower}_convs.{i}.conv", channels, channels, 3, g)
-            sd[f"bbox_head.{tower}_convs.{i}.gn.weight"] = 1 + 0.1 * torch.randn(channels, generator=g)
-            sd[f"bbox_head.{tower}_convs.{i}.gn.bias"] = 0.1 * torch.randn(channels, generator=g)
-    _conv(sd, "bbox_head.gfl_cls", num_classes, channels, 3, g, bias=True)
-    _conv(sd, "bbox_head.gfl_reg", 4 * (reg_max + 1), channels, 3, g, bias=True)
-    for i in range(5):
-        sd[f"bbox_head.scales.{i}.scale"] = torch.tensor(1.0 + 0.1 * i)
+    for key, shape, dtype in mmdet_state_dict_layout(model):
+        if key.endswith("num_batches_tracked"):
+            value = torch.tensor(1000, dtype=dtype)
+        elif key == "bbox_head.integral.project":
+            value = torch.arange(shape[0], dtype=dtype)
+        elif key.endswith("running_var"):
+            value = 0.5 + torch.rand(shape, generator=g)
+        elif key.endswith("scale"):
+            value = 1.0 + 0.2 * torch.rand(shape, generator=g)
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            value = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
+        elif key.endswith(("bn1.weight", "bn2.weight", "bn3.weight", "gn.weight", "downsample.1.weight")):
+            value = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:  # biases, BN means
+            value = 0.1 * torch.randn(shape, generator=g)
+        sd[key] = value.to(dtype)
     return sd
 
 

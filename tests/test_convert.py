@@ -1,5 +1,13 @@
-"""MMDetection GFL checkpoints -> gfl-d2: key mapping, strict loading, same function."""
+"""
+MMDetection GFL checkpoints -> gfl-d2: key mapping, strict loading, same function.
+
+The state dicts have exactly the keys, shapes and dtypes MMDetection 3.3 saves
+(tests/fixtures/mmdet_gfl_state_dicts.json, made by MMDetection itself);
+test_convert_mmdet_e2e.py compares with the real library where it is installed.
+"""
+import argparse
 import importlib.util
+import logging
 import os
 
 import pytest
@@ -8,8 +16,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
-from gfl_d2.convert import ConversionError, convert_mmdet_state_dict
-from mmdet_gfl_reference import mmdet_gfl_state_dict, reference_forward
+from gfl_d2.convert import ConversionError, convert_mmdet_state_dict, load_mmdet_checkpoint
+from mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +35,7 @@ def load_tool():
 
 @pytest.fixture(scope="module")
 def r50():
-    return mmdet_gfl_state_dict(depth=50)
+    return mmdet_gfl_state_dict("R-50 1x")
 
 
 def test_r50_converts_and_loads_strictly_tensor_by_tensor(r50):
@@ -40,8 +48,49 @@ def test_r50_converts_and_loads_strictly_tensor_by_tensor(r50):
     assert len(info["mapping"]) == len(state)
     for old, new in info["mapping"].items():
         assert torch.equal(state[new], r50[old]), old
-    assert all(k.endswith("num_batches_tracked") for k in info["dropped"])
-    assert len(info["dropped"]) == sum(1 for k in r50 if k.endswith("num_batches_tracked"))
+    # every key MMDetection saves is either mapped or dropped with a reason
+    assert set(info["mapping"]).isdisjoint(info["dropped"])
+    assert set(info["mapping"]) | set(info["dropped"]) == set(r50)
+    counters = {k for k in r50 if k.endswith("num_batches_tracked")}
+    assert set(info["dropped"]) == counters | {"bbox_head.integral.project"}
+    assert "0..16" in info["dropped"]["bbox_head.integral.project"]
+
+
+@pytest.mark.parametrize(
+    "name, config, depth, groups",
+    [
+        ("R-50 1x", "COCO-Detection/gfl_R_50_FPN_1x.py", 50, 1),
+        ("R-50 ms2x", "COCO-Detection/gfl_R_50_FPN_1x.py", 50, 1),  # same weights layout: any R-50 config
+        ("R-101 ms2x", "COCO-Detection/gfl_R_101_FPN_ms2x.py", 101, 1),
+        ("X-101-32x4d ms2x", "COCO-Detection/gfl_X_101_32x4d_FPN_ms2x.py", 101, 32),
+    ],
+)
+def test_every_released_architecture_converts_and_loads_strictly(name, config, depth, groups):
+    layout = mmdet_state_dict_layout(name)
+    assert "bbox_head.integral.project" in [k for k, _, _ in layout]  # what the last round missed
+    sd = mmdet_gfl_state_dict(name)
+    converted, info = convert_mmdet_state_dict(sd)
+    assert (info["config"], info["depth"], info["num_groups"]) == (config, depth, groups)
+    model = build(config)
+    model.load_state_dict(converted, strict=True)
+    for key, new in info["mapping"].items():
+        assert model.state_dict()[new].dtype == sd[key].dtype, key
+
+
+@pytest.mark.parametrize(
+    "bins, message",
+    [
+        (torch.arange(17) * 0.5, r"bin values \[0.0, 0.5, 1.0"),  # another bin width
+        (torch.arange(9, dtype=torch.float32), r"shape \(9,\)"),  # another n
+        (torch.arange(1, 18, dtype=torch.float32), "another bin layout"),
+    ],
+)
+def test_integral_buffer_with_other_bins_is_refused_with_the_reason(r50, bins, message):
+    sd = dict(r50)
+    sd["bbox_head.integral.project"] = bins
+    with pytest.raises(ConversionError, match=message) as e:
+        convert_mmdet_state_dict(sd)
+    assert "n = 16" in str(e.value) and "another bin layout" in str(e.value)
 
 
 def test_converted_model_computes_the_same_function(r50):
@@ -61,19 +110,8 @@ def test_converted_model_computes_the_same_function(r50):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_resnext_and_r101_are_recognised_and_load():
-    for depth, groups, width, config in [
-        (101, 32, 4, "COCO-Detection/gfl_X_101_32x4d_FPN_ms2x.py"),
-        (101, 1, 64, "COCO-Detection/gfl_R_101_FPN_ms2x.py"),
-    ]:
-        sd = mmdet_gfl_state_dict(depth=depth, groups=groups, width=width)
-        converted, info = convert_mmdet_state_dict(sd)
-        assert info["config"] == config and info["num_groups"] == groups
-        build(config).load_state_dict(converted, strict=True)
-
-
 def test_resnext_function(tmp_path):
-    sd = mmdet_gfl_state_dict(depth=101, groups=32, width=4, seed=1)
+    sd = mmdet_gfl_state_dict("X-101-32x4d ms2x", seed=1)
     converted, info = convert_mmdet_state_dict(sd)
     model = build(info["config"])
     model.load_state_dict(converted, strict=True)
@@ -92,6 +130,7 @@ def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50, capsys):
     printed = capsys.readouterr().out
     assert "ResNet-50" in printed and "configs/COCO-Detection/gfl_R_50_FPN_1x.py" in printed
     assert "backbone: " in printed and "bbox_head: " in printed
+    assert "dropped bbox_head.integral.project: the integral's bins 0..16" in printed
     model = build("COCO-Detection/gfl_R_50_FPN_1x.py")
     incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=False))
     assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
@@ -125,3 +164,28 @@ def test_unreadable_source(tmp_path, capsys):
     src.write_bytes(b"\x00garbage")
     assert load_tool().main([str(src), str(tmp_path / "dst.pth")]) == 1
     assert "cannot be read as a PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_that_pickles_objects_needs_allow_pickle(tmp_path, r50, capsys, caplog):
+    src, dst = tmp_path / "trained.pth", tmp_path / "converted.pth"
+    # an object torch's weights-only loader does not restore, as mmengine's log history is
+    torch.save({"state_dict": r50, "meta": {"args": argparse.Namespace(lr=0.01)}}, src)
+    tool = load_tool()
+    assert tool.main([str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert "argparse.Namespace" in err and "--allow-pickle" in err and "runs code" in err
+    assert not dst.exists()
+    with caplog.at_level(logging.WARNING, logger="gfl_d2.convert"):
+        assert tool.main([str(src), str(dst), "--allow-pickle"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "arbitrary code" in warnings[0] and "argparse.Namespace" in warnings[0]
+    model = build("COCO-Detection/gfl_R_50_FPN_1x.py")
+    model.load_state_dict(torch.load(dst, weights_only=True)["model"], strict=True)
+
+
+def test_plain_checkpoint_loads_without_allow_pickle(tmp_path, r50, caplog):
+    src = tmp_path / "released.pth"
+    torch.save({"state_dict": r50, "meta": {"CLASSES": ("person",) * 80, "epoch": 12}}, src)
+    with caplog.at_level(logging.WARNING):
+        state, meta = load_mmdet_checkpoint(str(src))
+    assert not caplog.records and meta["epoch"] == 12 and set(state) == set(r50)

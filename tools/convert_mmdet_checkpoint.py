@@ -13,6 +13,7 @@ understand (DCN backbones, other architectures) and never leaves a
 half-written output file.
 """
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -20,26 +21,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gfl_d2.convert import ConversionError, convert_mmdet_state_dict  # noqa: E402
-
-
-def load_mmdet_checkpoint(path):
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # older MMDetection checkpoints pickle extra objects in their 'meta'
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})")
-    if not isinstance(ckpt, dict):
-        raise ConversionError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
-    state = ckpt.get("state_dict", ckpt)
-    if not isinstance(state, dict) or not state:
-        raise ConversionError(f"{path}: no 'state_dict' in the checkpoint")
-    return state, ckpt.get("meta", {})
+from gfl_d2.convert import ConversionError, convert_mmdet_state_dict, load_mmdet_checkpoint  # noqa: E402
 
 
 def main(argv=None):
@@ -47,9 +29,17 @@ def main(argv=None):
     p.add_argument("src", help="MMDetection GFL checkpoint (.pth)")
     p.add_argument("dst", help="output checkpoint for gfl-d2 (.pth)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every mapped key")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a checkpoint that pickles Python objects besides its tensors (e.g. mmengine's log history) "
+        "by full unpickling, which can run code from the file: only for files from a source you trust",
+    )
     args = p.parse_args(argv)
+    if args.allow_pickle:
+        logging.basicConfig(format="%(levelname)s: %(message)s")
     try:
-        state, meta = load_mmdet_checkpoint(args.src)
+        state, meta = load_mmdet_checkpoint(args.src, allow_pickle=args.allow_pickle)
         converted, info = convert_mmdet_state_dict(state)
     except ConversionError as e:
         print(f"error: cannot convert {args.src}: {e}", file=sys.stderr)
@@ -71,8 +61,11 @@ def main(argv=None):
         if args.verbose:
             for old, new in pairs:
                 print(f"    {old} -> {new}")
-    if info["dropped"]:
-        print(f"  dropped {len(info['dropped'])} BatchNorm num_batches_tracked counters (frozen BN keeps none)")
+    reasons = {}
+    for key, why in info["dropped"].items():
+        reasons.setdefault(why, []).append(key)
+    for why, keys in reasons.items():
+        print(f"  dropped {keys[0] if len(keys) == 1 else f'{len(keys)} tensors'}: {why}")
     out_dir = os.path.dirname(os.path.abspath(args.dst))
     os.makedirs(out_dir, exist_ok=True)
     # write to a temporary file and rename: never a half-written output

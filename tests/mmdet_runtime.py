@@ -1,0 +1,90 @@
+"""
+MMDetection's GFL on the CPU, for the tests that compare with the real library.
+
+MMDetection 3.3 (``pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0``)
+runs its ResNet, FPN and ``GFLHead`` in pure Python, but ``mmcv.ops`` imports the
+compiled module ``mmcv._ext`` that ``mmcv-lite`` does not ship. ``import_mmdet``
+installs a stand-in for it whose ``nms`` is torchvision's (the only compiled op
+GFL's inference calls; mmcv's own ``batched_nms`` runs unchanged on top of it)
+and whose other ops raise when called.
+
+Nothing here is imported by the default test run unless ``mmdet`` is importable.
+"""
+import importlib.util
+import os
+import sys
+import types
+
+import torch
+import torchvision
+
+__all__ = ["mmdet_available", "import_mmdet", "build_mmdet_gfl", "MMDET_CONFIGS"]
+
+# the released GFL configs of MMDetection 3.3 (without DCN, which needs compiled ops)
+MMDET_CONFIGS = {
+    "R-50 1x": "gfl/gfl_r50_fpn_1x_coco.py",
+    "R-50 ms2x": "gfl/gfl_r50_fpn_ms-2x_coco.py",
+    "R-101 ms2x": "gfl/gfl_r101_fpn_ms-2x_coco.py",
+    "X-101-32x4d ms2x": "gfl/gfl_x101-32x4d_fpn_ms-2x_coco.py",
+}
+
+
+def mmdet_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("mmdet", "mmengine", "mmcv"))
+
+
+class _CompiledOpsStandIn(types.ModuleType):
+    """``mmcv._ext`` without compilation: ``nms`` from torchvision, every other op raises."""
+
+    @staticmethod
+    def nms(boxes, scores, iou_threshold, offset):
+        if offset != 0:
+            raise NotImplementedError("nms with offset=1 is not available without mmcv's compiled ops")
+        return torchvision.ops.nms(boxes.float(), scores.float(), float(iou_threshold))
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unavailable(*args, **kwargs):
+            raise NotImplementedError(f"mmcv op {name!r} needs mmcv's compiled ops (mmcv-lite has none)")
+
+        return unavailable
+
+
+def import_mmdet():
+    """Import mmdet with the stand-in for ``mmcv._ext``; returns the mmdet module."""
+    if "mmcv._ext" not in sys.modules:
+        try:
+            import mmcv._ext  # noqa: F401  (a full mmcv build: use it)
+        except ImportError:
+            sys.modules["mmcv._ext"] = _CompiledOpsStandIn("mmcv._ext")
+    import mmdet
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    return mmdet
+
+
+def build_mmdet_gfl(config: str = MMDET_CONFIGS["R-50 1x"], seed: int = 0):
+    """
+    A GFL detector built by MMDetection from its own config file, with its own
+    ``init_weights`` (no pretrained backbone is downloaded: ``init_cfg`` off).
+
+    Returns:
+        (model in eval mode, the mmengine Config)
+    """
+    import_mmdet()
+    from mmengine.config import Config
+
+    from mmdet.registry import MODELS
+
+    import mmdet
+
+    path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", config)
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.eval(), cfg
