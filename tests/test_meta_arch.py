@@ -183,6 +183,29 @@ def test_inf_nan_features():
         assert len(det) == 0 or not torch.isfinite(det.scores).all()
 
 
+def test_full_inference_with_non_finite_head_outputs_returns_no_detections(caplog):
+    """A diverged model: the whole forward (postprocessing included) returns nothing and says why."""
+    import logging
+
+    from detectron2.utils import logger as d2_logger
+
+    d2_logger._LOG_TIMER.clear()  # the warning is rate-limited per call site
+    model = tiny_gfl()
+    model.eval()
+    head_forward = model.head.forward
+    for value in (float("inf"), float("nan"), -float("inf")):
+        def broken_head(features, value=value):
+            return [[torch.full_like(x, value) for x in per_level] for per_level in head_forward(features)]
+
+        model.head.forward = broken_head
+        model.test_score_thresh = -1.0
+        with torch.no_grad(), caplog.at_level(logging.WARNING, logger="gfl_d2.modeling.meta_arch"):
+            (out,) = model([{"image": torch.rand(3, 96, 128) * 255, "height": 192, "width": 256}])
+        assert len(out["instances"]) == 0, value
+        assert out["instances"].pred_box_std.shape == (0, 4)
+    assert any("non-finite boxes" in r.getMessage() for r in caplog.records)
+
+
 def test_cpu_autocast_training_and_inference():
     model = tiny_gfl()
     data = training_batch(SPECS[:2])

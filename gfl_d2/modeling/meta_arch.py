@@ -509,6 +509,19 @@ class GFL(DenseDetector):
         pred = self._decode_multi_level_predictions(
             anchors, box_cls, box_dists, self.test_score_thresh, self.test_topk_candidates, image_size
         )
+        # a diverged model or a corrupt input gives Inf/NaN boxes: they become empty boxes and are
+        # dropped with the other empty ones, so that evaluation and serving go on
+        boxes = pred.pred_boxes.tensor
+        finite = torch.isfinite(boxes).all(dim=1)
+        if not (torch.jit.is_scripting() or torch.jit.is_tracing()) and not bool(finite.all()):
+            log_every_n_seconds(
+                logging.WARNING,
+                f"GFL: dropped {int((~finite).sum())} detections with non-finite boxes "
+                "(the head's outputs hold Inf/NaN)",
+                n=30,
+                name=__name__,
+            )
+        pred.pred_boxes = Boxes(torch.where(finite[:, None], boxes, torch.zeros_like(boxes)))
         pred.pred_boxes.clip(image_size)
         pred = pred[pred.pred_boxes.nonempty(threshold=0.0)]
         keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
