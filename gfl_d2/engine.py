@@ -19,6 +19,7 @@ __all__ = [
     "load_lazy_config",
     "create_ddp_model",
     "resolve_device",
+    "describe_device",
     "check_overrides",
     "CheckedCheckpointer",
     "clip_gradients",
@@ -54,6 +55,17 @@ def resolve_device(device: str) -> str:
         logger.warning(f"device={device!r} requested but CUDA is not available: running on CPU")
         return "cpu"
     return device
+
+
+def describe_device(device: str) -> str:
+    """One line for the log: which device runs, and what it is."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return f"running on {device}: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    why = "" if torch.cuda.is_available() else " (no CUDA device available)"
+    return f"running on {device}{why}, {torch.get_num_threads()} threads"
 
 
 def _allowed_keys(node) -> Optional[set]:

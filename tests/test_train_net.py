@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import torch
 
 from gfl_d2.data import ShapesConfig, write_split
 from helpers import TINY_OVERRIDES
@@ -34,6 +35,8 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    # the embedded config trains on CUDA where there is one, and says so
+    assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
     assert (out_dir / "model_final.pth").is_file() and (out_dir / "model_0000004.pth").is_file()
     metrics = read_metrics(out_dir / "metrics.json")
     losses = [m for m in metrics if "loss_qfl" in m]
@@ -103,4 +106,6 @@ def test_yacs_train_net(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    # the embedded config trains on CUDA where there is one, and says so
+    assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
     assert (out_dir / "model_final.pth").is_file()

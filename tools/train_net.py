@@ -42,6 +42,7 @@ from gfl_d2.engine import (  # noqa: E402
     SimpleTrainer,
     clip_gradients,
     create_ddp_model,
+    describe_device,
     load_lazy_config,
     resolve_device,
 )
@@ -132,6 +133,7 @@ def setup(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     default_setup(cfg, args)
+    logger.info(describe_device(cfg.train.device))
     return cfg
 
 

@@ -6,6 +6,8 @@ The embedded default: a small GFL trained from scratch on the generated
 The dataset is generated on first use into $DETECTRON2_DATASETS/shapes
 (default ./datasets/shapes) and registered as shapes_train / shapes_val.
 """
+import torch
+
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
@@ -65,7 +67,7 @@ optimizer.params.weight_decay_norm = 0.0
 
 train = get_config("common/train.py").train
 train.max_iter = 2200
-train.device = "cpu"
+train.device = "cuda" if torch.cuda.is_available() else "cpu"  # the log says which
 train.output_dir = "./output/gfl_R_18_FPN_shapes"
 train.init_checkpoint = ""
 train.eval_period = 0  # evaluate once, at the end

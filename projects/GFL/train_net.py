@@ -7,6 +7,7 @@ the way detectron2's ``projects/`` do it.
     python projects/GFL/train_net.py --config-file configs/gfl_R_50_FPN_1x.yaml \
         --eval-only MODEL.WEIGHTS /path/to/model_final.pth
 """
+import logging
 import os
 import sys
 
@@ -20,7 +21,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from gfl_d2 import add_gfl_config  # noqa: E402  (also registers GFL)
 from gfl_d2.data import register_shapes  # noqa: E402
-from gfl_d2.engine import create_ddp_model, resolve_device  # noqa: E402
+from gfl_d2.engine import create_ddp_model, describe_device, resolve_device  # noqa: E402
 
 # DefaultTrainer wraps the model with detectron2's create_ddp_model, which passes
 # GPU device ids; on CPU (gloo) DDP needs none.
@@ -45,6 +46,7 @@ def setup(args):
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     cfg.freeze()
     default_setup(cfg, args)
+    logging.getLogger("detectron2").info(describe_device(cfg.MODEL.DEVICE))
     return cfg
 
 
