@@ -106,6 +106,6 @@ def test_yacs_train_net(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
-    # the embedded config trains on CUDA where there is one, and says so
+    # detectron2's default MODEL.DEVICE 'cuda' falls back to the CPU without a GPU, and the log says so
     assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
     assert (out_dir / "model_final.pth").is_file()
