@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--sample-image", default=None, help="an image to trace with and to check the export on")
     p.add_argument("--keep-box-distributions", action="store_true", help="also export pred_box_dists/pred_box_std")
+    p.add_argument("--device", default="cpu", help="device to trace and check on (e.g. cuda); default cpu")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
     return p.parse_args(argv)
 
@@ -77,14 +78,16 @@ def export(cfg, args):
             "error: --export-method scripting is not supported for GFL: detectron2 can script only models whose "
             "outputs are typed Instances (GeneralizedRCNN); use --export-method tracing"
         )
-    model = instantiate(cfg.model).eval()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    model = instantiate(cfg.model).to(args.device).eval()
     if cfg.train.init_checkpoint:
         CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
     else:
         logger.warning("no train.init_checkpoint: exporting randomly initialised weights")
     if not args.keep_box_distributions:
         model.output_box_distributions = False
-    image = sample_input(cfg, args.sample_image)
+    image = sample_input(cfg, args.sample_image).to(args.device)
     adapter = TracingAdapter(model, [{"image": image}], inference)
     adapter.eval()  # exporters restore the wrapper's mode afterwards
     os.makedirs(args.output, exist_ok=True)
@@ -116,13 +119,19 @@ def export(cfg, args):
 
 
 def run_exported(path, fmt, image):
+    """The exported model's outputs as numpy arrays, and the runtime that ran it."""
     if fmt == "torchscript":
         with torch.no_grad():
-            return [o.numpy() for o in torch.jit.load(path)(image)]
+            outs = torch.jit.load(path, map_location=image.device)(image)
+        return [o.cpu().numpy() for o in outs], f"torch.jit on {image.device}"
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    providers = ["CPUExecutionProvider"]
+    if image.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = onnxruntime.InferenceSession(path, providers=providers)
+    outs = session.run(None, {session.get_inputs()[0].name: image.cpu().numpy()})
+    return outs, f"onnxruntime {session.get_providers()[0]}"
 
 
 def verify(model, path, fmt, image, fields):
@@ -130,7 +139,9 @@ def verify(model, path, fmt, image, fields):
     image = image.round()  # an image as the loader gives it
     with torch.no_grad():
         eager = model([{"image": image}])[0]["instances"]
-    outs = dict(zip(fields, run_exported(path, fmt, image)))
+    outs, runtime = run_exported(path, fmt, image)
+    outs = dict(zip(fields, outs))
+    eager = eager.to("cpu")
     boxes, scores, classes = eager.pred_boxes.tensor.numpy(), eager.scores.numpy(), eager.pred_classes.numpy()
     if outs["pred_boxes"].shape != boxes.shape:
         raise SystemExit(f"error: export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager")
@@ -139,6 +150,7 @@ def verify(model, path, fmt, image, fields):
         max_box_diff=float(np.abs(outs["pred_boxes"] - boxes).max(initial=0.0)),
         max_score_diff=float(np.abs(outs["scores"] - scores).max(initial=0.0)),
         classes_equal=bool(np.array_equal(outs["pred_classes"], classes)),
+        runtime=runtime,
     )
     ok = report["max_box_diff"] <= BOX_TOL and report["max_score_diff"] <= SCORE_TOL and report["classes_equal"]
     logger.info(f"export check at {tuple(image.shape[-2:])}: {report} -> {'OK' if ok else 'MISMATCH'}")

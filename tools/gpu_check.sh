@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with one CUDA GPU, in at most about 8 minutes,
+#   1. the tests that exercise CUDA paths (detectron2's e2e model tests, with CUDA
+#      autocast and CUDA->CPU; the entry points training on CUDA),
+#   2. the embedded config trained for 300 iterations in fp32, fp16 AMP and bf16 AMP
+#      (losses must stay finite and fall),
+#   3. GFL against detectron2's FCOS, COCO R-50 at 800x1333: images/s and peak memory,
+#      inference and training, fp32 and fp16 AMP, batch 1 and 8,
+#   4. TorchScript and ONNX export on CUDA, checked against the eager model,
+# then prints one summary table (also written to $GPU_CHECK_OUT, default ./gpu_check).
+#
+#   bash tools/gpu_check.sh
+#
+# A machine without internet: on one with PyPI access, fetch the wheels of what the
+# target's Python lacks (it needs torch/torchvision already), carry the folder, use it:
+#
+#   GPU_CHECK_PYTHON_VERSION=3.12 bash tools/gpu_check.sh --fetch-wheels .whl   # where PyPI is reachable
+#   GFL_D2_WHEELS=.whl bash tools/gpu_check.sh                                  # on the GPU machine
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+
+# what detectron2 and gfl-d2 import beyond torch, torchvision, numpy, Pillow, matplotlib,
+# tabulate, tqdm, pyyaml, cloudpickle, portalocker, packaging, tensorboard, opencv
+PURE=(fvcore iopath yacs termcolor "omegaconf>=2.1,<2.4" "hydra-core>=1.1" "antlr4-python3-runtime==4.9.3" "setuptools<81")
+BINARY=(pycocotools)
+D2_WHEEL="sal-detectron2==0.7.2"
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  dir=${2:?usage: --fetch-wheels DIR}
+  pyver=${GPU_CHECK_PYTHON_VERSION:-$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
+  mkdir -p "$dir"
+  "$PY" -m pip wheel --no-deps -q -w "$dir" "${PURE[@]}"
+  "$PY" -m pip download --no-deps -q --only-binary=:all: --python-version "$pyver" --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+    -d "$dir" "${BINARY[@]}"
+  # detectron2's Python sources (its wheel is tagged CPython 3.10; only the package is used)
+  "$PY" -m pip download --no-deps -q --only-binary=:all: --python-version 3.10 -d "$dir" "$D2_WHEEL"
+  ls -la "$dir"
+  exit 0
+fi
+
+if [ -n "${GFL_D2_WHEELS:-}" ]; then
+  site=${GFL_D2_SITE:-/tmp/gfl_d2_site}
+  mkdir -p "$site"
+  for whl in "$GFL_D2_WHEELS"/*.whl; do
+    case "$whl" in
+      */sal_detectron2-*) "$PY" -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("detectron2/")])' "$whl" "$site" ;;
+      *) "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$whl" ;;
+    esac
+  done
+  export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+exec "$PY" tools/gpu_check.py --output "${GPU_CHECK_OUT:-gpu_check}" "$@"
