@@ -176,6 +176,12 @@ def load_mmdet_checkpoint(path: str, allow_pickle: bool = False) -> Tuple[Dict[s
         )
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as e2:
+            package = (e2.name or "?").split(".")[0]
+            raise ConversionError(
+                f"{path}: cannot be unpickled: it pickles objects of the package {package!r}, which is not "
+                f"installed; install it (e.g. pip install {package}) or re-save only the checkpoint's state_dict"
+            )
         except Exception as e2:
             raise ConversionError(f"{path}: cannot be unpickled ({type(e2).__name__}: {e2})")
     except Exception as e:

@@ -189,3 +189,21 @@ def test_plain_checkpoint_loads_without_allow_pickle(tmp_path, r50, caplog):
     with caplog.at_level(logging.WARNING):
         state, meta = load_mmdet_checkpoint(str(src))
     assert not caplog.records and meta["epoch"] == 12 and set(state) == set(r50)
+
+
+def test_allow_pickle_names_a_missing_package(tmp_path, r50, monkeypatch, capsys):
+    """A checkpoint saved by a training run pickles objects of its framework (mmengine), which may be absent."""
+    import sys
+
+    (tmp_path / "trainingframework").mkdir()
+    (tmp_path / "trainingframework" / "__init__.py").write_text("class LogHistory:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import trainingframework
+
+    src = tmp_path / "epoch_12.pth"
+    torch.save({"state_dict": r50, "message_hub": trainingframework.LogHistory()}, src)
+    monkeypatch.delitem(sys.modules, "trainingframework")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    assert load_tool().main([str(src), str(tmp_path / "out.pth"), "--allow-pickle"]) == 1
+    err = capsys.readouterr().err
+    assert "objects of the package 'trainingframework', which is not installed" in err
