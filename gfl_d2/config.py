@@ -1,7 +1,19 @@
 """yacs config keys of GFL, for users of detectron2's ``train_net.py``."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_gfl_config"]
+__all__ = ["add_gfl_config", "GFL_ARGUMENT_KEYS"]
+
+# GFL's constructor arguments read straight from MODEL.GFL.<key>
+GFL_ARGUMENT_KEYS = {
+    "num_classes": "NUM_CLASSES", "reg_max": "REG_MAX", "bin_width": "BIN_WIDTH", "anchor_scale": "ANCHOR_SCALE",
+    "qfl_beta": "QFL_BETA", "cls_loss": "CLS_LOSS", "quality": "QUALITY", "box_representation": "BOX_REPRESENTATION",
+    "box_loss_weighting": "BOX_LOSS_WEIGHTING", "focal_loss_alpha": "FOCAL_LOSS_ALPHA",
+    "focal_loss_gamma": "FOCAL_LOSS_GAMMA", "loss_cls_weight": "LOSS_CLS_WEIGHT", "loss_qfl_weight": "LOSS_QFL_WEIGHT",
+    "loss_bbox_weight": "LOSS_BBOX_WEIGHT", "loss_dfl_weight": "LOSS_DFL_WEIGHT",
+    "loss_quality_weight": "LOSS_QUALITY_WEIGHT", "test_score_thresh": "SCORE_THRESH_TEST",
+    "test_topk_candidates": "TOPK_CANDIDATES_TEST", "test_nms_thresh": "NMS_THRESH_TEST",
+    "output_box_distributions": "OUTPUT_BOX_DISTRIBUTIONS",
+}
 
 
 def add_gfl_config(cfg: CN) -> CN:
@@ -36,7 +48,8 @@ def add_gfl_config(cfg: CN) -> CN:
     g.QFL_BETA = 2.0
     g.FOCAL_LOSS_ALPHA = 0.25
     g.FOCAL_LOSS_GAMMA = 2.0
-    g.LOSS_QFL_WEIGHT = 1.0
+    g.LOSS_CLS_WEIGHT = 1.0  # QFL, or Focal Loss with CLS_LOSS "focal"
+    g.LOSS_QFL_WEIGHT = None  # deprecated name of LOSS_CLS_WEIGHT (warns)
     g.LOSS_BBOX_WEIGHT = 2.0
     g.LOSS_DFL_WEIGHT = 0.25  # 0 turns DFL off
     g.LOSS_QUALITY_WEIGHT = 1.0  # the separate centerness / IoU branch

@@ -40,7 +40,7 @@ def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
             num_classes=num_classes,
             conv_dims=[channels] * num_convs,
             norm="GN",
-            reg_max=reg_max,
+            box_channels=4 * (reg_max + 1),
         ),
         num_classes=num_classes,
         reg_max=reg_max,

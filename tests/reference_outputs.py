@@ -20,18 +20,19 @@ SHAPES = "configs/Synthetic/"
 GFL_CFG, ATSS_CFG = SHAPES + "gfl_R_18_FPN_shapes.py", SHAPES + "atss_R_18_FPN_shapes.py"
 
 # name -> (config file, overrides): the GFL model's variants of the paper's ablations
+ABL = SHAPES + "Ablations/"
 VARIANTS = {
     "GFL": (GFL_CFG, []),
     "ATSS": (ATSS_CFG, []),
-    "ATSS+QFL": (GFL_CFG, ["model.box_representation=dirac"]),
-    "ATSS+DFL": (ATSS_CFG, ["model.box_representation=distribution"]),
-    "GFL beta=0": (GFL_CFG, ["model.qfl_beta=0"]),
-    "GFL n=4": (GFL_CFG, ["model.reg_max=4"]),
-    "GFL delta=0.5": (GFL_CFG, ["model.bin_width=0.5"]),
-    "GFL no DFL": (GFL_CFG, ["model.loss_dfl_weight=0"]),
-    "FL+IoU branch": (ATSS_CFG, ["model.quality=iou"]),
-    "FL, no quality": (ATSS_CFG, ["model.quality=none"]),
-    "ATSS+QFL, ctr-weighted": (GFL_CFG, ["model.box_representation=dirac", "model.box_loss_weighting=centerness"]),
+    "ATSS+QFL": (ABL + "atss_qfl_R_18_FPN_shapes.py", []),
+    "ATSS+DFL": (ABL + "atss_dfl_R_18_FPN_shapes.py", []),
+    "GFL beta=0": (ABL + "gfl_beta0_R_18_FPN_shapes.py", []),
+    "GFL n=4": (ABL + "gfl_n4_R_18_FPN_shapes.py", []),
+    "GFL delta=0.5": (ABL + "gfl_delta0_5_R_18_FPN_shapes.py", []),
+    "GFL no DFL": (ABL + "gfl_no_dfl_R_18_FPN_shapes.py", []),
+    "FL+IoU branch": (ABL + "fl_iou_branch_R_18_FPN_shapes.py", []),
+    "FL, no quality": (ABL + "fl_no_quality_R_18_FPN_shapes.py", []),
+    "ATSS+QFL, ctr-weighted": (ABL + "atss_qfl_ctr_weighted_R_18_FPN_shapes.py", []),
     "GFL, unweighted box losses": (GFL_CFG, ["model.box_loss_weighting=none"]),
     "RetinaNet+QFL": (SHAPES + "retinanet_qfl_R_18_FPN_shapes.py", []),
     "FCOS+QFL": (SHAPES + "fcos_qfl_R_18_FPN_shapes.py", []),

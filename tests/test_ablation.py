@@ -15,7 +15,8 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.engine import load_lazy_config
-from gfl_d2.modeling import GFL, QFLFCOS, QFLRetinaNet
+from gfl_d2.modeling import GFL, QFLFCOS, QFLRetinaNet, GFLVariant
+from gfl_d2.modeling.box_coding import distance2box
 from helpers import make_instances, shapes_image, tiny_gfl_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,14 +64,12 @@ def test_variant_settings_reach_the_model():
         return instantiate(load_lazy_config(os.path.join(ROOT, config), overrides).model)
 
     atss, gfl = load("ATSS"), load("GFL")
-    assert (atss.cls_loss, atss.quality, atss.box_representation, atss.box_loss_weighting) == (
-        "focal", "centerness", "dirac", "centerness")
-    assert (gfl.cls_loss, gfl.quality, gfl.box_representation, gfl.box_loss_weighting) == (
-        "qfl", "joint", "distribution", "score")
+    assert atss.variant == GFLVariant("focal", "centerness", "dirac", "centerness")
+    assert gfl.variant == GFLVariant("qfl", "joint", "distribution", "score")
     assert atss.head.bbox_pred.out_channels == 4 and gfl.head.bbox_pred.out_channels == 68
     assert load("GFL n=8").head.bbox_pred.out_channels == 36
     assert load("GFL Δ=0.5").box2box_transform.bin_width == 0.5
-    assert load("GFL β=0").qfl_beta == 0
+    assert load("GFL β=0").cls_loss.beta == 0
     assert type(load("RetinaNet+QFL")) is QFLRetinaNet and type(load("FCOS+QFL")) is QFLFCOS
     # identical backbones everywhere
     shapes = {n: sum(p.numel() for p in load(n).backbone.parameters()) for n in ("RetinaNet", "FCOS", "ATSS", "GFL")}
@@ -91,16 +90,22 @@ def test_bad_variant_settings_are_refused(kwargs, match):
     cfg = tiny_gfl_config()
     for k, v in kwargs.items():
         setattr(cfg, k, v)
-    if "box_representation" in kwargs:
-        cfg.head.box_representation = kwargs["box_representation"]
     with pytest.raises(ValueError, match=match):
         instantiate(cfg)
 
 
-def test_head_and_model_must_agree_on_the_variant():
+def test_head_layout_must_be_the_one_the_model_reads():
     cfg = tiny_gfl_config()
     cfg.cls_loss, cfg.quality = "focal", "centerness"  # the head still has no quality branch
-    with pytest.raises(ValueError, match="quality"):
+    with pytest.raises(ValueError, match="needs a separate quality branch: set head.quality_branch=True"):
+        instantiate(cfg)
+    cfg = tiny_gfl_config()
+    cfg.box_representation = "dirac"  # the head still predicts 68 distribution logits
+    with pytest.raises(ValueError, match="predicts 68 box channels, but box_representation='dirac' reads 4"):
+        instantiate(cfg)
+    cfg = tiny_gfl_config()
+    cfg.reg_max = 8
+    with pytest.raises(ValueError, match="set head.box_channels=36"):
         instantiate(cfg)
 
 
@@ -108,10 +113,17 @@ def tiny_variant(**kwargs):
     cfg = tiny_gfl_config()
     for k, v in kwargs.items():
         setattr(cfg, k, v)
-        if k in ("quality", "box_representation"):
-            setattr(cfg.head, k, v)
+    cfg.head.quality_branch = kwargs.get("quality") in ("centerness", "iou")
+    if kwargs.get("box_representation") == "dirac":
+        cfg.head.box_channels = 4
     torch.manual_seed(0)
     return instantiate(cfg)
+
+
+def decode_boxes(transform, box_regs, anchors):
+    """(R, D) box outputs and (R, 4) anchors -> (R, 4) boxes in image coordinates."""
+    centers, strides = transform.centers_and_strides(anchors)
+    return distance2box(centers, transform.decode(box_regs).distances * strides)
 
 
 def labelled(model, data):
@@ -165,7 +177,7 @@ def test_atss_centerness_target_equals_fcos_on_the_same_anchors():
     expected = F.binary_cross_entropy_with_logits(q[pos], theirs[pos], reduction="sum") / pos.sum()
     torch.testing.assert_close(losses["loss_quality"], expected)
     all_anchors = Boxes.cat(anchors).tensor
-    pred = torch.stack([model.box2box_transform.apply_deltas(d, all_anchors) for d in torch.cat(deltas, dim=1)])
+    pred = torch.stack([decode_boxes(model.box2box_transform, d, all_anchors) for d in torch.cat(deltas, dim=1)])
     giou = giou_loss(pred[pos], torch.stack(gt_boxes)[pos], reduction="none")
     expected = (giou * theirs[pos]).sum() / theirs[pos].sum() * model.loss_bbox_weight
     torch.testing.assert_close(losses["loss_bbox"], expected, rtol=1e-4, atol=1e-5)
@@ -195,16 +207,16 @@ def test_dirac_variant_is_plain_giou_regression():
 
     # inference decodes the same boxes
     anchors_cat = Boxes.cat(anchors).tensor
-    torch.testing.assert_close(model.box2box_transform.apply_deltas(all_deltas[0], anchors_cat), pred[0])
+    torch.testing.assert_close(decode_boxes(model.box2box_transform, all_deltas[0], anchors_cat), pred[0])
 
 
 def test_untrained_dirac_variant_predicts_its_anchors():
     model = tiny_variant(cls_loss="qfl", quality="joint", box_representation="dirac")
     anchors = torch.tensor([[-32.0, -32.0, 32.0, 32.0], [16.0, 0.0, 144.0, 128.0]])
-    torch.testing.assert_close(model.box2box_transform.apply_deltas(torch.zeros(2, 4), anchors), anchors)
+    torch.testing.assert_close(decode_boxes(model.box2box_transform, torch.zeros(2, 4), anchors), anchors)
     boxes = torch.tensor([[-10.0, -5.0, 20.0, 7.0], [30.0, 10.0, 100.0, 70.0]])
-    deltas = model.box2box_transform.get_deltas(anchors, boxes)
-    torch.testing.assert_close(model.box2box_transform.apply_deltas(deltas, anchors), boxes)
+    box_regs = model.box2box_transform.encode(anchors, boxes)
+    torch.testing.assert_close(decode_boxes(model.box2box_transform, box_regs, anchors), boxes)
 
 
 def test_dirac_variant_detects_without_distribution_outputs():
@@ -289,7 +301,7 @@ def test_yacs_keys_build_the_atss_variant():
                          "MODEL.GFL.BOX_REPRESENTATION", "dirac", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18",
                          "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.WEIGHTS", ""])
     model = build_model(cfg)
-    assert isinstance(model, GFL) and model.quality == "centerness" and model.box_representation == "dirac"
+    assert isinstance(model, GFL) and model.variant == GFLVariant("focal", "centerness", "dirac")
     assert model.head.has_quality_branch and model.head.bbox_pred.out_channels == 4
 
 

@@ -70,10 +70,13 @@ def test_encode_decode_round_trip():
     anchors = anchors_at(centers, stride)
     dists = torch.rand(40, 4) * 15 * stride  # within range: no clamping
     gt = distance2box(centers, dists)
-    deltas = t.get_deltas(anchors, gt)
-    torch.testing.assert_close(deltas, dists / stride)
-    decoded = t.apply_deltas(two_bin_logits(deltas, 17).reshape(40, -1), anchors)
-    torch.testing.assert_close(decoded, gt, atol=1e-3, rtol=0)
+    targets = t.encode(anchors, gt)
+    torch.testing.assert_close(targets, dists / stride)
+    decoded = t.decode(two_bin_logits(targets, 17).reshape(40, -1))
+    _, strides = t.centers_and_strides(anchors)
+    torch.testing.assert_close(distance2box(centers, decoded.distances * strides), gt, atol=1e-3, rtol=0)
+    # the two-bin distributions: mass on the bins either side of the target, std below one bin
+    assert decoded.probs.shape == (40, 4, 17) and (decoded.std < 0.5 + 1e-4).all()
 
 
 def test_encode_clamps_to_reg_max_minus_0_1():
@@ -82,11 +85,11 @@ def test_encode_clamps_to_reg_max_minus_0_1():
     c = torch.tensor([[100.0, 100.0]])
     anchors = anchors_at(c, stride)
     far = torch.tensor([[100 - 40 * stride, 100 - 1.0, 100 + 2.5 * stride, 100 + 16 * stride]])
-    deltas = t.get_deltas(anchors, far)
+    deltas = t.encode(anchors, far)
     torch.testing.assert_close(deltas, torch.tensor([[15.9, 1 / stride, 2.5, 15.9]]))
     # a centre outside the box gives a negative distance: clamped to 0
     outside = torch.tensor([[110.0, 50.0, 150.0, 150.0]])
-    assert t.get_deltas(anchors, outside)[0, 0] == 0.0
+    assert t.encode(anchors, outside)[0, 0] == 0.0
 
 
 @pytest.mark.parametrize("bin_width", [0.5, 1.0, 2.0])
@@ -95,7 +98,7 @@ def test_bin_width_scales_targets(bin_width):
     c = torch.tensor([[64.0, 64.0]])
     anchors = anchors_at(c, 8.0)
     gt = distance2box(c, torch.tensor([[8.0, 16.0, 24.0, 4.0]]))
-    deltas = t.get_deltas(anchors, gt)
+    deltas = t.encode(anchors, gt)
     torch.testing.assert_close(deltas, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9))
 
 

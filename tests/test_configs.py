@@ -51,7 +51,7 @@ def test_lazy_config_instantiates(path):
 def test_coco_configs_match_the_release():
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py"))
     m = cfg.model
-    assert m.num_classes == 80 and m.reg_max == 16 and m.anchor_matcher.topk == 9
+    assert m.num_classes == 80 and m.reg_max == 16 and m.head.box_channels == 68 and m.anchor_matcher.topk == 9
     assert m.backbone.bottom_up.stages.stride_in_1x1 is False
     assert m.backbone.bottom_up.stages.norm == "FrozenBN"
     assert m.backbone.top_block.in_feature == "p5"

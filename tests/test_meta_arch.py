@@ -89,7 +89,7 @@ def test_losses_follow_the_spec_normalisation():
     with EventStorage():
         losses = model.forward_training(images, feats, preds, gt_instances)
 
-    n = model.reg_max
+    n = model.box2box_transform.reg_max
     logits = torch.cat([p.permute(0, 2, 3, 1).reshape(len(data), -1, 3) for p in preds[0]], 1)
     dists = torch.cat([p.permute(0, 2, 3, 1).reshape(len(data), -1, 4 * (n + 1)) for p in preds[1]], 1)
     anchors = Boxes.cat(model.anchor_generator(feats)).tensor
@@ -233,13 +233,33 @@ def test_odd_image_sizes_align_anchors_with_features():
         assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_reg_max_mismatch_between_head_and_model_is_rejected():
+def test_head_of_the_previous_release_still_builds_with_a_warning():
+    """GFLHead(reg_max=..., box_representation=..., quality=...) of the previous release: translated, with a warning."""
+    import pytest
+    from detectron2.config import instantiate
+
+    from helpers import tiny_gfl_config
+
+    cfg = tiny_gfl_config(reg_max=8)
+    del cfg.head.box_channels
+    cfg.head.reg_max = 8
+    with pytest.warns(FutureWarning, match="the head takes its layout"):
+        model = instantiate(cfg)
+    assert model.head.box_channels == 36 and not model.head.has_quality_branch
+    cfg.head.box_representation, cfg.head.quality = "dirac", "iou"
+    with pytest.warns(FutureWarning):
+        head = instantiate(cfg.head)
+    assert head.box_channels == 4 and head.has_quality_branch
+
+
+def test_loss_qfl_weight_is_a_deprecated_name_of_loss_cls_weight():
     import pytest
     from detectron2.config import instantiate
 
     from helpers import tiny_gfl_config
 
     cfg = tiny_gfl_config()
-    cfg.head.reg_max = 8
-    with pytest.raises(ValueError, match="reg_max"):
-        instantiate(cfg)
+    cfg.loss_qfl_weight = 0.5
+    with pytest.warns(FutureWarning, match="loss_cls_weight"):
+        model = instantiate(cfg)
+    assert model.loss_cls_weight == 0.5

@@ -181,15 +181,14 @@ class ATSSShapesE2ETest(DenseDetectorE2ETest, unittest.TestCase):
 class IoUBranchDistributionE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     """A separate IoU branch with general distributions."""
 
-    CONFIG_PATH = "Synthetic/gfl_R_18_FPN_shapes.py"
-    OVERRIDES = ("model.cls_loss=focal", "model.quality=iou", "model.head.quality=iou")
+    CONFIG_PATH = "Synthetic/Ablations/atss_dfl_R_18_FPN_shapes.py"
+    OVERRIDES = ("model.quality=iou",)
 
 
 class JointDiracE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     """QFL's joint score with Dirac boxes (ATSS + QFL)."""
 
-    CONFIG_PATH = "Synthetic/gfl_R_18_FPN_shapes.py"
-    OVERRIDES = ("model.box_representation=dirac", "model.head.box_representation=dirac")
+    CONFIG_PATH = "Synthetic/Ablations/atss_qfl_R_18_FPN_shapes.py"
 
 
 class QFLRetinaNetE2ETest(DenseDetectorE2ETest, unittest.TestCase):

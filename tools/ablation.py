@@ -17,6 +17,7 @@ last checkpoint. The Markdown tables are written to ``<output>/ablation.md``
 (and printed) after every run, so they are never further behind than one run.
 """
 import argparse
+import ast
 import json
 import os
 import random
@@ -35,34 +36,43 @@ SHAPES = "configs/Synthetic/"
 GFL_CFG = SHAPES + "gfl_R_18_FPN_shapes.py"
 ATSS_CFG = SHAPES + "atss_R_18_FPN_shapes.py"
 
-# name -> (config file, overrides, what it is); each is one config file or a
-# few `key=value` changes of the GFL/ATSS configs, nothing else differs
-VARIANTS = OrderedDict(
+ABLATIONS = SHAPES + "Ablations/"
+
+# name -> (config file, overrides, what it is). Each variant is a config file
+# (its docstring says what it is); nothing else differs between them.
+_VARIANT_CONFIGS = OrderedDict(
     [
-        ("RetinaNet", (SHAPES + "retinanet_R_18_FPN_shapes.py", [], "detectron2 RetinaNet (FL, 9 anchors, IoU matcher)")),
-        ("FCOS", (SHAPES + "fcos_R_18_FPN_shapes.py", [], "detectron2 FCOS (FL, centerness, GIoU)")),
-        ("ATSS", (ATSS_CFG, [], "FL + centerness branch + Dirac delta + GIoU")),
-        ("ATSS+QFL", (GFL_CFG, ["model.box_representation=dirac"], "QFL joint score + Dirac delta + GIoU")),
-        ("ATSS+DFL", (ATSS_CFG, ["model.box_representation=distribution"],
-                      "FL + centerness + general distribution + DFL")),
-        ("GFL", (GFL_CFG, [], "QFL joint score + general distribution + DFL (n=16, Δ=1, β=2)")),
-        ("RetinaNet+QFL", (SHAPES + "retinanet_qfl_R_18_FPN_shapes.py", [], "detectron2 RetinaNet, QFL for FL")),
-        ("FCOS+QFL", (SHAPES + "fcos_qfl_R_18_FPN_shapes.py", [], "detectron2 FCOS, QFL for FL")),
-        ("GFL β=0", (GFL_CFG, ["model.qfl_beta=0"], "QFL with β=0 (soft-target BCE)")),
-        ("GFL β=1", (GFL_CFG, ["model.qfl_beta=1"], "QFL with β=1")),
-        ("GFL β=3", (GFL_CFG, ["model.qfl_beta=3"], "QFL with β=3")),
-        ("GFL n=4", (GFL_CFG, ["model.reg_max=4"], "n=4 bins")),
-        ("GFL n=8", (GFL_CFG, ["model.reg_max=8"], "n=8")),
-        ("GFL n=24", (GFL_CFG, ["model.reg_max=24"], "n=24")),
-        ("GFL Δ=0.5", (GFL_CFG, ["model.bin_width=0.5"], "bin width 0.5 stride")),
-        ("GFL Δ=2", (GFL_CFG, ["model.bin_width=2.0"], "bin width 2 strides")),
-        ("GFL no DFL", (GFL_CFG, ["model.loss_dfl_weight=0"], "general distribution trained by GIoU only")),
-        ("FL+IoU branch", (ATSS_CFG, ["model.quality=iou"], "FL + separate IoU branch + Dirac delta")),
-        ("FL, no quality", (ATSS_CFG, ["model.quality=none"], "FL, no quality estimate + Dirac delta")),
-        ("ATSS+QFL, ctr-weighted", (GFL_CFG, ["model.box_representation=dirac", "model.box_loss_weighting=centerness"],
-                                    "ATSS+QFL with ATSS's centerness weights on the GIoU loss")),
+        ("RetinaNet", SHAPES + "retinanet_R_18_FPN_shapes.py"),
+        ("FCOS", SHAPES + "fcos_R_18_FPN_shapes.py"),
+        ("ATSS", ATSS_CFG),
+        ("ATSS+QFL", ABLATIONS + "atss_qfl_R_18_FPN_shapes.py"),
+        ("ATSS+DFL", ABLATIONS + "atss_dfl_R_18_FPN_shapes.py"),
+        ("GFL", GFL_CFG),
+        ("RetinaNet+QFL", SHAPES + "retinanet_qfl_R_18_FPN_shapes.py"),
+        ("FCOS+QFL", SHAPES + "fcos_qfl_R_18_FPN_shapes.py"),
+        ("GFL β=0", ABLATIONS + "gfl_beta0_R_18_FPN_shapes.py"),
+        ("GFL β=1", ABLATIONS + "gfl_beta1_R_18_FPN_shapes.py"),
+        ("GFL β=3", ABLATIONS + "gfl_beta3_R_18_FPN_shapes.py"),
+        ("GFL n=4", ABLATIONS + "gfl_n4_R_18_FPN_shapes.py"),
+        ("GFL n=8", ABLATIONS + "gfl_n8_R_18_FPN_shapes.py"),
+        ("GFL n=24", ABLATIONS + "gfl_n24_R_18_FPN_shapes.py"),
+        ("GFL Δ=0.5", ABLATIONS + "gfl_delta0_5_R_18_FPN_shapes.py"),
+        ("GFL Δ=2", ABLATIONS + "gfl_delta2_R_18_FPN_shapes.py"),
+        ("GFL no DFL", ABLATIONS + "gfl_no_dfl_R_18_FPN_shapes.py"),
+        ("FL+IoU branch", ABLATIONS + "fl_iou_branch_R_18_FPN_shapes.py"),
+        ("FL, no quality", ABLATIONS + "fl_no_quality_R_18_FPN_shapes.py"),
+        ("ATSS+QFL, ctr-weighted", ABLATIONS + "atss_qfl_ctr_weighted_R_18_FPN_shapes.py"),
     ]
 )
+
+
+def _what(config):
+    """The first sentence of a config file's docstring."""
+    doc = ast.get_docstring(ast.parse(open(os.path.join(ROOT, config), encoding="utf-8").read())) or ""
+    return " ".join(doc.split()).split(". ")[0].rstrip(".")
+
+
+VARIANTS = OrderedDict((name, (config, [], _what(config))) for name, config in _VARIANT_CONFIGS.items())
 
 # tables: title, rows (a row named like a main variant reuses its runs), whose seeds
 TABLES = OrderedDict(

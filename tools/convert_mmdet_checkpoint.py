@@ -79,7 +79,8 @@ def main(argv=None):
             os.remove(tmp)
     print(f"wrote {len(converted)} tensors to {args.dst}; use it with configs/{info['config']}"
           + (f" and model.num_classes={info['num_classes']}" if info["num_classes"] != 80 else "")
-          + (f" and model.reg_max={info['reg_max']}" if info["reg_max"] != 16 else ""))
+          + (f" and model.reg_max={info['reg_max']} model.head.box_channels={4 * (info['reg_max'] + 1)}"
+             if info["reg_max"] != 16 else ""))
     return 0
 
 

@@ -148,7 +148,7 @@ def regression_targets(cfg, max_images):
         targets.append((box2distance(centers, matched[pos]) / stride).flatten())
     if not targets:
         raise SystemExit("no positive anchor in the analysed images")
-    return torch.cat(targets).numpy(), model.reg_max
+    return torch.cat(targets).numpy(), model.box2box_transform.reg_max
 
 
 def analyze_targets(cfg, args):

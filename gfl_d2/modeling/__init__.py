@@ -3,6 +3,7 @@ from .backbone import LastLevelP6P7FromP5, build_gfl_resnet_fpn_backbone, make_r
 from .box_coding import (
     DiracBox2BoxTransform,
     DistributionBox2BoxTransform,
+    EdgeDecoding,
     aligned_iou,
     box2distance,
     centerness,
@@ -10,8 +11,9 @@ from .box_coding import (
     integral,
 )
 from .head import GFLHead, Scale
-from .losses import distribution_focal_loss, generalized_focal_loss, quality_focal_loss, sigmoid_focal_loss
+from .losses import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss
 from .meta_arch import GFL
+from .variants import GFLVariant
 from .qfl_detectors import QFLFCOS, QFLRetinaNet
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

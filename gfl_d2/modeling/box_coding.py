@@ -6,7 +6,7 @@ from an anchor centre in units of the level's stride, is a discrete
 distribution over ``n + 1`` bins at values ``0, Δ, ..., nΔ`` (``n = reg_max``);
 the distance is its expectation (the paper's "integral").
 """
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -19,6 +19,7 @@ __all__ = [
     "distance2box",
     "box2distance",
     "aligned_iou",
+    "EdgeDecoding",
     "DistributionBox2BoxTransform",
     "DiracBox2BoxTransform",
     "centerness",
@@ -119,8 +120,22 @@ def centerness(distances: Tensor) -> Tensor:
     return ratio.sqrt()
 
 
-class _StrideUnits:
-    """Anchors are ``anchor_scale x stride`` squares; distances are in strides."""
+class EdgeDecoding(NamedTuple):
+    """What a box transform reads off the head's box outputs."""
+
+    distances: Tensor  # (..., 4) float32 edge distances (l, t, r, b), in strides
+    probs: Optional[Tensor] = None  # (..., 4, n+1) each edge's distribution over its bins
+    std: Optional[Tensor] = None  # (..., 4) each edge's standard deviation, in strides
+
+
+class _AnchorCentreCoding:
+    """
+    Edge distances measured from the anchor's centre in units of the level's
+    stride; anchors are ``anchor_scale x stride`` squares, so the stride is
+    the anchor side divided by ``anchor_scale``.
+    """
+
+    has_distributions = False
 
     def __init__(self, anchor_scale: float = 8.0):
         if anchor_scale <= 0:
@@ -133,59 +148,42 @@ class _StrideUnits:
         strides = (anchors[:, 2:3] - anchors[:, 0:1]) / self.anchor_scale
         return centers, strides
 
-    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        """
-        Args:
-            deltas: (R, num_deltas) box predictions.
-            boxes: (R, 4) anchors.
 
-        Returns:
-            (R, 4) decoded boxes in image coordinates.
-        """
-        centers, strides = self.centers_and_strides(boxes.float())
-        return distance2box(centers, self.distances(deltas) * strides)
-
-
-class DiracBox2BoxTransform(_StrideUnits):
+class DiracBox2BoxTransform(_AnchorCentreCoding):
     """
     The Dirac-delta box representation (plain distance regression, as in
-    FCOS/ATSS): each edge distance, in units of the level's stride, is one
-    number. The prediction is an offset from the anchor's own half-side
-    (``anchor_scale / 2`` strides), so that an untrained model predicts its
-    anchor box, as ATSS's anchor-based regression does; ``relu`` keeps boxes
-    valid (as detectron2's ``Box2BoxTransformLinear`` does). Starting from
-    empty boxes instead would give QFL all-zero IoU targets and the joint
-    score could collapse before the boxes learn. Same interface as
-    :class:`DistributionBox2BoxTransform`.
+    FCOS/ATSS): each edge distance, in strides, is one number. The output is an
+    offset from the anchor's own half-side (``anchor_scale / 2`` strides), so
+    that an untrained model predicts its anchor box, as ATSS's anchor-based
+    regression does; ``relu`` keeps boxes valid (as detectron2's
+    ``Box2BoxTransformLinear`` does). Starting from empty boxes instead would
+    give QFL all-zero IoU targets and the joint score could collapse before the
+    boxes learn.
     """
 
     def __init__(self, anchor_scale: float = 8.0):
         super().__init__(anchor_scale)
-        self.num_deltas = 4
+        self.num_outputs = 4
 
-    def distances(self, deltas: Tensor) -> Tensor:
-        """(..., 4) predictions -> (..., 4) float32 distances in strides."""
-        return F.relu(deltas.float() + self.anchor_scale / 2)
+    def decode(self, box_regs: Tensor) -> EdgeDecoding:
+        """(..., 4) box outputs -> their (..., 4) float32 distances in strides."""
+        return EdgeDecoding(F.relu(box_regs.float() + self.anchor_scale / 2))
 
-    def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
-        """(R, 4) anchors and (R, 4) boxes -> (R, 4) predictions that decode to the boxes."""
-        centers, strides = self.centers_and_strides(src_boxes)
-        return box2distance(centers, target_boxes) / strides - self.anchor_scale / 2
+    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
+        """(R, 4) anchors and (R, 4) boxes -> (R, 4) box outputs that decode to the boxes."""
+        centers, strides = self.centers_and_strides(anchors)
+        return box2distance(centers, boxes) / strides - self.anchor_scale / 2
 
 
-class DistributionBox2BoxTransform(_StrideUnits):
+class DistributionBox2BoxTransform(_AnchorCentreCoding):
     """
-    Box coding for GFL, with the interface of detectron2's box transforms
-    (``get_deltas`` / ``apply_deltas``), for code written against that interface.
-    ``GFL`` itself decodes with :func:`edge_distributions` and
-    :func:`distribution_mean_std`, so as to keep the distributions too.
-
-    The "deltas" are edge distances (l, t, r, b) from the anchor centre in units
-    of the level's stride, which is the anchor side divided by ``anchor_scale``
-    (GFL's anchors are ``8 x stride`` squares). Encoded targets are in bin units
-    and clamped to ``[0, reg_max - 0.1]`` so that the right neighbour bin always
-    exists for DFL; predictions are ``4 * (reg_max + 1)`` distribution logits.
+    GFL's general distribution: the box outputs are ``4 * (n+1)`` logits, one
+    distribution over the bins ``0, Δ, ..., nΔ`` (in strides) per edge (l, t,
+    r, b; the bins of an edge contiguous); an edge's distance is the
+    distribution's expectation (the integral).
     """
+
+    has_distributions = True
 
     def __init__(self, reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0):
         super().__init__(anchor_scale)
@@ -195,21 +193,24 @@ class DistributionBox2BoxTransform(_StrideUnits):
             raise ValueError(f"bin_width must be > 0, got {bin_width}")
         self.reg_max = int(reg_max)
         self.bin_width = float(bin_width)
-        self.num_deltas = 4 * (self.reg_max + 1)
+        self.num_outputs = 4 * (self.reg_max + 1)
 
-    def distances(self, deltas: Tensor) -> Tensor:
-        """(..., 4(n+1)) distribution logits -> (..., 4) float32 expected distances in strides."""
-        return integral(deltas, self.bin_width)
+    def decode(self, box_regs: Tensor) -> EdgeDecoding:
+        """(..., 4(n+1)) logits -> expected distances, the distributions and their std (strides)."""
+        probs = edge_distributions(box_regs)
+        mean, std = distribution_mean_std(probs, self.bin_width)
+        return EdgeDecoding(mean, probs, std)
 
-    def get_deltas(self, src_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
         """
         Args:
-            src_boxes: (R, 4) anchors.
-            target_boxes: (R, 4) matched ground-truth boxes.
+            anchors: (R, 4) anchors.
+            boxes: (R, 4) matched ground-truth boxes.
 
         Returns:
-            (R, 4) DFL targets: distances in bins, clamped to [0, reg_max - 0.1].
+            (R, 4) DFL targets: distances in bins, clamped to [0, reg_max - 0.1]
+            so that the right neighbour bin always exists.
         """
-        centers, strides = self.centers_and_strides(src_boxes)
-        dist = box2distance(centers, target_boxes) / (strides * self.bin_width)
+        centers, strides = self.centers_and_strides(anchors)
+        dist = box2distance(centers, boxes) / (strides * self.bin_width)
         return dist.clamp(min=0.0, max=self.reg_max - 0.1)

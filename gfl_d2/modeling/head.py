@@ -1,12 +1,15 @@
 """The GFL head: shared classification and regression towers over FPN levels."""
 import math
-from typing import List
+import warnings
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
+
+from .variants import GFLVariant
 
 __all__ = ["GFLHead", "Scale"]
 
@@ -22,6 +25,24 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+def _translate_deprecated(box_channels, quality_branch, reg_max, box_representation, quality):
+    """The head's settings of the previous release (reg_max, box_representation, quality) -> its layout."""
+    old = {k: v for k, v in (("reg_max", reg_max), ("box_representation", box_representation), ("quality", quality))
+           if v is not None}
+    if not old:
+        return box_channels, quality_branch
+    warnings.warn(
+        f"GFLHead({', '.join(f'{k}={v!r}' for k, v in old.items())}) is deprecated: the head takes its layout "
+        "(box_channels, quality_branch); reg_max, box_representation and quality are the model's settings",
+        FutureWarning,
+        stacklevel=3,
+    )
+    variant = GFLVariant(quality=old.get("quality", "joint"), cls_loss="qfl" if old.get("quality", "joint") == "joint"
+                         else "focal", box_representation=old.get("box_representation", "distribution"))
+    box_channels = variant.box_transform(old.get("reg_max", 16), 1.0, 8.0).num_outputs
+    return box_channels, variant.has_quality_branch
+
+
 def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
     layers = []
     for in_ch, out_ch in zip([in_channels] + list(conv_dims), conv_dims):
@@ -33,23 +54,16 @@ def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-BOX_REPRESENTATIONS = ("distribution", "dirac")
-QUALITY_REPRESENTATIONS = ("joint", "centerness", "iou", "none")
-SEPARATE_QUALITIES = ("centerness", "iou")  # the ones with a branch of their own
-
-
 class GFLHead(nn.Module):
     """
     Two towers of ``len(conv_dims)`` conv3x3 + norm + ReLU, shared across
     levels; ``cls_score`` predicts one joint classification-IoU logit per class,
-    ``bbox_pred`` the ``4 * (reg_max + 1)`` logits of the four edge
-    distributions (l, t, r, b, each ``reg_max + 1`` bins contiguous), multiplied
-    by a learnable scalar per level.
-
-    For the paper's ablations the head can also predict plain distances (4
-    channels, ``box_representation="dirac"``) and a separate localisation
-    quality logit (``quality="centerness"`` or ``"iou"``, a conv on the
-    regression tower, as in FCOS/ATSS).
+    ``bbox_pred`` the ``box_channels`` box outputs (GFL: the ``4 * (n + 1)``
+    logits of the four edge distributions), multiplied by a learnable scalar
+    per level, and, with ``quality_branch``, ``quality_pred`` one quality logit
+    per location from the regression tower (FCOS/ATSS's centerness or IoU
+    branch). The head owns this layout; the model checks it against its box
+    transform and variant.
     """
 
     @configurable
@@ -60,10 +74,12 @@ class GFLHead(nn.Module):
         num_classes: int,
         conv_dims: List[int],
         norm: str = "GN",
-        reg_max: int = 16,
         prior_prob: float = 0.01,
-        box_representation: str = "distribution",
-        quality: str = "joint",
+        box_channels: int = 4 * 17,
+        quality_branch: bool = False,
+        reg_max: Optional[int] = None,
+        box_representation: Optional[str] = None,
+        quality: Optional[str] = None,
     ):
         """
         Args:
@@ -72,37 +88,34 @@ class GFLHead(nn.Module):
             conv_dims: output channels of each tower conv.
             norm: normalisation of the tower convs (see ``detectron2.layers.get_norm``);
                 GFL uses "GN" (GroupNorm with 32 groups).
-            reg_max: n, the largest bin of the edge distributions.
             prior_prob: initial foreground probability of the classifier.
-            box_representation: "distribution" (4 (reg_max+1) outputs) or
-                "dirac" (4 outputs, one distance per edge).
-            quality: "joint" or "none" (no extra output), "centerness" or "iou"
-                (a separate quality branch, one logit per location).
+            box_channels: box outputs per location: ``4 * (n + 1)`` for the
+                general distribution (68 for n = 16), 4 for plain distances.
+            quality_branch: predict a separate quality logit per location.
+            reg_max, box_representation, quality: deprecated (the model owns
+                these settings); translated into ``box_channels`` and
+                ``quality_branch`` with a warning.
         """
         super().__init__()
+        box_channels, quality_branch = _translate_deprecated(
+            box_channels, quality_branch, reg_max, box_representation, quality
+        )
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
             raise ValueError(f"GFLHead needs the same channels on every level, got {sorted(channels)}")
         if norm in ("BN", "SyncBN"):
             raise ValueError("GFLHead shares its towers across levels; use 'GN' rather than BatchNorm")
-        if box_representation not in BOX_REPRESENTATIONS:
-            raise ValueError(f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}")
-        if quality not in QUALITY_REPRESENTATIONS:
-            raise ValueError(f"quality must be one of {QUALITY_REPRESENTATIONS}, got {quality!r}")
         in_channels = channels.pop()
         self.num_classes = num_classes
-        self.reg_max = reg_max
-        self.box_representation = box_representation
-        self.quality = quality
-        self.has_quality_branch = quality in SEPARATE_QUALITIES
+        self.box_channels = int(box_channels)
+        self.has_quality_branch = bool(quality_branch)
         self._num_levels = len(input_shape)
 
         self.cls_subnet = _tower(in_channels, conv_dims, norm)
         self.bbox_subnet = _tower(in_channels, conv_dims, norm)
         last = conv_dims[-1] if conv_dims else in_channels
         self.cls_score = nn.Conv2d(last, num_classes, kernel_size=3, stride=1, padding=1)
-        box_channels = 4 * (reg_max + 1) if box_representation == "distribution" else 4
-        self.bbox_pred = nn.Conv2d(last, box_channels, kernel_size=3, stride=1, padding=1)
+        self.bbox_pred = nn.Conv2d(last, self.box_channels, kernel_size=3, stride=1, padding=1)
         if self.has_quality_branch:
             self.quality_pred = nn.Conv2d(last, 1, kernel_size=3, stride=1, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(self._num_levels)])
@@ -116,15 +129,16 @@ class GFLHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        g = cfg.MODEL.GFL
+        variant = GFLVariant(g.CLS_LOSS, g.QUALITY, g.BOX_REPRESENTATION, g.BOX_LOSS_WEIGHTING)
         return {
             "input_shape": input_shape,
-            "num_classes": cfg.MODEL.GFL.NUM_CLASSES,
-            "conv_dims": [input_shape[0].channels] * cfg.MODEL.GFL.NUM_CONVS,
-            "norm": cfg.MODEL.GFL.NORM,
-            "reg_max": cfg.MODEL.GFL.REG_MAX,
-            "prior_prob": cfg.MODEL.GFL.PRIOR_PROB,
-            "box_representation": cfg.MODEL.GFL.BOX_REPRESENTATION,
-            "quality": cfg.MODEL.GFL.QUALITY,
+            "num_classes": g.NUM_CLASSES,
+            "conv_dims": [input_shape[0].channels] * g.NUM_CONVS,
+            "norm": g.NORM,
+            "prior_prob": g.PRIOR_PROB,
+            "box_channels": variant.box_transform(g.REG_MAX, g.BIN_WIDTH, g.ANCHOR_SCALE).num_outputs,
+            "quality_branch": variant.has_quality_branch,
         }
 
     def forward(self, features: List[Tensor]) -> List[List[Tensor]]:
@@ -133,19 +147,18 @@ class GFLHead(nn.Module):
             features: FPN maps, high to low resolution, each (N, Cin, Hi, Wi).
 
         Returns:
-            [cls_logits, box_preds] (+ [quality_logits] with a quality branch):
-            per level, (N, C, Hi, Wi), (N, 4 * (reg_max + 1), Hi, Wi) (or
-            (N, 4, Hi, Wi) for "dirac") and (N, 1, Hi, Wi).
+            [cls_logits, box_regs] (+ [quality_logits] with a quality branch):
+            per level, (N, C, Hi, Wi), (N, box_channels, Hi, Wi) and (N, 1, Hi, Wi).
         """
         if len(features) != self._num_levels:
             raise ValueError(f"GFLHead built for {self._num_levels} levels, got {len(features)}")
-        cls_logits, box_preds, quality_logits = [], [], []
+        cls_logits, box_regs, quality_logits = [], [], []
         for feature, scale in zip(features, self.scales):
             cls_logits.append(self.cls_score(self.cls_subnet(feature)))
             box_feature = self.bbox_subnet(feature)
-            box_preds.append(scale(self.bbox_pred(box_feature)))
+            box_regs.append(scale(self.bbox_pred(box_feature)))
             if self.has_quality_branch:
                 quality_logits.append(self.quality_pred(box_feature))
         if self.has_quality_branch:
-            return [cls_logits, box_preds, quality_logits]
-        return [cls_logits, box_preds]
+            return [cls_logits, box_regs, quality_logits]
+        return [cls_logits, box_regs]

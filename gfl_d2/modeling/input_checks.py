@@ -1,12 +1,15 @@
 """Checks of the ground truth that reaches the model in training."""
+import logging
 from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
 
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 
-__all__ = ["sanitize_gt_instances"]
+__all__ = ["sanitize_gt_instances", "with_checked_ground_truth"]
 
 
 def _name(inp: Dict, index: int) -> str:
@@ -60,3 +63,28 @@ def sanitize_gt_instances(
         inst.gt_boxes = Boxes(clipped[keep])
         cleaned.append(inst)
     return cleaned, num_clipped, num_dropped
+
+
+def with_checked_ground_truth(batched_inputs: List[Dict], num_classes: int, device: torch.device) -> List[Dict]:
+    """
+    The training inputs with their ``instances`` checked and cleaned by
+    :func:`sanitize_gt_instances`; the numbers of clipped and dropped boxes go
+    to the event storage (``gfl/gt_boxes_clipped``, ``gfl/gt_boxes_dropped``),
+    and dropped boxes are also logged.
+    """
+    if not all("instances" in x for x in batched_inputs):
+        raise ValueError("GFL training needs 'instances' (ground truth) in every input")
+    gt, num_clipped, num_dropped = sanitize_gt_instances(batched_inputs, num_classes, device)
+    storage = get_event_storage()
+    num_clipped, num_dropped = torch.stack([num_clipped, num_dropped]).tolist()
+    storage.put_scalar("gfl/gt_boxes_clipped", num_clipped, smoothing_hint=False)
+    storage.put_scalar("gfl/gt_boxes_dropped", num_dropped, smoothing_hint=False)
+    if num_dropped > 0:
+        log_every_n_seconds(
+            logging.WARNING,
+            f"GFL: dropped {num_dropped} ground-truth boxes with zero or negative width/height "
+            f"(after clipping to the image) at iteration {storage.iter}",
+            n=30,
+            name="gfl_d2.modeling.meta_arch",
+        )
+    return [dict(x, instances=g) for x, g in zip(batched_inputs, gt)]

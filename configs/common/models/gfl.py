@@ -33,10 +33,12 @@ model = L(GFL)(
         num_classes="${..num_classes}",
         conv_dims=[256, 256, 256, 256],
         norm="GN",
-        reg_max="${..reg_max}",
         prior_prob=0.01,
-        box_representation="${..box_representation}",
-        quality="${..quality}",
+        # the head's layout, checked by the model against its settings below:
+        # 4 * (reg_max + 1) distribution logits (4 with box_representation="dirac"),
+        # a quality branch with quality="centerness" / "iou"
+        box_channels=4 * (16 + 1),
+        quality_branch=False,
     ),
     # one square anchor of 8 x stride per location (ATSS's octave base scale)
     anchor_generator=L(DefaultAnchorGenerator)(
@@ -52,14 +54,14 @@ model = L(GFL)(
     bin_width=1.0,
     anchor_scale=8.0,
     qfl_beta=2.0,
-    # the paper's ablation axes; configs/Ablations has the variants
+    # the paper's ablation axes (gfl_d2.modeling.GFLVariant); configs/Synthetic/Ablations has the variants
     cls_loss="qfl",  # or "focal" (hard labels)
     quality="joint",  # or "centerness" / "iou" (separate branch, with "focal") / "none"
     box_representation="distribution",  # or "dirac" (plain distance regression)
     box_loss_weighting="auto",  # "score" for a joint quality, else "centerness" (ATSS)
     focal_loss_alpha=0.25,
     focal_loss_gamma=2.0,
-    loss_qfl_weight=1.0,  # QFL, or Focal Loss with cls_loss="focal"
+    loss_cls_weight=1.0,  # QFL, or Focal Loss with cls_loss="focal"
     loss_bbox_weight=2.0,
     loss_dfl_weight=0.25,  # 0: no DFL
     loss_quality_weight=1.0,

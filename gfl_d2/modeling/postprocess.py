@@ -1,0 +1,58 @@
+"""Small pieces of GFL's loss normalisation and inference shared by the model."""
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
+from detectron2.utils.logger import log_every_n_seconds
+
+__all__ = ["reduce_mean", "valid_clipped", "rescale_box_std"]
+
+
+def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
+    """
+    Detections with their boxes clipped to the image, without empty boxes.
+    A diverged model or a corrupt input gives Inf/NaN boxes: they count as
+    empty (and are logged), so that evaluation and serving go on.
+    """
+    boxes = pred.pred_boxes.tensor
+    finite = torch.isfinite(boxes).all(dim=1)
+    if not (torch.jit.is_scripting() or torch.jit.is_tracing()) and not bool(finite.all()):
+        log_every_n_seconds(
+            logging.WARNING,
+            f"GFL: dropped {int((~finite).sum())} detections with non-finite boxes (the head's outputs hold Inf/NaN)",
+            n=30,
+            name="gfl_d2.modeling.meta_arch",
+        )
+    pred.pred_boxes = Boxes(torch.where(finite[:, None], boxes, torch.zeros_like(boxes)))
+    pred.pred_boxes.clip(image_size)
+    return pred[pred.pred_boxes.nonempty(threshold=0.0)]
+
+
+def reduce_mean(tensor: Tensor) -> Tensor:
+    """Average a tensor over all workers (a no-op in a single process)."""
+    world_size = comm.get_world_size()
+    if world_size == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / world_size
+
+
+def rescale_box_std(outputs: List[Dict], batched_inputs: List[Dict]) -> List[Dict]:
+    """
+    detectron2's ``detector_postprocess`` rescales the boxes from the input
+    size to the requested output size; the edge standard deviations
+    (``pred_box_std``, (K, 4)) must follow.
+    """
+    for out, inp in zip(outputs, batched_inputs):
+        inst = out["instances"]
+        in_h, in_w = inp["image"].shape[-2:]
+        out_h, out_w = inst.image_size
+        sx, sy = out_w / in_w, out_h / in_h
+        inst.pred_box_std = inst.pred_box_std * inst.pred_box_std.new_tensor([sx, sy, sx, sy])
+    return outputs
