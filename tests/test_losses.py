@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from gfl_d2.modeling.losses import distribution_focal_loss, generalized_focal_loss, quality_focal_loss
+from gfl_d2.modeling.losses import distribution_focal_loss, quality_focal_loss
 
 
 def qfl_direct(logits, y, beta):
@@ -143,6 +144,37 @@ def test_dfl_under_bf16_autocast():
         got = distribution_focal_loss(logits, y)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), dfl_direct(logits.float(), y), rtol=1e-5, atol=1e-6)
+
+
+# the paper's general form (Eq. 7), of which QFL and DFL are special cases: a reference for the tests
+def generalized_focal_loss(
+    log_p_left: Tensor,
+    log_p_right: Tensor,
+    y_left: Tensor,
+    y_right: Tensor,
+    y: Tensor,
+    beta: float = 2.0,
+) -> Tensor:
+    """
+    The general form (paper Eq. 7) for a continuous label ``y`` with
+    ``y_left <= y <= y_right``, predicted by probabilities ``p_left``/``p_right``
+    on the two neighbouring discrete values::
+
+        GFL = -|y - (y_l p_l + y_r p_r)|^beta ((y_r - y) log p_l + (y - y_l) log p_r)
+
+    It takes log-probabilities so that the caller can produce them stably
+    (``logsigmoid``, ``log_softmax``). All arguments broadcast; the result has
+    their broadcast shape. QFL is the case ``y_l=0, y_r=1, p_r=sigmoid``; DFL is
+    ``beta=0`` with ``p`` the softmax over bins.
+    """
+    log_p_left, log_p_right = log_p_left.float(), log_p_right.float()
+    y_left, y_right, y = (torch.as_tensor(t, device=log_p_left.device).float() for t in (y_left, y_right, y))
+    ce = -((y_right - y) * log_p_left + (y - y_left) * log_p_right)
+    if beta == 0:
+        return ce
+    expectation = y_left * log_p_left.exp() + y_right * log_p_right.exp()
+    return (y - expectation).abs().pow(beta) * ce
+
 
 
 def test_gfl_general_form_equals_formula_and_specialises():

@@ -115,6 +115,73 @@ def _background(rng: np.random.Generator, cfg: ShapesConfig) -> np.ndarray:
     return img
 
 
+def _place_object(rng, cfg: ShapesConfig, grid, owner, visible_px, area_px, num_objects: int):
+    """
+    Draw an object's box, class and coverage, trying up to 10 times to keep
+    every earlier object at least ``1 - max_occluded_frac`` visible.
+
+    Returns:
+        (box (4,), (w, h), class index, (H, W) coverage in [0, 1]) or None.
+    """
+    s, (yy, xx) = cfg.image_size, grid
+    max_size = cfg.max_size_frac * s
+    for _attempt in range(10):
+        # log-uniform sizes: many small objects, some large
+        side = float(np.exp(rng.uniform(np.log(cfg.min_size), np.log(max_size))))
+        aspect = float(np.exp(rng.uniform(-0.4, 0.4)))
+        w, h = side * aspect, side / aspect
+        w, h = min(max(w, cfg.min_size), max_size), min(max(h, cfg.min_size), max_size)
+        x0, y0 = rng.uniform(0, s - w), rng.uniform(0, s - h)
+        box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
+        cat = int(rng.integers(len(CATEGORIES)))
+        cover = _shape_mask(CATEGORIES[cat][1], box, yy, xx)
+        solid = cover > 0.5
+        lost = np.bincount(owner[solid] + 1, minlength=num_objects + 1)[1:]
+        ok = bool(np.all(visible_px - lost >= (1 - cfg.max_occluded_frac) * area_px)) if num_objects else True
+        if ok and solid.sum() >= 4:
+            return box, (w, h), cat, cover
+    return None
+
+
+def _edge_effects(rng, cfg: ShapesConfig, cover, box, size, grid):
+    """The object's opacity (H, W) after blur and faded edges, and which were applied."""
+    yy, xx = grid
+    fade = [bool(rng.random() < cfg.fade_edge_prob) for _ in EDGES]
+    blurred = bool(rng.random() < cfg.blur_prob)
+    alpha = cover
+    if blurred:
+        sigma = float(rng.uniform(1.0, 2.5))
+        pil = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(sigma))
+        alpha = np.asarray(pil, dtype=np.float32) / 255.0
+    ramp = max(3.0, 0.35 * min(size))
+    for e, on in enumerate(fade):
+        if on:  # opacity rises linearly from 0 at the edge over `ramp` px
+            dist = [xx + 0.5 - box[0], yy + 0.5 - box[1], box[2] - xx - 0.5, box[3] - yy - 0.5][e]
+            alpha = alpha * np.clip(dist / ramp, 0.0, 1.0)
+    return alpha, blurred, fade
+
+
+def _annotation(index: int, obj: Dict, owner, grid) -> Dict:
+    """COCO annotation of object ``index`` with its visible share and per-edge flags."""
+    yy, xx = grid
+    visible = (owner == index) & obj["solid"]
+    x0, y0, x1, y1 = (float(v) for v in obj["box"])
+    occluded = []
+    for e in range(4):
+        # the object's own pixels within 2 px of the edge: mostly covered?
+        band = [xx < x0 + 2.5, yy < y0 + 2.5, xx > x1 - 3.5, yy > y1 - 3.5][e] & obj["solid"]
+        n = band.sum()
+        occluded.append(bool(n > 0 and (band & ~visible).sum() > 0.5 * n))
+    return dict(
+        bbox=[round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+        category_id=obj["category_id"],
+        area=round((x1 - x0) * (y1 - y0), 2),
+        iscrowd=0,
+        visible_frac=round(visible.sum() / max(obj["area_px"], 1), 3),
+        edge_flags={"blurred": [obj["blurred"] or f for f in obj["fade"]], "occluded": occluded},
+    )
+
+
 def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, List[Dict]]:
     """
     Render image ``index`` of the split with ``seed``.
@@ -126,90 +193,33 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
     rng = np.random.default_rng([seed, index])
     s = cfg.image_size
     img = _background(rng, cfg)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    grid = np.mgrid[0:s, 0:s].astype(np.float32)  # (yy, xx)
     owner = np.full((s, s), -1, dtype=np.int32)  # topmost object per pixel
     objects: List[Dict] = []
     visible_px = np.zeros(0, dtype=np.int64)  # per object: pixels it still owns
     area_px = np.zeros(0, dtype=np.int64)  # per object: pixels of its solid shape
-    num = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    max_size = cfg.max_size_frac * s
-    for _ in range(num):
-        for _attempt in range(10):
-            # log-uniform sizes: many small objects, some large
-            side = float(np.exp(rng.uniform(np.log(cfg.min_size), np.log(max_size))))
-            aspect = float(np.exp(rng.uniform(-0.4, 0.4)))
-            w, h = side * aspect, side / aspect
-            w, h = min(max(w, cfg.min_size), max_size), min(max(h, cfg.min_size), max_size)
-            x0, y0 = rng.uniform(0, s - w), rng.uniform(0, s - h)
-            box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
-            cat = int(rng.integers(len(CATEGORIES)))
-            cover = _shape_mask(CATEGORIES[cat][1], box, yy, xx)
-            solid = cover > 0.5
-            # keep every earlier object at least (1 - max_occluded_frac) visible
-            lost = np.bincount(owner[solid] + 1, minlength=len(objects) + 1)[1:]
-            ok = bool(np.all(visible_px - lost >= (1 - cfg.max_occluded_frac) * area_px)) if objects else True
-            if ok and solid.sum() >= 4:
-                break
-        else:
+    for _ in range(int(rng.integers(cfg.min_objects, cfg.max_objects + 1))):
+        placed = _place_object(rng, cfg, grid, owner, visible_px, area_px, len(objects))
+        if placed is None:
             continue
-
-        fade = [bool(rng.random() < cfg.fade_edge_prob) for _ in EDGES]
-        blurred = bool(rng.random() < cfg.blur_prob)
-        alpha = cover
-        if blurred:
-            sigma = float(rng.uniform(1.0, 2.5))
-            pil = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(sigma))
-            alpha = np.asarray(pil, dtype=np.float32) / 255.0
-        ramp = max(3.0, 0.35 * min(w, h))
-        for e, on in enumerate(fade):
-            if on:  # opacity rises linearly from 0 at the edge over `ramp` px
-                dist = [xx + 0.5 - box[0], yy + 0.5 - box[1], box[2] - xx - 0.5, box[3] - yy - 0.5][e]
-                alpha = alpha * np.clip(dist / ramp, 0.0, 1.0)
-
+        box, size, cat, cover = placed
+        solid = cover > 0.5
+        alpha, blurred, fade = _edge_effects(rng, cfg, cover, box, size, grid)
         colour = np.array(CATEGORIES[cat][2], dtype=np.float32) + rng.normal(0, cfg.colour_jitter, 3)
         if rng.random() < cfg.low_contrast_prob:
             local = img[solid].mean(axis=0) if solid.any() else img.mean(axis=(0, 1))
             colour = local + (colour - local) * float(rng.uniform(0.25, 0.45))
-        colour = np.clip(colour, 0, 255)
-        img = img * (1 - alpha[..., None]) + colour * alpha[..., None]
+        img = img * (1 - alpha[..., None]) + np.clip(colour, 0, 255) * alpha[..., None]
         if objects:
             visible_px -= np.bincount(owner[solid] + 1, minlength=len(objects) + 1)[1:]
         owner[solid] = len(objects)
         visible_px = np.append(visible_px, solid.sum())
         area_px = np.append(area_px, solid.sum())
-        objects.append(
-            dict(box=box, category_id=CATEGORIES[cat][0], solid=solid, area_px=int(solid.sum()),
-                 blurred=blurred, fade=fade)
-        )
+        objects.append(dict(box=box, category_id=CATEGORIES[cat][0], solid=solid, area_px=int(solid.sum()),
+                            blurred=blurred, fade=fade))
 
-    img = img + rng.normal(0, cfg.noise_std, size=img.shape)
-    img = np.clip(img, 0, 255).astype(np.uint8)
-
-    annotations = []
-    for j, o in enumerate(objects):
-        visible = (owner == j) & o["solid"]
-        occluded = []
-        for e in range(4):
-            # the object's own pixels within 2 px of the edge: mostly covered?
-            x0, y0, x1, y1 = o["box"]
-            band = [xx < x0 + 2.5, yy < y0 + 2.5, xx > x1 - 3.5, yy > y1 - 3.5][e] & o["solid"]
-            n = band.sum()
-            occluded.append(bool(n > 0 and (band & ~visible).sum() > 0.5 * n))
-        x0, y0, x1, y1 = (float(v) for v in o["box"])
-        annotations.append(
-            dict(
-                bbox=[round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                category_id=o["category_id"],
-                area=round((x1 - x0) * (y1 - y0), 2),
-                iscrowd=0,
-                visible_frac=round(visible.sum() / max(o["area_px"], 1), 3),
-                edge_flags={
-                    "blurred": [o["blurred"] or f for f in o["fade"]],
-                    "occluded": occluded,
-                },
-            )
-        )
-    return img, annotations
+    img = np.clip(img + rng.normal(0, cfg.noise_std, size=img.shape), 0, 255).astype(np.uint8)
+    return img, [_annotation(j, o, owner, grid) for j, o in enumerate(objects)]
 
 
 def write_split(
