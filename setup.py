@@ -9,6 +9,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gfl_d2", "gfl_d2.*"]),
+    # gfl_d2/configs links to the repository's configs/: a wheel carries a copy
+    package_data={"gfl_d2": ["configs/*.yaml", "configs/*/*.py", "configs/*/*/*.py"]},
     python_requires=">=3.8",
     # detectron2 itself is not on PyPI under its own name: tools/install.sh
     # installs it. These are the packages gfl_d2 imports directly.

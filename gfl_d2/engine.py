@@ -14,6 +14,8 @@ from detectron2.engine import defaults, train_loop
 from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 from detectron2.utils.registry import locate
 
+from .model_zoo import DEFAULT_CONFIG  # noqa: F401  (re-exported: the entry points' default)
+
 __all__ = [
     "DEFAULT_CONFIG",
     "load_lazy_config",
@@ -28,11 +30,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# the embedded default: the generated shapes dataset and a small GFL that trains on a CPU
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"
-)
 
 # bound at import, so that this wrapper may also be installed in place of detectron2's
 _d2_create_ddp_model = defaults.create_ddp_model
