@@ -1,4 +1,6 @@
 """Small models and data shared by the tests."""
+import os
+
 import numpy as np
 import torch
 
@@ -10,6 +12,8 @@ from detectron2.structures import Boxes, Instances
 
 from gfl_d2.modeling import GFL, GFLHead, LastLevelP6P7FromP5
 
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # overrides that shrink the embedded config to a few seconds (tools/train_net.py tests)
 TINY_OVERRIDES = [
@@ -71,3 +75,12 @@ def shapes_image(boxes, classes, size=(128, 128), seed=0):
     for (x0, y0, x1, y1), c in zip(boxes, classes):
         img[:, int(y0):int(y1), int(x0):int(x1)] = np.array(colours[c], dtype=np.float32)[:, None, None]
     return torch.from_numpy(img)
+
+
+def two_bin_logits(targets, n_bins):
+    """Logits whose softmax puts (i+1-y, y-i) on bins i, i+1 and ~0 elsewhere."""
+    probs = torch.zeros(*targets.shape, n_bins)
+    i = targets.floor().long()
+    probs.scatter_(-1, i[..., None], (i + 1 - targets)[..., None])
+    probs.scatter_add_(-1, (i + 1).clamp(max=n_bins - 1)[..., None], (targets - i)[..., None])
+    return torch.where(probs > 0, probs.clamp(min=1e-30).log(), torch.tensor(-1e4))

@@ -2,15 +2,7 @@ import pytest
 import torch
 
 from gfl_d2.modeling.box_coding import DistributionBox2BoxTransform, box2distance, distance2box, integral
-
-
-def two_bin_logits(targets, n_bins):
-    """Logits whose softmax puts (i+1-y, y-i) on bins i, i+1 and ~0 elsewhere."""
-    probs = torch.zeros(*targets.shape, n_bins)
-    i = targets.floor().long()
-    probs.scatter_(-1, i[..., None], (i + 1 - targets)[..., None])
-    probs.scatter_add_(-1, (i + 1).clamp(max=n_bins - 1)[..., None], (targets - i)[..., None])
-    return torch.where(probs > 0, probs.clamp(min=1e-30).log(), torch.tensor(-1e4))
+from helpers import two_bin_logits
 
 
 def test_integral_of_one_hot_is_the_bin():

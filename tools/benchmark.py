@@ -32,7 +32,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gfl_d2.analysis import anchors_for_image_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("gfl", "fcos", "retinanet")
@@ -168,15 +168,8 @@ def training_fn(model, inputs):
 
 def assignment_fn(model, size, n_images, n_boxes, device):
     """Label assignment alone: the anchors of the model's padded feature maps, its label_anchors."""
-    import math
-
-    h, w = size
     gts = [inst.to(device) for inst in coco_like_boxes(n_images, size, seed=2, mean_boxes=n_boxes, crowded_every=0)]
-    div = getattr(model, "size_divisibility", None) or model.backbone.size_divisibility
-    strides = [model.backbone.output_shape()[f].stride for f in model.head_in_features]
-    ph, pw = math.ceil(h / div) * div, math.ceil(w / div) * div
-    feats = [torch.empty(1, 1, math.ceil(ph / s), math.ceil(pw / s), device=device) for s in strides]
-    anchors = model.anchor_generator(feats)
+    anchors = anchors_for_image_size(model, size, device)
 
     def run():
         with torch.no_grad():

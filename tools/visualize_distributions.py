@@ -22,24 +22,20 @@ import json
 import logging
 import math
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.gridspec import GridSpec  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from detectron2.config import instantiate  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gfl_d2.analysis import regression_targets  # noqa: E402
 from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config  # noqa: E402
-from gfl_d2.modeling.box_coding import box2distance  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
 EDGES = ("left", "top", "right", "bottom")
@@ -123,36 +119,11 @@ def visualize_images(cfg, args):
         logger.info(f"{path}: {len(instances)} detections -> {out_path}")
 
 
-@torch.no_grad()
-def regression_targets(cfg, max_images):
-    """Edge distances (in strides) of the ATSS positives over up to ``max_images`` training images."""
-    model = instantiate(cfg.model).eval()
-    dataset = instantiate(cfg.dataloader.train.dataset)
-    mapper = instantiate(cfg.dataloader.train.mapper)
-    divisor = model.size_divisibility or model.backbone.size_divisibility
-    strides = model.anchor_generator.strides
-    targets = []
-    for d in dataset[:max_images]:
-        item = mapper(d)
-        instances = item["instances"]
-        if len(instances) == 0:
-            continue
-        h, w = item["image"].shape[-2:]
-        h, w = math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor
-        feats = [torch.empty(1, 1, math.ceil(h / s), math.ceil(w / s)) for s in strides]
-        anchors = model.anchor_generator(feats)
-        (labels,), (matched,) = model.label_anchors(anchors, [instances])
-        pos = labels < model.num_classes
-        all_anchors = torch.cat([a.tensor for a in anchors])[pos]
-        centers, stride = model.box2box_transform.centers_and_strides(all_anchors)
-        targets.append((box2distance(centers, matched[pos]) / stride).flatten())
-    if not targets:
-        raise SystemExit("no positive anchor in the analysed images")
-    return torch.cat(targets).numpy(), model.box2box_transform.reg_max
-
-
 def analyze_targets(cfg, args):
-    values, reg_max = regression_targets(cfg, args.max_images)
+    try:
+        values, reg_max = regression_targets(cfg, args.max_images)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     beyond = float((values > reg_max - 0.1).mean())
     p99 = float(np.percentile(values, 99))
     recommended = max(2, int(math.ceil(p99 + 0.1)))

@@ -15,7 +15,6 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_a
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import log_every_n_seconds
 
 from ..config import GFL_ARGUMENT_KEYS
 from .atss import ATSSMatcher

@@ -1,21 +1,13 @@
 """Per-edge distributions and uncertainty in the inference outputs (pred_box_dists, pred_box_std)."""
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 
+import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes
 
 from gfl_d2.modeling.box_coding import distribution_mean_std
-from helpers import shapes_image, tiny_gfl
-from test_box_coding import two_bin_logits
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import shapes_image, tiny_gfl, tiny_gfl_config, two_bin_logits
 
 
 def test_decoded_distributions_std_and_boxes():
@@ -84,50 +76,17 @@ def test_outputs_are_consistent_and_scale_with_resize():
     torch.testing.assert_close(scaled.pred_boxes.tensor, b * torch.tensor([2.0, 3.0, 2.0, 3.0]), rtol=1e-5, atol=1e-3)
 
 
-def test_visualize_distributions_tool(tmp_path):
-    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"))
-    torch.manual_seed(0)
-    model = instantiate(cfg.model)
-    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("random")
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONWARNINGS="ignore")
-    overrides = [
-        f"train.init_checkpoint={tmp_path / 'random.pth'}",
-        "model.test_score_thresh=0.0",
-        "dataloader.train.dataset.names.num_images=6",
-        "dataloader.test.dataset.names.num_images=2",
-    ]
-    from gfl_d2.data import write_split
+def test_a_dirac_model_has_no_distributions_to_output():
+    from detectron2.config import instantiate
 
-    write_split(str(tmp_path / "imgs"), "x", 1, seed=5, progress=False)
-    proc = subprocess.run(
-        [sys.executable, "tools/visualize_distributions.py", "--input", str(tmp_path / "imgs" / "x"),
-         "--output", str(tmp_path / "vis"), "--confidence-threshold", "0", "--analyze-targets",
-         "--max-images", "6"] + overrides,
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    png = tmp_path / "vis" / "000000_dists.png"
-    assert png.is_file() and png.stat().st_size > 10_000
-    hist = tmp_path / "vis" / "regression_targets.png"
-    assert hist.is_file() and hist.stat().st_size > 5_000
-    assert "Recommended n" in proc.stderr + proc.stdout
-    import json
-
-    summary = json.loads((tmp_path / "vis" / "regression_targets.json").read_text())
-    assert summary["num_targets"] > 0 and 0 <= summary["share_beyond_reg_max"] <= 1
-    assert summary["recommended_reg_max"] >= math.ceil(summary["percentiles"]["99"])
-
-
-def test_uncertainty_summary_groups_edges():
-    spec = importlib.util.spec_from_file_location("measure", os.path.join(ROOT, "tools", "measure_edge_uncertainty.py"))
-    measure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(measure)
-    import numpy as np
-
-    rows = np.array([[0, 1.0, 0.1, 0.5], [0, 3.0, 0.3, 1.5], [1, 4.0, 0.4, 2.0], [2, 6.0, 0.5, 3.0]])
-    s = measure.summarize(rows)
-    assert s["sharp, free"]["edges"] == 2 and s["sharp, free"]["mean_std_px"] == 2.0
-    assert s["blurred"]["mean_relative_std"] == 0.4 and s["occluded"]["mean_abs_error_px"] == 3.0
-    assert s["blurred + occluded"]["edges"] == 0
-    assert abs(s["spearman_std_vs_error"] - 1.0) < 1e-9
-    assert "| occluded | 1 | 6.00 |" in measure.to_markdown(s)
+    cfg = tiny_gfl_config()
+    cfg.box_representation, cfg.head.box_channels = "dirac", 4
+    model = instantiate(cfg)  # the config's default output_box_distributions=True is dropped, with a log line
+    assert model.output_box_distributions is False
+    with pytest.raises(ValueError, match="no edge distributions to output"):
+        model.output_box_distributions = True
+    model.output_box_distributions = False  # turning them off is always fine
+    model.eval()
+    with torch.no_grad():
+        inst = model([{"image": shapes_image([[10, 10, 60, 70]], [1])}])[0]["instances"]
+    assert not inst.has("pred_box_dists") and not inst.has("pred_box_std")

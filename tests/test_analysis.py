@@ -1,0 +1,70 @@
+"""The analysis tools and the package functions behind them (gfl_d2.analysis)."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+
+from gfl_d2.analysis import anchors_for_image_size, edge_uncertainty_markdown, summarize_edge_uncertainty
+from helpers import ROOT, tiny_gfl
+
+
+def test_visualize_distributions_tool(tmp_path):
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("random")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONWARNINGS="ignore")
+    overrides = [
+        f"train.init_checkpoint={tmp_path / 'random.pth'}",
+        "model.test_score_thresh=0.0",
+        "dataloader.train.dataset.names.num_images=6",
+        "dataloader.test.dataset.names.num_images=2",
+    ]
+    from gfl_d2.data import write_split
+
+    write_split(str(tmp_path / "imgs"), "x", 1, seed=5, progress=False)
+    proc = subprocess.run(
+        [sys.executable, "tools/visualize_distributions.py", "--input", str(tmp_path / "imgs" / "x"),
+         "--output", str(tmp_path / "vis"), "--confidence-threshold", "0", "--analyze-targets",
+         "--max-images", "6"] + overrides,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png = tmp_path / "vis" / "000000_dists.png"
+    assert png.is_file() and png.stat().st_size > 10_000
+    hist = tmp_path / "vis" / "regression_targets.png"
+    assert hist.is_file() and hist.stat().st_size > 5_000
+    assert "Recommended n" in proc.stderr + proc.stdout
+    import json
+
+    summary = json.loads((tmp_path / "vis" / "regression_targets.json").read_text())
+    assert summary["num_targets"] > 0 and 0 <= summary["share_beyond_reg_max"] <= 1
+    assert summary["recommended_reg_max"] >= math.ceil(summary["percentiles"]["99"])
+
+
+def test_uncertainty_summary_groups_edges():
+    rows = np.array([[0, 1.0, 0.1, 0.5], [0, 3.0, 0.3, 1.5], [1, 4.0, 0.4, 2.0], [2, 6.0, 0.5, 3.0]])
+    s = summarize_edge_uncertainty(rows)
+    assert s["sharp, free"]["edges"] == 2 and s["sharp, free"]["mean_std_px"] == 2.0
+    assert s["blurred"]["mean_relative_std"] == 0.4 and s["occluded"]["mean_abs_error_px"] == 3.0
+    assert s["blurred + occluded"]["edges"] == 0
+    assert abs(s["spearman_std_vs_error"] - 1.0) < 1e-9
+    assert "| occluded | 1 | 6.00 |" in edge_uncertainty_markdown(s)
+
+
+def test_anchors_for_an_image_size_are_the_models_own():
+    model = tiny_gfl()
+    image = torch.zeros(3, 70, 90)
+    images = model.preprocess_image([{"image": image}])  # padded to 96 x 96 (size_divisibility 32)
+    features = model.backbone(images.tensor)
+    expected = model.anchor_generator([features[f] for f in model.head_in_features])
+    got = anchors_for_image_size(model, (70, 90))
+    assert [len(a) for a in got] == [len(a) for a in expected]
+    for a, b in zip(got, expected):
+        assert torch.equal(a.tensor, b.tensor)
