@@ -1,7 +1,7 @@
 """A predictor for LazyConfig models, the counterpart of detectron2's ``DefaultPredictor``."""
 import glob
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from detectron2.structures import Instances
 
 from .engine import resolve_device
 
-__all__ = ["LazyPredictor", "dataset_metadata", "list_images"]
+__all__ = ["LazyPredictor", "dataset_metadata", "list_images", "test_time_augmentations", "to_model_input"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -44,6 +44,19 @@ def dataset_metadata(cfg, split: str = "test"):
     return MetadataCatalog.get(names)
 
 
+def test_time_augmentations(cfg) -> Tuple[T.AugmentationList, str]:
+    """The test-time transforms of ``cfg.dataloader.test.mapper`` and the image format it reads."""
+    mapper = cfg.dataloader.test.mapper
+    return T.AugmentationList([instantiate(a) for a in mapper.get("augmentations", [])]), mapper.get("image_format", "BGR")
+
+
+def to_model_input(image: np.ndarray, augmentations: T.AugmentationList) -> torch.Tensor:
+    """(H, W, 3) uint8 image -> the (3, H', W') float tensor the model takes, as the test loader makes it."""
+    aug = T.AugInput(image)
+    augmentations(aug)
+    return torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)).astype("float32"))
+
+
 class LazyPredictor:
     """
     Builds ``cfg.model``, loads ``weights`` (default ``cfg.train.init_checkpoint``)
@@ -58,16 +71,11 @@ class LazyPredictor:
         if not weights:
             raise ValueError("no weights given: set train.init_checkpoint=/path/to/model.pth")
         DetectionCheckpointer(self.model).load(weights)
-        mapper = cfg.dataloader.test.mapper
-        self.augmentations = T.AugmentationList([instantiate(a) for a in mapper.get("augmentations", [])])
-        self.input_format = mapper.get("image_format", "BGR")
+        self.augmentations, self.input_format = test_time_augmentations(cfg)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Instances:
         """(H, W, 3) uint8 image in ``self.input_format`` -> its Instances, on the CPU."""
         h, w = image.shape[:2]
-        aug = T.AugInput(image)
-        self.augmentations(aug)
-        tensor = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)).astype("float32"))
-        (out,) = self.model([{"image": tensor, "height": h, "width": w}])
+        (out,) = self.model([{"image": to_model_input(image, self.augmentations), "height": h, "width": w}])
         return out["instances"].to("cpu")

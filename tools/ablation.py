@@ -30,7 +30,6 @@ import time
 from collections import OrderedDict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SHAPES = "configs/Synthetic/"
 GFL_CFG = SHAPES + "gfl_R_18_FPN_shapes.py"

@@ -20,8 +20,7 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gfl_d2.convert import ConversionError, convert_mmdet_state_dict, load_mmdet_checkpoint  # noqa: E402
+from gfl_d2.convert import ConversionError, convert_mmdet_state_dict, load_mmdet_checkpoint
 
 
 def main(argv=None):

@@ -13,7 +13,6 @@ weights).
 import argparse
 import logging
 import os
-import sys
 
 from PIL import Image
 
@@ -21,10 +20,9 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfl_d2  # noqa: F401,E402
-from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config  # noqa: E402
-from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
+from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config
+from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images
 
 
 

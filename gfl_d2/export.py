@@ -1,0 +1,143 @@
+"""
+Export of a GFL model by tracing (TorchScript or ONNX), checked against the
+eager model; ``tools/export_model.py`` is its command line.
+"""
+import json
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from detectron2.config import instantiate
+from detectron2.data.detection_utils import read_image
+from detectron2.export import TracingAdapter
+
+from .engine import CheckedCheckpointer
+from .predictor import test_time_augmentations, to_model_input
+
+__all__ = ["export", "verify", "sample_input", "BOX_TOL", "SCORE_TOL"]
+
+logger = logging.getLogger("detectron2")
+BOX_TOL, SCORE_TOL = 1e-3, 1e-4
+
+
+def sample_input(cfg, path: Optional[str]) -> torch.Tensor:
+    """The sample image (a random one without ``path``) as the model's input, (3, H, W) float."""
+    augmentations, fmt = test_time_augmentations(cfg)
+    if path is None:
+        image = np.random.default_rng(0).integers(0, 255, size=(480, 640, 3), dtype=np.uint8)
+    else:
+        image = read_image(path, format=fmt)
+    return to_model_input(image, augmentations)
+
+
+def inference(model, inputs):
+    # the model's own output size: no resize back to an original size
+    return [{"instances": model(inputs)[0]["instances"]}]
+
+
+def export(
+    cfg,
+    output: str,
+    fmt: str = "torchscript",
+    method: str = "tracing",
+    device: str = "cpu",
+    sample_image: Optional[str] = None,
+    keep_box_distributions: bool = False,
+    config_file: Optional[str] = None,
+):
+    """
+    Trace ``cfg.model`` (weights from ``cfg.train.init_checkpoint``) into
+    ``output``/model.ts (``fmt="torchscript"``) or model.onnx (``"onnx"``),
+    check it against the eager model on the sample image and on another size,
+    and write the check to ``export_check.json``.
+
+    Returns:
+        (path of the exported model, the check's report)
+    """
+    if method == "scripting":
+        raise ValueError(
+            "error: --export-method scripting is not supported for GFL: detectron2 can script only models whose "
+            "outputs are typed Instances (GeneralizedRCNN); use --export-method tracing"
+        )
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but CUDA is not available")
+    model = instantiate(cfg.model).to(device).eval()
+    if cfg.train.init_checkpoint:
+        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
+    else:
+        logger.warning("no train.init_checkpoint: exporting randomly initialised weights")
+    if not keep_box_distributions:
+        model.output_box_distributions = False
+    image = sample_input(cfg, sample_image).to(device)
+    adapter = TracingAdapter(model, [{"image": image}], inference)
+    adapter.eval()  # exporters restore the wrapper's mode afterwards
+    os.makedirs(output, exist_ok=True)
+    fields = sorted(model([{"image": image}])[0]["instances"].get_fields())
+    output_names = fields + ["image_size"]
+    if fmt == "torchscript":
+        path = os.path.join(output, "model.ts")
+        with torch.no_grad():
+            traced = torch.jit.trace(adapter, adapter.flattened_inputs)
+        traced.save(path)
+    else:
+        path = os.path.join(output, "model.onnx")
+        dynamic = {"image": {1: "height", 2: "width"}}
+        dynamic.update({name: {0: "detections"} for name in fields})
+        with torch.no_grad():
+            torch.onnx.export(
+                adapter, adapter.flattened_inputs, path, opset_version=17, dynamo=False,
+                input_names=["image"], output_names=output_names, dynamic_axes=dynamic,
+            )
+    logger.info(f"exported {path}; outputs: {output_names}")
+    report = verify(model, path, fmt, image, fields)
+    # the traced graph keeps height and width dynamic: check another size too
+    h, w = image.shape[-2:]
+    other = torch.nn.functional.interpolate(image[None], size=(max(32, h * 3 // 4), w), mode="bilinear")[0]
+    report["other_size"] = dict(verify(model, path, fmt, other, fields), size=list(other.shape[-2:]))
+    with open(os.path.join(output, "export_check.json"), "w") as f:
+        json.dump(dict(report, outputs=output_names, config=config_file), f, indent=2)
+    return path, report
+
+
+def run_exported(path, fmt, image):
+    """The exported model's outputs as numpy arrays, and the runtime that ran it."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            outs = torch.jit.load(path, map_location=image.device)(image)
+        return [o.cpu().numpy() for o in outs], f"torch.jit on {image.device}"
+    import onnxruntime
+
+    providers = ["CPUExecutionProvider"]
+    if image.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = onnxruntime.InferenceSession(path, providers=providers)
+    outs = session.run(None, {session.get_inputs()[0].name: image.cpu().numpy()})
+    return outs, f"onnxruntime {session.get_providers()[0]}"
+
+
+def verify(model, path, fmt, image, fields):
+    """Compare the exported model with the eager one on ``image``; SystemExit if they disagree."""
+    image = image.round()  # an image as the loader gives it
+    with torch.no_grad():
+        eager = model([{"image": image}])[0]["instances"]
+    outs, runtime = run_exported(path, fmt, image)
+    outs = dict(zip(fields, outs))
+    eager = eager.to("cpu")
+    boxes, scores, classes = eager.pred_boxes.tensor.numpy(), eager.scores.numpy(), eager.pred_classes.numpy()
+    if outs["pred_boxes"].shape != boxes.shape:
+        raise SystemExit(f"error: export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager")
+    report = dict(
+        detections=int(len(boxes)),
+        max_box_diff=float(np.abs(outs["pred_boxes"] - boxes).max(initial=0.0)),
+        max_score_diff=float(np.abs(outs["scores"] - scores).max(initial=0.0)),
+        classes_equal=bool(np.array_equal(outs["pred_classes"], classes)),
+        runtime=runtime,
+    )
+    ok = report["max_box_diff"] <= BOX_TOL and report["max_score_diff"] <= SCORE_TOL and report["classes_equal"]
+    logger.info(f"export check at {tuple(image.shape[-2:])}: {report} -> {'OK' if ok else 'MISMATCH'}")
+    if not ok:
+        raise SystemExit(f"error: the exported model disagrees with the eager model: {report}")
+    return report

@@ -1,0 +1,101 @@
+"""
+The training and evaluation loops of the LazyConfig entry point
+(``tools/train_net.py``), in the manner of detectron2's
+``tools/lazyconfig_train_net.py``, with the training data checked before
+training starts.
+"""
+import logging
+
+import torch
+from omegaconf import DictConfig, ListConfig
+
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from .data import check_dataset_dicts
+from .engine import AMPTrainer, CheckedCheckpointer, SimpleTrainer, clip_gradients, create_ddp_model
+
+__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names"]
+
+logger = logging.getLogger("detectron2")
+
+
+def do_test(cfg, model):
+    # dataloader.evaluator=None: train only (tools/ablation.py evaluates separately)
+    if cfg.dataloader.get("evaluator") is None:
+        return {}
+    ret = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    print_csv_format(ret)
+    return ret
+
+
+def dataset_names(dataset_cfg):
+    """The registered dataset names a dataset config refers to, where they are plain strings."""
+    names = dataset_cfg.get("names") if isinstance(dataset_cfg, DictConfig) else None
+    if isinstance(names, str):
+        return [names]
+    return [n for n in names if isinstance(n, str)] if isinstance(names, ListConfig) else []
+
+
+def build_train_loader(cfg):
+    """The training loader, with its dataset checked before training starts."""
+    loader_cfg = cfg.dataloader.train
+    if "dataset" in loader_cfg:
+        num_classes = cfg.model.get("num_classes", None)
+        loader_cfg.dataset = L(check_dataset_dicts)(dataset_dicts=loader_cfg.dataset, num_classes=num_classes)
+    try:
+        return instantiate(loader_cfg)
+    except Exception as e:
+        names = dataset_names(loader_cfg.dataset.dataset_dicts) if "dataset" in loader_cfg else []
+        files = [MetadataCatalog.get(n).get("json_file", None) for n in names if n in MetadataCatalog.list()]
+        where = f" {names}" + (f" (annotations: {[f for f in files if f]})" if any(files) else "") if names else ""
+        raise RuntimeError(f"Could not build the training data{where}: {type(e).__name__}: {e}") from e
+
+
+def do_train(cfg, resume: bool = False):
+    model = instantiate(cfg.model)
+    logger.info("Model:\n{}".format(model))
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    clip = cfg.train.get("clip_grad", None)
+    if clip is not None and clip.get("enabled", False):
+        clip_gradients(optim, clip.get("clip_type", "norm"), clip.get("clip_value", 35.0), clip.get("norm_type", 2.0))
+    train_loader = build_train_loader(cfg)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    if cfg.train.amp.enabled:
+        # train.amp.precision: "float16" (default) or "bfloat16"; the GFL losses compute in fp32 either way
+        precision = getattr(torch, cfg.train.amp.get("precision", "float16"))
+        trainer = AMPTrainer(model, train_loader, optim, precision=precision)
+    else:
+        trainer = SimpleTrainer(model, train_loader, optim)
+    checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    # the checkpoint stores the iteration that just finished
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
