@@ -10,12 +10,19 @@ import logging
 import os
 import pickle
 import re
+import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
 
-__all__ = ["ConversionError", "convert_mmdet_state_dict", "describe_mmdet_gfl", "load_mmdet_checkpoint"]
+__all__ = [
+    "ConversionError",
+    "convert_checkpoint",
+    "convert_mmdet_state_dict",
+    "describe_mmdet_gfl",
+    "load_mmdet_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -243,3 +250,55 @@ def convert_mmdet_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple["Orde
         mapping[key] = new_key
     info.update(mapping=mapping, dropped=dropped)
     return converted, info
+
+
+def conversion_report(src: str, info: Dict, verbose: bool = False) -> List[str]:
+    """What was recognised, mapped and dropped, as lines to print."""
+    if info["num_groups"] == 1:
+        backbone = f"ResNet-{info['depth']}"
+    else:
+        backbone = f"ResNeXt-{info['depth']} {info['num_groups']}x{info['width_per_group']}d"
+    lines = [
+        f"{src}: GFL, {backbone} + FPN ({info['fpn_channels']} channels, P3-P7), head of "
+        f"{info['num_convs']} convs, {info['num_classes']} classes, reg_max {info['reg_max']}"
+    ]
+    groups: Dict[str, List[Tuple[str, str]]] = {}
+    for old, new in info["mapping"].items():
+        groups.setdefault(old.split(".")[0], []).append((old, new))
+    for prefix, pairs in groups.items():
+        lines.append(f"  {prefix}: {len(pairs)} tensors, e.g. {pairs[0][0]} -> {pairs[0][1]}")
+        lines += [f"    {old} -> {new}" for old, new in pairs] if verbose else []
+    reasons: Dict[str, List[str]] = {}
+    for key, why in info["dropped"].items():
+        reasons.setdefault(why, []).append(key)
+    lines += [f"  dropped {keys[0] if len(keys) == 1 else f'{len(keys)} tensors'}: {why}" for why, keys in reasons.items()]
+    return lines
+
+
+def convert_checkpoint(src: str, dst: str, allow_pickle: bool = False, verbose: bool = False) -> List[str]:
+    """
+    Convert the MMDetection GFL checkpoint ``src`` into a detectron2
+    checkpoint ``dst`` (``{"model": state_dict}``), written atomically: never
+    a half-written file. Raises ConversionError with the reason.
+
+    Returns:
+        the report: what was recognised, mapped and dropped, and which config to use.
+    """
+    state, meta = load_mmdet_checkpoint(src, allow_pickle=allow_pickle)
+    converted, info = convert_mmdet_state_dict(state)
+    lines = conversion_report(src, info, verbose)
+    out_dir = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"model": converted, "__author__": "gfl-d2 convert_mmdet_checkpoint", "mmdet_meta_keys": sorted(meta)},
+                   tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    extra = f" and model.num_classes={info['num_classes']}" if info["num_classes"] != 80 else ""
+    if info["reg_max"] != 16:
+        extra += f" and model.reg_max={info['reg_max']} model.head.box_channels={4 * (info['reg_max'] + 1)}"
+    return lines + [f"wrote {len(converted)} tensors to {dst}; use it with configs/{info['config']}{extra}"]

@@ -6,9 +6,10 @@ The state dicts have exactly the keys, shapes and dtypes MMDetection 3.3 saves
 test_convert_mmdet_e2e.py compares with the real library where it is installed.
 """
 import argparse
-import importlib.util
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,21 +17,14 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
-from gfl_d2.convert import ConversionError, convert_mmdet_state_dict, load_mmdet_checkpoint
+from gfl_d2.convert import ConversionError, convert_checkpoint, convert_mmdet_state_dict, load_mmdet_checkpoint
+from helpers import ROOT
 from mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(config):
     return instantiate(LazyConfig.load(os.path.join(ROOT, "configs", config)).model).eval()
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("convert_tool", os.path.join(ROOT, "tools", "convert_mmdet_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 @pytest.fixture(scope="module")
@@ -123,17 +117,29 @@ def test_resnext_function(tmp_path):
         torch.testing.assert_close(feats[name], ref, rtol=1e-4, atol=1e-4)
 
 
-def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50, capsys):
+def run_tool(*args):
+    """The converter's command line, as a user runs it."""
+    return subprocess.run([sys.executable, "tools/convert_mmdet_checkpoint.py", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50):
     src, dst = tmp_path / "gfl_r50_fpn_1x_coco.pth", tmp_path / "out" / "converted.pth"
     torch.save({"state_dict": r50, "meta": {"CLASSES": ["person"] * 80}}, src)
-    assert load_tool().main([str(src), str(dst)]) == 0
-    printed = capsys.readouterr().out
+    proc = run_tool(src, dst)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = proc.stdout
     assert "ResNet-50" in printed and "configs/COCO-Detection/gfl_R_50_FPN_1x.py" in printed
     assert "backbone: " in printed and "bbox_head: " in printed
     assert "dropped bbox_head.integral.project: the integral's bins 0..16" in printed
     model = build("COCO-Detection/gfl_R_50_FPN_1x.py")
-    incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=False))
+    incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
     assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    # a refusal: exit status 1, the reason on stderr, no output file
+    src.write_bytes(b"\x00garbage")
+    proc = run_tool(src, tmp_path / "other.pth")
+    assert proc.returncode == 1 and "cannot be read as a PyTorch checkpoint" in proc.stderr
+    assert not (tmp_path / "other.pth").exists()
 
 
 @pytest.mark.parametrize(
@@ -147,36 +153,35 @@ def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50, capsys):
         (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("backbone.")], "not an MMDetection detector"),
     ],
 )
-def test_refuses_what_it_does_not_understand(tmp_path, r50, capsys, edit, message):
+def test_refuses_what_it_does_not_understand(tmp_path, r50, edit, message):
     sd = dict(r50)
     edit(sd)
     with pytest.raises(ConversionError, match=message):
         convert_mmdet_state_dict(sd)
     src, dst = tmp_path / "src.pth", tmp_path / "dst.pth"
     torch.save({"state_dict": sd}, src)
-    assert load_tool().main([str(src), str(dst)]) == 1
-    assert message in capsys.readouterr().err
+    with pytest.raises(ConversionError, match=message):
+        convert_checkpoint(str(src), str(dst))
     assert not dst.exists() and os.listdir(tmp_path) == ["src.pth"]
 
 
-def test_unreadable_source(tmp_path, capsys):
+def test_unreadable_source(tmp_path):
     src = tmp_path / "broken.pth"
     src.write_bytes(b"\x00garbage")
-    assert load_tool().main([str(src), str(tmp_path / "dst.pth")]) == 1
-    assert "cannot be read as a PyTorch checkpoint" in capsys.readouterr().err
+    with pytest.raises(ConversionError, match="cannot be read as a PyTorch checkpoint"):
+        convert_checkpoint(str(src), str(tmp_path / "dst.pth"))
 
 
-def test_checkpoint_that_pickles_objects_needs_allow_pickle(tmp_path, r50, capsys, caplog):
+def test_checkpoint_that_pickles_objects_needs_allow_pickle(tmp_path, r50, caplog):
     src, dst = tmp_path / "trained.pth", tmp_path / "converted.pth"
     # an object torch's weights-only loader does not restore, as mmengine's log history is
     torch.save({"state_dict": r50, "meta": {"args": argparse.Namespace(lr=0.01)}}, src)
-    tool = load_tool()
-    assert tool.main([str(src), str(dst)]) == 1
-    err = capsys.readouterr().err
-    assert "argparse.Namespace" in err and "--allow-pickle" in err and "runs code" in err
+    with pytest.raises(ConversionError) as e:
+        convert_checkpoint(str(src), str(dst))
+    assert "argparse.Namespace" in str(e.value) and "--allow-pickle" in str(e.value) and "runs code" in str(e.value)
     assert not dst.exists()
     with caplog.at_level(logging.WARNING, logger="gfl_d2.convert"):
-        assert tool.main([str(src), str(dst), "--allow-pickle"]) == 0
+        convert_checkpoint(str(src), str(dst), allow_pickle=True)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "arbitrary code" in warnings[0] and "argparse.Namespace" in warnings[0]
     model = build("COCO-Detection/gfl_R_50_FPN_1x.py")
@@ -191,10 +196,8 @@ def test_plain_checkpoint_loads_without_allow_pickle(tmp_path, r50, caplog):
     assert not caplog.records and meta["epoch"] == 12 and set(state) == set(r50)
 
 
-def test_allow_pickle_names_a_missing_package(tmp_path, r50, monkeypatch, capsys):
+def test_allow_pickle_names_a_missing_package(tmp_path, r50, monkeypatch):
     """A checkpoint saved by a training run pickles objects of its framework (mmengine), which may be absent."""
-    import sys
-
     (tmp_path / "trainingframework").mkdir()
     (tmp_path / "trainingframework" / "__init__.py").write_text("class LogHistory:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -204,6 +207,5 @@ def test_allow_pickle_names_a_missing_package(tmp_path, r50, monkeypatch, capsys
     torch.save({"state_dict": r50, "message_hub": trainingframework.LogHistory()}, src)
     monkeypatch.delitem(sys.modules, "trainingframework")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
-    assert load_tool().main([str(src), str(tmp_path / "out.pth"), "--allow-pickle"]) == 1
-    err = capsys.readouterr().err
-    assert "objects of the package 'trainingframework', which is not installed" in err
+    with pytest.raises(ConversionError, match="objects of the package 'trainingframework', which is not installed"):
+        convert_checkpoint(str(src), str(tmp_path / "out.pth"), allow_pickle=True)

@@ -8,7 +8,6 @@ tools/install.sh); run before touching the converter:
     pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0
     python -m pytest tests/test_convert_mmdet_e2e.py
 """
-import importlib.util
 import os
 
 import pytest
@@ -17,19 +16,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
+from gfl_d2.convert import ConversionError, convert_checkpoint
+from helpers import ROOT
 from mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available
 
 pytestmark = pytest.mark.skipif(not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def convert_tool():
-    spec = importlib.util.spec_from_file_location("convert_tool", os.path.join(ROOT, "tools", "convert_mmdet_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
 
 def trained_like(model, seed=0):
     """Head weights that give confident, varied detections (at initialisation every score is ~0.01)."""
@@ -63,15 +54,14 @@ def mmdet_detections(model, image_bgr):
 
 
 @pytest.mark.parametrize("name", ["R-50 1x", "X-101-32x4d ms2x"])
-def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name, capsys):
+def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name):
     mm_model, _ = build_mmdet_gfl(MMDET_CONFIGS[name])
     trained_like(mm_model)
     src, dst = tmp_path / "mmdet.pth", tmp_path / "converted.pth"
     save_as_mmdet(mm_model, src)
 
-    assert convert_tool().main([str(src), str(dst)]) == 0
-    printed = capsys.readouterr().out
-    config = printed.rsplit("use it with configs/", 1)[1].split()[0]
+    report = convert_checkpoint(str(src), str(dst))
+    config = report[-1].rsplit("use it with configs/", 1)[1].split()[0]
     model = instantiate(LazyConfig.load(os.path.join(ROOT, "configs", config)).model).eval()
     incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
     assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
@@ -90,7 +80,7 @@ def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name
     torch.testing.assert_close(ours.pred_boxes.tensor, boxes, rtol=1e-4, atol=1e-2)
 
 
-def test_checkpoint_saved_during_training_needs_allow_pickle(tmp_path, capsys):
+def test_checkpoint_saved_during_training_needs_allow_pickle(tmp_path):
     """A checkpoint of MMDetection's runner also pickles mmengine's log history (HistoryBuffer)."""
     from mmengine.logging import MessageHub
 
@@ -100,10 +90,9 @@ def test_checkpoint_saved_during_training_needs_allow_pickle(tmp_path, capsys):
     src, dst = tmp_path / "epoch_12.pth", tmp_path / "converted.pth"
     save_as_mmdet(mm_model, src, message_hub=hub.state_dict())
 
-    tool = convert_tool()
-    assert tool.main([str(src), str(dst)]) == 1
-    err = capsys.readouterr().err
-    assert "mmengine.logging.history_buffer.HistoryBuffer" in err and "--allow-pickle" in err
+    with pytest.raises(ConversionError) as e:
+        convert_checkpoint(str(src), str(dst))
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in str(e.value) and "--allow-pickle" in str(e.value)
     assert not dst.exists()
-    assert tool.main([str(src), str(dst), "--allow-pickle"]) == 0
+    convert_checkpoint(str(src), str(dst), allow_pickle=True)
     assert dst.exists()
