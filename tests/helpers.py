@@ -1,5 +1,8 @@
-"""Small models and data shared by the tests."""
+"""Small models, data and runners shared by the tests."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -9,6 +12,7 @@ from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 from gfl_d2.modeling import GFL, GFLHead, LastLevelP6P7FromP5
 
@@ -84,3 +88,43 @@ def two_bin_logits(targets, n_bins):
     probs.scatter_(-1, i[..., None], (i + 1 - targets)[..., None])
     probs.scatter_add_(-1, (i + 1).clamp(max=n_bins - 1)[..., None], (targets - i)[..., None])
     return torch.where(probs > 0, probs.clamp(min=1e-30).log(), torch.tensor(-1e4))
+
+
+# a two-image training batch: three boxes of classes 0-2, and one box
+BOXES = [[10, 12, 60, 70], [70, 20, 120, 60], [30, 80, 52, 100]]
+CLASSES = [0, 1, 2]
+
+
+def two_image_batch(size=(128, 128)):
+    return [
+        {"image": shapes_image(BOXES, CLASSES, size=size, seed=0), "instances": make_instances(BOXES, CLASSES, size)},
+        {"image": shapes_image(BOXES[:1], CLASSES[:1], size=size, seed=1),
+         "instances": make_instances(BOXES[:1], CLASSES[:1], size)},
+    ]
+
+
+def train_step(model, data):
+    """One forward/backward in training mode; returns (losses, the event storage)."""
+    model.train()
+    with EventStorage() as storage:
+        losses = model(data)
+        sum(losses.values()).backward()
+    return losses, storage
+
+
+def run_tool(args, datasets=None, timeout=600, check=True):
+    """``python <args>`` from the repository root, as a user runs a tool; returns the finished process."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if datasets is not None:
+        env["DETECTRON2_DATASETS"] = str(datasets)
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check:
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return proc
+
+
+def read_metrics(path):
+    """The records of a detectron2 ``metrics.json``."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

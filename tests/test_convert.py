@@ -8,7 +8,6 @@ test_convert_mmdet_e2e.py compares with the real library where it is installed.
 import argparse
 import logging
 import os
-import subprocess
 import sys
 
 import pytest
@@ -18,7 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint, convert_mmdet_state_dict, load_mmdet_checkpoint
-from helpers import ROOT
+from helpers import ROOT, run_tool
 from mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
 
 
@@ -117,16 +116,10 @@ def test_resnext_function(tmp_path):
         torch.testing.assert_close(feats[name], ref, rtol=1e-4, atol=1e-4)
 
 
-def run_tool(*args):
-    """The converter's command line, as a user runs it."""
-    return subprocess.run([sys.executable, "tools/convert_mmdet_checkpoint.py", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50):
     src, dst = tmp_path / "gfl_r50_fpn_1x_coco.pth", tmp_path / "out" / "converted.pth"
     torch.save({"state_dict": r50, "meta": {"CLASSES": ["person"] * 80}}, src)
-    proc = run_tool(src, dst)
+    proc = run_tool(["tools/convert_mmdet_checkpoint.py", src, dst])
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = proc.stdout
     assert "ResNet-50" in printed and "configs/COCO-Detection/gfl_R_50_FPN_1x.py" in printed
@@ -137,7 +130,7 @@ def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50):
     assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
     # a refusal: exit status 1, the reason on stderr, no output file
     src.write_bytes(b"\x00garbage")
-    proc = run_tool(src, tmp_path / "other.pth")
+    proc = run_tool(["tools/convert_mmdet_checkpoint.py", src, tmp_path / "other.pth"], check=False)
     assert proc.returncode == 1 and "cannot be read as a PyTorch checkpoint" in proc.stderr
     assert not (tmp_path / "other.pth").exists()
 

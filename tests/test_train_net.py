@@ -1,5 +1,4 @@
 """End to end: the entry points train, checkpoint and evaluate on a tiny generated dataset, on CPU."""
-import json
 import os
 import subprocess
 import sys
@@ -8,24 +7,13 @@ import pytest
 import torch
 
 from gfl_d2.data import ShapesConfig, write_split
-from helpers import TINY_OVERRIDES
+from helpers import ROOT, TINY_OVERRIDES, read_metrics, run_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(cmd, datasets, timeout=600):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), PYTHONWARNINGS="ignore")
-    proc = subprocess.run(
-        [sys.executable] + cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
-    return out
-
-
-def read_metrics(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    proc = run_tool(cmd, datasets=datasets, timeout=timeout)
+    return proc.stdout + proc.stderr
 
 
 def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
