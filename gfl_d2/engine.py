@@ -1,4 +1,5 @@
 """Small additions to detectron2's engine used by the entry points."""
+import argparse
 import difflib
 import inspect
 import logging
@@ -18,6 +19,9 @@ from .model_zoo import DEFAULT_CONFIG  # noqa: F401  (re-exported: the entry poi
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "config_argument_parser",
+    "parse_with_overrides",
+    "setup_config",
     "load_lazy_config",
     "create_ddp_model",
     "resolve_device",
@@ -216,3 +220,27 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()):
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {e.args[0]}")
     return LazyConfig.apply_overrides(cfg, list(overrides))
+
+
+def config_argument_parser(description: str, config_required: bool = False) -> argparse.ArgumentParser:
+    """A tool's argument parser with ``--config-file`` (default: the embedded config); see :func:`parse_with_overrides`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if config_required:
+        p.add_argument("--config-file", required=True, metavar="FILE")
+    else:
+        p.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
+    return p
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, with trailing ``key=value`` config overrides collected in ``args.opts``."""
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
+    return parser.parse_args(argv)
+
+
+def setup_config(args: argparse.Namespace):
+    """detectron2's logger, and the LazyConfig of ``args.config_file`` with ``args.opts`` applied (checked)."""
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="detectron2")
+    return load_lazy_config(args.config_file, args.opts)

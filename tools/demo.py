@@ -10,37 +10,32 @@ With no ``--config-file`` the embedded shapes config is used. Trailing
 ``key=value`` pairs override the config (``train.init_checkpoint`` picks the
 weights).
 """
-import argparse
 import logging
 import os
 
 from PIL import Image
 
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 import gfl_d2  # noqa: F401,E402
-from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config
+from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images
 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
+    p = config_argument_parser(__doc__)
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders of images")
     p.add_argument("--output", required=True, help="folder for the drawn images")
     p.add_argument("--confidence-threshold", type=float, default=0.3)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
-    return p.parse_args(argv)
+    return parse_with_overrides(p, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_logger(name="detectron2")
+    cfg = setup_config(args)
     logger = logging.getLogger("detectron2")
-    cfg = load_lazy_config(args.config_file, args.opts)
     if not cfg.train.init_checkpoint:
         raise SystemExit("no weights: pass train.init_checkpoint=/path/to/model.pth")
     predictor = LazyPredictor(cfg)

@@ -17,31 +17,26 @@ input format (RGB for the GFL configs) already resized as the test mapper does
 ``model.output_box_distributions=True``; the export turns them off unless
 ``--keep-box-distributions``). Height and width are dynamic.
 """
-import argparse
 
-from detectron2.utils.logger import setup_logger
 
-from gfl_d2.engine import load_lazy_config
+from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.export import export
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE")
+    p = config_argument_parser(__doc__, config_required=True)
     p.add_argument("--export-method", choices=["tracing", "scripting"], default="tracing")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--sample-image", default=None, help="an image to trace with and to check the export on")
     p.add_argument("--keep-box-distributions", action="store_true", help="also export pred_box_dists/pred_box_std")
     p.add_argument("--device", default="cpu", help="device to trace and check on (e.g. cuda); default cpu")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
-    return p.parse_args(argv)
+    return parse_with_overrides(p, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg = setup_config(args)
     try:
         return export(cfg, args.output, args.format, args.export_method, args.device, args.sample_image,
                       args.keep_box_distributions, args.config_file)

@@ -13,36 +13,31 @@ occluded edges with that of sharp, free edges.
 Writes ``edge_uncertainty.json`` and prints a Markdown table. The relative std
 (std / box side along the edge's axis) controls for object size.
 """
-import argparse
 import json
 import logging
 import os
 
 from pycocotools.coco import COCO
 
-from detectron2.utils.logger import setup_logger
 
 from gfl_d2.analysis import edge_uncertainty_markdown, edge_uncertainty_rows, summarize_edge_uncertainty
-from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config
+from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.predictor import LazyPredictor, dataset_metadata
 
 logger = logging.getLogger("detectron2")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
+    p = config_argument_parser(__doc__)
     p.add_argument("--output", required=True)
     p.add_argument("--max-images", type=int, default=0, help="0: the whole test set")
     p.add_argument("--min-iou", type=float, default=0.5)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
-    return p.parse_args(argv)
+    return parse_with_overrides(p, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg = setup_config(args)
     predictor = LazyPredictor(cfg)
     meta = dataset_metadata(cfg)
     coco = COCO(meta.json_file)

@@ -17,7 +17,6 @@ recommended ``n`` for that dataset.
 
     python tools/visualize_distributions.py --analyze-targets --output vis/ [--max-images 500]
 """
-import argparse
 import json
 import logging
 import math
@@ -32,10 +31,9 @@ from matplotlib.gridspec import GridSpec  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from gfl_d2.analysis import regression_targets  # noqa: E402
-from gfl_d2.engine import DEFAULT_CONFIG, load_lazy_config  # noqa: E402
+from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
 EDGES = ("left", "top", "right", "bottom")
@@ -43,8 +41,7 @@ logger = logging.getLogger("detectron2")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
+    p = config_argument_parser(__doc__)
     p.add_argument("--input", nargs="*", default=[], help="image files and/or folders")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--top", type=int, default=4, help="detections whose distributions are plotted")
@@ -53,8 +50,7 @@ def parse_args(argv=None):
                    help="dash an edge whose std exceeds this fraction of the box side")
     p.add_argument("--analyze-targets", action="store_true", help="histogram of regression targets over the dataset")
     p.add_argument("--max-images", type=int, default=500, help="images used by --analyze-targets")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
-    args = p.parse_args(argv)
+    args = parse_with_overrides(p, argv)
     if not args.analyze_targets and not args.input:
         p.error("give --input images, or --analyze-targets")
     return args
@@ -159,8 +155,7 @@ def analyze_targets(cfg, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg = setup_config(args)
     os.makedirs(args.output, exist_ok=True)
     if args.analyze_targets:
         analyze_targets(cfg, args)
