@@ -7,9 +7,11 @@ from typing import List
 import torch
 from torch import Tensor
 
+from detectron2.structures import Boxes, Instances
+
 from .box_coding import aligned_iou
 
-__all__ = ["ATSSMatcher"]
+__all__ = ["ATSSMatcher", "atss_labels"]
 
 
 class ATSSMatcher:
@@ -89,3 +91,33 @@ class ATSSMatcher:
         fill = torch.full((num_anchors,), num_gt, dtype=torch.long, device=device)
         fill.scatter_reduce_(0, pos_anchor[is_best], pos_gt[is_best], reduce="amin")
         return torch.where(fill < num_gt, fill, matched)
+
+
+@torch.no_grad()
+def atss_labels(matcher: ATSSMatcher, anchors: List[Boxes], gt_instances: List[Instances], num_classes: int):
+    """
+    Per image, the class of each anchor's matched box (``num_classes`` for
+    background) and the matched box.
+
+    Args:
+        anchors: per level, Boxes of (R_l, 4) anchors.
+        gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
+
+    Returns:
+        gt_labels: per image, (R,) long.
+        matched_gt_boxes: per image, (R, 4) (meaningless for background anchors).
+    """
+    anchor_tensors = [a.tensor for a in anchors]
+    num_anchors = sum(len(a) for a in anchor_tensors)
+    gt_labels, matched_gt_boxes = [], []
+    for inst in gt_instances:
+        gt = inst.gt_boxes.tensor
+        if len(inst) == 0:
+            gt_labels.append(torch.full((num_anchors,), num_classes, dtype=torch.long, device=gt.device))
+            matched_gt_boxes.append(gt.new_zeros((num_anchors, 4)))
+            continue
+        matched_idxs = matcher(gt, anchor_tensors)
+        labels = inst.gt_classes[matched_idxs.clamp(min=0)]
+        gt_labels.append(torch.where(matched_idxs >= 0, labels, torch.full_like(labels, num_classes)))
+        matched_gt_boxes.append(gt[matched_idxs.clamp(min=0)])
+    return gt_labels, matched_gt_boxes

@@ -17,12 +17,12 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..config import GFL_ARGUMENT_KEYS
-from .atss import ATSSMatcher
+from .atss import ATSSMatcher, atss_labels
 from .box_coding import aligned_iou, box2distance, centerness, distance2box
 from .head import GFLHead
 from .input_checks import with_checked_ground_truth
 from .losses import distribution_focal_loss
-from .postprocess import reduce_mean, rescale_box_std, valid_clipped
+from .postprocess import reduce_mean, rescale_box_std, top_candidates, valid_clipped
 from .variants import GFLVariant
 
 __all__ = ["GFL"]
@@ -213,34 +213,8 @@ class GFL(DenseDetector):
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
-        """
-        ATSS assignment, per image.
-
-        Args:
-            anchors: per level, Boxes of (R_l, 4) anchors.
-            gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
-
-        Returns:
-            gt_labels: per image, (R,) long: class of the matched box, or
-                ``num_classes`` for background.
-            matched_gt_boxes: per image, (R, 4) matched boxes (meaningless for
-                background anchors).
-        """
-        anchor_tensors = [a.tensor for a in anchors]
-        num_anchors = sum(len(a) for a in anchor_tensors)
-        gt_labels, matched_gt_boxes = [], []
-        for inst in gt_instances:
-            gt = inst.gt_boxes.tensor
-            if len(inst) == 0:
-                gt_labels.append(torch.full((num_anchors,), self.num_classes, dtype=torch.long, device=gt.device))
-                matched_gt_boxes.append(gt.new_zeros((num_anchors, 4)))
-                continue
-            matched_idxs = self.anchor_matcher(gt, anchor_tensors)
-            labels = inst.gt_classes[matched_idxs.clamp(min=0)]
-            labels = torch.where(matched_idxs >= 0, labels, torch.full_like(labels, self.num_classes))
-            gt_labels.append(labels)
-            matched_gt_boxes.append(gt[matched_idxs.clamp(min=0)])
-        return gt_labels, matched_gt_boxes
+        """ATSS assignment: per image, (R,) classes (``num_classes``: background) and (R, 4) matched boxes."""
+        return atss_labels(self.anchor_matcher, anchors, gt_instances, self.num_classes)
 
     def losses(
         self,
@@ -340,13 +314,7 @@ class GFL(DenseDetector):
             pred_scores: (R_l, C) scores.
             pred_box_regs: (R_l, D) box outputs.
         """
-        keep = pred_scores > score_thresh
-        pred_scores = pred_scores[keep]
-        candidates = torch.nonzero(keep)  # (K, 2): location, class
-        num = candidates.shape[0]
-        num_topk = torch.clamp(num, max=topk_candidates) if isinstance(num, Tensor) else min(num, topk_candidates)
-        pred_scores, order = pred_scores.topk(num_topk)
-        anchor_idxs, classes_idxs = candidates[order].unbind(dim=1)
+        pred_scores, anchor_idxs, classes_idxs = top_candidates(pred_scores, score_thresh, topk_candidates)
 
         centers, strides = self.box2box_transform.centers_and_strides(anchors.tensor[anchor_idxs].float())
         decoded = self.box2box_transform.decode(pred_box_regs[anchor_idxs])

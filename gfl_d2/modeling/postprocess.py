@@ -10,7 +10,28 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 
-__all__ = ["reduce_mean", "valid_clipped", "rescale_box_std"]
+__all__ = ["reduce_mean", "top_candidates", "valid_clipped", "rescale_box_std"]
+
+
+def top_candidates(pred_scores: Tensor, score_thresh: float, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    DenseDetector's per-level filtering: (location, class) pairs scoring above
+    ``score_thresh``, at most the ``topk`` best.
+
+    Args:
+        pred_scores: (R_l, C) scores of a level.
+
+    Returns:
+        (K,) scores, descending, and their (K,) location and (K,) class indices.
+    """
+    keep = pred_scores > score_thresh
+    pred_scores = pred_scores[keep]
+    candidates = torch.nonzero(keep)  # (K, 2): location, class
+    num = candidates.shape[0]
+    num_topk = torch.clamp(num, max=topk) if isinstance(num, Tensor) else min(num, topk)
+    pred_scores, order = pred_scores.topk(num_topk)
+    anchor_idxs, class_idxs = candidates[order].unbind(dim=1)
+    return pred_scores, anchor_idxs, class_idxs
 
 
 def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
