@@ -77,8 +77,8 @@ def test_encode_clamps_to_reg_max_minus_0_1():
     c = torch.tensor([[100.0, 100.0]])
     anchors = anchors_at(c, stride)
     far = torch.tensor([[100 - 40 * stride, 100 - 1.0, 100 + 2.5 * stride, 100 + 16 * stride]])
-    deltas = t.encode(anchors, far)
-    torch.testing.assert_close(deltas, torch.tensor([[15.9, 1 / stride, 2.5, 15.9]]))
+    targets = t.encode(anchors, far)
+    torch.testing.assert_close(targets, torch.tensor([[15.9, 1 / stride, 2.5, 15.9]]))
     # a centre outside the box gives a negative distance: clamped to 0
     outside = torch.tensor([[110.0, 50.0, 150.0, 150.0]])
     assert t.encode(anchors, outside)[0, 0] == 0.0
@@ -90,8 +90,8 @@ def test_bin_width_scales_targets(bin_width):
     c = torch.tensor([[64.0, 64.0]])
     anchors = anchors_at(c, 8.0)
     gt = distance2box(c, torch.tensor([[8.0, 16.0, 24.0, 4.0]]))
-    deltas = t.encode(anchors, gt)
-    torch.testing.assert_close(deltas, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9))
+    targets = t.encode(anchors, gt)
+    torch.testing.assert_close(targets, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9))
 
 
 def test_invalid_parameters_are_rejected():

@@ -18,8 +18,8 @@ def test_decoded_distributions_std_and_boxes():
     scores = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.8, 0.0], [0.0, 0.0, 0.7]])
     # edge targets in bins; 2.0 and 5.0 are exact bins (one-hot), the others split over two bins
     targets = torch.tensor([[2.0, 5.0, 1.25, 3.5], [0.5, 2.0, 2.75, 1.0], [4.0, 4.0, 4.0, 4.0]])
-    deltas = two_bin_logits(targets, model.box2box_transform.reg_max + 1).reshape(3, -1)
-    inst = model._decode_per_level_predictions(anchors, scores, deltas, 0.05, 1000, (128, 128))
+    box_regs = two_bin_logits(targets, model.box2box_transform.reg_max + 1).reshape(3, -1)
+    inst = model._decode_per_level_predictions(anchors, scores, box_regs, 0.05, 1000, (128, 128))
     order = inst.scores.argsort(descending=True)
     inst = inst[order]
     dists = inst.pred_box_dists

@@ -18,7 +18,6 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, "tools")
 EMBEDDED = "configs/Synthetic/gfl_R_18_FPN_shapes.py"
 
 
@@ -160,8 +159,7 @@ def _mib(result):
 
 def bench_child(args):
     """GFL vs FCOS, COCO R-50: images/s (interleaved runs) and peak memory per line; writes benchmark.json."""
-    sys.path.insert(0, TOOLS)
-    import benchmark as bm
+    from gfl_d2 import benchmark as bm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_flush_denormal(True)
