@@ -9,7 +9,6 @@ the way detectron2's ``projects/`` do it.
 """
 import logging
 import os
-import sys
 
 import detectron2.engine.defaults
 import detectron2.utils.comm as comm
@@ -18,10 +17,9 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from gfl_d2 import add_gfl_config  # noqa: E402  (also registers GFL)
-from gfl_d2.data import register_shapes  # noqa: E402
-from gfl_d2.engine import create_ddp_model, describe_device, resolve_device  # noqa: E402
+from gfl_d2 import add_gfl_config  # (also registers GFL)
+from gfl_d2.data import register_shapes
+from gfl_d2.engine import create_ddp_model, describe_device, resolve_device
 
 # DefaultTrainer wraps the model with detectron2's create_ddp_model, which passes
 # GPU device ids; on CPU (gloo) DDP needs none.
