@@ -1,8 +1,8 @@
 """
-The training and evaluation loops of the LazyConfig entry point
-(``tools/train_net.py``), in the manner of detectron2's
-``tools/lazyconfig_train_net.py``, with the training data checked before
-training starts.
+The LazyConfig entry point, in the manner of detectron2's
+``tools/lazyconfig_train_net.py``: training and evaluation loops, with the
+training data checked before training starts. ``tools/train_net.py`` and
+``python -m gfl_d2.training`` run :func:`invoke_main`.
 """
 import logging
 
@@ -12,14 +12,24 @@ from omegaconf import DictConfig, ListConfig
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.engine import default_writers, hooks
+from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .data import check_dataset_dicts
-from .engine import AMPTrainer, CheckedCheckpointer, SimpleTrainer, clip_gradients, create_ddp_model
+from .engine import (
+    DEFAULT_CONFIG,
+    AMPTrainer,
+    CheckedCheckpointer,
+    SimpleTrainer,
+    clip_gradients,
+    create_ddp_model,
+    describe_device,
+    load_lazy_config,
+    resolve_device,
+)
 
-__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names"]
+__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names", "setup", "main", "invoke_main"]
 
 logger = logging.getLogger("detectron2")
 
@@ -99,3 +109,52 @@ def do_train(cfg, resume: bool = False):
     # the checkpoint stores the iteration that just finished
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
+
+
+def setup(args):
+    # with no --config-file: the embedded dataset and a small GFL that trains on a CPU
+    args.config_file = args.config_file or DEFAULT_CONFIG
+    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
+    default_setup(cfg, args)
+    logger.info(describe_device(cfg.train.device))
+    return cfg
+
+
+def main(args):
+    result = run(args)
+    if comm.get_world_size() > 1:
+        # leave together and close the process group, so that no gloo/NCCL thread is torn down mid-use
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def run(args):
+    cfg = setup(args)
+    if args.eval_only:
+        if not cfg.train.init_checkpoint:
+            raise SystemExit("error: --eval-only needs weights: train.init_checkpoint=/path/to/model.pth")
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(cfg, resume=args.resume)
+    # final evaluation results are printed by the EvalHook after the last iteration
+
+
+def invoke_main():
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()

@@ -1,0 +1,351 @@
+"""
+The paper's ablations on the embedded "shapes" dataset (``tools/ablation.py``
+is the command line): the variants (config files, see ``configs/Synthetic``),
+the tables, training each run in a child process (``python -m
+gfl_d2.training``), evaluation, interleaved inference timing and the Markdown
+report. Resumable: a run with a ``result.json`` is done.
+"""
+import ast
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+from .model_zoo import get_config_file
+
+SHAPES = "Synthetic/"  # under the packaged configs (gfl_d2.model_zoo)
+GFL_CFG = SHAPES + "gfl_R_18_FPN_shapes.py"
+ATSS_CFG = SHAPES + "atss_R_18_FPN_shapes.py"
+
+ABLATIONS = SHAPES + "Ablations/"
+
+# name -> (config file, overrides, what it is). Each variant is a config file
+# (its docstring says what it is); nothing else differs between them.
+_VARIANT_CONFIGS = OrderedDict(
+    [
+        ("RetinaNet", SHAPES + "retinanet_R_18_FPN_shapes.py"),
+        ("FCOS", SHAPES + "fcos_R_18_FPN_shapes.py"),
+        ("ATSS", ATSS_CFG),
+        ("ATSS+QFL", ABLATIONS + "atss_qfl_R_18_FPN_shapes.py"),
+        ("ATSS+DFL", ABLATIONS + "atss_dfl_R_18_FPN_shapes.py"),
+        ("GFL", GFL_CFG),
+        ("RetinaNet+QFL", SHAPES + "retinanet_qfl_R_18_FPN_shapes.py"),
+        ("FCOS+QFL", SHAPES + "fcos_qfl_R_18_FPN_shapes.py"),
+        ("GFL β=0", ABLATIONS + "gfl_beta0_R_18_FPN_shapes.py"),
+        ("GFL β=1", ABLATIONS + "gfl_beta1_R_18_FPN_shapes.py"),
+        ("GFL β=3", ABLATIONS + "gfl_beta3_R_18_FPN_shapes.py"),
+        ("GFL n=4", ABLATIONS + "gfl_n4_R_18_FPN_shapes.py"),
+        ("GFL n=8", ABLATIONS + "gfl_n8_R_18_FPN_shapes.py"),
+        ("GFL n=24", ABLATIONS + "gfl_n24_R_18_FPN_shapes.py"),
+        ("GFL Δ=0.5", ABLATIONS + "gfl_delta0_5_R_18_FPN_shapes.py"),
+        ("GFL Δ=2", ABLATIONS + "gfl_delta2_R_18_FPN_shapes.py"),
+        ("GFL no DFL", ABLATIONS + "gfl_no_dfl_R_18_FPN_shapes.py"),
+        ("FL+IoU branch", ABLATIONS + "fl_iou_branch_R_18_FPN_shapes.py"),
+        ("FL, no quality", ABLATIONS + "fl_no_quality_R_18_FPN_shapes.py"),
+        ("ATSS+QFL, ctr-weighted", ABLATIONS + "atss_qfl_ctr_weighted_R_18_FPN_shapes.py"),
+    ]
+)
+
+
+def _what(config):
+    """The first sentence of a config file's docstring."""
+    doc = ast.get_docstring(ast.parse(open(get_config_file(config), encoding="utf-8").read())) or ""
+    return " ".join(doc.split()).split(". ")[0].rstrip(".")
+
+
+VARIANTS = OrderedDict((name, (config, [], _what(config))) for name, config in _VARIANT_CONFIGS.items())
+
+# tables: title, rows (a row named like a main variant reuses its runs), whose seeds
+TABLES = OrderedDict(
+    [
+        ("main", ("GFL against ATSS, FCOS and RetinaNet (paper Table 3)",
+                  ["RetinaNet", "FCOS", "ATSS", "ATSS+QFL", "ATSS+DFL", "GFL"], "main")),
+        ("qfl", ("QFL as a drop-in for detectron2's detectors (paper Table 1b)",
+                 ["RetinaNet", "RetinaNet+QFL", "FCOS", "FCOS+QFL", "ATSS", "ATSS+QFL"], "main")),
+        ("beta", ("QFL β (paper Table 1c)", ["GFL β=0", "GFL β=1", "GFL", "GFL β=3"], "sweep")),
+        ("n", ("number of bins n (paper Table 2b)", ["GFL n=4", "GFL n=8", "GFL", "GFL n=24"], "sweep")),
+        ("delta", ("bin width Δ (paper Table 2c)", ["GFL Δ=0.5", "GFL", "GFL Δ=2"], "sweep")),
+        ("quality", ("quality representation and DFL (paper Tables 1a, 2a)",
+                     ["FL, no quality", "ATSS", "FL+IoU branch", "ATSS+QFL", "ATSS+QFL, ctr-weighted", "GFL no DFL",
+                      "GFL"], "sweep")),
+    ]
+)
+DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta"]
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def slug(name):
+    return re.sub(r"[^A-Za-z0-9]+", "_", name.replace("β", "beta").replace("Δ", "delta")).strip("_")
+
+
+def schedule_overrides(iters, batch):
+    """The shapes schedule scaled to `iters`: LR steps at 77% and 91%, warm-up 50 iterations (5-25%)."""
+    if iters < 4:
+        raise SystemExit(f"--iters must be at least 4 (two LR steps before the end), got {iters}")
+    first = max(1, min(int(iters * 0.77), iters - 2))
+    second = max(first + 1, int(iters * 0.91))
+    return [
+        f"train.max_iter={iters}",
+        f"lr_multiplier.scheduler.milestones=[{first},{second}]",
+        f"lr_multiplier.scheduler.num_updates={iters}",
+        f"lr_multiplier.warmup_length={min(0.25, max(0.05, 50 / iters)):.4f}",
+        f"dataloader.train.total_batch_size={batch}",
+        f"train.checkpointer.period={max(50, iters // 5)}",
+        "train.eval_period=0",
+        "train.log_period=20",
+    ]
+
+
+def plan_runs(args):
+    """[(variant, seed)] in the order to run: every variant's first seed first."""
+    wanted = OrderedDict()
+    for table in args.tables:
+        _, rows, kind = TABLES[table]
+        seeds = args.seeds if kind == "main" else args.sweep_seeds
+        for row in rows:
+            # a row shared with a main table keeps the main table's seeds
+            if row in wanted and len(wanted[row]) >= len(seeds):
+                continue
+            wanted[row] = list(seeds)
+    if args.variants:
+        wanted = OrderedDict((k, v) for k, v in wanted.items() if k in args.variants)
+        for name in args.variants:
+            wanted.setdefault(name, list(args.sweep_seeds))
+    depth = max((len(s) for s in wanted.values()), default=0)
+    return [(name, seeds[i]) for i in range(depth) for name, seeds in wanted.items() if i < len(seeds)]
+
+
+def run_dir(args, name, seed):
+    return os.path.join(args.output, slug(name), f"seed{seed}")
+
+
+def run_overrides(args, name, seed, out):
+    config, overrides, _ = VARIANTS[name]
+    return config, (
+        schedule_overrides(args.iters, args.batch)
+        + [f"train.seed={seed}", f"train.output_dir={out}", "dataloader.evaluator=null"]
+        + list(overrides) + list(args.opts)
+    )
+
+
+# ------------------------------------------------------------------ one run
+def train(args, name, seed, log_prefix):
+    """Train (resuming) in a child process; returns its wall time."""
+    out = run_dir(args, name, seed)
+    os.makedirs(out, exist_ok=True)
+    config, overrides = run_overrides(args, name, seed, out)
+    threads = args.threads or max(1, 2 // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(config), "--resume", *overrides]
+    start = time.time()
+    with open(os.path.join(out, "train_log.txt"), "a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:
+            log.write(line)
+            m = re.search(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)", line)
+            if m and args.jobs == 1:
+                print(f"\r{log_prefix} iter {int(m.group(2)) + 1}/{args.iters} loss {m.group(3)} eta {m.group(1)}   ",
+                      end="", flush=True)
+        proc.wait()
+    if args.jobs == 1:
+        print()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} seed {seed}: training failed (exit {proc.returncode}); see {out}/train_log.txt")
+    return time.time() - start
+
+
+def build_trained(args, name, seed):
+    """The config and the trained model of a finished run."""
+    from detectron2.config import instantiate
+
+    from .engine import CheckedCheckpointer, load_lazy_config
+
+    out = run_dir(args, name, seed)
+    config, overrides = run_overrides(args, name, seed, out)
+    # the training run had no evaluator; this one has the config's
+    cfg = load_lazy_config(get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")])
+    model = instantiate(cfg.model)
+    CheckedCheckpointer(model).load(os.path.join(out, "model_final.pth"))
+    return cfg, model.eval()
+
+
+def evaluate(args, name, seed):
+    """COCO metrics of a finished run on shapes_val."""
+    from detectron2.config import instantiate
+    from detectron2.evaluation import inference_on_dataset
+
+    cfg, model = build_trained(args, name, seed)
+    cfg.dataloader.evaluator.output_dir = os.path.join(run_dir(args, name, seed), "eval")
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    return {k: float(v) for k, v in results["bbox"].items()}
+
+
+def do_run(args, name, seed, index, total):
+    out = run_dir(args, name, seed)
+    prefix = f"[{index}/{total}] {name} seed {seed}:"
+    print(f"{prefix} training ({VARIANTS[name][2]})", flush=True)
+    seconds = train(args, name, seed, prefix)
+    metrics = evaluate(args, name, seed)
+    config, overrides = run_overrides(args, name, seed, out)
+    result = dict(variant=name, seed=seed, config=config, overrides=overrides, metrics=metrics,
+                  train_seconds=round(seconds, 1), iters=args.iters, batch=args.batch)
+    tmp = os.path.join(out, "result.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, os.path.join(out, "result.json"))  # a run counts as done only once this exists
+    print(f"{prefix} AP {metrics['AP']:.2f} (AP50 {metrics['AP50']:.2f}), {seconds / 60:.1f} min", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------ timing
+def measure_inference(args, names):
+    """Median seconds per image (batch 1) of each variant's first trained model."""
+    import torch
+
+    from detectron2.config import instantiate
+
+    models = {}
+    for name in names:
+        seeds = finished_seeds(args, name)
+        if seeds:
+            models[name] = build_trained(args, name, seeds[0])
+    if not models:
+        return {}
+    cfg = next(iter(models.values()))[0]
+    inputs = []
+    for batch in instantiate(cfg.dataloader.test):
+        inputs.extend(batch)
+        if len(inputs) >= args.timing_images:
+            break
+    times = {name: [] for name in models}
+    rng = random.Random(0)
+    order = list(models)
+    with torch.no_grad():
+        for _, model in models.values():  # warm-up
+            for x in inputs[:5]:
+                model([x])
+        # interleaved image by image, in a shuffled order, so that drifts of the
+        # machine's speed hit every model alike; the median drops outliers
+        for _ in range(args.timing_rounds):
+            for x in inputs:
+                rng.shuffle(order)
+                for name in order:
+                    start = time.perf_counter()
+                    models[name][1]([x])
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ------------------------------------------------------------------ report
+def finished_seeds(args, name):
+    base = os.path.join(args.output, slug(name))
+    if not os.path.isdir(base):
+        return []
+    return sorted(int(d[4:]) for d in os.listdir(base)
+                  if d.startswith("seed") and os.path.isfile(os.path.join(base, d, "result.json")))
+
+
+def load_results(args, name):
+    out = []
+    for seed in finished_seeds(args, name):
+        with open(os.path.join(run_dir(args, name, seed), "result.json")) as f:
+            out.append(json.load(f))
+    return out
+
+
+def fmt(values):
+    values = [v for v in values if v == v and v >= 0]  # COCO reports -1 / nan when a size has no objects
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def report(args, timing):
+    lines = [f"Shapes dataset (3000 train / 300 val images, 128 px), ResNet-18 GN from scratch, {args.iters} iterations "
+             f"at batch {args.batch}. Mean ± std over seeds; time: inference per image relative to GFL.", ""]
+    for table in args.tables:
+        title, rows, _ = TABLES[table]
+        lines += [f"### {title}", "", "| variant | " + " | ".join(METRICS) + " | seeds | time |",
+                  "|---|" + "---:|" * (len(METRICS) + 2)]
+        for row in rows:
+            results = load_results(args, row)
+            if not results:
+                lines.append(f"| {row} | " + " | ".join("…" for _ in METRICS) + " | 0 | |")
+                continue
+            cells = [fmt([r["metrics"].get(m, float("nan")) for r in results]) for m in METRICS]
+            rel = f"{timing[row] / timing['GFL']:.2f}" if row in timing and "GFL" in timing else ""
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(results)} | {rel} |")
+        lines.append("")
+    text = "\n".join(lines)
+    with open(os.path.join(args.output, "ablation.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def list_variants():
+    for name, (config, overrides, what) in VARIANTS.items():
+        print(f"{name:16s} {what}\n{'':16s} configs/{config} {' '.join(overrides)}")
+
+
+def run_study(args):
+    """
+    Train (resuming), evaluate and time every run of ``args.tables`` (options
+    as tools/ablation.py parses them), writing each run's result.json and the
+    tables after every run.
+    """
+    os.makedirs(args.output, exist_ok=True)
+    runs = plan_runs(args)
+    todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; results in {args.output}",
+          flush=True)
+    start = time.time()
+    timing_file = os.path.join(args.output, "timing.json")
+    timing = json.load(open(timing_file)) if os.path.isfile(timing_file) else {}
+    lock = threading.Lock()
+    queue = list(enumerate(todo, 1))
+    errors = []
+    finished = []
+
+    def worker():
+        while True:
+            with lock:
+                if not queue or errors:
+                    return
+                index, (name, seed) = queue.pop(0)
+            try:
+                do_run(args, name, seed, index, len(todo))
+            except Exception as e:  # keep the other runs going; report at the end
+                errors.append(e)
+                print(f"FAILED: {e}", flush=True)
+                return
+            with lock:
+                finished.append(index)
+                done = len(finished)
+                elapsed = time.time() - start
+                print(f"    {done}/{len(todo)} runs in {elapsed / 60:.1f} min; "
+                      f"about {elapsed / done * (len(todo) - done) / 60:.0f} min to go", flush=True)
+                report(args, timing)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, args.jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} run(s) failed: {errors[0]}")
+    if not args.skip_timing:
+        names = list(OrderedDict.fromkeys(r for t in args.tables for r in TABLES[t][1]))
+        print(f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
+              flush=True)
+        timing = measure_inference(args, names)
+        with open(timing_file, "w") as f:
+            json.dump(timing, f, indent=1)
+    print(report(args, timing))
