@@ -144,10 +144,11 @@ def run(args):
     # final evaluation results are printed by the EvalHook after the last iteration
 
 
-def invoke_main():
+def invoke_main(main_func=None):
+    """Parse detectron2's default arguments and ``launch`` ``main_func`` (default :func:`main`) on every worker."""
     args = default_argument_parser().parse_args()
     launch(
-        main,
+        main_func or main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

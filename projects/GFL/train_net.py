@@ -14,12 +14,13 @@ import detectron2.engine.defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, verify_results
 
 from gfl_d2 import add_gfl_config  # (also registers GFL)
 from gfl_d2.data import register_shapes
 from gfl_d2.engine import create_ddp_model, describe_device, resolve_device
+from gfl_d2.training import invoke_main
 
 # DefaultTrainer wraps the model with detectron2's create_ddp_model, which passes
 # GPU device ids; on CPU (gloo) DDP needs none.
@@ -63,13 +64,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    invoke_main(main)
