@@ -12,7 +12,6 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from detectron2.config import instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, pairwise_iou
 
@@ -42,32 +41,61 @@ def anchors_for_image_size(model, image_size: Sequence[int], device="cpu") -> Li
 
 
 @torch.no_grad()
-def regression_targets(cfg, max_images: int) -> Tuple[np.ndarray, int]:
+def regression_targets(model, dataset_dicts: Sequence[Dict], mapper, max_images: int) -> Tuple[np.ndarray, np.ndarray]:
     """
-    Edge distances (in strides) of the ATSS positives over up to ``max_images``
-    training images of ``cfg``, and the model's n.
+    The edge distances (in strides) that ``model``'s ATSS assignment gives its
+    positives, over the first ``max_images`` images of ``dataset_dicts`` as
+    ``mapper`` loads them.
 
     Returns:
-        ((T,) distances, n)
+        (T,) distances and the (T,) strides of their levels.
     """
-    model = instantiate(cfg.model).eval()
-    dataset = instantiate(cfg.dataloader.train.dataset)
-    mapper = instantiate(cfg.dataloader.train.mapper)
-    targets = []
-    for d in dataset[:max_images]:
+    device = model.device
+    targets, strides = [], []
+    for d in dataset_dicts[:max_images]:
         item = mapper(d)
-        instances = item["instances"]
+        instances = item["instances"].to(device)
         if len(instances) == 0:
             continue
-        anchors = anchors_for_image_size(model, item["image"].shape[-2:])
+        anchors = anchors_for_image_size(model, item["image"].shape[-2:], device)
         (labels,), (matched,) = model.label_anchors(anchors, [instances])
         pos = labels < model.num_classes
-        all_anchors = torch.cat([a.tensor for a in anchors])[pos]
-        centers, stride = model.box2box_transform.centers_and_strides(all_anchors)
+        centers, stride = model.box2box_transform.centers_and_strides(torch.cat([a.tensor for a in anchors])[pos])
         targets.append((box2distance(centers, matched[pos]) / stride).flatten())
+        strides.append(stride.expand(-1, 4).flatten())
     if not targets:
         raise ValueError("no positive anchor in the analysed images")
-    return torch.cat(targets).numpy(), model.box2box_transform.reg_max
+    return torch.cat(targets).cpu().numpy(), torch.cat(strides).cpu().numpy()
+
+
+def bin_fit(targets: np.ndarray, strides: np.ndarray, reg_max: int, bin_width: float) -> Dict:
+    """
+    How well the bins ``0, Δ, ..., nΔ`` (strides) fit regression targets, and
+    the advice: a share of targets beyond ``(n - 0.1)Δ`` is clamped in
+    training (the box cannot be learnt), a range far wider than the targets
+    spreads the distribution over bins that are never used (on the embedded
+    dataset n = 4 gave 30.8 AP against 27.8 for n = 16).
+
+    Returns:
+        dict with the percentiles, the share clamped, per-level 99th
+        percentiles, the recommended n (covering 99% of the targets) and
+        ``advice`` (None when the bins fit).
+    """
+    p50, p99 = (float(np.percentile(targets, q)) for q in (50, 99))
+    clamped = float((targets > (reg_max - 0.1) * bin_width).mean())
+    recommended = max(2, int(math.ceil(p99 / bin_width + 0.1)))
+    levels = {int(s): float(np.percentile(targets[strides == s], 99)) for s in np.unique(strides)}
+    change = f"model.reg_max={recommended} model.head.box_channels={4 * (recommended + 1)}"
+    advice = None
+    if clamped > 0.01:
+        advice = (f"{clamped:.1%} of the regression targets lie beyond the last bin ({reg_max} x {bin_width:g} strides) "
+                  f"and are clamped, so those boxes cannot be learnt: use {change}")
+    elif recommended * 2 <= reg_max:
+        advice = (f"99% of the regression targets lie within {p99:.1f} strides, far inside the {reg_max} bins: "
+                  f"{change} concentrates the distributions on the range that is used")
+    return dict(num_targets=int(len(targets)), reg_max=int(reg_max), bin_width=float(bin_width), median=p50, p99=p99,
+                max=float(targets.max()), share_clamped=clamped, p99_per_stride=levels,
+                recommended_reg_max=recommended, advice=advice)
 
 
 def edge_uncertainty_rows(predictor, coco, image_root: str, max_images: int, min_iou: float) -> np.ndarray:

@@ -5,16 +5,19 @@ training data checked before training starts. ``tools/train_net.py`` and
 ``python -m gfl_d2.training`` run :func:`invoke_main`.
 """
 import logging
+import math
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
+
+from .analysis import bin_fit, regression_targets
 
 from .data import check_dataset_dicts
 from .engine import (
@@ -53,19 +56,48 @@ def dataset_names(dataset_cfg):
     return [n for n in names if isinstance(n, str)] if isinstance(names, ListConfig) else []
 
 
-def build_train_loader(cfg):
-    """The training loader, with its dataset checked before training starts."""
+def build_train_loader(cfg, model=None):
+    """
+    The training loader, with its dataset checked before training starts and,
+    given a model with edge distributions, the fit of its bins to the data's
+    regression targets logged (``train.check_bins``: images sampled, 0 = off).
+    """
     loader_cfg = cfg.dataloader.train
-    if "dataset" in loader_cfg:
-        num_classes = cfg.model.get("num_classes", None)
-        loader_cfg.dataset = L(check_dataset_dicts)(dataset_dicts=loader_cfg.dataset, num_classes=num_classes)
+    names = dataset_names(loader_cfg.dataset) if "dataset" in loader_cfg else []
     try:
-        return instantiate(loader_cfg)
+        if "dataset" not in loader_cfg:
+            return instantiate(loader_cfg)
+        dataset = check_dataset_dicts(instantiate(loader_cfg.dataset), cfg.model.get("num_classes", None))
+        kwargs = {k: instantiate(loader_cfg[k]) for k in loader_cfg if k not in ("_target_", "dataset")}
+        sample = cfg.train.get("check_bins", 200)
+        if sample and kwargs.get("mapper") is not None and getattr(model, "box2box_transform", None) is not None:
+            log_bin_fit(model, dataset, kwargs["mapper"], sample)
+        target = loader_cfg._target_
+        return (locate(target) if isinstance(target, str) else target)(dataset=dataset, **kwargs)
     except Exception as e:
-        names = dataset_names(loader_cfg.dataset.dataset_dicts) if "dataset" in loader_cfg else []
         files = [MetadataCatalog.get(n).get("json_file", None) for n in names if n in MetadataCatalog.list()]
         where = f" {names}" + (f" (annotations: {[f for f in files if f]})" if any(files) else "") if names else ""
         raise RuntimeError(f"Could not build the training data{where}: {type(e).__name__}: {e}") from e
+
+
+def log_bin_fit(model, dataset, mapper, num_images: int) -> None:
+    """One log line on how the model's bins fit the dataset's regression targets; a warning with the fix if not."""
+    transform = model.box2box_transform
+    if not getattr(transform, "has_distributions", False) or not comm.is_main_process():
+        return
+    try:
+        targets, strides = regression_targets(model, dataset, mapper, num_images)
+    except ValueError:
+        return  # no positive anchor in the sample: nothing to say
+    fit = bin_fit(targets, strides, transform.reg_max, transform.bin_width)
+    per_level = ", ".join(f"P{int(math.log2(s))} {p:.1f}" for s, p in fit["p99_per_stride"].items())
+    logger.info(
+        f"GFL bins: {fit['num_targets']} regression targets of {min(num_images, len(dataset))} images: median "
+        f"{fit['median']:.2f}, 99% within {fit['p99']:.2f} strides (per level: {per_level}); the bins cover "
+        f"{transform.reg_max} x {transform.bin_width:g} strides, {fit['share_clamped']:.2%} of the targets beyond"
+    )
+    if fit["advice"]:
+        logger.warning(f"GFL bins: {fit['advice']}")
 
 
 def do_train(cfg, resume: bool = False):
@@ -78,7 +110,7 @@ def do_train(cfg, resume: bool = False):
     clip = cfg.train.get("clip_grad", None)
     if clip is not None and clip.get("enabled", False):
         clip_gradients(optim, clip.get("clip_type", "norm"), clip.get("clip_value", 35.0), clip.get("norm_type", 2.0))
-    train_loader = build_train_loader(cfg)
+    train_loader = build_train_loader(cfg, model)
 
     model = create_ddp_model(model, **cfg.train.ddp)
     if cfg.train.amp.enabled:

@@ -10,7 +10,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
-from gfl_d2.analysis import anchors_for_image_size, edge_uncertainty_markdown, summarize_edge_uncertainty
+from gfl_d2.analysis import anchors_for_image_size, bin_fit, edge_uncertainty_markdown, summarize_edge_uncertainty
 from helpers import ROOT, tiny_gfl
 
 
@@ -68,3 +68,22 @@ def test_anchors_for_an_image_size_are_the_models_own():
     assert [len(a) for a in got] == [len(a) for a in expected]
     for a, b in zip(got, expected):
         assert torch.equal(a.tensor, b.tensor)
+
+
+def test_bin_fit_advises_more_bins_when_targets_are_clamped_and_fewer_when_far_too_many():
+    strides = np.full(1000, 8.0)
+    # targets up to 20 strides with n = 16: 20% beyond the last bin
+    wide = bin_fit(np.linspace(0.0, 20.0, 1000), strides, reg_max=16, bin_width=1.0)
+    assert 0.19 < wide["share_clamped"] < 0.21 and wide["recommended_reg_max"] == 20
+    assert "clamped" in wide["advice"] and "model.reg_max=20 model.head.box_channels=84" in wide["advice"]
+    # targets within 3 strides with n = 16: far more bins than used
+    narrow = bin_fit(np.linspace(0.0, 3.0, 1000), strides, reg_max=16, bin_width=1.0)
+    assert narrow["share_clamped"] == 0 and narrow["recommended_reg_max"] == 4
+    assert "far inside" in narrow["advice"] and "model.reg_max=4" in narrow["advice"]
+    # targets that use the range: no advice; Δ counts (bins 0.5 stride apart cover 8 strides with n = 16)
+    assert bin_fit(np.linspace(0.0, 12.0, 1000), strides, reg_max=16, bin_width=1.0)["advice"] is None
+    half = bin_fit(np.linspace(0.0, 12.0, 1000), strides, reg_max=16, bin_width=0.5)
+    assert half["share_clamped"] > 0.3 and "clamped" in half["advice"]
+    # per-level 99th percentiles
+    levels = bin_fit(np.array([1.0, 2.0, 9.0, 10.0]), np.array([8.0, 8.0, 16.0, 16.0]), reg_max=16, bin_width=1.0)
+    assert set(levels["p99_per_stride"]) == {8, 16} and levels["p99_per_stride"][16] > 9.9

@@ -24,6 +24,9 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    # the bins' fit to the data's regression targets is logged before training (the embedded default:
+    # targets within ~5 strides, n = 16)
+    assert "GFL bins: " in log and "99% within" in log
     # the embedded config trains on CUDA where there is one, and says so
     assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
     assert (out_dir / "model_final.pth").is_file() and (out_dir / "model_0000004.pth").is_file()

@@ -19,7 +19,6 @@ recommended ``n`` for that dataset.
 """
 import json
 import logging
-import math
 import os
 
 import matplotlib
@@ -30,9 +29,10 @@ import numpy as np  # noqa: E402
 from matplotlib.gridspec import GridSpec  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
-from gfl_d2.analysis import regression_targets  # noqa: E402
+from gfl_d2.analysis import bin_fit, regression_targets  # noqa: E402
 from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
@@ -116,13 +116,16 @@ def visualize_images(cfg, args):
 
 
 def analyze_targets(cfg, args):
+    model = instantiate(cfg.model).eval()
     try:
-        values, reg_max = regression_targets(cfg, args.max_images)
+        values, strides = regression_targets(
+            model, instantiate(cfg.dataloader.train.dataset), instantiate(cfg.dataloader.train.mapper), args.max_images
+        )
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    beyond = float((values > reg_max - 0.1).mean())
-    p99 = float(np.percentile(values, 99))
-    recommended = max(2, int(math.ceil(p99 + 0.1)))
+    transform = model.box2box_transform
+    reg_max, fit = transform.reg_max, bin_fit(values, strides, transform.reg_max, transform.bin_width)
+    beyond, p99, recommended = fit["share_clamped"], fit["p99"], fit["recommended_reg_max"]
     fig, ax = plt.subplots(figsize=(7, 4))
     top = max(reg_max + 2, int(values.max()) + 1)
     ax.hist(values, bins=np.arange(0, top + 0.5, 0.5), color="tab:blue")
@@ -150,6 +153,8 @@ def analyze_targets(cfg, args):
         f"{p99:.2f}, max {summary['max']:.2f} strides; {beyond:.2%} exceed n - 0.1 = {reg_max - 0.1:.1f} "
         f"(clamped in training). Recommended n (covers 99%): {recommended}. Histogram: {out_png}"
     )
+    if fit["advice"]:
+        logger.warning(fit["advice"])
     return summary
 
 
