@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
-from .variants import GFLVariant
+from .variants import SEPARATE_QUALITIES, GFLVariant
 
 __all__ = ["GFLHead", "Scale"]
 
@@ -37,10 +37,8 @@ def _translate_deprecated(box_channels, quality_branch, reg_max, box_representat
         FutureWarning,
         stacklevel=3,
     )
-    variant = GFLVariant(quality=old.get("quality", "joint"), cls_loss="qfl" if old.get("quality", "joint") == "joint"
-                         else "focal", box_representation=old.get("box_representation", "distribution"))
-    box_channels = variant.box_transform(old.get("reg_max", 16), 1.0, 8.0).num_outputs
-    return box_channels, variant.has_quality_branch
+    box_channels = 4 if old.get("box_representation") == "dirac" else 4 * (old.get("reg_max", 16) + 1)
+    return box_channels, old.get("quality") in SEPARATE_QUALITIES
 
 
 def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
