@@ -1,7 +1,7 @@
 """yacs config keys of GFL, for users of detectron2's ``train_net.py``."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_gfl_config", "GFL_ARGUMENT_KEYS"]
+__all__ = ["add_gfl_config", "GFL_ARGUMENT_KEYS", "use_dataset_folder"]
 
 # GFL's constructor arguments read straight from MODEL.GFL.<key>
 GFL_ARGUMENT_KEYS = {
@@ -63,4 +63,37 @@ def add_gfl_config(cfg: CN) -> CN:
     g.SIZE_DIVISIBILITY = 32
     # Quality Focal Loss for detectron2's RetinaNet (META_ARCHITECTURE: QFLRetinaNet)
     cfg.MODEL.RETINANET.QFL_BETA = 2.0
+    # a dataset folder (COCO, Pascal VOC or YOLO layout), used when ROOT is set:
+    # registered as DATASETS.TRAIN / DATASETS.TEST, its classes set NUM_CLASSES
+    cfg.DATASETS.FOLDER = CN()
+    cfg.DATASETS.FOLDER.ROOT = ""
+    cfg.DATASETS.FOLDER.LAYOUT = "auto"  # or "coco", "voc", "yolo"
+    cfg.DATASETS.FOLDER.TRAIN_SPLIT = "train"
+    cfg.DATASETS.FOLDER.TEST_SPLIT = "val"
+    return cfg
+
+
+# the yacs keys that hold a model's number of classes
+_NUM_CLASSES_KEYS = (("GFL", "NUM_CLASSES"), ("RETINANET", "NUM_CLASSES"), ("ROI_HEADS", "NUM_CLASSES"))
+
+
+def use_dataset_folder(cfg: CN) -> CN:
+    """
+    With ``DATASETS.FOLDER.ROOT`` set (before ``cfg.freeze()``): register its
+    train and test splits, make them ``DATASETS.TRAIN`` / ``DATASETS.TEST``,
+    and set every ``MODEL.*.NUM_CLASSES`` to the dataset's number of classes.
+    """
+    folder = cfg.DATASETS.FOLDER
+    if not folder.ROOT:
+        return cfg
+    from .data.folders import dataset_classes, register_dataset
+
+    train = register_dataset(folder.ROOT, folder.TRAIN_SPLIT, folder.LAYOUT)
+    test = register_dataset(folder.ROOT, folder.TEST_SPLIT, folder.LAYOUT)
+    classes = dataset_classes([train, test])
+    cfg.DATASETS.TRAIN = (train,)
+    cfg.DATASETS.TEST = (test,)
+    for section, key in _NUM_CLASSES_KEYS:
+        if section in cfg.MODEL and key in cfg.MODEL[section]:
+            cfg.MODEL[section][key] = len(classes)
     return cfg

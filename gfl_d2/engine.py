@@ -27,6 +27,9 @@ __all__ = [
     "resolve_device",
     "describe_device",
     "check_overrides",
+    "check_mandatory",
+    "resolve_num_classes",
+    "prepare_datasets",
     "CheckedCheckpointer",
     "clip_gradients",
     "SimpleTrainer",
@@ -150,6 +153,7 @@ class CheckedCheckpointer(DetectionCheckpointer):
                 f"The checkpoint holds no model weights: its entries {not_tensors[:3]} are not tensors"
             )
         incompatible = super()._load_model(checkpoint)
+        self._log_reinitialised(incompatible.incorrect_shapes)
         expected = set(self.model.state_dict().keys())
         not_loaded = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
         if expected and not (expected - not_loaded):
@@ -160,6 +164,27 @@ class CheckedCheckpointer(DetectionCheckpointer):
             )
         return incompatible
 
+
+    def _log_reinitialised(self, incorrect_shapes) -> None:
+        """Say which tensors keep their fresh initialisation (shape differs from the checkpoint's), and why."""
+        if not incorrect_shapes:
+            return
+        state = _unwrap(self.model).state_dict()
+        lines = []
+        for key, shape_ckpt, shape_model in incorrect_shapes:
+            why = "its shape differs"
+            if key.endswith("cls_score.weight") or key.endswith("cls_score.bias"):
+                why = (f"the classification layer: the checkpoint has {shape_ckpt[0]} classes, the model "
+                       f"{shape_model[0]} (fine-tuning on another dataset)")
+                plain = key[len("module."):] if key.startswith("module.") else key
+                if key.endswith("bias") and plain in state and state[plain].numel():
+                    prior = torch.sigmoid(state[plain].float()).mean().item()
+                    why += f"; bias at the prior probability {prior:.3g}"
+            lines.append(f"{key}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in the model: {why}")
+        logger.warning(
+            f"Re-initialised {len(lines)} tensor(s) instead of loading them (they keep the model's own "
+            "initialisation):\n  " + "\n  ".join(lines)
+        )
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
@@ -205,10 +230,12 @@ class AMPTrainer(_NameNonFiniteLosses, train_loop.AMPTrainer):
     """detectron2's ``AMPTrainer`` naming the non-finite loss terms when it stops on one."""
 
 
-def load_lazy_config(path: str, overrides: Sequence[str] = ()):
+def load_lazy_config(path: str, overrides: Sequence[str] = (), resolve: bool = True):
     """
     ``LazyConfig.load`` + ``apply_overrides``, refusing (SystemExit with the
-    reason) a missing file or an override of a key that does not exist.
+    reason) a missing file, an override of a key that does not exist or a
+    mandatory value left unset; with ``resolve``, a dataset's number of
+    classes is filled in (:func:`resolve_num_classes`).
     """
     from detectron2.config import LazyConfig
 
@@ -219,7 +246,88 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()):
         check_overrides(cfg, overrides)
     except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {e.args[0]}")
-    return LazyConfig.apply_overrides(cfg, list(overrides))
+    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    check_mandatory(cfg, path)
+    if resolve:
+        resolve_num_classes(cfg)
+    return cfg
+
+
+# what to say when a config's mandatory ("???") value is not given
+_MANDATORY_HINTS = {
+    "dataset.root": "the folder of your dataset (COCO, Pascal VOC or YOLO layout): dataset.root=/path/to/data",
+    "train.init_checkpoint": "the weights to start from: train.init_checkpoint=/path/to/model.pth",
+}
+
+
+def check_mandatory(cfg, path: str = "the config") -> None:
+    """SystemExit naming every mandatory value (``???``) the config leaves unset, and how to set it."""
+    from omegaconf import OmegaConf
+
+    def walk(node, prefix):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            key = f"{prefix}{k}"
+            if v == "???":
+                yield key
+            else:
+                yield from walk(v, key + ".")
+
+    # unresolved, so that an interpolation of a missing value is not itself an error
+    missing = sorted(walk(OmegaConf.to_container(cfg, resolve=False), ""))
+    if missing:
+        lines = "\n  ".join(f"{k}: {_MANDATORY_HINTS.get(k, f'add {k}=...')}" for k in missing)
+        raise SystemExit(f"error: {path} needs a value for {', '.join(missing)}:\n  {lines}")
+
+
+def _is_lazy_call(node) -> bool:
+    return isinstance(node, DictConfig) and "_target_" in node
+
+
+def prepare_datasets(cfg) -> None:
+    """
+    Register the datasets of ``dataloader.train`` / ``dataloader.test`` now
+    (a ``names`` LazyCall becomes the name it returns), so that a broken
+    dataset stops the run before training, with every problem named.
+    """
+    from detectron2.config import instantiate
+
+    from .data import DatasetError
+
+    loaders = cfg.get("dataloader") if hasattr(cfg, "get") else None
+    for split in ("train", "test"):
+        dataset = loaders.get(split, {}).get("dataset", None) if isinstance(loaders, DictConfig) else None
+        names = dataset.get("names", None) if isinstance(dataset, DictConfig) else None
+        if _is_lazy_call(names):
+            try:
+                dataset.names = instantiate(names)
+            except DatasetError as e:
+                raise SystemExit(f"error: {e}")
+
+
+def resolve_num_classes(cfg) -> None:
+    """
+    A ``model.num_classes`` that is a LazyCall (``configs/OwnData``: the
+    number of classes of the dataset) becomes the number, once, so that the
+    head, the checks and the saved config see it; the log says where it came from.
+    """
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    node = model.get("num_classes") if isinstance(model, DictConfig) else None
+    if not _is_lazy_call(node):
+        return
+    from detectron2.config import instantiate
+
+    try:
+        num_classes = int(instantiate(node))
+    except Exception as e:
+        from .data import DatasetError
+
+        if isinstance(e, DatasetError):
+            raise SystemExit(f"error: {e}")
+        raise
+    cfg.model.num_classes = num_classes
+    root = node.get("root", None)
+    logger.info(f"model.num_classes = {num_classes}" + (f", the classes of the dataset in {root}" if root else ""))
 
 
 def config_argument_parser(description: str, config_required: bool = False) -> argparse.ArgumentParser:
@@ -243,4 +351,5 @@ def setup_config(args: argparse.Namespace):
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="detectron2")
+    setup_logger(name="gfl_d2")
     return load_lazy_config(args.config_file, args.opts)

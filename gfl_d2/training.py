@@ -15,11 +15,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
 from .analysis import bin_fit, regression_targets
 
 from .data import check_dataset_dicts
+from .evaluation import CountIterations
 from .engine import (
     DEFAULT_CONFIG,
     AMPTrainer,
@@ -29,7 +31,9 @@ from .engine import (
     create_ddp_model,
     describe_device,
     load_lazy_config,
+    prepare_datasets,
     resolve_device,
+    resolve_num_classes,
 )
 
 __all__ = ["do_test", "do_train", "build_train_loader", "dataset_names", "setup", "main", "invoke_main"]
@@ -67,7 +71,8 @@ def build_train_loader(cfg, model=None):
     try:
         if "dataset" not in loader_cfg:
             return instantiate(loader_cfg)
-        dataset = check_dataset_dicts(instantiate(loader_cfg.dataset), cfg.model.get("num_classes", None))
+        num_classes = cfg.model.get("num_classes", None)
+        dataset = check_dataset_dicts(instantiate(loader_cfg.dataset), num_classes if isinstance(num_classes, int) else None)
         kwargs = {k: instantiate(loader_cfg[k]) for k in loader_cfg if k not in ("_target_", "dataset")}
         sample = cfg.train.get("check_bins", 200)
         if sample and kwargs.get("mapper") is not None and getattr(model, "box2box_transform", None) is not None:
@@ -127,7 +132,12 @@ def do_train(cfg, resume: bool = False):
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
+            CountIterations(),  # names the evaluation's pictures by the iterations done
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            # evaluating periodically: keep the best weights by bbox AP as model_best.pth
+            hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", mode="max")
+            if comm.is_main_process() and cfg.train.eval_period > 0 and cfg.dataloader.get("evaluator") is not None
+            else None,
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,
@@ -146,10 +156,14 @@ def do_train(cfg, resume: bool = False):
 def setup(args):
     # with no --config-file: the embedded dataset and a small GFL that trains on a CPU
     args.config_file = args.config_file or DEFAULT_CONFIG
-    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
+    # gfl_d2's own log lines (dataset checks, bins) go where detectron2's go
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="gfl_d2")
     default_setup(cfg, args)
     logger.info(describe_device(cfg.train.device))
+    prepare_datasets(cfg)
+    resolve_num_classes(cfg)
     return cfg
 
 

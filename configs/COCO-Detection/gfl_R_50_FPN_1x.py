@@ -36,6 +36,7 @@ lr_multiplier.warmup_factor = 0.001
 
 train.max_iter = 90000
 train.seed = -1  # -1: a random seed; set one for a reproducible run
+train.check_bins = 200  # images sampled to measure the bins' fit to the regression targets (0: off)
 # gradient clipping (off, as in the reference); clip_type "norm" or "value"
 train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=35.0, norm_type=2.0)
 # torchvision's ImageNet ResNet-50 (pytorch-style, RGB, std-normalised), as the release

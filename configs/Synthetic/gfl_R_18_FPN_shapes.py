@@ -75,6 +75,7 @@ train.log_period = 20
 train.checkpointer.period = 500
 train.checkpointer.max_to_keep = 2
 train.seed = -1  # -1: a random seed; set one for a reproducible run
+train.check_bins = 200  # images sampled to measure the bins' fit to the regression targets (0: off)
 # gradient clipping (off, as in the reference); clip_type "norm" or "value"
 train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=35.0, norm_type=2.0)
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from detectron2.structures import BoxMode
 
-__all__ = ["DatasetError", "check_dataset_dicts"]
+__all__ = ["DatasetError", "DatasetProblems", "check_dataset_dicts"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +113,41 @@ def check_dataset_dicts(
         f"at most {counts['max_boxes_per_image']} in one image"
     )
     return dataset_dicts
+
+
+class DatasetProblems:
+    """
+    What reading a dataset found: errors (each with the file and line or entry
+    where it is) are raised together at the end, so that one run lists them
+    all; notes (things handled, e.g. a clipped box) are counted and logged with
+    a few examples, so that nothing is dropped or changed silently.
+    """
+
+    def __init__(self, what: str, max_listed: int = 8):
+        self.what = what
+        self.max_listed = max_listed
+        self.errors: List[str] = []
+        self.notes: Counter = Counter()
+        self.examples: Dict[str, List[str]] = {}
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}")
+
+    def note(self, kind: str, where: Optional[str] = None) -> None:
+        self.notes[kind] += 1
+        if where is not None:
+            listed = self.examples.setdefault(kind, [])
+            if len(listed) < 3:
+                listed.append(where)
+
+    def raise_errors(self) -> None:
+        if not self.errors:
+            return
+        listed = "\n  ".join(self.errors[: self.max_listed])
+        more = f"\n  ... and {len(self.errors) - self.max_listed} more" if len(self.errors) > self.max_listed else ""
+        raise DatasetError(f"{len(self.errors)} problem(s) in {self.what}:\n  {listed}{more}")
+
+    def log_notes(self) -> None:
+        for kind, count in sorted(self.notes.items()):
+            where = self.examples.get(kind)
+            logger.warning(f"{self.what}: {count} {kind}" + (f" (e.g. {'; '.join(where)})" if where else ""))

@@ -1,0 +1,131 @@
+"""
+detectron2's ``COCOEvaluator`` that also draws what its numbers summarise:
+after each evaluation, one picture with the precision-recall curve of every
+class (IoU 0.5 and 0.75) and the AP of every class by object size, written
+next to the training metrics. The per-class AP table is detectron2's own.
+"""
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from detectron2.engine import HookBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.events import get_event_storage
+
+__all__ = ["COCOEvaluatorWithCurves", "CountIterations", "plot_precision_recall", "ap_by_size"]
+
+# COCOeval's area ranges, in the order of its precision array
+_AREAS = ("all", "small", "medium", "large")
+
+
+def ap_by_size(precision: np.ndarray) -> np.ndarray:
+    """
+    AP (0-100) per class and area range from COCOeval's ``eval["precision"]``
+    (T IoUs, R recalls, K classes, A areas, M max-dets): ``(K, A)``, NaN where
+    a class has no object of that size.
+    """
+    p = precision[..., -1]  # the largest max-dets (100)
+    valid = p > -1
+    summed = np.where(valid, p, 0.0).sum(axis=(0, 1))
+    count = valid.sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, summed / np.maximum(count, 1) * 100, np.nan)
+
+
+def plot_precision_recall(precision: np.ndarray, iou_thresholds: Sequence[float], recall_thresholds: Sequence[float],
+                          class_names: Sequence[str], path: str, title: str = "") -> str:
+    """Write the picture (per-class PR curves at IoU 0.5 and 0.75, per-class AP by size) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ious = np.asarray(iou_thresholds)
+    recalls = np.asarray(recall_thresholds)
+    aps = ap_by_size(precision)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(class_names), 2)))
+    for ax, iou in zip(axes[:2], (0.5, 0.75)):
+        t = int(np.argmin(np.abs(ious - iou)))
+        for k, name in enumerate(class_names):
+            curve = precision[t, :, k, 0, -1]
+            if (curve > -1).any():
+                ap = curve[curve > -1].mean() * 100
+                ax.plot(recalls, np.clip(curve, 0, None), color=colours[k], label=f"{name} ({ap:.1f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+               title=f"precision-recall at IoU {ious[t]:.2f} (AP{int(round(ious[t] * 100))} per class)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left", ncol=1 + len(class_names) // 12)
+    ax = axes[2]
+    x = np.arange(len(class_names))
+    width = 0.2
+    for a, area in enumerate(_AREAS):
+        ax.bar(x + (a - 1.5) * width, np.nan_to_num(aps[:, a]), width, label=area)
+    ax.set_xticks(x)
+    ax.set_xticklabels(class_names, rotation=45 if len(class_names) > 6 else 0, ha="right" if len(class_names) > 6 else "center",
+                       fontsize=8)
+    ax.set(ylabel="AP (IoU 0.50:0.95)", title="AP per class by object size (absent sizes: no bar)", ylim=(0, 100))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+class CountIterations(HookBase):
+    """
+    Tells the evaluation how many iterations are done (put it before
+    ``EvalHook``): during training the storage holds the current iteration's
+    index, after training the number of iterations; this holds the count.
+    """
+
+    def after_step(self):
+        self.trainer.storage.completed_iterations = self.trainer.iter + 1
+
+    def after_train(self):
+        self.trainer.storage.completed_iterations = self.trainer.iter
+
+
+def _iteration_tag() -> str:
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # evaluation outside training
+        return "eval"
+    return f"iter_{getattr(storage, 'completed_iterations', storage.iter + 1):07d}"
+
+
+class COCOEvaluatorWithCurves(COCOEvaluator):
+    """
+    ``COCOEvaluator`` (same arguments) that also writes
+    ``<plot_dir>/pr_curves_<dataset>_<iteration>.png`` after each bbox
+    evaluation (``plot_dir`` None: no picture).
+    """
+
+    def __init__(self, dataset_name: str, *args, plot_dir: Optional[str] = None, **kwargs):
+        super().__init__(dataset_name, *args, **kwargs)
+        self._plot_dir = plot_dir
+        self._dataset_name = dataset_name
+        self.plots: List[str] = []
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if coco_eval is None or iou_type != "bbox" or not self._plot_dir:
+            return results
+        precision = coco_eval.eval["precision"]
+        names = list(class_names) if class_names else [str(i) for i in range(precision.shape[2])]
+        tag = _iteration_tag()
+        path = os.path.join(self._plot_dir, f"pr_curves_{self._dataset_name}_{tag}.png")
+        title = f"{self._dataset_name}, {tag.replace('_', ' ')}: AP {results.get('AP', float('nan')):.1f}"
+        try:
+            plot_precision_recall(precision, coco_eval.params.iouThrs, coco_eval.params.recThrs, names, path, title)
+        except Exception as e:  # a picture must never cost the evaluation
+            self._logger.warning(f"Could not draw the precision-recall curves: {type(e).__name__}: {e}")
+            return results
+        self.plots.append(path)
+        self._logger.info(f"Precision-recall curves and AP by object size: {path}")
+        return results
