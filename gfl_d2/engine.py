@@ -186,6 +186,7 @@ class CheckedCheckpointer(DetectionCheckpointer):
             "initialisation):\n  " + "\n  ".join(lines)
         )
 
+
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 

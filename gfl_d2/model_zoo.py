@@ -34,4 +34,4 @@ def get_config(config_path: str):
 
 
 # the embedded default: the generated shapes dataset and a small GFL that trains on a CPU
-DEFAULT_CONFIG = get_config_file("Synthetic/gfl_R_18_FPN_shapes.py")
+DEFAULT_CONFIG = get_config_file("Synthetic/gfl_R_18_FPN_shapes_quickstart.py")

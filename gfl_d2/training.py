@@ -99,7 +99,8 @@ def log_bin_fit(model, dataset, mapper, num_images: int) -> None:
     logger.info(
         f"GFL bins: {fit['num_targets']} regression targets of {min(num_images, len(dataset))} images: median "
         f"{fit['median']:.2f}, 99% within {fit['p99']:.2f} strides (per level: {per_level}); the bins cover "
-        f"{transform.reg_max} x {transform.bin_width:g} strides, {fit['share_clamped']:.2%} of the targets beyond"
+        f"{transform.reg_max} x {transform.bin_width:g} strides, {fit['share_clamped']:.2%} of the targets beyond; "
+        f"n = {fit['recommended_reg_max']} would cover 99%"
     )
     if fit["advice"]:
         logger.warning(f"GFL bins: {fit['advice']}")

@@ -18,7 +18,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMBEDDED = "configs/Synthetic/gfl_R_18_FPN_shapes.py"
+EMBEDDED = "configs/Synthetic/gfl_R_18_FPN_shapes_quickstart.py"
 
 
 def parse_args(argv=None):

@@ -7,8 +7,9 @@ CPU. The class names and their number come from the dataset's files.
 
 ``dataset.layout`` (auto, coco, voc, yolo), ``dataset.train_split`` /
 ``dataset.test_split`` (train / val), and the image size
-``dataset.min_size`` / ``dataset.max_size`` (shorter / longer side; 0 keeps
-the images' size) are the settings of the data. The schedule scales with
+``dataset.min_size`` / ``dataset.max_size`` (shorter / longer side; larger
+images are scaled down to it, smaller ones keep their size unless
+``dataset.enlarge=True``; 0 keeps every image's size) are the settings of the data. The schedule scales with
 ``train.max_iter`` (warm-up and steps are fractions of it).
 """
 from detectron2.config import LazyCall as L
@@ -25,7 +26,8 @@ from gfl_d2.evaluation import COCOEvaluatorWithCurves
 from ..Synthetic.gfl_R_18_FPN_shapes import model, optimizer, train
 
 # "???": must be given on the command line
-dataset = dict(root="???", layout="auto", train_split="train", test_split="val", min_size=320, max_size=533)
+dataset = dict(root="???", layout="auto", train_split="train", test_split="val", min_size=320, max_size=533,
+               enlarge=False)
 
 model.num_classes = L(dataset_num_classes)(root="${dataset.root}", split="${dataset.train_split}",
                                            layout="${dataset.layout}")
@@ -39,7 +41,8 @@ dataloader.train = L(build_detection_train_loader)(
     ),
     mapper=L(DatasetMapper)(
         is_train=True,
-        augmentations=L(resize_and_flip)(min_size="${dataset.min_size}", max_size="${dataset.max_size}"),
+        augmentations=L(resize_and_flip)(min_size="${dataset.min_size}", max_size="${dataset.max_size}",
+                                         enlarge="${dataset.enlarge}"),
         image_format="RGB",
     ),
     total_batch_size=8,
@@ -52,7 +55,8 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     mapper=L(DatasetMapper)(
         is_train=False,
-        augmentations=L(resize_and_flip)(min_size="${dataset.min_size}", max_size="${dataset.max_size}", flip=False),
+        augmentations=L(resize_and_flip)(min_size="${dataset.min_size}", max_size="${dataset.max_size}",
+                                         enlarge="${dataset.enlarge}", flip=False),
         image_format="RGB",
     ),
     num_workers=2,

@@ -36,6 +36,7 @@ model.num_classes = L(dataset_num_classes)(root="${dataset.root}", split="${data
 # the COCO model's input size; smaller objects than COCO's may want more (dataset.min_size=1024)
 dataset.min_size = 800
 dataset.max_size = 1333
+dataset.enlarge = True  # as the COCO model was trained
 dataloader.train.total_batch_size = 4
 
 optimizer.lr = 0.01 * 4 / 16  # linear scaling rule from the COCO schedule (0.01 at 16 images)

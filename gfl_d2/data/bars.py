@@ -26,10 +26,10 @@ BARS_IDS = [3, 7, 11, 20]
 
 @dataclass
 class BarsConfig:
-    min_width: int = 160
-    max_width: int = 320
-    min_height: int = 96
-    max_height: int = 240
+    min_width: int = 96
+    max_width: int = 192
+    min_height: int = 64
+    max_height: int = 160
     empty_prob: float = 0.12
     max_objects: int = 10
     min_side: float = 6.0

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""
+GFL against detectron2's FCOS on a dataset folder, trained with the documented
+command over seeds, with the bins as configured and as the bin check advises
+(gfl_d2.own_data_study). Without --root it generates the second dataset
+("bars": non-square images of varying size, four classes with ids 3/7/11/20,
+thin bars to small blobs, some empty images) in --layout first.
+
+    python tools/own_data_study.py --output output/own_data_study --seeds 0,1,2 \
+        train.max_iter=800 dataloader.train.total_batch_size=8
+
+Trailing key=value pairs are passed to every run (after the study's own:
+dataset.min_size=0, final evaluation only).
+"""
+import argparse
+import os
+
+from gfl_d2.data import BarsConfig, write_bars_dataset
+from gfl_d2.own_data_study import run_own_data_study
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="output/own_data_study")
+    p.add_argument("--root", help="a dataset folder (COCO, VOC or YOLO layout); default: generate bars")
+    p.add_argument("--layout", default="yolo", choices=("coco", "voc", "yolo"), help="layout of the generated dataset")
+    p.add_argument("--num-train", type=int, default=1500)
+    p.add_argument("--num-val", type=int, default=300)
+    p.add_argument("--width", type=int, nargs=2, default=[80, 160], metavar=("MIN", "MAX"),
+                   help="image widths of the generated dataset")
+    p.add_argument("--height", type=int, nargs=2, default=[56, 128], metavar=("MIN", "MAX"))
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, key=value")
+    args = p.parse_args(argv)
+    root = args.root
+    if root is None:
+        root = os.path.join(args.output, f"bars_{args.layout}")
+        if not os.path.isdir(root):
+            print(f"generating bars ({args.num_train} train, {args.num_val} val) in {root} ({args.layout} layout)")
+            cfg = BarsConfig(min_width=args.width[0], max_width=args.width[1], min_height=args.height[0],
+                             max_height=args.height[1])
+            write_bars_dataset(root, args.layout, splits=(("train", args.num_train, 0), ("val", args.num_val, 1)),
+                               cfg=cfg)
+    common = ["dataset.min_size=0", "train.eval_period=0", "train.checkpointer.period=100000"] + list(args.opts)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(run_own_data_study(os.path.abspath(root), args.output, seeds, common))
+
+
+if __name__ == "__main__":
+    main()
