@@ -275,3 +275,21 @@ def test_coco_bad_entries_are_named(tmp_path, objects):
         f.write('{"images": [],\n "annotations": [,]}')
     with pytest.raises(DatasetError, match=r"instances_train.json:2: not valid JSON"):
         read_dataset_folder(str(root), "train")
+
+
+def test_own_data_image_size_setting_scales_down_only_unless_asked():
+    import detectron2.data.transforms as T
+
+    from gfl_d2.data.augmentations import resize_and_flip
+
+    small, large = np.zeros((100, 150, 3), np.uint8), np.zeros((640, 1200, 3), np.uint8)
+    (shrink,) = resize_and_flip(320, 533, flip=False)
+    assert isinstance(shrink.get_transform(small), T.NoOpTransform)
+    t = shrink.get_transform(large)
+    assert (t.new_h, t.new_w) == (284, 533)  # the longer side's limit binds
+    (enlarge,) = resize_and_flip(320, 533, flip=False, enlarge=True)
+    t = enlarge.get_transform(small)
+    assert (t.new_h, t.new_w) == (320, 480)
+    assert resize_and_flip(0, 0, flip=False) == []
+    with pytest.raises(ValueError, match="max_size >= min_size"):
+        resize_and_flip(320, 100)

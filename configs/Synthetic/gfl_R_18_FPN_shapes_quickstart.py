@@ -2,29 +2,36 @@
 The embedded default, which ``python tools/train_net.py`` runs with no
 --config-file: ``gfl_R_18_FPN_shapes.py`` (the small GFL on the generated
 shapes dataset, with the paper's settings; the ablation study's baseline) with
-the bins the bin check advises for this data and a schedule that fits the
-quick start in 10 minutes on a 2-core CPU.
+the bins the bin check advises for this data, a ResNet-18 of half the width
+and a shorter schedule, so that the quick start fits in 10 minutes on a
+2-core CPU.
 
 Bins: on 200 training images the regression targets lie within 5.1 strides
 (99%; median 1.8, all on P3), so n = 6 bins (``model.reg_max=6``, 4 x 7 box
-channels) cover them instead of 16 mostly unused ones.
+channels) cover them instead of 16 mostly unused ones. Backbone: ResNet-18
+with 32-64-128-256 channels (stem 32), 1.9x faster per iteration on the CPU
+than the 64-channel one; the FPN and head keep 64 channels.
 """
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from gfl_d2.modeling.backbone import make_basic_stages
+
 from .gfl_R_18_FPN_shapes import dataloader, model, optimizer, train  # noqa: F401
 
 model.reg_max = 6
 model.head.box_channels = 4 * (6 + 1)
+model.backbone.bottom_up.stem.out_channels = 32
+model.backbone.bottom_up.stages = L(make_basic_stages)(depth=18, width=32, norm="GN")
 
-train.max_iter = 1100
+train.max_iter = 1600
 train.output_dir = "./output/gfl_R_18_FPN_shapes"
 
 lr_multiplier = L(WarmupParamScheduler)(
     # fractions of train.max_iter: steps at 77% and 91%, 100 warm-up iterations
     scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[77, 91], num_updates=100),
-    warmup_length=100 / 1100,
+    warmup_length=100 / 1600,
     warmup_method="linear",
     warmup_factor=0.001,
 )

@@ -2,8 +2,8 @@
 A second generated dataset ("bars"), with statistics unlike the embedded
 shapes: non-square images of varying size, four classes with non-contiguous
 ids (3, 7, 11, 20), objects from long thin bars (aspect up to 1:12, up to 95%
-of the image side) to a few pixels, colours that do not tell the classes apart,
-and some images without objects. It exists to measure how GFL, its bin advice
+of the image side) to a few pixels, a jittered colour per class on muted
+backgrounds, and some images without objects. It exists to measure how GFL, its bin advice
 and detectron2's FCOS behave on data the project was not tuned on, and to
 exercise the three folder layouts (:func:`write_bars_dataset`).
 """
@@ -22,6 +22,7 @@ __all__ = ["BarsConfig", "BARS_CLASSES", "BARS_IDS", "render_bars_image", "gener
 
 BARS_CLASSES = ["bar", "ellipse", "cross", "frame"]
 BARS_IDS = [3, 7, 11, 20]
+_COLOURS = [(235, 150, 40), (70, 200, 220), (240, 240, 240), (200, 60, 160)]
 
 
 @dataclass
@@ -37,7 +38,7 @@ class BarsConfig:
 
 
 def _background(rng: np.random.Generator, w: int, h: int, cfg: BarsConfig) -> np.ndarray:
-    coarse = rng.uniform(40, 200, size=(3, 4, 3)).astype(np.float32)
+    coarse = rng.uniform(20, 130, size=(3, 4, 3)).astype(np.float32)
     img = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32)
     return img
 
@@ -91,10 +92,8 @@ def render_bars_image(index: int, seed: int, cfg: BarsConfig) -> Tuple[np.ndarra
     count = 0 if rng.random() < cfg.empty_prob else int(rng.integers(1, cfg.max_objects + 1))
     for _ in range(count):
         cls, box = _object(rng, w, h, cfg)
-        x0, y0, x1, y1 = (int(v) for v in box)
-        local = img[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].reshape(-1, 3).mean(axis=0)
-        # a colour of any hue, far enough from the local background to be seen
-        colour = np.where(local > 128, local - rng.uniform(70, 120, 3), local + rng.uniform(70, 120, 3))
+        # each class has a hue, jittered; the background is muted, so objects stand out
+        colour = np.array(_COLOURS[cls], dtype=np.float32) + rng.normal(0, 25, 3)
         _draw(draw, cls, box, tuple(int(c) for c in np.clip(colour, 0, 255)))
         anns.append({"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": cls, "iscrowd": 0})
     out = np.asarray(pil, dtype=np.float32) + rng.normal(0, cfg.noise_std, size=(h, w, 3))

@@ -1,5 +1,5 @@
 from .atss import ATSSMatcher
-from .backbone import LastLevelP6P7FromP5, build_gfl_resnet_fpn_backbone, make_resnext_stages
+from .backbone import LastLevelP6P7FromP5, build_gfl_resnet_fpn_backbone, make_basic_stages, make_resnext_stages
 from .box_coding import (
     DiracBox2BoxTransform,
     DistributionBox2BoxTransform,

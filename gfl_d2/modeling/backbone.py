@@ -3,10 +3,10 @@ import torch.nn.functional as F
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet, build_resnet_backbone
-from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
-__all__ = ["LastLevelP6P7FromP5", "make_resnext_stages", "build_gfl_resnet_fpn_backbone"]
+__all__ = ["LastLevelP6P7FromP5", "make_basic_stages", "make_resnext_stages", "build_gfl_resnet_fpn_backbone"]
 
 
 class LastLevelP6P7FromP5(LastLevelP6P7):
@@ -50,6 +50,31 @@ def make_resnext_stages(depth: int = 101, num_groups: int = 32, width_per_group:
             )
         )
         in_channels, out_channels, bottleneck = out_channels, out_channels * 2, bottleneck * 2
+    return stages
+
+
+def make_basic_stages(depth: int = 18, width: int = 64, **kwargs):
+    """
+    Stages of a ResNet-18/34 whose res2 has ``width`` channels, doubling every
+    stage (``ResNet.make_default_stages`` fixes 64): a narrower network for
+    small images on a CPU. ``kwargs`` go to ``ResNet.make_stage`` (``norm``, ...).
+    """
+    num_blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
+    stages = []
+    in_channels = width
+    for i, n in enumerate(num_blocks):
+        out_channels = width * 2**i
+        stages.append(
+            ResNet.make_stage(
+                block_class=BasicBlock,
+                num_blocks=n,
+                stride_per_block=[1 if i == 0 else 2] + [1] * (n - 1),
+                in_channels=in_channels,
+                out_channels=out_channels,
+                **kwargs,
+            )
+        )
+        in_channels = out_channels
     return stages
 
 
