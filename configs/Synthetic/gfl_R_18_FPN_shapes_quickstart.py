@@ -25,13 +25,13 @@ model.head.box_channels = 4 * (6 + 1)
 model.backbone.bottom_up.stem.out_channels = 32
 model.backbone.bottom_up.stages = L(make_basic_stages)(depth=18, width=32, norm="GN")
 
-train.max_iter = 1600
+train.max_iter = 2000
 train.output_dir = "./output/gfl_R_18_FPN_shapes"
 
 lr_multiplier = L(WarmupParamScheduler)(
     # fractions of train.max_iter: steps at 77% and 91%, 100 warm-up iterations
     scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[77, 91], num_updates=100),
-    warmup_length=100 / 1600,
+    warmup_length=100 / 2000,
     warmup_method="linear",
     warmup_factor=0.001,
 )

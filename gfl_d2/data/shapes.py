@@ -17,6 +17,7 @@ and ``i``.
 """
 import json
 import logging
+import multiprocessing
 import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -222,6 +223,14 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
     return img, [_annotation(j, o, owner, grid) for j, o in enumerate(objects)]
 
 
+def _render_and_save(job) -> Tuple[str, List[Dict]]:
+    i, seed, cfg, image_dir = job
+    img, anns = render_image(i, seed, cfg)
+    file_name = f"{i:06d}.png"
+    Image.fromarray(img).save(os.path.join(image_dir, file_name))
+    return file_name, anns
+
+
 def write_split(
     root: str, split: str, num_images: int, seed: int, cfg: Optional[ShapesConfig] = None, progress: bool = True
 ) -> str:
@@ -233,18 +242,24 @@ def write_split(
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(ann_dir, exist_ok=True)
     images, annotations = [], []
-    iterator = range(num_images)
-    if progress:
-        from tqdm import tqdm
+    jobs = [(i, seed, cfg, image_dir) for i in range(num_images)]
+    # image i depends only on (seed, i): rendering in worker processes gives the same files
+    workers = min(os.cpu_count() or 1, 8) if num_images >= 64 else 1
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        rendered = pool.imap(_render_and_save, jobs, chunksize=16) if pool else map(_render_and_save, jobs)
+        if progress:
+            from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc=f"generating shapes/{split}", unit="img")
-    for i in iterator:
-        img, anns = render_image(i, seed, cfg)
-        file_name = f"{i:06d}.png"
-        Image.fromarray(img).save(os.path.join(image_dir, file_name))
-        images.append(dict(id=i + 1, file_name=file_name, height=cfg.image_size, width=cfg.image_size))
-        for a in anns:
-            annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **a))
+            rendered = tqdm(rendered, total=num_images, desc=f"generating shapes/{split}", unit="img")
+        for i, (file_name, anns) in enumerate(rendered):
+            images.append(dict(id=i + 1, file_name=file_name, height=cfg.image_size, width=cfg.image_size))
+            for a in anns:
+                annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **a))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     data = dict(
         info=dict(description="gfl-d2 generated shapes", seed=seed, num_images=num_images, config=asdict(cfg)),
         images=images,
