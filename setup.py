@@ -23,6 +23,8 @@ setup(
         "numpy",
         "Pillow",
         "tqdm",
+        "pyyaml",  # YOLO data.yaml
+        "matplotlib",  # the precision-recall pictures
     ],
     extras_require={"dev": ["pytest>=7", "onnx", "onnxruntime"]},
 )

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
@@ -30,9 +31,28 @@ def test_configs_are_found():
         assert expected in names
 
 
+@pytest.fixture(scope="module")
+def dataset_folder(tmp_path_factory):
+    """A small YOLO folder for the configs that train on one (configs/OwnData)."""
+    from gfl_d2.data import BARS_CLASSES, BarsConfig, write_layout
+    from gfl_d2.data.bars import generate_bars_split
+
+    root = tmp_path_factory.mktemp("folder")
+    small = BarsConfig(min_width=64, max_width=96, min_height=48, max_height=80, max_objects=3)
+    for split, seed in (("train", 0), ("val", 1)):
+        write_layout("yolo", str(root), split, generate_bars_split(str(root / "r" / split), split, 3, seed, small),
+                     BARS_CLASSES)
+    return root
+
+
 @pytest.mark.parametrize("path", LAZY, ids=lambda p: os.path.relpath(p, ROOT))
-def test_lazy_config_instantiates(path):
+def test_lazy_config_instantiates(path, dataset_folder):
     cfg = LazyConfig.load(path)
+    if "dataset" in cfg:  # a dataset folder's config: its mandatory values
+        cfg.dataset.root = str(dataset_folder)
+        if OmegaConf.is_missing(cfg.train, "init_checkpoint"):
+            cfg.train.init_checkpoint = ""
+        assert instantiate(cfg.model.num_classes) == 4  # from the folder's class names
     for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
         assert key in cfg, key
     model = instantiate(cfg.model)
