@@ -30,6 +30,8 @@ def main(argv=None):
                    help="image widths of the generated dataset")
     p.add_argument("--height", type=int, nargs=2, default=[56, 128], metavar=("MIN", "MAX"))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    p.add_argument("--bins-seeds", type=int, default=None,
+                   help="run GFL with the fitted bins for the first N seeds only (default: all)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, key=value")
     args = p.parse_args(argv)
     root = args.root
@@ -43,7 +45,7 @@ def main(argv=None):
                                cfg=cfg)
     common = ["dataset.min_size=0", "train.eval_period=0", "train.checkpointer.period=100000"] + list(args.opts)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(run_own_data_study(os.path.abspath(root), args.output, seeds, common))
+    print(run_own_data_study(os.path.abspath(root), args.output, seeds, common, args.bins_seeds))
 
 
 if __name__ == "__main__":

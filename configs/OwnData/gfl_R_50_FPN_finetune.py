@@ -22,12 +22,10 @@ of the training set is a good start).
 """
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from gfl_d2.data.folders import dataset_num_classes
 
-from .gfl_R_18_FPN_scratch import dataloader, dataset
+from .gfl_R_18_FPN_scratch import dataloader, dataset, lr_multiplier
 
 model, optimizer, train = LazyConfig.load_rel("../COCO-Detection/gfl_R_50_FPN_1x.py", ("model", "optimizer", "train"))
 
@@ -47,9 +45,6 @@ train.eval_period = 500  # and the best checkpoint by bbox AP is kept as model_b
 train.checkpointer.period = 500
 train.output_dir = "./output/own_data/gfl_R_50_FPN_finetune"
 
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[75, 90], num_updates=100),
-    warmup_length=0.1,
-    warmup_method="linear",
-    warmup_factor=0.001,
-)
+# fractions of train.max_iter: steps at 75% and 90%, 10% warm-up
+lr_multiplier.scheduler.milestones = [75, 90]
+lr_multiplier.warmup_length = 0.1
