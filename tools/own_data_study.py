@@ -6,8 +6,8 @@ command over seeds, with the bins as configured and as the bin check advises
 ("bars": non-square images of varying size, four classes with ids 3/7/11/20,
 thin bars to small blobs, some empty images) in --layout first.
 
-    python tools/own_data_study.py --output output/own_data_study --seeds 0,1,2 \
-        train.max_iter=800 dataloader.train.total_batch_size=8
+    python tools/own_data_study.py --output output/own_data_study --seeds 0,1,2 --bins-seeds 1 \
+        train.max_iter=500 dataloader.train.total_batch_size=8
 
 Trailing key=value pairs are passed to every run (after the study's own:
 dataset.min_size=0, final evaluation only).
