@@ -5,7 +5,7 @@ class (IoU 0.5 and 0.75) and the AP of every class by object size, written
 next to the training metrics. The per-class AP table is detectron2's own.
 """
 import os
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -110,7 +110,6 @@ class COCOEvaluatorWithCurves(COCOEvaluator):
         super().__init__(dataset_name, *args, **kwargs)
         self._plot_dir = plot_dir
         self._dataset_name = dataset_name
-        self.plots: List[str] = []
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)
@@ -126,6 +125,5 @@ class COCOEvaluatorWithCurves(COCOEvaluator):
         except Exception as e:  # a picture must never cost the evaluation
             self._logger.warning(f"Could not draw the precision-recall curves: {type(e).__name__}: {e}")
             return results
-        self.plots.append(path)
         self._logger.info(f"Precision-recall curves and AP by object size: {path}")
         return results

@@ -123,11 +123,9 @@ def run_own_data_study(root: str, output: str, seeds: List[int], common: List[st
     advice, summary, advice_kind = None, "", ""
     base = [f"dataset.root={root}"] + list(common)
     for seed in seeds:
-        runs = [("GFL", CONFIGS["GFL"], [])]
-        runs.append(("FCOS", CONFIGS["FCOS"], []))
-        for name, config, extra in runs:
-            out = os.path.join(output, name.replace(" ", "_"), f"seed{seed}")
-            log = _train(config, base + extra + [f"train.seed={seed}"], out, f"{name} seed {seed}")
+        for name, config in CONFIGS.items():
+            out = os.path.join(output, name, f"seed{seed}")
+            log = _train(config, base + [f"train.seed={seed}"], out, f"{name} seed {seed}")
             if name == "GFL" and advice is None:
                 warned, recommended = bin_advice(log)
                 summary = bin_summary(log)

@@ -37,7 +37,7 @@ class BarsConfig:
     noise_std: float = 8.0
 
 
-def _background(rng: np.random.Generator, w: int, h: int, cfg: BarsConfig) -> np.ndarray:
+def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     coarse = rng.uniform(20, 130, size=(3, 4, 3)).astype(np.float32)
     img = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32)
     return img
@@ -85,7 +85,7 @@ def render_bars_image(index: int, seed: int, cfg: BarsConfig) -> Tuple[np.ndarra
     rng = np.random.default_rng([seed, index, 7])
     w = int(rng.integers(cfg.min_width, cfg.max_width + 1))
     h = int(rng.integers(cfg.min_height, cfg.max_height + 1))
-    img = _background(rng, w, h, cfg)
+    img = _background(rng, w, h)
     pil = Image.fromarray(img.astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     anns = []

@@ -146,6 +146,5 @@ def read_coco_split(root: str, split: str, found: Optional[Tuple[str, str, Dict]
             ann["category_id"] = id_map[ann["category_id"]]
             ann.setdefault("iscrowd", 0)
     return FolderDataset(
-        "coco", root, split, records, [names[c] for c in cat_ids], cat_ids, json_file=json_file,
-        notes=dict(problems.notes),
+        "coco", root, split, records, [names[c] for c in cat_ids], cat_ids, json_file=json_file
     )

@@ -4,7 +4,7 @@ dataset dicts with contiguous class ids, the class names, and the ids the
 files use for them. Shared helpers of the readers.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
@@ -38,7 +38,6 @@ class FolderDataset:
     classes: List[str]
     dataset_ids: List[int]
     json_file: Optional[str] = None
-    notes: Dict[str, int] = field(default_factory=dict)
 
 
 def image_size(path: str) -> Tuple[int, int]:

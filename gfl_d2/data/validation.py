@@ -5,13 +5,13 @@ rather than hours later or silently.
 """
 import logging
 import math
-import os
 from collections import Counter
 from typing import Dict, List, Optional
 
-from PIL import Image
 
 from detectron2.structures import BoxMode
+
+from .folder_dataset import image_size
 
 __all__ = ["DatasetError", "DatasetProblems", "check_dataset_dicts"]
 
@@ -31,13 +31,10 @@ def _xyxy(ann) -> List[float]:
 
 def _image_file_problem(path: str, height: Optional[int], width: Optional[int]) -> Optional[str]:
     """Read only the image header: missing, unreadable or of another size than annotated?"""
-    if not os.path.isfile(path):
-        return "image file not found"
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as e:  # PIL raises several types for foreign or corrupt files
-        return f"cannot be read as an image ({type(e).__name__}: {e})"
+        w, h = image_size(path)  # as detectron2 loads it: EXIF rotation applied
+    except OSError as e:
+        return str(e)
     if height is not None and width is not None and (h, w) != (height, width):
         return f"image is {w}x{h} but its record says {width}x{height}"
     return None

@@ -231,5 +231,4 @@ def read_voc_split(root: str, split: str, classes: Optional[List[str]] = None) -
         )
     problems.raise_errors()
     problems.log_notes()
-    return FolderDataset("voc", root, split, records, list(classes), list(range(len(classes))),
-                         notes=dict(problems.notes))
+    return FolderDataset("voc", root, split, records, list(classes), list(range(len(classes))))

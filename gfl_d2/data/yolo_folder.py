@@ -216,5 +216,4 @@ def read_yolo_split(root: str, split: str, classes: Optional[List[str]] = None) 
                         "annotations": annotations})
     problems.raise_errors()
     problems.log_notes()
-    return FolderDataset("yolo", root, split, records, list(classes), list(range(len(classes))),
-                         notes=dict(problems.notes))
+    return FolderDataset("yolo", root, split, records, list(classes), list(range(len(classes))))
