@@ -262,6 +262,20 @@ def summary_table(rows, header):
     return "\n".join(lines)
 
 
+def write_summary(args, rows, t0, done):
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    header = (f"GPU check, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}"
+              f"{' (CUDA ' + torch.version.cuda + ')' if torch.version.cuda and torch.cuda.is_available() else ''}, "
+              f"{'smoke mode, ' if args.smoke else ''}{time.time() - t0:.0f} s in all"
+              f"{'' if done else ' (unfinished: later steps did not report)'}")
+    table = summary_table(rows, header)
+    with open(os.path.join(args.output, "gpu_check.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.output, "gpu_check.json"), "w") as f:
+        json.dump(dict(header=header, rows=rows), f, indent=1)
+    return table
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
@@ -271,19 +285,13 @@ def main(argv=None):
         raise SystemExit("error: no CUDA device: the GPU check needs one (--smoke runs the script on the CPU)")
     t0 = time.time()
     rows = []
-    for name, step in (("tests", step_tests), ("train", step_train), ("benchmark", step_benchmark),
-                       ("export", step_export)):
-        if name not in args.skip:
-            rows.extend(step(args, args.output))
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    header = (f"GPU check, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}"
-              f"{' (CUDA ' + torch.version.cuda + ')' if torch.version.cuda and torch.cuda.is_available() else ''}, "
-              f"{'smoke mode, ' if args.smoke else ''}{time.time() - t0:.0f} s in all")
-    table = summary_table(rows, header)
-    with open(os.path.join(args.output, "gpu_check.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.output, "gpu_check.json"), "w") as f:
-        json.dump(dict(header=header, rows=rows), f, indent=1)
+    steps = [(n, s) for n, s in (("tests", step_tests), ("train", step_train), ("benchmark", step_benchmark),
+                                 ("export", step_export)) if n not in args.skip]
+    table = write_summary(args, rows, t0, done=not steps)
+    for i, (name, step) in enumerate(steps):
+        rows.extend(step(args, args.output))
+        # written after every step, so that a run stopped from outside keeps what it measured
+        table = write_summary(args, rows, t0, done=i + 1 == len(steps))
     print("\n" + table)
     return 0 if all(r["ok"] for r in rows) else 1
 
