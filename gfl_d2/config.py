@@ -37,13 +37,18 @@ def add_gfl_config(cfg: CN) -> CN:
     # ATSS
     g.ATSS_TOPK = 9
     # the paper's ablation axes (see gfl_d2.modeling.GFL): classification loss
-    # "qfl" | "focal"; quality "joint" | "centerness" | "iou" | "none"; box
+    # "qfl" | "focal"; quality "joint" | "dgqp" (GFL V2) | "centerness" | "iou" | "none"; box
     # representation "distribution" | "dirac"; box loss weights "auto" |
     # "score" | "centerness" | "none"
     g.CLS_LOSS = "qfl"
     g.QUALITY = "joint"
     g.BOX_REPRESENTATION = "distribution"
     g.BOX_LOSS_WEIGHTING = "auto"
+    # GFL V2's distribution-guided quality predictor (QUALITY "dgqp"): top-k
+    # probabilities per edge, their mean, hidden width
+    g.DGQP_TOPK = 4
+    g.DGQP_ADD_MEAN = True
+    g.DGQP_CHANNELS = 64
     # losses
     g.QFL_BETA = 2.0
     g.FOCAL_LOSS_ALPHA = 0.25

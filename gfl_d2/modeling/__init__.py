@@ -10,8 +10,9 @@ from .box_coding import (
     distance2box,
     integral,
 )
+from .dgqp import DistributionGuidedQualityPredictor, distribution_statistics
 from .head import GFLHead, Scale
-from .losses import distribution_focal_loss, quality_focal_loss, sigmoid_focal_loss
+from .losses import distribution_focal_loss, fused_quality_focal_loss, quality_focal_loss, sigmoid_focal_loss
 from .meta_arch import GFL
 from .variants import GFLVariant
 from .qfl_detectors import QFLFCOS, QFLRetinaNet

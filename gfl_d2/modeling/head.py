@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
+from .dgqp import DistributionGuidedQualityPredictor
 from .variants import SEPARATE_QUALITIES, GFLVariant
 
 __all__ = ["GFLHead", "Scale"]
@@ -60,8 +61,10 @@ class GFLHead(nn.Module):
     logits of the four edge distributions), multiplied by a learnable scalar
     per level, and, with ``quality_branch``, ``quality_pred`` one quality logit
     per location from the regression tower (FCOS/ATSS's centerness or IoU
-    branch). The head owns this layout; the model checks it against its box
-    transform and variant.
+    branch), or, with ``dgqp``, one quality logit per location from the
+    statistics of the edge distributions (GFL V2's distribution-guided quality
+    predictor, :class:`DistributionGuidedQualityPredictor`). The head owns
+    this layout; the model checks it against its box transform and variant.
     """
 
     @configurable
@@ -75,6 +78,10 @@ class GFLHead(nn.Module):
         prior_prob: float = 0.01,
         box_channels: int = 4 * 17,
         quality_branch: bool = False,
+        dgqp: bool = False,
+        dgqp_topk: int = 4,
+        dgqp_channels: int = 64,
+        dgqp_add_mean: bool = True,
         reg_max: Optional[int] = None,
         box_representation: Optional[str] = None,
         quality: Optional[str] = None,
@@ -90,6 +97,10 @@ class GFLHead(nn.Module):
             box_channels: box outputs per location: ``4 * (n + 1)`` for the
                 general distribution (68 for n = 16), 4 for plain distances.
             quality_branch: predict a separate quality logit per location.
+            dgqp: predict the quality from the edge distributions (GFL V2);
+                needs ``box_channels = 4 * (n + 1)``.
+            dgqp_topk, dgqp_channels, dgqp_add_mean: the predictor's top-k per
+                edge (4), hidden width (64) and mean statistic (on).
             reg_max, box_representation, quality: deprecated (the model owns
                 these settings); translated into ``box_channels`` and
                 ``quality_branch`` with a warning.
@@ -107,6 +118,14 @@ class GFLHead(nn.Module):
         self.num_classes = num_classes
         self.box_channels = int(box_channels)
         self.has_quality_branch = bool(quality_branch)
+        self.has_quality_predictor = bool(dgqp)
+        if self.has_quality_branch and self.has_quality_predictor:
+            raise ValueError("GFLHead: quality_branch and dgqp are two ways to predict the quality; choose one")
+        if self.has_quality_predictor and (self.box_channels % 4 or self.box_channels // 4 < dgqp_topk):
+            raise ValueError(
+                f"GFLHead(dgqp=True) reads edge distributions: box_channels={self.box_channels} is not "
+                f"4 * (n + 1) with n + 1 >= dgqp_topk={dgqp_topk}"
+            )
         self._num_levels = len(input_shape)
 
         self.cls_subnet = _tower(in_channels, conv_dims, norm)
@@ -124,6 +143,9 @@ class GFLHead(nn.Module):
                 if module.bias is not None:
                     nn.init.constant_(module.bias, 0.0)
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
+        # built after the towers' initialisation, so that V1's parameters draw the same random numbers
+        if self.has_quality_predictor:
+            self.dgqp = DistributionGuidedQualityPredictor(dgqp_topk, dgqp_channels, dgqp_add_mean)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -137,6 +159,10 @@ class GFLHead(nn.Module):
             "prior_prob": g.PRIOR_PROB,
             "box_channels": variant.box_transform(g.REG_MAX, g.BIN_WIDTH, g.ANCHOR_SCALE).num_outputs,
             "quality_branch": variant.has_quality_branch,
+            "dgqp": variant.has_quality_predictor,
+            "dgqp_topk": g.DGQP_TOPK,
+            "dgqp_channels": g.DGQP_CHANNELS,
+            "dgqp_add_mean": g.DGQP_ADD_MEAN,
         }
 
     def forward(self, features: List[Tensor]) -> List[List[Tensor]]:
@@ -145,8 +171,9 @@ class GFLHead(nn.Module):
             features: FPN maps, high to low resolution, each (N, Cin, Hi, Wi).
 
         Returns:
-            [cls_logits, box_regs] (+ [quality_logits] with a quality branch):
-            per level, (N, C, Hi, Wi), (N, box_channels, Hi, Wi) and (N, 1, Hi, Wi).
+            [cls_logits, box_regs] (+ [quality_logits] with a quality branch
+            or ``dgqp``): per level, (N, C, Hi, Wi), (N, box_channels, Hi, Wi)
+            and (N, 1, Hi, Wi).
         """
         if len(features) != self._num_levels:
             raise ValueError(f"GFLHead built for {self._num_levels} levels, got {len(features)}")
@@ -154,9 +181,12 @@ class GFLHead(nn.Module):
         for feature, scale in zip(features, self.scales):
             cls_logits.append(self.cls_score(self.cls_subnet(feature)))
             box_feature = self.bbox_subnet(feature)
-            box_regs.append(scale(self.bbox_pred(box_feature)))
+            box_reg = scale(self.bbox_pred(box_feature))
+            box_regs.append(box_reg)
             if self.has_quality_branch:
                 quality_logits.append(self.quality_pred(box_feature))
-        if self.has_quality_branch:
+            elif self.has_quality_predictor:
+                quality_logits.append(self.dgqp(box_reg))
+        if quality_logits:
             return [cls_logits, box_regs, quality_logits]
         return [cls_logits, box_regs]

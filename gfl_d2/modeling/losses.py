@@ -1,5 +1,6 @@
 """
-The losses of Generalized Focal Loss (GFL V1, Li et al. 2020), as plain,
+The losses of Generalized Focal Loss (GFL V1, Li et al. 2020, and the
+probability-space QFL of its follow-up V2, Li et al. 2021), as plain,
 element-wise tensor functions. Reduction and normalisation are left to the
 caller (the meta-architecture), as with fvcore's ``sigmoid_focal_loss``.
 
@@ -16,6 +17,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "quality_focal_loss",
+    "fused_quality_focal_loss",
     "distribution_focal_loss",
     "sigmoid_focal_loss",
     "dense_class_targets",
@@ -43,6 +45,45 @@ def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Te
     if beta == 0:
         return bce
     return (targets - logits.sigmoid()).abs().pow(beta) * bce
+
+
+# the floor of binary_cross_entropy's logs, as in torch.nn.functional.binary_cross_entropy
+LOG_FLOOR = -100.0
+
+
+def fused_quality_focal_loss(cls_logits: Tensor, quality_logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+    """
+    Quality Focal Loss on the probability ``p = sigmoid(cls) * sigmoid(quality)``
+    (GFL V2's score: the classification probability times the
+    distribution-guided quality), dense over all classes.
+
+    The loss is ``|y - p|^beta * BCE(p, y)``, binary cross-entropy on the
+    probability with its logs floored at -100 as PyTorch's
+    ``binary_cross_entropy`` does. Both logs are computed from the logits in
+    log space, so that neither ``log p`` nor ``log (1 - p)`` loses precision
+    where ``p`` is near 0 or 1 and no gradient becomes infinite:
+    ``log p = logsig(a) + logsig(b)`` and, since ``1 - p = sig(-a) + sig(a) sig(-b)``,
+    ``log (1 - p) = logaddexp(logsig(-a), logsig(a) + logsig(-b))``.
+
+    Args:
+        cls_logits: (..., C) classification logits ``a``.
+        quality_logits: (..., 1) logits ``b`` of the quality (one per location,
+            shared by the classes), or (..., C).
+        targets: (..., C) soft targets in [0, 1], as for :func:`quality_focal_loss`.
+        beta: modulating exponent.
+
+    Returns:
+        (..., C) float32 element-wise loss.
+    """
+    a, b, targets = cls_logits.float(), quality_logits.float(), targets.float()
+    log_sig_a, log_sig_b = F.logsigmoid(a), F.logsigmoid(b)
+    log_p = (log_sig_a + log_sig_b).clamp(min=LOG_FLOOR)
+    log_one_minus_p = torch.logaddexp(F.logsigmoid(-a), log_sig_a + F.logsigmoid(-b)).clamp(min=LOG_FLOOR)
+    bce = -(targets * log_p + (1.0 - targets) * log_one_minus_p)
+    if beta == 0:
+        return bce
+    prob = a.sigmoid() * b.sigmoid()
+    return (targets - prob).abs().pow(beta) * bce
 
 
 def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:

@@ -36,6 +36,9 @@ class GFL(DenseDetector):
     Generalized Focal Loss V1 (:paper:`gfl`): a joint classification-IoU score
     trained with Quality Focal Loss, general edge distributions trained with
     Distribution Focal Loss and GIoU on the integral, and ATSS assignment.
+    With ``quality="dgqp"`` (and ``head.dgqp=True``) it is GFL V2: the score is
+    multiplied by a quality predicted from the edge distributions' statistics,
+    and QFL trains the product.
 
     The paper's ablation axes (``cls_loss``, ``quality``, ``box_representation``,
     ``box_loss_weighting``) are settings of this one model, resolved once into
@@ -83,8 +86,8 @@ class GFL(DenseDetector):
             backbone: a backbone whose features ``head_in_features`` feed the head.
             head: a head whose ``forward(features)`` returns ``[cls_logits,
                 box_regs]`` (+ ``[quality_logits]``) per level, e.g. :class:`GFLHead`;
-                its layout (``box_channels``, ``has_quality_branch``) is checked
-                against the settings below.
+                its layout (``box_channels``, ``has_quality_branch``,
+                ``has_quality_predictor``) is checked against the settings below.
             anchor_generator: one ``anchor_scale x stride`` square per location
                 (default: from the backbone's strides).
             anchor_matcher: label assignment; default ``ATSSMatcher(topk=9)``.
@@ -104,6 +107,8 @@ class GFL(DenseDetector):
             output_box_distributions: add ``pred_box_dists`` (N, 4, n+1), each
                 edge's distribution over its bins, and ``pred_box_std`` (N, 4),
                 in output-image pixels, to the results (not with "dirac").
+                A model with a quality ("dgqp", "centerness", "iou") always adds
+                ``pred_quality`` (N,), the quality that multiplied the score.
             size_divisibility: pad images to a multiple of this (``None``: the
                 backbone's, 128 with P7; the released models used 32).
             pixel_mean, pixel_std: normalisation, in the channel order of
@@ -164,7 +169,7 @@ class GFL(DenseDetector):
     def _prediction_channels(self) -> List[int]:
         """Channels of the head's outputs, in order: class logits, box outputs, (quality logit)."""
         channels = [self.num_classes, self.box2box_transform.num_outputs]
-        return channels + [1] if self.variant.has_quality_branch else channels
+        return channels + [1] if self.variant.predicts_quality else channels
 
     @classmethod
     def from_config(cls, cfg):
@@ -234,13 +239,16 @@ class GFL(DenseDetector):
             pred_box_regs: per level, (N, R_l, D) box outputs (D = 4(n+1)
                 distribution logits, or 4 distances).
             gt_boxes: per image, (R, 4) matched boxes.
-            pred_quality_logits: per level, (N, R_l, 1), with a quality branch.
+            pred_quality_logits: per level, (N, R_l, 1), with a quality branch
+                or the distribution-guided quality predictor.
 
         Returns:
-            ``loss_qfl`` (``loss_cls`` with Focal Loss), normalised by the
-            number of positives; ``loss_bbox`` (GIoU) and ``loss_dfl``, normalised
-            by the sum of the positives' box-loss weights; ``loss_quality`` with
-            a quality branch. Weights applied, normalisers averaged over workers.
+            ``loss_qfl`` (``loss_cls`` with Focal Loss; with "dgqp" QFL on
+            ``sigmoid(logits) * sigmoid(quality)``), normalised by the number
+            of positives; ``loss_bbox`` (GIoU) and ``loss_dfl``, normalised by
+            the sum of the positives' box-loss weights; ``loss_quality`` with a
+            separate quality branch. Weights applied, normalisers averaged over
+            workers.
         """
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
@@ -250,6 +258,7 @@ class GFL(DenseDetector):
 
         # the positives, decoded in units of their level's stride as in the reference
         pred_logits = torch.cat(pred_logits, dim=1)  # (N, R, C)
+        quality_logits = None if pred_quality_logits is None else torch.cat(pred_quality_logits, dim=1)  # (N, R, 1)
         pos_img, pos_anchor = pos_mask.nonzero(as_tuple=True)
         pos_box_regs = torch.cat(pred_box_regs, dim=1)[pos_img, pos_anchor]  # (P, D)
         pos_anchors = Boxes.cat(anchors).tensor[pos_anchor].float()  # (P, 4)
@@ -259,11 +268,17 @@ class GFL(DenseDetector):
         target_boxes = pos_gt_boxes / strides
         ious = aligned_iou(pred_boxes.detach(), target_boxes)  # (P,) QFL's targets
 
-        losses = {self.cls_loss.name: self.cls_loss(pred_logits, gt_labels, ious) * self.loss_cls_weight / pos_normalizer}
+        # V2: QFL on the fused score also reaches the distributions, through the quality predictor
+        fused = quality_logits if self.variant.has_quality_predictor else None
+        loss_cls = self.cls_loss(pred_logits, gt_labels, ious, fused)
+        losses = {self.cls_loss.name: loss_cls * self.loss_cls_weight / pos_normalizer}
 
-        # GIoU and DFL, each positive weighted (GFL: by its detached score)
+        # GIoU and DFL, each positive weighted (GFL: by its detached score, V2: the fused one)
         ctr_targets = centerness(box2distance(centers, pos_gt_boxes))  # (P,)
-        weights = self.box_loss_weights(pred_logits.detach()[pos_img, pos_anchor], ctr_targets)  # (P,)
+        pos_scores = pred_logits.detach()[pos_img, pos_anchor].float().sigmoid()  # (P, C)
+        if fused is not None:
+            pos_scores = pos_scores * fused.detach()[pos_img, pos_anchor].float().sigmoid()
+        weights = self.box_loss_weights(pos_scores, ctr_targets)  # (P,)
         box_normalizer = reduce_mean(weights.sum()).clamp(min=1.0)
         loss_giou = giou_loss(pred_boxes, target_boxes, reduction="none")
         losses["loss_bbox"] = (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer
@@ -272,8 +287,8 @@ class GFL(DenseDetector):
             loss_dfl = distribution_focal_loss(pos_box_regs.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
             losses["loss_dfl"] = (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer
 
-        if pred_quality_logits is not None:  # a separate centerness / IoU branch, BCE on the positives
-            pos_quality = torch.cat(pred_quality_logits, dim=1)[pos_img, pos_anchor, 0].float()  # (P,)
+        if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
+            pos_quality = quality_logits[pos_img, pos_anchor, 0].float()  # (P,)
             targets = self.quality_target(ious, ctr_targets)
             loss_quality = F.binary_cross_entropy_with_logits(pos_quality, targets, reduction="sum")
             losses["loss_quality"] = loss_quality * self.loss_quality_weight / pos_normalizer
@@ -288,11 +303,13 @@ class GFL(DenseDetector):
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
             scores = [x[img_idx].sigmoid() for x in pred_logits]
+            quality: Optional[List[Tensor]] = None
             if pred_quality_logits:
-                # a separate quality is multiplied into the score, as in ATSS
-                scores = [s * q[img_idx].sigmoid() for s, q in zip(scores, pred_quality_logits[0])]
+                # the quality (ATSS's branch, V2's predictor) multiplies the score
+                quality = [q[img_idx].sigmoid() for q in pred_quality_logits[0]]
+                scores = [s * q for s, q in zip(scores, quality)]
             box_regs = [x[img_idx] for x in pred_box_regs]
-            results.append(self.inference_single_image(anchors, scores, box_regs, image_size))
+            results.append(self.inference_single_image(anchors, scores, box_regs, image_size, quality))
         return results
 
     def _decode_per_level_predictions(
@@ -303,16 +320,18 @@ class GFL(DenseDetector):
         score_thresh: float,
         topk_candidates: int,
         image_size: Tuple[int, int],
+        pred_quality: Optional[Tensor] = None,
     ) -> Instances:
         """
         DenseDetector's per-level filtering (score threshold, then the top-k
         (location, class) pairs), decoding the kept boxes (and keeping their
-        edge distributions).
+        edge distributions and quality).
 
         Args:
             anchors: Boxes (R_l, 4) of the level.
             pred_scores: (R_l, C) scores.
             pred_box_regs: (R_l, D) box outputs.
+            pred_quality: (R_l, 1) the quality factor of the scores, if any.
         """
         pred_scores, anchor_idxs, classes_idxs = top_candidates(pred_scores, score_thresh, topk_candidates)
 
@@ -327,6 +346,8 @@ class GFL(DenseDetector):
         if self.output_box_distributions:
             result.pred_box_dists = decoded.probs  # (K, 4, n+1)
             result.pred_box_std = decoded.std * strides  # (K, 4) in input pixels
+        if pred_quality is not None:
+            result.pred_quality = pred_quality[anchor_idxs, 0]  # (K,)
         return result
 
     def inference_single_image(
@@ -335,23 +356,30 @@ class GFL(DenseDetector):
         pred_scores: List[Tensor],
         pred_box_regs: List[Tensor],
         image_size: Tuple[int, int],
+        pred_quality: Optional[List[Tensor]] = None,
     ) -> Instances:
         """
         Args:
             anchors: per level, Boxes (R_l, 4).
             pred_scores: per level, (R_l, C) scores (sigmoid of the logits,
-                times the separate quality if any).
+                times the quality if any).
             pred_box_regs: per level, (R_l, D) box outputs.
             image_size: (H, W) of the input before padding.
+            pred_quality: per level, (R_l, 1) the quality in the scores, if any.
 
         Returns:
             Instances with ``pred_boxes``, ``scores``, ``pred_classes`` (and
             ``pred_box_dists``, ``pred_box_std`` in input-image pixels if
-            ``output_box_distributions``).
+            ``output_box_distributions``; ``pred_quality`` with a quality).
         """
-        pred = self._decode_multi_level_predictions(
-            anchors, pred_scores, pred_box_regs, self.test_score_thresh, self.test_topk_candidates, image_size
-        )
+        qualities: List[Optional[Tensor]] = [None] * len(anchors) if pred_quality is None else list(pred_quality)
+        levels = [
+            self._decode_per_level_predictions(
+                a, s, r, self.test_score_thresh, self.test_topk_candidates, image_size, q
+            )
+            for a, s, r, q in zip(anchors, pred_scores, pred_box_regs, qualities)
+        ]
+        pred = levels[0].cat(levels)
         pred = valid_clipped(pred, image_size)
         keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
         return pred[keep[: self.max_detections_per_image]]

@@ -8,6 +8,7 @@ settings. The variants themselves (GFL, ATSS, ATSS+QFL, ...) are config files:
 variant                       cls_loss    quality       box_representation
 ============================  ==========  ============  ===================
 GFL (default)                 "qfl"       "joint"       "distribution"
+GFL V2                        "qfl"       "dgqp"        "distribution"
 ATSS (the paper's baseline)   "focal"     "centerness"  "dirac"
 ============================  ==========  ============  ===================
 """
@@ -18,12 +19,13 @@ import torch
 from torch import Tensor
 
 from .box_coding import DiracBox2BoxTransform, DistributionBox2BoxTransform
-from .losses import dense_class_targets, quality_focal_loss, sigmoid_focal_loss
+from .losses import dense_class_targets, fused_quality_focal_loss, quality_focal_loss, sigmoid_focal_loss
 
-__all__ = ["GFLVariant", "QualityFocalLoss", "FocalLoss"]
+__all__ = ["GFLVariant", "QualityFocalLoss", "FusedQualityFocalLoss", "FocalLoss"]
 
 CLS_LOSSES = ("qfl", "focal")
-QUALITIES = ("joint", "centerness", "iou", "none")
+QUALITIES = ("joint", "dgqp", "centerness", "iou", "none")
+JOINT_QUALITIES = ("joint", "dgqp")  # trained by QFL, inside the classification score
 SEPARATE_QUALITIES = ("centerness", "iou")  # the ones with a branch of their own
 BOX_REPRESENTATIONS = ("distribution", "dirac")
 BOX_LOSS_WEIGHTINGS = ("auto", "score", "centerness", "none")
@@ -37,10 +39,22 @@ class QualityFocalLoss:
     def __init__(self, num_classes: int, beta: float = 2.0):
         self.num_classes, self.beta = num_classes, beta
 
-    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor) -> Tensor:
+    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits=None) -> Tensor:
         """(N, R, C) logits, (N, R) labels, (P,) IoUs of the positives -> summed loss."""
         targets = dense_class_targets(gt_labels, self.num_classes, ious)
         return quality_focal_loss(pred_logits, targets, self.beta).sum()
+
+
+class FusedQualityFocalLoss(QualityFocalLoss):
+    """
+    GFL V2's QFL: the same targets, on the probability
+    ``sigmoid(cls) * sigmoid(quality)`` (the quality from the distributions).
+    """
+
+    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits: Tensor) -> Tensor:
+        """(N, R, C) class logits, (N, R) labels, (P,) IoUs, (N, R, 1) quality logits -> summed loss."""
+        targets = dense_class_targets(gt_labels, self.num_classes, ious)
+        return fused_quality_focal_loss(pred_logits, quality_logits, targets, self.beta).sum()
 
 
 class FocalLoss:
@@ -51,21 +65,21 @@ class FocalLoss:
     def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 2.0):
         self.num_classes, self.alpha, self.gamma = num_classes, alpha, gamma
 
-    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor) -> Tensor:
+    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits=None) -> Tensor:
         targets = dense_class_targets(gt_labels, self.num_classes)
         return sigmoid_focal_loss(pred_logits, targets, self.alpha, self.gamma).sum()
 
 
-# weight of each positive in the GIoU and DFL losses: f((P, C) detached logits, (P,) centerness) -> (P,)
-def _score_weights(pos_logits: Tensor, centerness: Tensor) -> Tensor:
-    return pos_logits.float().sigmoid().max(dim=1).values
+# weight of each positive in the GIoU and DFL losses: f((P, C) detached scores, (P,) centerness) -> (P,)
+def _score_weights(pos_scores: Tensor, centerness: Tensor) -> Tensor:
+    return pos_scores.float().max(dim=1).values
 
 
-def _centerness_weights(pos_logits: Tensor, centerness: Tensor) -> Tensor:
+def _centerness_weights(pos_scores: Tensor, centerness: Tensor) -> Tensor:
     return centerness
 
 
-def _unit_weights(pos_logits: Tensor, centerness: Tensor) -> Tensor:
+def _unit_weights(pos_scores: Tensor, centerness: Tensor) -> Tensor:
     return torch.ones_like(centerness)
 
 
@@ -87,15 +101,17 @@ class GFLVariant:
         cls_loss: "qfl" (Quality Focal Loss on the joint classification-IoU
             score) or "focal" (Focal Loss on 0/1 labels).
         quality: "joint" (in the classification score; needs "qfl"),
-            "centerness" or "iou" (a separate branch trained with BCE on the
-            positives, multiplied into the score at test time as in ATSS/FCOS),
-            or "none".
+            "dgqp" (GFL V2: the joint score times a quality predicted from the
+            edge distributions' statistics, trained together by QFL on the
+            product; needs "qfl" and "distribution"), "centerness" or "iou" (a
+            separate branch trained with BCE on the positives, multiplied into
+            the score at test time as in ATSS/FCOS), or "none".
         box_representation: "distribution" (general distribution, decoded by
             the integral) or "dirac" (one distance per edge).
         box_loss_weighting: weight of each positive in GIoU and DFL: "score"
-            (detached max predicted score, GFL), "centerness" (the centerness
-            target, ATSS) or "none"; "auto" is "score" with a joint quality,
-            "centerness" otherwise.
+            (detached max predicted score, GFL; with "dgqp" the fused score),
+            "centerness" (the centerness target, ATSS) or "none"; "auto" is
+            "score" with a joint quality ("joint", "dgqp"), "centerness" otherwise.
     """
 
     cls_loss: str = "qfl"
@@ -110,19 +126,37 @@ class GFLVariant:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         # QFL's target is the localisation quality, so the two come together
-        if (self.cls_loss == "qfl") != (self.quality == "joint"):
+        if (self.cls_loss == "qfl") != (self.quality in JOINT_QUALITIES):
             raise ValueError(
                 f"cls_loss={self.cls_loss!r} with quality={self.quality!r}: the joint quality is trained by QFL, "
-                "so use cls_loss='qfl' with quality='joint', or cls_loss='focal' with 'centerness', 'iou' or 'none'"
+                "so use cls_loss='qfl' with quality='joint' or 'dgqp', or cls_loss='focal' with 'centerness', "
+                "'iou' or 'none'"
             )
+        if self.quality == "dgqp" and self.box_representation != "distribution":
+            raise ValueError("quality='dgqp' predicts the quality from the edge distributions: it needs "
+                             "box_representation='distribution'")
         if self.box_loss_weighting == "auto":
-            object.__setattr__(self, "box_loss_weighting", "score" if self.quality == "joint" else "centerness")
+            weighting = "score" if self.quality in JOINT_QUALITIES else "centerness"
+            object.__setattr__(self, "box_loss_weighting", weighting)
 
     @property
     def has_quality_branch(self) -> bool:
+        """A separate quality branch (centerness, IoU), trained by its own loss."""
         return self.quality in SEPARATE_QUALITIES
 
+    @property
+    def has_quality_predictor(self) -> bool:
+        """GFL V2's distribution-guided quality, trained through the fused score's QFL."""
+        return self.quality == "dgqp"
+
+    @property
+    def predicts_quality(self) -> bool:
+        """Whether the head outputs a quality logit per location, multiplied into the score."""
+        return self.has_quality_branch or self.has_quality_predictor
+
     def classification_loss(self, num_classes: int, qfl_beta: float, focal_alpha: float, focal_gamma: float):
+        if self.has_quality_predictor:
+            return FusedQualityFocalLoss(num_classes, qfl_beta)
         if self.cls_loss == "qfl":
             return QualityFocalLoss(num_classes, qfl_beta)
         return FocalLoss(num_classes, focal_alpha, focal_gamma)
@@ -141,7 +175,10 @@ class GFLVariant:
         return {"iou": _iou_target, "centerness": _centerness_target}.get(self.quality)
 
     def check_head_layout(self, head, box_transform) -> None:
-        """The head owns its layout (``box_channels``, ``has_quality_branch``); it must be what this variant reads."""
+        """
+        The head owns its layout (``box_channels``, ``has_quality_branch``,
+        ``has_quality_predictor``); it must be what this variant reads.
+        """
         channels = getattr(head, "box_channels", None)
         if channels is not None and channels != box_transform.num_outputs:
             raise ValueError(
@@ -153,4 +190,10 @@ class GFLVariant:
             raise ValueError(
                 f"quality={self.quality!r} {'needs' if self.has_quality_branch else 'has no use for'} "
                 f"a separate quality branch: set head.quality_branch={self.has_quality_branch}"
+            )
+        predictor = getattr(head, "has_quality_predictor", None)
+        if predictor is not None and predictor != self.has_quality_predictor:
+            raise ValueError(
+                f"quality={self.quality!r} {'needs' if self.has_quality_predictor else 'has no use for'} "
+                f"the distribution-guided quality predictor: set head.dgqp={self.has_quality_predictor}"
             )
