@@ -49,6 +49,7 @@ _VARIANT_CONFIGS = OrderedDict(
         ("FL+IoU branch", ABLATIONS + "fl_iou_branch_R_18_FPN_shapes.py"),
         ("FL, no quality", ABLATIONS + "fl_no_quality_R_18_FPN_shapes.py"),
         ("ATSS+QFL, ctr-weighted", ABLATIONS + "atss_qfl_ctr_weighted_R_18_FPN_shapes.py"),
+        ("GFL V2", SHAPES + "gflv2_R_18_FPN_shapes.py"),
     ]
 )
 
@@ -74,9 +75,10 @@ TABLES = OrderedDict(
         ("quality", ("quality representation and DFL (paper Tables 1a, 2a)",
                      ["FL, no quality", "ATSS", "FL+IoU branch", "ATSS+QFL", "ATSS+QFL, ctr-weighted", "GFL no DFL",
                       "GFL"], "sweep")),
+        ("v2", ("GFL V2 against V1 (the distribution-guided quality predictor)", ["GFL", "GFL V2"], "main")),
     ]
 )
-DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta"]
+DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta", "v2"]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 

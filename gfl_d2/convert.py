@@ -1,10 +1,12 @@
 """
 Conversion of GFL checkpoints in MMDetection's format (MMDetection v2/v3 model
-zoo, the authors' release) to this package's detectron2 model.
+zoo, the authors' releases of GFL V1 and of GFL V2, ``implus/GFocalV2``) to
+this package's detectron2 model.
 
 Supported: ResNet-50/101 and ResNeXt-101 (any groups x width) pytorch-style
-backbones, FPN with P6/P7 from P5's output, the GFL head. Anything else (DCN
-backbones, other necks or heads) is refused with the reason.
+backbones, FPN with P6/P7 from P5's output, the GFL head and GFL V2's
+``GFocalHead`` (its distribution-guided quality predictor ``reg_conf``).
+Anything else (DCN backbones, other necks or heads) is refused with the reason.
 """
 import logging
 import os
@@ -12,7 +14,7 @@ import pickle
 import re
 import tempfile
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 # MMDetection's ``Integral`` keeps the bin values 0, 1, ..., n as a persistent
 # buffer, so every checkpoint it saves holds them; gfl-d2 derives them from n
 INTEGRAL_BUFFER = "bbox_head.integral.project"
+# GFL V2's quality predictor: Conv2d(4 (k + 1), c, 1), ReLU, Conv2d(c, 1, 1), Sigmoid
+DGQP_KEYS = ("bbox_head.reg_conf.0.weight", "bbox_head.reg_conf.0.bias",
+             "bbox_head.reg_conf.2.weight", "bbox_head.reg_conf.2.bias")
 
 
 class ConversionError(ValueError):
@@ -42,6 +47,7 @@ _RULES: List[Tuple[str, str]] = [
     (r"^bbox_head\.gfl_cls\.(weight|bias)$", r"head.cls_score.\1"),
     (r"^bbox_head\.gfl_reg\.(weight|bias)$", r"head.bbox_pred.\1"),
     (r"^bbox_head\.scales\.(\d)\.scale$", r"head.scales.\1.scale"),
+    (r"^bbox_head\.reg_conf\.([02])\.(weight|bias)$", r"head.dgqp.layers.\1.\2"),
 ]
 
 
@@ -81,13 +87,53 @@ def _rename(key: str) -> str:
     raise ConversionError(f"key {key!r} has no counterpart in gfl-d2's GFL")
 
 
-def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor]) -> Dict:
+def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) -> Dict:
     """
-    Recognise a GFL checkpoint and read its architecture off the tensor shapes.
+    GFL V2's head: the quality predictor's widths, and the classifier's extra
+    channel. The authors' V2 configs set ``use_sigmoid=False`` on QFL (the head
+    already outputs probabilities), so MMDetection gives ``gfl_cls`` one
+    channel more than there are classes: a background column that QFL trains
+    towards 0 at every location and that is no class. It is dropped.
+    """
+    missing = [k for k in DGQP_KEYS if k not in state_dict]
+    if missing:
+        raise ConversionError(f"a GFL V2 head (bbox_head.reg_conf.*) without {missing}: an incomplete checkpoint")
+    first, last = state_dict[DGQP_KEYS[0]], state_dict[DGQP_KEYS[2]]
+    if first.dim() != 4 or first.shape[2:] != (1, 1) or last.shape != (1, first.shape[0], 1, 1):
+        raise ConversionError(
+            f"bbox_head.reg_conf has the shapes {tuple(first.shape)} and {tuple(last.shape)}, not GFL V2's "
+            "Conv2d(4 (k + 1), c, 1) -> Conv2d(c, 1, 1)"
+        )
+    in_channels = int(first.shape[1])
+    if in_channels % 4:
+        raise ConversionError(f"bbox_head.reg_conf.0 reads {in_channels} statistics, not 4 per edge")
+    channels = int(state_dict["bbox_head.gfl_cls.weight"].shape[0])
+    classes = (meta or {}).get("CLASSES") or (meta or {}).get("dataset_meta", {}).get("classes")
+    if classes is not None and len(classes) != channels - 1:
+        raise ConversionError(
+            f"bbox_head.gfl_cls has {channels} channels and the checkpoint names {len(classes)} classes: GFL V2's "
+            "release has one background channel more than classes (use_sigmoid=False), this checkpoint does not"
+        )
+    if channels < 2:
+        raise ConversionError(f"bbox_head.gfl_cls has {channels} channel: GFL V2's has the classes and a background one")
+    return dict(version=2, num_classes=channels - 1, dgqp_statistics=in_channels,
+                dgqp_channels=int(first.shape[0]))
+
+
+def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict] = None) -> Dict:
+    """
+    Recognise a GFL (V1 or V2) checkpoint and read its architecture off the
+    tensor shapes.
+
+    Args:
+        state_dict: the checkpoint's ``state_dict``.
+        meta: its ``meta`` (class names, if saved, are checked against the head).
 
     Returns:
-        dict with depth, num_groups, width_per_group, num_classes, reg_max,
-        num_convs, fpn_channels, and the matching config file.
+        dict with version (1 or 2), depth, num_groups, width_per_group,
+        num_classes, reg_max, num_convs, fpn_channels, the matching config file,
+        and for V2 the quality predictor's ``dgqp_statistics`` (4 (k + 1)) and
+        ``dgqp_channels``.
     """
     keys = set(state_dict)
     if not any(k.startswith("backbone.") for k in keys):
@@ -126,11 +172,19 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor]) -> Dict:
             f"P6 is computed from {p6_in} channels: the FPN's extra convs are not 'on_output' (P5's output)"
         )
     num_convs = len({k.split(".")[2] for k in keys if k.startswith("bbox_head.cls_convs.")})
+    v2 = _describe_dgqp(state_dict, meta) if any(k.startswith("bbox_head.reg_conf.") for k in keys) else {}
+    prefix = "gflv2" if v2 else "gfl"
     if num_groups > 1:
+        if v2:
+            raise ConversionError("GFL V2 with a ResNeXt backbone: the authors released none without DCN, and "
+                                  "gfl-d2 has no config for it")
         config = f"COCO-Detection/gfl_X_{depth}_{num_groups}x{width_per_group}d_FPN_ms2x.py"
+    elif depth == 50:
+        config = f"COCO-Detection/{prefix}_R_50_FPN_1x.py"
     else:
-        config = "COCO-Detection/gfl_R_50_FPN_1x.py" if depth == 50 else f"COCO-Detection/gfl_R_{depth}_FPN_ms2x.py"
-    return dict(
+        config = f"COCO-Detection/{prefix}_R_{depth}_FPN_ms2x.py"
+    info = dict(
+        version=1,
         depth=depth,
         num_groups=num_groups,
         width_per_group=width_per_group,
@@ -140,6 +194,8 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor]) -> Dict:
         fpn_channels=int(fpn_channels),
         config=config,
     )
+    info.update(v2)
+    return info
 
 
 def _pickled_objects(path: str, error: Exception) -> List[str]:
@@ -218,19 +274,23 @@ def _check_integral_buffer(value, reg_max: int) -> None:
     )
 
 
-def convert_mmdet_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple["OrderedDict[str, torch.Tensor]", Dict]:
+def convert_mmdet_state_dict(
+    state_dict: Dict[str, torch.Tensor], meta: Optional[Dict] = None
+) -> Tuple["OrderedDict[str, torch.Tensor]", Dict]:
     """
     Args:
-        state_dict: MMDetection GFL ``state_dict``.
+        state_dict: MMDetection GFL (V1 or V2) ``state_dict``.
+        meta: the checkpoint's ``meta``, if any.
 
     Returns:
         (converted state dict, info): ``info`` has the architecture
         (:func:`describe_mmdet_gfl`), the mapping ``{mmdet key: our key}`` and
-        ``dropped``, ``{mmdet key: why}`` for the keys deliberately left out:
-        BatchNorm's ``num_batches_tracked`` and the integral's bin values
-        (checked to be 0..n first).
+        ``dropped``, ``{mmdet key: why}`` for what was deliberately left out:
+        BatchNorm's ``num_batches_tracked``, the integral's bin values
+        (checked to be 0..n first) and, for V2, the background channel of
+        ``gfl_cls`` (``gfl_cls[<num_classes>]``).
     """
-    info = describe_mmdet_gfl(state_dict)
+    info = describe_mmdet_gfl(state_dict, meta)
     converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     mapping, dropped = {}, {}
     for key, value in state_dict.items():
@@ -246,6 +306,11 @@ def convert_mmdet_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple["Orde
         new_key = _rename(key)
         if new_key in converted:
             raise ConversionError(f"two keys map to {new_key!r}")
+        if info["version"] == 2 and key.startswith("bbox_head.gfl_cls."):
+            value = value[: info["num_classes"]]
+            dropped[f"{key}[{info['num_classes']}]"] = (
+                "GFL V2's background channel of gfl_cls (use_sigmoid=False; trained towards 0, no class)"
+            )
         converted[new_key] = value.detach().clone()
         mapping[key] = new_key
     info.update(mapping=mapping, dropped=dropped)
@@ -259,9 +324,14 @@ def conversion_report(src: str, info: Dict, verbose: bool = False) -> List[str]:
     else:
         backbone = f"ResNeXt-{info['depth']} {info['num_groups']}x{info['width_per_group']}d"
     lines = [
-        f"{src}: GFL, {backbone} + FPN ({info['fpn_channels']} channels, P3-P7), head of "
-        f"{info['num_convs']} convs, {info['num_classes']} classes, reg_max {info['reg_max']}"
+        f"{src}: GFL{' V2' if info['version'] == 2 else ''}, {backbone} + FPN ({info['fpn_channels']} channels, "
+        f"P3-P7), head of {info['num_convs']} convs, {info['num_classes']} classes, reg_max {info['reg_max']}"
     ]
+    if info["version"] == 2:
+        lines.append(
+            f"  distribution-guided quality predictor: {info['dgqp_statistics']} statistics -> "
+            f"{info['dgqp_channels']} -> 1 (the V2 configs: dgqp_topk=4 with the mean = 20, dgqp_channels=64)"
+        )
     groups: Dict[str, List[Tuple[str, str]]] = {}
     for old, new in info["mapping"].items():
         groups.setdefault(old.split(".")[0], []).append((old, new))
@@ -285,7 +355,7 @@ def convert_checkpoint(src: str, dst: str, allow_pickle: bool = False, verbose: 
         the report: what was recognised, mapped and dropped, and which config to use.
     """
     state, meta = load_mmdet_checkpoint(src, allow_pickle=allow_pickle)
-    converted, info = convert_mmdet_state_dict(state)
+    converted, info = convert_mmdet_state_dict(state, meta)
     lines = conversion_report(src, info, verbose)
     out_dir = os.path.dirname(os.path.abspath(dst))
     os.makedirs(out_dir, exist_ok=True)

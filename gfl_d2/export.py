@@ -105,8 +105,10 @@ def export(
 def run_exported(path, fmt, image):
     """The exported model's outputs as numpy arrays, and the runtime that ran it."""
     if fmt == "torchscript":
+        # no map_location: it would move the graph's CPU constants (the shape arithmetic
+        # of ImageList padding) to the GPU too; the weights are already on the export device
         with torch.no_grad():
-            outs = torch.jit.load(path, map_location=image.device)(image)
+            outs = torch.jit.load(path)(image)
         return [o.cpu().numpy() for o in outs], f"torch.jit on {image.device}"
     import onnxruntime
 
@@ -136,7 +138,14 @@ def verify(model, path, fmt, image, fields):
         classes_equal=bool(np.array_equal(outs["pred_classes"], classes)),
         runtime=runtime,
     )
-    ok = report["max_box_diff"] <= BOX_TOL and report["max_score_diff"] <= SCORE_TOL and report["classes_equal"]
+    # the per-detection extras: the quality in the score (V2, ATSS), the edge std (pixels)
+    for name, tol in (("pred_quality", SCORE_TOL), ("pred_box_std", BOX_TOL)):
+        if name in outs and eager.has(name):
+            diff = float(np.abs(outs[name] - eager.get(name).numpy()).max(initial=0.0))
+            report[f"max_{name[len('pred_'):]}_diff"] = diff
+            report["extras_ok"] = report.get("extras_ok", True) and diff <= tol
+    ok = (report["max_box_diff"] <= BOX_TOL and report["max_score_diff"] <= SCORE_TOL and report["classes_equal"]
+          and report.get("extras_ok", True))
     logger.info(f"export check at {tuple(image.shape[-2:])}: {report} -> {'OK' if ok else 'MISMATCH'}")
     if not ok:
         raise SystemExit(f"error: the exported model disagrees with the eager model: {report}")

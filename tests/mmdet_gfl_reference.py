@@ -13,17 +13,20 @@ import torch
 import torch.nn.functional as F
 
 BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "mmdet_gfl_state_dicts.json")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+FIXTURE = os.path.join(FIXTURES, "mmdet_gfl_state_dicts.json")
+# GFL V2's detectors as the authors' own code (implus/GFocalV2) builds them
+GFOCALV2_FIXTURE = os.path.join(FIXTURES, "gfocalv2_state_dicts.json")
 
 
-def mmdet_state_dict_layout(model: str = "R-50 1x"):
+def mmdet_state_dict_layout(model: str = "R-50 1x", fixture: str = FIXTURE):
     """[(key, shape, dtype)] of the state_dict MMDetection's GFL ``model`` saves (from the fixture)."""
-    with open(FIXTURE) as f:
+    with open(fixture) as f:
         models = json.load(f)["models"]
     return [(key, tuple(shape), getattr(torch, dtype)) for key, shape, dtype in models[model]["state_dict"]]
 
 
-def mmdet_gfl_state_dict(model: str = "R-50 1x", seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+def mmdet_gfl_state_dict(model: str = "R-50 1x", seed: int = 0, fixture: str = FIXTURE) -> "OrderedDict[str, torch.Tensor]":
     """
     A state dict with exactly the keys, shapes and dtypes MMDetection saves for
     ``model`` (see tests/fixtures), filled with random values of the right kind:
@@ -32,7 +35,7 @@ def mmdet_gfl_state_dict(model: str = "R-50 1x", seed: int = 0) -> "OrderedDict[
     """
     g = torch.Generator().manual_seed(seed)
     sd = OrderedDict()
-    for key, shape, dtype in mmdet_state_dict_layout(model):
+    for key, shape, dtype in mmdet_state_dict_layout(model, fixture):
         if key.endswith("num_batches_tracked"):
             value = torch.tensor(1000, dtype=dtype)
         elif key == "bbox_head.integral.project":

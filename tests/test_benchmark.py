@@ -25,3 +25,23 @@ def test_benchmark_smoke(tmp_path):
             assert stats["median"] > 0 and stats["min"] <= stats["median"] <= stats["max"]
         assert result["ratios"][line]["gfl/fcos"] > 0 and result["ratios"][line]["gfl/retinanet"] > 0
     assert "| measure |" in proc.stdout and "GFL/fcos" in proc.stdout
+
+
+def test_gpu_check_reports_what_ran_beside_what_failed():
+    """A line where FCOS fails (detectron2's FCOS under fp16 autocast) still shows GFL's numbers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "tools", "gpu_check.py"))
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    ok = dict(images_per_s=62.3, peak_mib=6366.6, seconds={})
+    lines = [
+        dict(mode="training", size="800x1333", batch=8, precision="fp16 AMP", gfl=ok,
+             fcos=dict(error="RuntimeError: Index put requires the source and destination dtypes match")),
+        dict(mode="training", size="800x1333", batch=8, precision="fp32", gfl=ok, fcos=dict(ok, images_per_s=51.0)),
+    ]
+    failed, both = gpu_check.benchmark_rows(lines)
+    assert failed["ok"] and "GFL 62.3 img/s 6367 MiB" in failed["result"] and "FCOS FAILED: RuntimeError" in failed["result"]
+    assert both["ok"] and "speed GFL/FCOS 1.222" in both["result"]
+    gfl_failed = gpu_check.benchmark_rows([dict(lines[1], gfl=dict(error="RuntimeError: x"))])[0]
+    assert not gfl_failed["ok"] and "GFL FAILED" in gfl_failed["result"] and "FCOS 51.0 img/s" in gfl_failed["result"]

@@ -16,6 +16,7 @@ from gfl_d2.export import export
 from helpers import ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py")
+CONFIG_V2 = os.path.join(ROOT, "configs", "Synthetic", "gflv2_R_18_FPN_shapes.py")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,25 @@ def test_export_matches_eager(setup, fmt, keep):
     saved = json.loads((out / "export_check.json").read_text())
     assert saved["outputs"][-1] == "image_size"
     assert ("pred_box_std" in saved["outputs"]) == keep
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_v2_exports_with_its_quality(tmp_path, fmt):
+    torch.manual_seed(0)
+    model = instantiate(LazyConfig.load(CONFIG_V2).model)
+    with torch.no_grad():  # a quality that varies with the distributions' shapes
+        model.head.bbox_pred.bias.view(4, -1)[:, 1:4] += torch.tensor([3.0, 2.0, 1.0])
+        model.head.dgqp.layers[2].weight.normal_(0.0, 1.0)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
+    write_split(str(tmp_path / "imgs"), "x", 1, seed=3, progress=False)
+    cfg = load_lazy_config(CONFIG_V2, [f"train.init_checkpoint={tmp_path / 'weights.pth'}", "model.test_score_thresh=0.0"])
+    path, report = export(cfg, str(tmp_path / "out"), fmt, sample_image=str(tmp_path / "imgs" / "x" / "000000.png"),
+                          keep_box_distributions=True, config_file=CONFIG_V2)
+    assert report["detections"] == 100 and report["classes_equal"]
+    assert report["max_score_diff"] <= 1e-4 and report["max_quality_diff"] <= 1e-4 and report["max_box_std_diff"] <= 1e-3
+    assert report["other_size"]["max_quality_diff"] <= 1e-4
+    saved = json.loads((tmp_path / "out" / "export_check.json").read_text())
+    assert {"pred_quality", "pred_box_std", "pred_box_dists"} <= set(saved["outputs"])
 
 
 def test_scripting_is_refused_clearly(setup, tmp_path):

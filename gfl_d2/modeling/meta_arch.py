@@ -246,7 +246,8 @@ class GFL(DenseDetector):
             ``loss_qfl`` (``loss_cls`` with Focal Loss; with "dgqp" QFL on
             ``sigmoid(logits) * sigmoid(quality)``), normalised by the number
             of positives; ``loss_bbox`` (GIoU) and ``loss_dfl``, normalised by
-            the sum of the positives' box-loss weights; ``loss_quality`` with a
+            the sum of the positives' box-loss weights (at least
+            ``GFLVariant.min_box_normalizer``); ``loss_quality`` with a
             separate quality branch. Weights applied, normalisers averaged over
             workers.
         """
@@ -279,7 +280,7 @@ class GFL(DenseDetector):
         if fused is not None:
             pos_scores = pos_scores * fused.detach()[pos_img, pos_anchor].float().sigmoid()
         weights = self.box_loss_weights(pos_scores, ctr_targets)  # (P,)
-        box_normalizer = reduce_mean(weights.sum()).clamp(min=1.0)
+        box_normalizer = reduce_mean(weights.sum()).clamp(min=self.variant.min_box_normalizer)
         loss_giou = giou_loss(pred_boxes, target_boxes, reduction="none")
         losses["loss_bbox"] = (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer
         if self.loss_dfl_weight > 0:

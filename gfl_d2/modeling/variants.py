@@ -150,6 +150,18 @@ class GFLVariant:
         return self.quality == "dgqp"
 
     @property
+    def min_box_normalizer(self) -> float:
+        """
+        Floor of the box losses' normaliser (the sum of the positives' weights,
+        averaged over workers). V1: 1, as MMDetection's GFL (and the spec). V2:
+        none, as the authors' GFocalV2 release divides by the sum itself, so the
+        box losses are the weighted means of GIoU and DFL even while the fused
+        scores, and so the weights, are small early in training; the tiny
+        floor only keeps a batch without positives at 0 / 1e-6 = 0.
+        """
+        return 1e-6 if self.has_quality_predictor else 1.0
+
+    @property
     def predicts_quality(self) -> bool:
         """Whether the head outputs a quality logit per location, multiplied into the score."""
         return self.has_quality_branch or self.has_quality_predictor
