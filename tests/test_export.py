@@ -68,6 +68,41 @@ def test_v2_exports_with_its_quality(tmp_path, fmt):
     assert {"pred_quality", "pred_box_std", "pred_box_dists"} <= set(saved["outputs"])
 
 
+def reductions_over_candidates(path):
+    """ONNX reductions (and MatMuls) that take, directly or not, a tensor of the score-filtered candidates."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    frontier = [out for node in graph.node if node.op_type == "NonZero" for out in node.output]
+    seen, found = set(), []
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.name not in seen:
+                seen.add(node.name)
+                if node.op_type.startswith("Reduce") or node.op_type in ("MatMul", "Gemm"):
+                    found.append(f"{node.op_type} {node.name}")
+                frontier.extend(node.output)
+    return found
+
+
+def test_onnx_graph_has_no_reduction_over_the_candidates(setup):
+    """
+    onnxruntime up to 1.31 returns the input's shape from a reduction over an
+    empty tensor (a level without candidates, an image without detections),
+    and MatMul refuses one: an exported GFL with such an op fails at run time
+    there (seen on onnxruntime 1.30 with an exported quick-start model). The
+    exported graph must keep these ops away from the candidates.
+    """
+    tmp = setup
+    cfg = load_lazy_config(CONFIG, [f"train.init_checkpoint={tmp / 'weights.pth'}"])
+    path, _ = export(cfg, str(tmp / "reductions"), "onnx", keep_box_distributions=True)
+    assert reductions_over_candidates(path) == []
+
+
 def test_scripting_is_refused_clearly(setup, tmp_path):
     proc = subprocess.run(
         [sys.executable, "tools/export_model.py", "--config-file", CONFIG, "--export-method", "scripting",

@@ -41,6 +41,16 @@ def edge_distributions(dist_logits: Tensor) -> Tensor:
     return F.softmax(dist_logits.float().unflatten(-1, (4, dist_logits.shape[-1] // 4)), dim=-1)
 
 
+def _sum_last(x: Tensor) -> Tensor:
+    """
+    Sum over the last dim. Traced (ONNX/TorchScript export), as the last
+    element of a cumulative sum: onnxruntime up to 1.31 returns the input's
+    shape from ReduceSum on an empty input (a pyramid level with no candidate),
+    and the export then fails at run time; CumSum keeps the shape right.
+    """
+    return x.cumsum(dim=-1)[..., -1] if torch.jit.is_tracing() else x.sum(dim=-1)
+
+
 def distribution_mean_std(probs: Tensor, bin_width: float = 1.0) -> Tuple[Tensor, Tensor]:
     """
     Args:
@@ -52,8 +62,8 @@ def distribution_mean_std(probs: Tensor, bin_width: float = 1.0) -> Tuple[Tensor
     """
     bins = torch.arange(probs.shape[-1], device=probs.device, dtype=probs.dtype) * bin_width
     # element-wise products, not matmuls, so that autocast keeps them in fp32
-    mean = (probs * bins).sum(dim=-1)
-    var = (probs * (bins - mean.unsqueeze(-1)) ** 2).sum(dim=-1)
+    mean = _sum_last(probs * bins)
+    var = _sum_last(probs * (bins - mean.unsqueeze(-1)) ** 2)
     return mean, var.clamp(min=0).sqrt()
 
 

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -22,7 +21,7 @@ from .box_coding import aligned_iou, box2distance, centerness, distance2box
 from .head import GFLHead
 from .input_checks import with_checked_ground_truth
 from .losses import distribution_focal_loss
-from .postprocess import reduce_mean, rescale_box_std, top_candidates, valid_clipped
+from .postprocess import class_aware_nms, reduce_mean, rescale_box_std, top_candidates, valid_clipped
 from .variants import GFLVariant
 
 __all__ = ["GFL"]
@@ -382,5 +381,5 @@ class GFL(DenseDetector):
         ]
         pred = levels[0].cat(levels)
         pred = valid_clipped(pred, image_size)
-        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
+        keep = class_aware_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh, image_size)
         return pred[keep[: self.max_detections_per_image]]

@@ -4,13 +4,15 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
+import torchvision
 from torch import Tensor
 
+from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 
-__all__ = ["reduce_mean", "top_candidates", "valid_clipped", "rescale_box_std"]
+__all__ = ["reduce_mean", "top_candidates", "valid_clipped", "class_aware_nms", "rescale_box_std"]
 
 
 def top_candidates(pred_scores: Tensor, score_thresh: float, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -41,7 +43,10 @@ def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
     empty (and are logged), so that evaluation and serving go on.
     """
     boxes = pred.pred_boxes.tensor
-    finite = torch.isfinite(boxes).all(dim=1)
+    if torch.jit.is_tracing():  # no reduction over a possibly empty tensor (see class_aware_nms)
+        finite = torch.isfinite(boxes[:, 0] + boxes[:, 1] + boxes[:, 2] + boxes[:, 3])
+    else:
+        finite = torch.isfinite(boxes).all(dim=1)
     if not (torch.jit.is_scripting() or torch.jit.is_tracing()) and not bool(finite.all()):
         log_every_n_seconds(
             logging.WARNING,
@@ -52,6 +57,29 @@ def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
     pred.pred_boxes = Boxes(torch.where(finite[:, None], boxes, torch.zeros_like(boxes)))
     pred.pred_boxes.clip(image_size)
     return pred[pred.pred_boxes.nonempty(threshold=0.0)]
+
+
+def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float,
+                    image_size: Tuple[int, int]) -> Tensor:
+    """
+    detectron2's ``batched_nms``: NMS within each class; indices of the kept
+    boxes, by decreasing score.
+
+    Traced for export, torchvision's version separates the classes by offsets
+    of the largest coordinate, a ReduceMax that onnxruntime up to 1.31 gets
+    wrong on an empty input (an image without detections), so the exported
+    model fails at run time. The boxes here are clipped to the image, so its
+    longer side bounds every coordinate and gives the offsets instead.
+
+    Args:
+        boxes: (K, 4) boxes inside the image; scores: (K,); classes: (K,) long.
+        image_size: (H, W), ints or (traced) 0-dim tensors.
+    """
+    if not torch.jit.is_tracing():
+        return batched_nms(boxes, scores, classes, iou_threshold)
+    side = torch.stack([torch.as_tensor(s) for s in image_size]).max().to(boxes)
+    offsets = classes.to(boxes) * (side + 1)
+    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
 def reduce_mean(tensor: Tensor) -> Tensor:
