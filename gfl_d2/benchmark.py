@@ -18,12 +18,12 @@ __all__ = ["build_model", "coco_like_boxes", "batch_inputs", "interleaved", "inf
 
 # ------------------------------------------------------------------ models and data
 def build_model(name, device):
-    """R-50-FPN GFL / FCOS / RetinaNet, randomly initialised, 80 classes."""
+    """R-50-FPN GFL / GFL V2 / FCOS / RetinaNet, randomly initialised, 80 classes."""
     from detectron2 import model_zoo
     from detectron2.config import LazyConfig, instantiate
 
-    if name == "gfl":
-        cfg = LazyConfig.load(get_config_file("COCO-Detection/gfl_R_50_FPN_1x.py"))
+    if name in ("gfl", "gflv2"):
+        cfg = LazyConfig.load(get_config_file(f"COCO-Detection/{name}_R_50_FPN_1x.py"))
     else:
         cfg = model_zoo.get_config(f"COCO-Detection/{name}_R_50_FPN_1x.py")
     cfg.model.backbone.bottom_up.freeze_at = 2  # as in the COCO configs of all three

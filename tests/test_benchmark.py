@@ -15,16 +15,17 @@ def test_benchmark_smoke(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"gfl", "fcos", "retinanet"}
+    assert set(result["results"]) == {"gfl", "gflv2", "fcos", "retinanet"}
     lines = set(result["results"]["gfl"])
     for kind in ("infer", "train", "assign", "peak memory"):
         assert any(kind in line for line in lines), kind
     for line in lines:
-        for model in ("gfl", "fcos", "retinanet"):
+        for model in ("gfl", "gflv2", "fcos", "retinanet"):
             stats = result["results"][model][line]
             assert stats["median"] > 0 and stats["min"] <= stats["median"] <= stats["max"]
-        assert result["ratios"][line]["gfl/fcos"] > 0 and result["ratios"][line]["gfl/retinanet"] > 0
-    assert "| measure |" in proc.stdout and "GFL/fcos" in proc.stdout
+        for ratio in ("gfl/fcos", "gfl/retinanet", "gflv2/gfl"):
+            assert result["ratios"][line][ratio] > 0
+    assert "| measure |" in proc.stdout and "gfl/fcos" in proc.stdout and "gflv2/gfl" in proc.stdout
 
 
 def test_gpu_check_reports_what_ran_beside_what_failed():

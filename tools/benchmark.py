@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-GFL against detectron2's own FCOS and RetinaNet, side by side: same R-50-FPN
+GFL (V1 and V2) against detectron2's own FCOS and RetinaNet, side by side: same R-50-FPN
 backbone, same inputs, same device, in one process; the models run
 round-robin within every measurement so that drifts of the machine's speed
 hit them alike.
@@ -15,7 +15,7 @@ warm-up):
     matcher) for 16 images x 100 boxes at 800x1333;
   * peak memory of training: the peak RSS of a fresh process on the CPU, the
     max allocated memory on a GPU;
-and prints the ratios GFL/FCOS and GFL/RetinaNet. Peak memory is measured in
+and prints the ratios GFL/FCOS, GFL/RetinaNet and GFL V2/GFL. Peak memory is measured in
 a fresh process per model. Results are also written as JSON.
 
     python tools/benchmark.py                     # the full set, on CUDA if present
@@ -40,7 +40,9 @@ from gfl_d2.benchmark import (
     training_fn,
 )
 
-MODELS = ("gfl", "fcos", "retinanet")
+MODELS = ("gfl", "gflv2", "fcos", "retinanet")
+# (numerator, denominator) of the printed ratios
+RATIOS = (("gfl", "fcos"), ("gfl", "retinanet"), ("gflv2", "gfl"))
 
 
 def parse_args(argv=None):
@@ -137,8 +139,8 @@ def fmt(v):
 def report(results, models):
     lines = sorted({line for m in models for line in results[m]}, key=lambda s: (s.split()[0], s))
     head = "| measure | " + " | ".join(f"{m} median (min-max)" for m in models)
-    ratios = [o for o in ("fcos", "retinanet") if o in models and "gfl" in models]
-    head += "".join(f" | GFL/{o}" for o in ratios) + " |"
+    ratios = [(a, b) for a, b in RATIOS if a in models and b in models]
+    head += "".join(f" | {a}/{b}" for a, b in ratios) + " |"
     rows = [head, "|" + "---|" * (1 + len(models) + len(ratios))]
     ratio_table = {}
     for line in lines:
@@ -146,10 +148,10 @@ def report(results, models):
         for m in models:
             r = results[m].get(line)
             cells.append(f"{fmt(r['median'])} ({fmt(r['min'])}-{fmt(r['max'])})" if r else "-")
-        for o in ratios:
-            a, b = results["gfl"].get(line), results[o].get(line)
+        for num, den in ratios:
+            a, b = results[num].get(line), results[den].get(line)
             ratio = a["median"] / b["median"] if a and b else None
-            ratio_table.setdefault(line, {})[f"gfl/{o}"] = ratio
+            ratio_table.setdefault(line, {})[f"{num}/{den}"] = ratio
             cells.append(f"{ratio:.3f}" if ratio else "-")
         rows.append(f"| {line} | " + " | ".join(cells) + " |")
     return "\n".join(rows), ratio_table
@@ -181,7 +183,7 @@ def main(argv=None):
     table, ratios = report(results, args.models)
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    print(f"\nGFL vs detectron2's FCOS and RetinaNet, R-50-FPN, {device}, torch {torch.__version__}, {mode} mode, "
+    print(f"\nGFL (V1, V2) vs detectron2's FCOS and RetinaNet, R-50-FPN, {device}, torch {torch.__version__}, {mode} mode, "
           f"{p['repeat']} runs after {p['warmup']} warm-up, {time.time() - t0:.0f} s\n")
     print(table)
     out = dict(device=device, torch=torch.__version__, mode=mode, repeat=p["repeat"], warmup=p["warmup"],
