@@ -1,0 +1,151 @@
+"""
+How well does each localisation-quality signal of a trained GFL rank its
+detections by their true IoU? The study behind ``tools/quality_correlation.py``.
+
+For every detection of every model on a validation set (the model's own
+thresholds, after NMS) it records the IoU of the box with the best
+ground-truth box of the predicted class, and the candidates:
+
+* ``score``: the detection score (V1: the joint classification-IoU score; V2:
+  that times the distribution-guided quality);
+* ``quality``: the multiplied quality alone (V2, or an IoU/centerness branch);
+* ``cls``: the score without the quality (``score / quality``);
+* ``-std/size``: minus the edges' standard deviation relative to the box
+  side it moves (mean of the four), from the edge distributions;
+* ``top-1``: the mean over edges of the largest bin probability;
+* ``top-4``: the mean over edges of the sum of the four largest (V2's top-k
+  statistics, without its learned weighting);
+
+and their Spearman rank correlations with the IoU.
+"""
+import copy
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+
+from .modeling.dgqp import distribution_statistics
+
+__all__ = ["spearman", "detection_candidates", "collect", "correlation_table", "CANDIDATES"]
+
+CANDIDATES = ("score", "quality", "cls", "-std/size", "top-1", "top-4")
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N, ties sharing their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks); NaN for fewer than 3 pairs or a constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} and {len(y)} values")
+    if len(x) < 3:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def detection_candidates(instances) -> Dict[str, np.ndarray]:
+    """
+    The candidates of one image's detections (Instances on the CPU, in
+    output pixels): (K,) arrays named as in :data:`CANDIDATES`; the ones the
+    model cannot give are absent.
+    """
+    out = {"score": instances.scores.float().numpy()}
+    if instances.has("pred_quality"):
+        quality = instances.pred_quality.float()
+        out["quality"] = quality.numpy()
+        out["cls"] = (instances.scores.float() / quality.clamp(min=1e-12)).numpy()
+    if instances.has("pred_box_dists"):
+        boxes = instances.pred_boxes.tensor.float()
+        size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)  # (K, 2) width, height
+        size = size.repeat(1, 2)  # l, t, r, b move along w, h, w, h
+        out["-std/size"] = -(instances.pred_box_std.float() / size).mean(dim=1).numpy()
+        stats = distribution_statistics(instances.pred_box_dists.float(), topk=4, add_mean=False)  # (K, 4, 4)
+        out["top-1"] = stats[..., 0].mean(dim=1).numpy()
+        out["top-4"] = stats.sum(dim=-1).mean(dim=1).numpy()
+    return out
+
+
+def _ground_truth(record: Dict, height: int, width: int):
+    """(G, 4) XYXY boxes in the record's image size and (G,) classes, crowd regions left out."""
+    anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+    boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.long)
+    return boxes, classes
+
+
+def true_ious(instances, gt_boxes, gt_classes) -> np.ndarray:
+    """(K,) IoU of each detection with the best ground-truth box of its predicted class (0 if none)."""
+    if len(instances) == 0:
+        return np.zeros(0)
+    if len(gt_boxes) == 0:
+        return np.zeros(len(instances))
+    iou = pairwise_iou(instances.pred_boxes, Boxes(gt_boxes))  # (K, G)
+    same = instances.pred_classes[:, None] == gt_classes[None, :]
+    return torch.where(same, iou, torch.zeros_like(iou)).max(dim=1).values.numpy()
+
+
+@torch.no_grad()
+def collect(model, dataset_dicts: List[Dict], mapper, num_images: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Every detection's candidates and ``iou`` over the first ``num_images`` records, pooled."""
+    model.eval()
+    parts: Dict[str, List[np.ndarray]] = {}
+    for record in dataset_dicts[:num_images]:
+        inputs = mapper(copy.deepcopy(record))
+        inst = model([inputs])[0]["instances"].to("cpu")
+        gt_boxes, gt_classes = _ground_truth(record, *inst.image_size)
+        values = detection_candidates(inst)
+        values["iou"] = true_ious(inst, gt_boxes, gt_classes)
+        for name, v in values.items():
+            parts.setdefault(name, []).append(v)
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def correlation_table(results: Dict[str, Dict[str, np.ndarray]]) -> str:
+    """Markdown: per model, the Spearman correlation of each candidate with the IoU, all detections and IoU > 0."""
+    lines = [
+        "| model | detections | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
+        "|---|---:|" + "---:|" * len(CANDIDATES),
+    ]
+    for name, values in results.items():
+        iou = values["iou"]
+        for subset, keep in (("all", np.ones_like(iou, dtype=bool)), ("IoU > 0", iou > 0)):
+            cells = []
+            for c in CANDIDATES:
+                cells.append(f"{spearman(values[c][keep], iou[keep]):.3f}" if c in values else "–")
+            lines.append(f"| {name} ({subset}) | {int(keep.sum())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scatter_plot(results: Dict[str, Dict[str, np.ndarray]], panels, path: str) -> None:
+    """One panel per (model, candidate) in ``panels``: the candidate against the true IoU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (model, cand) in zip(axes[0], panels):
+        values = results[model]
+        ax.scatter(values[cand], values["iou"], s=3, alpha=0.25, linewidths=0)
+        ax.set_xlabel(f"{cand} ({model})")
+        ax.set_ylabel("IoU with the ground truth")
+        ax.set_title(f"{model}: {cand}, Spearman {spearman(values[cand], values['iou']):.3f}", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

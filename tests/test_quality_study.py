@@ -1,0 +1,65 @@
+"""The quality-correlation study: Spearman's rank correlation, the candidates, the IoUs, the command line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.structures import Boxes, Instances
+
+from gfl_d2.quality_study import detection_candidates, spearman, true_ious
+from helpers import run_tool
+
+
+def test_spearman_against_hand_computed_values():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)  # any increasing function
+    assert spearman(x, -np.exp(x)) == pytest.approx(-1.0)
+    # ties share their mean rank: ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4) -> 4.5 / sqrt(4.5 * 5)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / np.sqrt(22.5))
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3])) and np.isnan(spearman([1, 2], [2, 1]))
+    with pytest.raises(ValueError, match="3 and 2 values"):
+        spearman([1, 2, 3], [1, 2])
+
+
+def test_candidates_of_a_detection():
+    inst = Instances((100, 100))
+    inst.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 20.0, 30.0], [0.0, 0.0, 50.0, 50.0]]))  # 10 x 20, 50 x 50
+    inst.scores = torch.tensor([0.2, 0.6])
+    inst.pred_classes = torch.tensor([1, 0])
+    inst.pred_quality = torch.tensor([0.5, 0.75])
+    inst.pred_box_std = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    dists = torch.zeros(2, 4, 17)
+    dists[0, :, 3] = 1.0  # sharp
+    dists[1] = 1.0 / 17  # flat
+    inst.pred_box_dists = dists
+    c = detection_candidates(inst)
+    np.testing.assert_allclose(c["cls"], [0.4, 0.8], rtol=1e-6)
+    # std over the side each edge moves: l, r along the width (10), t, b along the height (20)
+    np.testing.assert_allclose(c["-std/size"], [-(0.1 + 0.1 + 0.3 + 0.2) / 4, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(c["top-1"], [1.0, 1 / 17], rtol=1e-6)
+    np.testing.assert_allclose(c["top-4"], [1.0, 4 / 17], rtol=1e-6)
+    # the IoU is with the best box of the predicted class only
+    gt_boxes, gt_classes = torch.tensor([[10.0, 10.0, 20.0, 30.0], [0.0, 0.0, 50.0, 25.0]]), torch.tensor([0, 0])
+    np.testing.assert_allclose(true_ious(inst, gt_boxes, gt_classes), [0.0, 0.5], rtol=1e-6)
+    inst.pred_classes = torch.tensor([0, 0])
+    np.testing.assert_allclose(true_ious(inst, gt_boxes, gt_classes), [1.0, 0.5], rtol=1e-6)
+
+
+def test_tool_writes_the_table_and_the_picture(tmp_path):
+    out = tmp_path / "out"
+    opts = ["dataloader.test.dataset.names.num_images=3", "model.test_score_thresh=0.0"]
+    proc = run_tool(
+        ["tools/quality_correlation.py", "--model", "GFL", "configs/Synthetic/gfl_R_18_FPN_shapes.py", "",
+         "--model", "GFL V2", "configs/Synthetic/gflv2_R_18_FPN_shapes.py", "", "--output", out, "--opts", *opts],
+        datasets=tmp_path / "datasets",
+    )
+    table = (out / "quality_correlation.md").read_text().splitlines()
+    assert [r.split("|")[1].strip() for r in table[2:]] == ["GFL (all)", "GFL (IoU > 0)", "GFL V2 (all)", "GFL V2 (IoU > 0)"]
+    data = json.loads((out / "quality_correlation.json").read_text())
+    v1_all = [cell.strip() for cell in table[2].split("|")[1:-1]]
+    assert int(v1_all[1]) == len(data["GFL"]["iou"]) > 0 and v1_all[3] == "–"  # V1 has no separate quality
+    n = len(data["GFL V2"]["iou"])
+    assert len(data["GFL V2"]["quality"]) == n > 0 and "quality" not in data["GFL"]
+    assert (out / "quality_vs_iou.png").stat().st_size > 10000
+    assert f"GFL V2: {n} detections on 3 images" in proc.stdout
