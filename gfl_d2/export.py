@@ -2,6 +2,8 @@
 Export of a GFL model by tracing (TorchScript or ONNX), checked against the
 eager model; ``tools/export_model.py`` is its command line.
 """
+import contextlib
+import copy
 import json
 import logging
 import os
@@ -103,13 +105,13 @@ def export(
 
 
 def run_exported(path, fmt, image):
-    """The exported model's outputs as numpy arrays, and the runtime that ran it."""
+    """The exported model's outputs as numpy arrays, the runtime that ran it, and its device."""
     if fmt == "torchscript":
         # no map_location: it would move the graph's CPU constants (the shape arithmetic
         # of ImageList padding) to the GPU too; the weights are already on the export device
         with torch.no_grad():
             outs = torch.jit.load(path)(image)
-        return [o.cpu().numpy() for o in outs], f"torch.jit on {image.device}"
+        return [o.cpu().numpy() for o in outs], f"torch.jit on {image.device}", image.device
     import onnxruntime
 
     providers = ["CPUExecutionProvider"]
@@ -117,17 +119,40 @@ def run_exported(path, fmt, image):
         providers.insert(0, "CUDAExecutionProvider")
     session = onnxruntime.InferenceSession(path, providers=providers)
     outs = session.run(None, {session.get_inputs()[0].name: image.cpu().numpy()})
-    return outs, f"onnxruntime {session.get_providers()[0]}"
+    provider = session.get_providers()[0]
+    return outs, f"onnxruntime {provider}", image.device if provider == "CUDAExecutionProvider" else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """CUDA matmuls and convolutions in full fp32 (no TF32, on by default for convolutions on recent GPUs)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def eager_reference(model, image, device):
+    """
+    The eager model's detections on ``device``, the one the exported model ran on:
+    onnxruntime's CPU provider checks a CUDA export against the model on the CPU, since
+    GPU and CPU arithmetic differ enough to move a detection across the score threshold.
+    """
+    if device != image.device:
+        model = copy.deepcopy(model).to(device)
+    with torch.no_grad(), full_fp32():
+        return model([{"image": image.to(device)}])[0]["instances"].to("cpu")
 
 
 def verify(model, path, fmt, image, fields):
     """Compare the exported model with the eager one on ``image``; SystemExit if they disagree."""
     image = image.round()  # an image as the loader gives it
-    with torch.no_grad():
-        eager = model([{"image": image}])[0]["instances"]
-    outs, runtime = run_exported(path, fmt, image)
+    with full_fp32():
+        outs, runtime, device = run_exported(path, fmt, image)
     outs = dict(zip(fields, outs))
-    eager = eager.to("cpu")
+    eager = eager_reference(model, image, device)
     boxes, scores, classes = eager.pred_boxes.tensor.numpy(), eager.scores.numpy(), eager.pred_classes.numpy()
     if outs["pred_boxes"].shape != boxes.shape:
         raise SystemExit(f"error: export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager")

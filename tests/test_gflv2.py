@@ -54,24 +54,29 @@ def test_statistics_are_each_edges_topk_then_their_mean():
 
 
 def test_predictor_reads_the_distributions_of_the_head_layout():
-    """(N, 4(n+1), H, W) logits: the 20 statistics in the order (l, t, r, b) x (top-4, mean)."""
+    """(N, 4(n+1), H, W) logits per level: the 20 statistics in the order (l, t, r, b) x (top-4, mean), then the 1x1 convs."""
     predictor = DistributionGuidedQualityPredictor(topk=4, channels=64)
     assert predictor.in_channels == 20
     for conv in (predictor.layers[0], predictor.layers[2]):
         assert torch.all(conv.bias == 0) and 0.005 < conv.weight.std() < 0.02  # normal(0, 0.01)
-    logits = torch.randn(2, 4 * 17, 3, 5)
-    seen = {}
-    predictor.layers[0].register_forward_hook(lambda m, inp, out: seen.update(stats=inp[0]))
-    quality = predictor(logits)
-    assert quality.shape == (2, 1, 3, 5)
-    probs = logits.reshape(2, 4, 17, 3, 5).softmax(dim=2)
-    top = probs.sort(dim=2, descending=True).values[:, :, :4]
-    expected = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(2, 20, 3, 5)
-    torch.testing.assert_close(seen["stats"], expected)
-    # an untrained predictor says 0.5 everywhere: the fused score starts at half the prior
-    assert torch.allclose(quality.sigmoid(), torch.full_like(quality, 0.5), atol=1e-3)
+    with torch.no_grad():
+        predictor.layers[2].weight.normal_()  # a quality that varies
+    levels = [torch.randn(2, 4 * 17, 3, 5), torch.randn(2, 4 * 17, 2, 1)]
+    quality = predictor(levels)
+    assert [tuple(q.shape) for q in quality] == [(2, 1, 3, 5), (2, 1, 2, 1)]
+    for logits, q in zip(levels, quality):
+        n, _, h, w = logits.shape
+        probs = logits.reshape(n, 4, 17, h, w).softmax(dim=2)
+        top = probs.sort(dim=2, descending=True).values[:, :, :4]
+        stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(n, 20, h, w)  # conv layout
+        torch.testing.assert_close(q, predictor.layers(stats), rtol=1e-5, atol=1e-6)
+    stats = predictor.statistics(levels)
+    assert stats.shape == (2, 15 + 2, 20)
     with pytest.raises(ValueError, match="not 4 \\* \\(n \\+ 1\\)"):
-        predictor(torch.randn(1, 66, 2, 2))
+        predictor([torch.randn(1, 66, 2, 2)])
+    # an untrained predictor says 0.5 everywhere: the fused score starts at half the prior
+    fresh = DistributionGuidedQualityPredictor()(levels)
+    assert all(torch.allclose(q.sigmoid(), torch.full_like(q, 0.5), atol=1e-3) for q in fresh)
 
 
 # ---------------------------------------------------------------- the loss

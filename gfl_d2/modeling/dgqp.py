@@ -4,6 +4,8 @@ shape of each edge distribution (its top-k probabilities and their mean)
 predicts the localisation quality of the box, which multiplies the
 classification score.
 """
+from typing import List
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -40,6 +42,11 @@ class DistributionGuidedQualityPredictor(nn.Module):
     1x1 conv to ``channels``, ReLU, and a 1x1 conv to one quality logit per
     location. The statistics are not detached: the classification loss on the
     fused score also trains the box distributions through them.
+
+    All levels go through at once, channels last: one softmax, one top-k over
+    the last (contiguous) dim and the 1x1 convs as two matrix products, rather
+    than some ten small operations per level (the difference is measurable on
+    a GPU at batch 1).
     """
 
     def __init__(self, topk: int = 4, channels: int = 64, add_mean: bool = True):
@@ -54,6 +61,7 @@ class DistributionGuidedQualityPredictor(nn.Module):
             raise ValueError(f"DistributionGuidedQualityPredictor needs topk >= 1 and channels >= 1, got {topk}, {channels}")
         self.topk, self.add_mean = int(topk), bool(add_mean)
         self.in_channels = 4 * (self.topk + int(self.add_mean))
+        # 1x1 convs (the released models' layout), applied as linear maps on channels-last statistics
         self.layers = nn.Sequential(
             nn.Conv2d(self.in_channels, channels, kernel_size=1),
             nn.ReLU(inplace=True),
@@ -64,18 +72,30 @@ class DistributionGuidedQualityPredictor(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
 
-    def forward(self, box_regs: Tensor) -> Tensor:
-        """
-        Args:
-            box_regs: (N, 4(n+1), H, W) the edge-distribution logits of a level.
-
-        Returns:
-            (N, 1, H, W) quality logits (the quality is their sigmoid).
-        """
-        n, c, h, w = box_regs.shape
+    def statistics(self, box_regs: List[Tensor]) -> Tensor:
+        """Per level (N, 4(n+1), Hi, Wi) distribution logits -> (N, sum Hi*Wi, 4 (k + 1)) float32 statistics."""
+        n, c = box_regs[0].shape[:2]
         if c % 4:
             raise ValueError(f"the box outputs have {c} channels, not 4 * (n + 1) distribution logits")
+        flat = torch.cat([x.permute(0, 2, 3, 1).reshape(n, -1, c) for x in box_regs], dim=1)  # (N, R, 4(n+1))
         # fp32: softmax of half-precision logits loses the small probabilities
-        probs = F.softmax(box_regs.float().reshape(n, 4, c // 4, h, w), dim=2)
-        stats = distribution_statistics(probs, self.topk, self.add_mean, dim=2)
-        return self.layers(stats.reshape(n, self.in_channels, h, w).to(box_regs.dtype))
+        probs = F.softmax(flat.float().unflatten(-1, (4, c // 4)), dim=-1)  # (N, R, 4, n+1)
+        return distribution_statistics(probs, self.topk, self.add_mean).flatten(2)
+
+    def forward(self, box_regs: List[Tensor]) -> List[Tensor]:
+        """
+        Args:
+            box_regs: per level, (N, 4(n+1), Hi, Wi) the edge-distribution logits.
+
+        Returns:
+            per level, (N, 1, Hi, Wi) quality logits (the quality is their sigmoid).
+        """
+        first, _, second = self.layers
+        stats = self.statistics(box_regs).to(box_regs[0].dtype)
+        hidden = F.relu(F.linear(stats, first.weight.flatten(1), first.bias))
+        quality = F.linear(hidden, second.weight.flatten(1), second.bias)  # (N, R, 1)
+        sizes = [x.shape[2] * x.shape[3] for x in box_regs]
+        return [
+            q.reshape(x.shape[0], x.shape[2], x.shape[3], 1).permute(0, 3, 1, 2)
+            for q, x in zip(quality.split(sizes, dim=1), box_regs)
+        ]

@@ -181,12 +181,11 @@ class GFLHead(nn.Module):
         for feature, scale in zip(features, self.scales):
             cls_logits.append(self.cls_score(self.cls_subnet(feature)))
             box_feature = self.bbox_subnet(feature)
-            box_reg = scale(self.bbox_pred(box_feature))
-            box_regs.append(box_reg)
+            box_regs.append(scale(self.bbox_pred(box_feature)))
             if self.has_quality_branch:
                 quality_logits.append(self.quality_pred(box_feature))
-            elif self.has_quality_predictor:
-                quality_logits.append(self.dgqp(box_reg))
+        if self.has_quality_predictor:  # all levels at once
+            quality_logits = self.dgqp(box_regs)
         if quality_logits:
             return [cls_logits, box_regs, quality_logits]
         return [cls_logits, box_regs]

@@ -77,13 +77,12 @@ def fused_quality_focal_loss(cls_logits: Tensor, quality_logits: Tensor, targets
     """
     a, b, targets = cls_logits.float(), quality_logits.float(), targets.float()
     log_sig_a, log_sig_b = F.logsigmoid(a), F.logsigmoid(b)
-    log_p = (log_sig_a + log_sig_b).clamp(min=LOG_FLOOR)
-    log_one_minus_p = torch.logaddexp(F.logsigmoid(-a), log_sig_a + F.logsigmoid(-b)).clamp(min=LOG_FLOOR)
-    bce = -(targets * log_p + (1.0 - targets) * log_one_minus_p)
+    log_p = log_sig_a + log_sig_b
+    log_one_minus_p = torch.logaddexp(F.logsigmoid(-a), log_sig_a + F.logsigmoid(-b))
+    bce = -(targets * log_p.clamp(min=LOG_FLOOR) + (1.0 - targets) * log_one_minus_p.clamp(min=LOG_FLOOR))
     if beta == 0:
         return bce
-    prob = a.sigmoid() * b.sigmoid()
-    return (targets - prob).abs().pow(beta) * bce
+    return (targets - log_p.exp()).abs().pow(beta) * bce
 
 
 def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
