@@ -50,6 +50,7 @@ _VARIANT_CONFIGS = OrderedDict(
         ("FL, no quality", ABLATIONS + "fl_no_quality_R_18_FPN_shapes.py"),
         ("ATSS+QFL, ctr-weighted", ABLATIONS + "atss_qfl_ctr_weighted_R_18_FPN_shapes.py"),
         ("GFL V2", SHAPES + "gflv2_R_18_FPN_shapes.py"),
+        ("GFL V2, init 0.1", ABLATIONS + "gflv2_init0_1_R_18_FPN_shapes.py"),
     ]
 )
 
@@ -76,6 +77,8 @@ TABLES = OrderedDict(
                      ["FL, no quality", "ATSS", "FL+IoU branch", "ATSS+QFL", "ATSS+QFL, ctr-weighted", "GFL no DFL",
                       "GFL"], "sweep")),
         ("v2", ("GFL V2 against V1 (the distribution-guided quality predictor)", ["GFL", "GFL V2"], "main")),
+        ("v2init", ("GFL V2's predictor initialisation (a diagnostic of the short schedule)",
+                    ["GFL", "GFL V2", "GFL V2, init 0.1"], "main")),
     ]
 )
 DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta", "v2"]

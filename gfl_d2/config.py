@@ -49,6 +49,7 @@ def add_gfl_config(cfg: CN) -> CN:
     g.DGQP_TOPK = 4
     g.DGQP_ADD_MEAN = True
     g.DGQP_CHANNELS = 64
+    g.DGQP_INIT_STD = 0.01
     # losses
     g.QFL_BETA = 2.0
     g.FOCAL_LOSS_ALPHA = 0.25

@@ -49,12 +49,16 @@ class DistributionGuidedQualityPredictor(nn.Module):
     a GPU at batch 1).
     """
 
-    def __init__(self, topk: int = 4, channels: int = 64, add_mean: bool = True):
+    def __init__(self, topk: int = 4, channels: int = 64, add_mean: bool = True, init_std: float = 0.01):
         """
         Args:
             topk: k, probabilities kept per edge (GFL V2: 4).
             channels: hidden width (GFL V2's ``reg_channels``, 64).
             add_mean: append the mean of the top-k to each edge's statistics.
+            init_std: std of the convs' normal initialisation (GFL V2: 0.01; biases 0).
+                Both convs start this small, so each one's gradient is scaled by
+                the other's weights: the predictor needs many iterations before its
+                output varies (see the project page's V2 ablation).
         """
         super().__init__()
         if topk < 1 or channels < 1:
@@ -69,7 +73,7 @@ class DistributionGuidedQualityPredictor(nn.Module):
         )
         for module in self.layers:
             if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                nn.init.normal_(module.weight, mean=0.0, std=init_std)
                 nn.init.constant_(module.bias, 0.0)
 
     def statistics(self, box_regs: List[Tensor]) -> Tensor:

@@ -82,6 +82,7 @@ class GFLHead(nn.Module):
         dgqp_topk: int = 4,
         dgqp_channels: int = 64,
         dgqp_add_mean: bool = True,
+        dgqp_init_std: float = 0.01,
         reg_max: Optional[int] = None,
         box_representation: Optional[str] = None,
         quality: Optional[str] = None,
@@ -99,8 +100,9 @@ class GFLHead(nn.Module):
             quality_branch: predict a separate quality logit per location.
             dgqp: predict the quality from the edge distributions (GFL V2);
                 needs ``box_channels = 4 * (n + 1)``.
-            dgqp_topk, dgqp_channels, dgqp_add_mean: the predictor's top-k per
-                edge (4), hidden width (64) and mean statistic (on).
+            dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std: the
+                predictor's top-k per edge (4), hidden width (64), mean statistic
+                (on) and initialisation std (0.01).
             reg_max, box_representation, quality: deprecated (the model owns
                 these settings); translated into ``box_channels`` and
                 ``quality_branch`` with a warning.
@@ -145,7 +147,7 @@ class GFLHead(nn.Module):
         nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
         # built after the towers' initialisation, so that V1's parameters draw the same random numbers
         if self.has_quality_predictor:
-            self.dgqp = DistributionGuidedQualityPredictor(dgqp_topk, dgqp_channels, dgqp_add_mean)
+            self.dgqp = DistributionGuidedQualityPredictor(dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -163,6 +165,7 @@ class GFLHead(nn.Module):
             "dgqp_topk": g.DGQP_TOPK,
             "dgqp_channels": g.DGQP_CHANNELS,
             "dgqp_add_mean": g.DGQP_ADD_MEAN,
+            "dgqp_init_std": g.DGQP_INIT_STD,
         }
 
     def forward(self, features: List[Tensor]) -> List[List[Tensor]]:
