@@ -336,3 +336,21 @@ def test_v2_checkpoint_with_another_class_count_is_refused():
     del sd["bbox_head.reg_conf.2.weight"]
     with pytest.raises(ConversionError, match="without \\['bbox_head.reg_conf.2.weight'\\]"):
         convert_mmdet_state_dict(sd)
+
+
+def test_tool_converts_an_authors_v2_checkpoint_file(tmp_path):
+    """As the authors' MMDetection 2.x runner saves it: meta with the class names, the state dict."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from helpers import run_tool
+
+    sd = mmdet_gfl_state_dict("R-101 ms2x", fixture=GFOCALV2_FIXTURE)
+    src, dst = tmp_path / "gfocal_r101_fpn_ms2x.pth", tmp_path / "gflv2_r101.pth"
+    torch.save({"meta": {"CLASSES": tuple(f"class{i}" for i in range(80)), "epoch": 24}, "state_dict": sd}, src)
+    printed = run_tool(["tools/convert_mmdet_checkpoint.py", src, dst]).stdout
+    assert "GFL V2, ResNet-101" in printed and "80 classes" in printed
+    assert "use it with configs/COCO-Detection/gflv2_R_101_FPN_ms2x.py" in printed
+    assert "quality predictor: 20 statistics -> 64 -> 1" in printed and "background channel of gfl_cls" in printed
+    model = instantiate(LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gflv2_R_101_FPN_ms2x.py")).model)
+    incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes

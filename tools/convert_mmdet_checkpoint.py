@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """
 Convert a GFL checkpoint in MMDetection's format (MMDetection v2/v3 model zoo,
-the authors' release) into a checkpoint that ``DetectionCheckpointer`` loads
-into the matching config under ``configs/COCO-Detection/``.
+the authors' release; GFL V2 from the authors' GFocalV2 release too) into a
+checkpoint that ``DetectionCheckpointer`` loads into the matching config under
+``configs/COCO-Detection/`` (the tool names it).
 
     python tools/convert_mmdet_checkpoint.py gfl_r50_fpn_1x_coco.pth gfl_R_50_FPN_1x_converted.pth
     python tools/train_net.py --config-file configs/COCO-Detection/gfl_R_50_FPN_1x.py --eval-only \
