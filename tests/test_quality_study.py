@@ -63,3 +63,8 @@ def test_tool_writes_the_table_and_the_picture(tmp_path):
     assert len(data["GFL V2"]["quality"]) == n > 0 and "quality" not in data["GFL"]
     assert (out / "quality_vs_iou.png").stat().st_size > 10000
     assert f"GFL V2: {n} detections on 3 images" in proc.stdout
+    # a missing checkpoint is named before anything runs
+    proc = run_tool(["tools/quality_correlation.py", "--model", "X", "configs/Synthetic/gfl_R_18_FPN_shapes.py",
+                     tmp_path / "missing.pth", "--output", tmp_path / "o2"], check=False)
+    assert proc.returncode != 0 and f"error: model 'X': checkpoint {tmp_path / 'missing.pth'} not found" in proc.stderr
+    assert not (tmp_path / "o2").exists()

@@ -35,6 +35,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    for name, config, weights in args.model:
+        for what, path in (("config", config), ("checkpoint", weights)):
+            if path and not os.path.isfile(path):
+                raise SystemExit(f"error: model {name!r}: {what} {path} not found")
     os.makedirs(args.output, exist_ok=True)
     results = {}
     for name, config, weights in args.model:
