@@ -43,6 +43,9 @@ def test_gpu_check_reports_what_ran_beside_what_failed():
     ]
     failed, both = gpu_check.benchmark_rows(lines)
     assert failed["ok"] and "GFL 62.3 img/s 6367 MiB" in failed["result"] and "FCOS FAILED: RuntimeError" in failed["result"]
-    assert both["ok"] and "speed GFL/FCOS 1.222" in both["result"]
+    assert both["ok"] and "speed GFL/FCOS 1.222" in both["result"] and "V2/V1" not in both["result"]
+    # with GFL V2 on the line: its time relative to V1 (62.3 / 59.0 img/s)
+    (v2,) = gpu_check.benchmark_rows([dict(lines[1], gflv2=dict(ok, images_per_s=59.0, peak_mib=7003.3))])
+    assert "V2/V1 time 1.056, memory 1.100" in v2["result"]
     gfl_failed = gpu_check.benchmark_rows([dict(lines[1], gfl=dict(error="RuntimeError: x"))])[0]
     assert not gfl_failed["ok"] and "GFL FAILED" in gfl_failed["result"] and "FCOS 51.0 img/s" in gfl_failed["result"]

@@ -148,7 +148,7 @@ def benchmark_rows(lines):
             parts = [f"{n.upper()} {line[n]['images_per_s']:.1f} img/s {_mib(line[n])}" for n in ("gfl", "fcos")
                      if "error" not in line[n]]
             parts += [f"{n.upper()} FAILED: {line[n]['error'][:200]}" for n in ("gfl", "fcos") if "error" in line[n]]
-            rows.append(dict(step=step, ok="error" not in g, seconds=None, result=" | ".join(parts)))
+            rows.append(dict(step=step, ok="error" not in g, seconds=None, result=" | ".join(parts) + _v2(line)))
             continue
         rows.append(dict(
             step=step,
@@ -156,9 +156,20 @@ def benchmark_rows(lines):
             seconds=None,
             result=(f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} img/s {_mib(f_)} | "
                     f"speed GFL/FCOS {g['images_per_s'] / f_['images_per_s']:.3f}"
-                    + (f", memory {g['peak_mib'] / f_['peak_mib']:.3f}" if f_["peak_mib"] > 0 else "")),
+                    + (f", memory {g['peak_mib'] / f_['peak_mib']:.3f}" if f_["peak_mib"] > 0 else "") + _v2(line)),
         ))
     return rows
+
+
+def _v2(line):
+    """GFL V2's time and memory relative to V1 on the same line, when both ran."""
+    g, v2 = line["gfl"], line.get("gflv2")
+    if v2 is None or "error" in g:
+        return ""
+    if "error" in v2:
+        return f" | V2 FAILED: {v2['error'][:200]}"
+    memory = f", memory {v2['peak_mib'] / g['peak_mib']:.3f}" if g["peak_mib"] > 0 else ""
+    return f" | V2/V1 time {g['images_per_s'] / v2['images_per_s']:.3f}{memory}"
 
 
 def _mib(result):
@@ -166,7 +177,7 @@ def _mib(result):
 
 
 def bench_child(args):
-    """GFL vs FCOS, COCO R-50: images/s (interleaved runs) and peak memory per line; writes benchmark.json."""
+    """GFL (and V2) vs FCOS, COCO R-50: images/s (interleaved runs) and peak memory per line; writes benchmark.json."""
     from gfl_d2 import benchmark as bm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,7 +185,7 @@ def bench_child(args):
     size = (128, 192) if args.smoke else (800, 1333)
     batches = (1, 2) if args.smoke else (1, 8)
     repeat, warmup = (1, 0) if args.smoke else (10, 3)
-    models = {m: bm.build_model(m, device) for m in ("gfl", "fcos")}
+    models = {m: bm.build_model(m, device) for m in ("gfl", "gflv2", "fcos")}
     precisions = {"fp32": None, "fp16 AMP": torch.float16} if device == "cuda" else {"fp32": None, "bf16 AMP": torch.bfloat16}
     lines = []
     for precision, dtype in precisions.items():

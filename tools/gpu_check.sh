@@ -4,7 +4,7 @@
 #      autocast and CUDA->CPU; the entry points training on CUDA),
 #   2. the embedded config trained for 300 iterations in fp32, fp16 AMP and bf16 AMP
 #      (losses must stay finite and fall),
-#   3. GFL against detectron2's FCOS, COCO R-50 at 800x1333: images/s and peak memory,
+#   3. GFL (and GFL V2) against detectron2's FCOS, COCO R-50 at 800x1333: images/s and peak memory,
 #      inference and training, fp32 and fp16 AMP, batch 1 and 8,
 #   4. TorchScript and ONNX export on CUDA, checked against the eager model,
 # then prints one summary table (also written to $GPU_CHECK_OUT, default ./gpu_check).
