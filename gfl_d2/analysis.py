@@ -24,6 +24,7 @@ __all__ = [
     "edge_uncertainty_rows",
     "summarize_edge_uncertainty",
     "edge_uncertainty_markdown",
+    "spearman",
 ]
 
 GROUPS = ("sharp, free", "blurred", "occluded", "blurred + occluded")
@@ -140,6 +141,30 @@ def edge_uncertainty_rows(predictor, coco, image_root: str, max_images: int, min
     return np.array(rows, dtype=np.float64).reshape(-1, 4)
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N, ties sharing their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks); NaN for fewer than 3 pairs or a constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} and {len(y)} values")
+    if len(x) < 3:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
 def summarize_edge_uncertainty(rows: np.ndarray) -> Dict:
     """Per group of edges (GROUPS): count, mean std (px and relative to the side), mean |error|; Spearman(std, error)."""
     summary = {}
@@ -152,8 +177,7 @@ def summarize_edge_uncertainty(rows: np.ndarray) -> Dict:
             mean_abs_error_px=float(sel[:, 3].mean()) if len(sel) else None,
         )
     if len(rows) > 2:
-        rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
-        summary["spearman_std_vs_error"] = float(np.corrcoef(rank(rows[:, 1]), rank(rows[:, 3]))[0, 1])
+        summary["spearman_std_vs_error"] = spearman(rows[:, 1], rows[:, 3])
     return summary
 
 

@@ -26,35 +26,12 @@ import torch
 
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
+from .analysis import spearman
 from .modeling.dgqp import distribution_statistics
 
-__all__ = ["spearman", "detection_candidates", "collect", "correlation_table", "CANDIDATES"]
+__all__ = ["detection_candidates", "collect", "correlation_table", "CANDIDATES"]
 
 CANDIDATES = ("score", "quality", "cls", "-std/size", "top-1", "top-4")
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..N, ties sharing their mean rank."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(1, len(x) + 1)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    counts = np.bincount(inverse)
-    return (sums / counts)[inverse]
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation (Pearson's on average ranks); NaN for fewer than 3 pairs or a constant."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) != len(y):
-        raise ValueError(f"spearman: {len(x)} and {len(y)} values")
-    if len(x) < 3:
-        return float("nan")
-    rx, ry = _average_ranks(x), _average_ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
 def detection_candidates(instances) -> Dict[str, np.ndarray]:

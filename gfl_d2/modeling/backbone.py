@@ -34,23 +34,10 @@ def make_resnext_stages(depth: int = 101, num_groups: int = 32, width_per_group:
     ``kwargs`` go to ``ResNet.make_stage`` (``norm``, ``stride_in_1x1``, ...).
     """
     num_blocks = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
-    stages = []
-    in_channels, out_channels, bottleneck = 64, 256, num_groups * width_per_group
-    for i, n in enumerate(num_blocks):
-        stages.append(
-            ResNet.make_stage(
-                block_class=BottleneckBlock,
-                num_blocks=n,
-                stride_per_block=[1 if i == 0 else 2] + [1] * (n - 1),
-                in_channels=in_channels,
-                out_channels=out_channels,
-                bottleneck_channels=bottleneck,
-                num_groups=num_groups,
-                **kwargs,
-            )
-        )
-        in_channels, out_channels, bottleneck = out_channels, out_channels * 2, bottleneck * 2
-    return stages
+    bottleneck = num_groups * width_per_group
+    return _stages(BottleneckBlock, num_blocks, 64, [256 * 2**i for i in range(4)],
+                   per_stage=dict(bottleneck_channels=[bottleneck * 2**i for i in range(4)]),
+                   num_groups=num_groups, **kwargs)
 
 
 def make_basic_stages(depth: int = 18, width: int = 64, **kwargs):
@@ -60,21 +47,29 @@ def make_basic_stages(depth: int = 18, width: int = 64, **kwargs):
     small images on a CPU. ``kwargs`` go to ``ResNet.make_stage`` (``norm``, ...).
     """
     num_blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
+    return _stages(BasicBlock, num_blocks, width, [width * 2**i for i in range(4)], **kwargs)
+
+
+def _stages(block_class, num_blocks, in_channels, out_channels, per_stage=None, **kwargs):
+    """
+    ``ResNet.make_stage`` for res2..res5: ``num_blocks[i]`` blocks of
+    ``out_channels[i]`` channels, stride 2 on the first block of every stage
+    but res2; ``per_stage`` holds the arguments that differ by stage (lists).
+    """
     stages = []
-    in_channels = width
     for i, n in enumerate(num_blocks):
-        out_channels = width * 2**i
         stages.append(
             ResNet.make_stage(
-                block_class=BasicBlock,
+                block_class=block_class,
                 num_blocks=n,
                 stride_per_block=[1 if i == 0 else 2] + [1] * (n - 1),
                 in_channels=in_channels,
-                out_channels=out_channels,
+                out_channels=out_channels[i],
+                **{k: v[i] for k, v in (per_stage or {}).items()},
                 **kwargs,
             )
         )
-        in_channels = out_channels
+        in_channels = out_channels[i]
     return stages
 
 
