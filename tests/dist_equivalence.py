@@ -1,5 +1,5 @@
 """
-Run by test_robustness.py: the same two images as 1 process x 2 images and as
+Run by test_engine.py as ``python -m tests.dist_equivalence OUT``: the same two images as 1 process x 2 images and as
 2 processes (gloo, CPU) x 1 image; prints the losses as JSON.
 """
 import json
@@ -12,8 +12,7 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from helpers import make_instances, shapes_image, tiny_gfl  # noqa: E402
+from gfl_d2.testing import make_instances, shapes_image, tiny_gfl
 
 SPECS = [([[10, 12, 60, 70], [70, 20, 120, 60]], [0, 1]), ([[30, 30, 100, 110], [5, 80, 40, 120]], [2, 1])]
 

@@ -12,7 +12,7 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.engine import load_lazy_config
-from helpers import make_instances, shapes_image
+from gfl_d2.testing import make_instances, shapes_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "reference_outputs.json")

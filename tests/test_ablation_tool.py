@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from helpers import ROOT
+from gfl_d2.testing import ROOT
 
 
 def test_ablation_tool_runs_saves_and_resumes(tmp_path):

@@ -11,7 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.analysis import anchors_for_image_size, bin_fit, edge_uncertainty_markdown, summarize_edge_uncertainty
-from helpers import ROOT, tiny_gfl
+from gfl_d2.testing import ROOT, tiny_gfl
 
 
 def test_visualize_distributions_tool(tmp_path):

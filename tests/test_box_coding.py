@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gfl_d2.modeling.box_coding import DistributionBox2BoxTransform, box2distance, distance2box, integral
-from helpers import two_bin_logits
+from gfl_d2.testing import two_bin_logits
 
 
 def test_integral_of_one_hot_is_the_bin():

@@ -7,7 +7,7 @@ import torch
 from detectron2.structures import Boxes
 
 from gfl_d2.modeling.box_coding import distribution_mean_std
-from helpers import shapes_image, tiny_gfl, tiny_gfl_config, two_bin_logits
+from gfl_d2.testing import shapes_image, tiny_gfl, tiny_gfl_config, two_bin_logits
 
 
 def test_decoded_distributions_std_and_boxes():

@@ -17,8 +17,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint, convert_mmdet_state_dict, load_mmdet_checkpoint
-from helpers import ROOT, run_tool
-from mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
+from gfl_d2.testing import ROOT, run_tool
+from .mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
 
 
 

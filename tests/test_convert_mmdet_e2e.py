@@ -17,8 +17,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint
-from helpers import ROOT
-from mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available
+from gfl_d2.testing import ROOT
+from .mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available
 
 pytestmark = pytest.mark.skipif(not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed")
 

@@ -9,7 +9,7 @@ from detectron2.config import LazyConfig
 
 from gfl_d2.data import DatasetError, check_dataset_dicts
 from gfl_d2.training import build_train_loader
-from helpers import ROOT
+from gfl_d2.testing import ROOT
 
 
 # ---------------------------------------------------------------- bad datasets and files

@@ -12,7 +12,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.engine import CheckedCheckpointer, SimpleTrainer, clip_gradients
-from helpers import ROOT, TINY_OVERRIDES, make_instances, read_metrics, shapes_image, tiny_gfl
+from gfl_d2.testing import ROOT, TINY_OVERRIDES, make_instances, read_metrics, shapes_image, tiny_gfl
 
 
 def test_truncated_and_foreign_checkpoints(tmp_path):
@@ -137,7 +137,7 @@ def test_fixed_seed_runs_are_identical(tmp_path):
 def test_two_workers_one_image_each_equal_one_worker_two_images(tmp_path):
     out = tmp_path / "losses.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "dist_equivalence.py"), str(out)],
+        [sys.executable, "-m", "tests.dist_equivalence", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

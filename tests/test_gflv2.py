@@ -30,8 +30,8 @@ from gfl_d2.modeling import (
     distribution_statistics,
     fused_quality_focal_loss,
 )
-from helpers import ROOT, tiny_gfl_config, train_step, two_image_batch
-from mmdet_gfl_reference import FIXTURES, GFOCALV2_FIXTURE, mmdet_gfl_state_dict, mmdet_state_dict_layout
+from gfl_d2.testing import ROOT, tiny_gfl_config, train_step, two_image_batch
+from .mmdet_gfl_reference import FIXTURES, GFOCALV2_FIXTURE, mmdet_gfl_state_dict, mmdet_state_dict_layout
 
 REFERENCE = os.path.join(FIXTURES, "gfocalv2_head_reference.pt")
 
@@ -347,7 +347,7 @@ def test_tool_converts_an_authors_v2_checkpoint_file(tmp_path):
     """As the authors' MMDetection 2.x runner saves it: meta with the class names, the state dict."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from helpers import run_tool
+    from gfl_d2.testing import run_tool
 
     sd = mmdet_gfl_state_dict("R-101 ms2x", fixture=GFOCALV2_FIXTURE)
     src, dst = tmp_path / "gfocal_r101_fpn_ms2x.pth", tmp_path / "gflv2_r101.pth"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helpers import make_instances, shapes_image, tiny_gfl, train_step
+from gfl_d2.testing import make_instances, shapes_image, tiny_gfl, train_step
 
 
 def item(boxes, classes, size=(128, 128), name="img_7.png"):

@@ -5,7 +5,7 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.modeling.box_coding import integral
-from helpers import make_instances, shapes_image, tiny_gfl
+from gfl_d2.testing import make_instances, shapes_image, tiny_gfl
 
 SPECS = [
     ([[10, 12, 60, 70], [70, 20, 120, 60]], [0, 1]),
@@ -238,7 +238,7 @@ def test_head_of_the_previous_release_still_builds_with_a_warning():
     import pytest
     from detectron2.config import instantiate
 
-    from helpers import tiny_gfl_config
+    from gfl_d2.testing import tiny_gfl_config
 
     cfg = tiny_gfl_config(reg_max=8)
     del cfg.head.box_channels
@@ -256,7 +256,7 @@ def test_loss_qfl_weight_is_a_deprecated_name_of_loss_cls_weight():
     import pytest
     from detectron2.config import instantiate
 
-    from helpers import tiny_gfl_config
+    from gfl_d2.testing import tiny_gfl_config
 
     cfg = tiny_gfl_config()
     cfg.loss_qfl_weight = 0.5

@@ -12,8 +12,8 @@ import torch
 from gfl_d2.convert import convert_checkpoint
 from gfl_d2.data import BARS_CLASSES, BARS_IDS, BarsConfig, write_layout
 from gfl_d2.data.bars import generate_bars_split
-from helpers import read_metrics, run_tool
-from mmdet_gfl_reference import mmdet_gfl_state_dict
+from gfl_d2.testing import read_metrics, run_tool
+from .mmdet_gfl_reference import mmdet_gfl_state_dict
 
 SMALL = BarsConfig(min_width=64, max_width=112, min_height=48, max_height=96, max_objects=4)
 FAST = [

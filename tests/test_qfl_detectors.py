@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from gfl_d2.engine import load_lazy_config
 from gfl_d2.modeling import QFLRetinaNet
-from helpers import ROOT, two_image_batch
+from gfl_d2.testing import ROOT, two_image_batch
 
 
 def perfect_deltas(model, anchors, gt_boxes, n):

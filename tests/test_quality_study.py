@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, Instances
 
 from gfl_d2.analysis import spearman
 from gfl_d2.quality_study import detection_candidates, true_ious
-from helpers import run_tool
+from gfl_d2.testing import run_tool
 
 
 def test_spearman_against_hand_computed_values():

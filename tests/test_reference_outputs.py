@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from reference_outputs import FIXTURE, VARIANTS, outputs
+from .reference_outputs import FIXTURE, VARIANTS, outputs
 
 
 @pytest.fixture(scope="module")

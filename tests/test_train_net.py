@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gfl_d2.data import ShapesConfig, write_split
-from helpers import ROOT, TINY_OVERRIDES, read_metrics, run_tool
+from gfl_d2.testing import ROOT, TINY_OVERRIDES, read_metrics, run_tool
 
 
 

@@ -19,7 +19,7 @@ from detectron2.utils.events import EventStorage
 from gfl_d2.engine import load_lazy_config
 from gfl_d2.modeling import GFL, QFLFCOS, QFLRetinaNet, GFLVariant
 from gfl_d2.modeling.box_coding import distance2box
-from helpers import ROOT, tiny_gfl_config, train_step, two_image_batch
+from gfl_d2.testing import ROOT, tiny_gfl_config, train_step, two_image_batch
 
 SHAPES = os.path.join(ROOT, "configs", "Synthetic")
 # every variant of tools/ablation.py is one of these config files

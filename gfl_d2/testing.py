@@ -1,4 +1,9 @@
-"""Small models, data and runners shared by the tests."""
+"""
+Small models, inputs and runners for tests, in the manner of
+``detectron2.utils.testing``: a tiny GFL that runs in a second on a CPU,
+synthetic images with their ground truth, one training step, and a runner of
+the repository's tools (``ROOT`` is the checkout of an editable install).
+"""
 import json
 import os
 import subprocess
@@ -14,9 +19,10 @@ from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from gfl_d2.modeling import GFL, GFLHead, LastLevelP6P7FromP5
+from .modeling import GFL, GFLHead, LastLevelP6P7FromP5
 
 
+# the repository checkout (an editable install): its tools/ and configs/
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # overrides that shrink the embedded config to a few seconds (tools/train_net.py tests)
