@@ -10,12 +10,12 @@ layout: something to try configs/OwnData on.
 """
 import argparse
 
-from gfl_d2.data import write_bars_dataset
+from gfl_d2.data import LAYOUTS, write_bars_dataset
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layout", required=True, choices=("coco", "voc", "yolo"))
+    p.add_argument("--layout", required=True, choices=LAYOUTS)
     p.add_argument("--output", required=True, help="the dataset folder to write")
     p.add_argument("--num-train", type=int, default=1500)
     p.add_argument("--num-val", type=int, default=300)

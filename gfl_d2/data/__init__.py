@@ -1,4 +1,12 @@
-from .validation import DatasetError, DatasetProblems, check_dataset_dicts
+"""
+Datasets for GFL: dataset folders in three formats (COCO, Pascal VOC, YOLO;
+:mod:`gfl_d2.data.formats`) read into detectron2's dataset dicts and
+registered with its catalogs (:mod:`gfl_d2.data.folders`), the record policy
+for boxes that do not fit their image (:mod:`gfl_d2.data.box_policy`), the
+dataset check before training, and two generated datasets (shapes, bars).
+"""
+from .problems import DatasetError, DatasetProblems
+from .validation import check_dataset_dicts
 from .shapes import (
     CATEGORIES,
     ShapesConfig,
@@ -9,9 +17,17 @@ from .shapes import (
     write_split,
 )
 from .folder_dataset import FolderDataset, image_size
-from .folders import LAYOUTS, dataset_classes, dataset_num_classes, detect_layout, read_dataset_folder, register_dataset
-from .layout_writers import write_coco, write_layout, write_voc, write_yolo
-from .bars import BARS_CLASSES, BARS_IDS, BarsConfig, write_bars_dataset
+from .formats import DATASET_FORMATS, get_format
+from .folders import (
+    LAYOUTS,
+    dataset_classes,
+    dataset_num_classes,
+    detect_layout,
+    read_dataset_folder,
+    register_dataset,
+    write_layout,
+)
+from .bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split, write_bars_dataset
 
 __all__ = [
     "CATEGORIES",
@@ -26,18 +42,18 @@ __all__ = [
     "write_split",
     "FolderDataset",
     "image_size",
+    "DATASET_FORMATS",
+    "get_format",
     "LAYOUTS",
     "detect_layout",
     "read_dataset_folder",
     "register_dataset",
     "dataset_classes",
     "dataset_num_classes",
-    "write_coco",
-    "write_voc",
-    "write_yolo",
     "write_layout",
     "BARS_CLASSES",
     "BARS_IDS",
     "BarsConfig",
+    "generate_bars_split",
     "write_bars_dataset",
 ]

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from detectron2.structures import BoxMode
 
-from .layout_writers import write_layout
+from .folders import write_layout
 
 __all__ = ["BarsConfig", "BARS_CLASSES", "BARS_IDS", "render_bars_image", "generate_bars_split", "write_bars_dataset"]
 

@@ -3,6 +3,8 @@ A dataset folder in any of three layouts (COCO, Pascal VOC, YOLO), detected
 or named, registered with detectron2's ``DatasetCatalog`` and
 ``MetadataCatalog``: ``COCOEvaluator``, the data loaders and the ``Visualizer``
 then work unchanged, and the class names and their number come from the files.
+The formats themselves are :mod:`gfl_d2.data.formats` (one module each, one
+registry); this module only asks the registry.
 
 LazyConfig (``configs/OwnData/*.py``)::
 
@@ -15,68 +17,47 @@ handled (clipped boxes, images without objects, ``difficult`` objects) is
 counted in the log.
 """
 import copy
-import glob
 import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_folder import read_coco_split
 from .folder_dataset import FolderDataset
-from .validation import DatasetError
-from .voc_folder import read_voc_split, voc_class_names
-from .yolo_folder import NAME_FILES, YAML_FILES, read_yolo_split, yolo_class_names
+from .formats import DATASET_FORMATS, LAYOUTS, get_format
+from .problems import DatasetError
 
 __all__ = ["LAYOUTS", "detect_layout", "read_dataset_folder", "register_dataset", "dataset_num_classes",
-           "dataset_classes"]
+           "dataset_classes", "write_layout"]
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("coco", "voc", "yolo")
 # (absolute root, split, layout) -> registered name
 _REGISTERED: Dict[Tuple[str, str, str], str] = {}
-
-
-def _looks_like(root: str) -> List[str]:
-    found = []
-    coco_jsons = glob.glob(os.path.join(root, "annotations", "*.json")) + glob.glob(os.path.join(root, "*.json")) \
-        + glob.glob(os.path.join(root, "*", "_annotations.coco.json"))
-    if coco_jsons:
-        found.append("coco")
-    if os.path.isdir(os.path.join(root, "Annotations")) and os.path.isdir(os.path.join(root, "ImageSets", "Main")):
-        found.append("voc")
-    if any(os.path.isfile(os.path.join(root, n)) for n in YAML_FILES + NAME_FILES) \
-            or os.path.isdir(os.path.join(root, "labels")) or glob.glob(os.path.join(root, "*", "labels")):
-        found.append("yolo")
-    return found
 
 
 def detect_layout(root: str) -> str:
     """"coco", "voc" or "yolo", from what ``root`` holds; DatasetError naming what was looked for."""
     if not os.path.isdir(root):
         raise DatasetError(f"dataset folder not found: {root}")
-    found = _looks_like(root)
+    found = [name for name, fmt in DATASET_FORMATS.items() if fmt.detect(root)]
     if len(found) == 1:
         return found[0]
     if found:
         raise DatasetError(f"{root} looks like more than one layout ({', '.join(found)}): name it with "
                            f"dataset.layout={found[0]} (yacs: DATASETS.FOLDER.LAYOUT {found[0]})")
-    raise DatasetError(
-        f"cannot tell the layout of {root}: expected COCO (annotations/<split>.json and images), Pascal VOC "
-        f"(Annotations/, JPEGImages/, ImageSets/Main/<split>.txt) or YOLO (images/<split>/, labels/<split>/ and "
-        f"{YAML_FILES[0]} or {NAME_FILES[0]})"
-    )
+    expected = [fmt.expected for fmt in DATASET_FORMATS.values()]
+    raise DatasetError(f"cannot tell the layout of {root}: expected {', '.join(expected[:-1])} or {expected[-1]}")
 
 
 def _resolve(root: str, layout: str) -> Tuple[str, str]:
+    """The absolute ``root`` and the layout's name (detected for "auto")."""
     root = os.path.abspath(os.path.expanduser(str(root)))
     layout = str(layout).lower()
     if layout == "auto":
-        layout = detect_layout(root)
-    elif layout not in LAYOUTS:
-        raise DatasetError(f"unknown dataset layout {layout!r}: one of auto, {', '.join(LAYOUTS)}")
-    elif not os.path.isdir(root):
+        return root, detect_layout(root)
+    layout = get_format(layout, also=("auto",)).name
+    if not os.path.isdir(root):
         raise DatasetError(f"dataset folder not found: {root}")
     return root, layout
 
@@ -84,11 +65,19 @@ def _resolve(root: str, layout: str) -> Tuple[str, str]:
 def read_dataset_folder(root: str, split: str, layout: str = "auto") -> FolderDataset:
     """Read one split of the dataset under ``root`` (``layout``: "auto", "coco", "voc" or "yolo")."""
     root, layout = _resolve(root, layout)
-    if layout == "coco":
-        return read_coco_split(root, split)
-    if layout == "voc":
-        return read_voc_split(root, split, voc_class_names(root))
-    return read_yolo_split(root, split, yolo_class_names(root))
+    return get_format(layout).read(root, split)
+
+
+def write_layout(layout: str, root: str, split: str, records: Sequence[Dict], classes: Sequence[str],
+                 dataset_ids: Optional[Sequence[int]] = None) -> str:
+    """
+    Write detectron2 dataset dicts as one split of a dataset folder in
+    ``layout`` ("coco", "voc", "yolo"): for tests and generated datasets, and
+    to move a registered dataset into another tool's format. Images are
+    hard-linked where possible, else copied; ``dataset_ids``: the category
+    ids the files use (COCO only; default 1..K). Returns the main file written.
+    """
+    return get_format(layout).write(root, split, records, classes, dataset_ids)
 
 
 def _default_name(root: str, split: str) -> str:

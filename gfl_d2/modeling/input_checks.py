@@ -1,4 +1,9 @@
-"""Checks of the ground truth that reaches the model in training."""
+"""
+Checks of the ground truth that reaches the model in training: the record
+policy of the datasets (:mod:`gfl_d2.data.box_policy`) in tensor form, so
+that a box the dataset check counts as clipped or dropped is clipped or
+dropped here, by the same rule.
+"""
 import logging
 from typing import Dict, List, Tuple
 
@@ -9,11 +14,33 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
+from ..data.box_policy import BoxFate, box_fates
+
 __all__ = ["sanitize_gt_instances", "with_checked_ground_truth"]
 
 
 def _name(inp: Dict, index: int) -> str:
     return inp.get("file_name") or (f"image_id={inp['image_id']}" if "image_id" in inp else f"batch item {index}")
+
+
+def _raise_if_wrong(batched_inputs: List[Dict], boxes: List[Tensor], fates: List[Tensor], classes: List[Tensor],
+                    num_classes: int) -> None:
+    """ValueError naming the first image with a non-finite box or a class id outside ``[0, num_classes)``."""
+    # one host synchronisation for the whole batch
+    bad = torch.stack([
+        torch.stack([(f == BoxFate.NONFINITE).any(), ((c < 0) | (c >= num_classes)).any()])
+        for f, c in zip(fates, classes)
+    ]).tolist()
+    for i, (nonfinite, bad_class) in enumerate(bad):
+        if nonfinite:
+            sample = boxes[i][fates[i] == BoxFate.NONFINITE][0].tolist()
+            raise ValueError(f"{_name(batched_inputs[i], i)}: ground-truth box with NaN/Inf coordinates {sample}")
+        if bad_class:
+            ids = sorted(set(classes[i][(classes[i] < 0) | (classes[i] >= num_classes)].tolist()))
+            raise ValueError(
+                f"{_name(batched_inputs[i], i)}: ground-truth class ids {ids} outside [0, {num_classes}) "
+                f"(the model has num_classes={num_classes})"
+            )
 
 
 def sanitize_gt_instances(
@@ -24,8 +51,8 @@ def sanitize_gt_instances(
 
     Raises ValueError, naming the image, for what means the data is wrong:
     non-finite box coordinates, class ids outside ``[0, num_classes)``. Clips
-    boxes to their image and drops boxes left with zero or negative width or
-    height.
+    boxes to their image and drops boxes with zero or negative width or
+    height or wholly outside the image (:func:`gfl_d2.data.box_policy.box_fates`).
 
     Returns:
         the cleaned Instances (on ``device``), and the number of boxes that
@@ -33,31 +60,14 @@ def sanitize_gt_instances(
     """
     instances = [x["instances"].to(device) for x in batched_inputs]
     boxes = [inst.gt_boxes.tensor for inst in instances]
-    classes = [inst.gt_classes for inst in instances]
-    # one host synchronisation for the whole batch
-    bad = torch.stack(
-        [torch.stack([(~torch.isfinite(b)).any(), ((c < 0) | (c >= num_classes)).any()]) for b, c in zip(boxes, classes)]
-    ).tolist()
-    for i, (nonfinite, bad_class) in enumerate(bad):
-        if nonfinite:
-            sample = boxes[i][~torch.isfinite(boxes[i]).all(dim=1)][0].tolist()
-            raise ValueError(f"{_name(batched_inputs[i], i)}: ground-truth box with NaN/Inf coordinates {sample}")
-        if bad_class:
-            ids = sorted(set(classes[i][(classes[i] < 0) | (classes[i] >= num_classes)].tolist()))
-            raise ValueError(
-                f"{_name(batched_inputs[i], i)}: ground-truth class ids {ids} outside [0, {num_classes}) "
-                f"(the model has num_classes={num_classes})"
-            )
+    judged = [box_fates(b, inst.image_size[1], inst.image_size[0]) for b, inst in zip(boxes, instances)]
+    _raise_if_wrong(batched_inputs, boxes, [f for _, f in judged], [inst.gt_classes for inst in instances], num_classes)
     cleaned = []
     num_clipped = torch.zeros((), dtype=torch.long, device=device)
     num_dropped = torch.zeros((), dtype=torch.long, device=device)
-    for inst, b in zip(instances, boxes):
-        h, w = inst.image_size
-        clipped = torch.stack(
-            [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], dim=1
-        )
-        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        num_clipped += ((clipped != b).any(dim=1) & keep).sum()
+    for inst, (clipped, fates) in zip(instances, judged):
+        keep = fates <= BoxFate.CLIPPED  # KEPT or CLIPPED
+        num_clipped += (fates == BoxFate.CLIPPED).sum()
         num_dropped += (~keep).sum()
         inst = inst[keep]
         inst.gt_boxes = Boxes(clipped[keep])
