@@ -120,6 +120,62 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
                 dgqp_channels=int(first.shape[0]))
 
 
+def _refuse_unsupported(keys) -> None:
+    """ConversionError naming why a checkpoint with these keys is not a GFL this converter understands."""
+    if not any(k.startswith("backbone.") for k in keys):
+        raise ConversionError("no 'backbone.*' keys: not an MMDetection detector checkpoint")
+    if any("conv_offset" in k or ".dcn" in k or "deform" in k for k in keys):
+        raise ConversionError(
+            "this checkpoint uses deformable convolutions (DCN), which need detectron2's compiled ops: "
+            "not supported by this converter"
+        )
+    if "bbox_head.gfl_cls.weight" not in keys or "bbox_head.gfl_reg.weight" not in keys:
+        heads = sorted({k.split(".")[1] for k in keys if k.startswith("bbox_head.")})
+        raise ConversionError(f"not a GFL checkpoint: its head has {heads}, not gfl_cls/gfl_reg")
+    if not any(k.startswith("neck.lateral_convs.") for k in keys):
+        raise ConversionError("not an FPN neck (no neck.lateral_convs.*)")
+    if "backbone.conv1.weight" not in keys or "backbone.layer1.0.conv3.weight" not in keys:
+        raise ConversionError("the backbone is not a ResNet/ResNeXt with bottleneck blocks (ResNet-50 or deeper)")
+
+
+def _describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
+    """ResNet/ResNeXt depth, groups and width per group, read off the blocks per stage and conv2's shape."""
+    keys = set(state_dict)
+    blocks = [len({k.split(".")[2] for k in keys if k.startswith(f"backbone.layer{i}.")}) for i in range(1, 5)]
+    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(tuple(blocks))
+    if depth is None:
+        raise ConversionError(f"unknown ResNet layout {blocks} blocks per stage")
+    conv2 = state_dict["backbone.layer1.0.conv2.weight"]
+    num_groups = conv2.shape[0] // conv2.shape[1]
+    return dict(depth=depth, num_groups=num_groups, width_per_group=conv2.shape[1] if num_groups > 1 else 64)
+
+
+def _describe_fpn(state_dict: Dict[str, torch.Tensor]) -> int:
+    """The FPN's channels; ConversionError unless it has GFL's five outputs with P6/P7 from P5's output."""
+    num_fpn = len({k.split(".")[2] for k in state_dict if k.startswith("neck.fpn_convs.")})
+    if num_fpn != 5:
+        raise ConversionError(f"the FPN has {num_fpn} output convs; GFL's has 5 (P3-P7, P6/P7 from P5)")
+    p6_in = state_dict["neck.fpn_convs.3.conv.weight"].shape[1]
+    fpn_channels = state_dict["neck.fpn_convs.0.conv.weight"].shape[0]
+    if p6_in != fpn_channels:
+        raise ConversionError(
+            f"P6 is computed from {p6_in} channels: the FPN's extra convs are not 'on_output' (P5's output)"
+        )
+    return int(fpn_channels)
+
+
+def _matching_config(backbone: Dict, v2: bool) -> str:
+    """The config under configs/ of this backbone and GFL version."""
+    depth, groups = backbone["depth"], backbone["num_groups"]
+    if groups > 1:
+        if v2:
+            raise ConversionError("GFL V2 with a ResNeXt backbone: the authors released none without DCN, and "
+                                  "gfl-d2 has no config for it")
+        return f"COCO-Detection/gfl_X_{depth}_{groups}x{backbone['width_per_group']}d_FPN_ms2x.py"
+    prefix = "gflv2" if v2 else "gfl"
+    return f"COCO-Detection/{prefix}_R_50_FPN_1x.py" if depth == 50 else f"COCO-Detection/{prefix}_R_{depth}_FPN_ms2x.py"
+
+
 def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict] = None) -> Dict:
     """
     Recognise a GFL (V1 or V2) checkpoint and read its architecture off the
@@ -136,63 +192,21 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]
         ``dgqp_channels``.
     """
     keys = set(state_dict)
-    if not any(k.startswith("backbone.") for k in keys):
-        raise ConversionError("no 'backbone.*' keys: not an MMDetection detector checkpoint")
-    if any("conv_offset" in k or ".dcn" in k or "deform" in k for k in keys):
-        raise ConversionError(
-            "this checkpoint uses deformable convolutions (DCN), which need detectron2's compiled ops: "
-            "not supported by this converter"
-        )
-    if "bbox_head.gfl_cls.weight" not in keys or "bbox_head.gfl_reg.weight" not in keys:
-        heads = sorted({k.split(".")[1] for k in keys if k.startswith("bbox_head.")})
-        raise ConversionError(f"not a GFL checkpoint: its head has {heads}, not gfl_cls/gfl_reg")
-    if not any(k.startswith("neck.lateral_convs.") for k in keys):
-        raise ConversionError("not an FPN neck (no neck.lateral_convs.*)")
-    if "backbone.conv1.weight" not in keys or "backbone.layer1.0.conv3.weight" not in keys:
-        raise ConversionError("the backbone is not a ResNet/ResNeXt with bottleneck blocks (ResNet-50 or deeper)")
-
-    blocks = [len({k.split(".")[2] for k in keys if k.startswith(f"backbone.layer{i}.")}) for i in range(1, 5)]
-    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(tuple(blocks))
-    if depth is None:
-        raise ConversionError(f"unknown ResNet layout {blocks} blocks per stage")
-    conv2 = state_dict["backbone.layer1.0.conv2.weight"]
-    bottleneck = conv2.shape[0]
-    num_groups = bottleneck // conv2.shape[1]
-    width_per_group = conv2.shape[1] if num_groups > 1 else 64
+    _refuse_unsupported(keys)
+    backbone = _describe_backbone(state_dict)
     gfl_reg = state_dict["bbox_head.gfl_reg.weight"]
     if gfl_reg.shape[0] % 4:
         raise ConversionError(f"bbox_head.gfl_reg has {gfl_reg.shape[0]} channels, not 4 * (n+1)")
-    num_fpn = len({k.split(".")[2] for k in keys if k.startswith("neck.fpn_convs.")})
-    if num_fpn != 5:
-        raise ConversionError(f"the FPN has {num_fpn} output convs; GFL's has 5 (P3-P7, P6/P7 from P5)")
-    p6_in = state_dict["neck.fpn_convs.3.conv.weight"].shape[1]
-    fpn_channels = state_dict["neck.fpn_convs.0.conv.weight"].shape[0]
-    if p6_in != fpn_channels:
-        raise ConversionError(
-            f"P6 is computed from {p6_in} channels: the FPN's extra convs are not 'on_output' (P5's output)"
-        )
-    num_convs = len({k.split(".")[2] for k in keys if k.startswith("bbox_head.cls_convs.")})
+    fpn_channels = _describe_fpn(state_dict)
     v2 = _describe_dgqp(state_dict, meta) if any(k.startswith("bbox_head.reg_conf.") for k in keys) else {}
-    prefix = "gflv2" if v2 else "gfl"
-    if num_groups > 1:
-        if v2:
-            raise ConversionError("GFL V2 with a ResNeXt backbone: the authors released none without DCN, and "
-                                  "gfl-d2 has no config for it")
-        config = f"COCO-Detection/gfl_X_{depth}_{num_groups}x{width_per_group}d_FPN_ms2x.py"
-    elif depth == 50:
-        config = f"COCO-Detection/{prefix}_R_50_FPN_1x.py"
-    else:
-        config = f"COCO-Detection/{prefix}_R_{depth}_FPN_ms2x.py"
     info = dict(
         version=1,
-        depth=depth,
-        num_groups=num_groups,
-        width_per_group=width_per_group,
+        **backbone,
         num_classes=int(state_dict["bbox_head.gfl_cls.weight"].shape[0]),
         reg_max=int(gfl_reg.shape[0] // 4 - 1),
-        num_convs=num_convs,
-        fpn_channels=int(fpn_channels),
-        config=config,
+        num_convs=len({k.split(".")[2] for k in keys if k.startswith("bbox_head.cls_convs.")}),
+        fpn_channels=fpn_channels,
+        config=_matching_config(backbone, bool(v2)),
     )
     info.update(v2)
     return info
@@ -370,5 +384,5 @@ def convert_checkpoint(src: str, dst: str, allow_pickle: bool = False, verbose: 
             os.remove(tmp)
     extra = f" and model.num_classes={info['num_classes']}" if info["num_classes"] != 80 else ""
     if info["reg_max"] != 16:
-        extra += f" and model.reg_max={info['reg_max']} model.head.box_channels={4 * (info['reg_max'] + 1)}"
+        extra += f" and model.reg_max={info['reg_max']}"
     return lines + [f"wrote {len(converted)} tensors to {dst}; use it with configs/{info['config']}{extra}"]

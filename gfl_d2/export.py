@@ -15,7 +15,7 @@ from detectron2.config import instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
 
-from .engine import CheckedCheckpointer
+from .checkpoint import CheckedCheckpointer
 from .predictor import test_time_augmentations, to_model_input
 
 __all__ = ["export", "verify", "sample_input", "BOX_TOL", "SCORE_TOL"]
@@ -37,6 +37,37 @@ def sample_input(cfg, path: Optional[str]) -> torch.Tensor:
 def inference(model, inputs):
     # the model's own output size: no resize back to an original size
     return [{"instances": model(inputs)[0]["instances"]}]
+
+
+def _load_for_export(cfg, device: str, keep_box_distributions: bool):
+    """The config's model on ``device``, in eval mode, with its weights (``train.init_checkpoint``)."""
+    model = instantiate(cfg.model).to(device).eval()
+    if cfg.train.init_checkpoint:
+        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
+    else:
+        logger.warning("no train.init_checkpoint: exporting randomly initialised weights")
+    if not keep_box_distributions:
+        model.output_box_distributions = False
+    return model
+
+
+def _write_traced(adapter, fmt: str, output: str, fields) -> str:
+    """Trace ``adapter`` into ``output``/model.ts (TorchScript) or model.onnx; the file's path."""
+    if fmt == "torchscript":
+        path = os.path.join(output, "model.ts")
+        with torch.no_grad():
+            traced = torch.jit.trace(adapter, adapter.flattened_inputs)
+        traced.save(path)
+        return path
+    path = os.path.join(output, "model.onnx")
+    dynamic = {"image": {1: "height", 2: "width"}}
+    dynamic.update({name: {0: "detections"} for name in fields})
+    with torch.no_grad():
+        torch.onnx.export(
+            adapter, adapter.flattened_inputs, path, opset_version=17, dynamo=False,
+            input_names=["image"], output_names=list(fields) + ["image_size"], dynamic_axes=dynamic,
+        )
+    return path
 
 
 def export(
@@ -65,41 +96,21 @@ def export(
         )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device cuda requested but CUDA is not available")
-    model = instantiate(cfg.model).to(device).eval()
-    if cfg.train.init_checkpoint:
-        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
-    else:
-        logger.warning("no train.init_checkpoint: exporting randomly initialised weights")
-    if not keep_box_distributions:
-        model.output_box_distributions = False
+    model = _load_for_export(cfg, device, keep_box_distributions)
     image = sample_input(cfg, sample_image).to(device)
     adapter = TracingAdapter(model, [{"image": image}], inference)
     adapter.eval()  # exporters restore the wrapper's mode afterwards
     os.makedirs(output, exist_ok=True)
     fields = sorted(model([{"image": image}])[0]["instances"].get_fields())
-    output_names = fields + ["image_size"]
-    if fmt == "torchscript":
-        path = os.path.join(output, "model.ts")
-        with torch.no_grad():
-            traced = torch.jit.trace(adapter, adapter.flattened_inputs)
-        traced.save(path)
-    else:
-        path = os.path.join(output, "model.onnx")
-        dynamic = {"image": {1: "height", 2: "width"}}
-        dynamic.update({name: {0: "detections"} for name in fields})
-        with torch.no_grad():
-            torch.onnx.export(
-                adapter, adapter.flattened_inputs, path, opset_version=17, dynamo=False,
-                input_names=["image"], output_names=output_names, dynamic_axes=dynamic,
-            )
-    logger.info(f"exported {path}; outputs: {output_names}")
+    path = _write_traced(adapter, fmt, output, fields)
+    logger.info(f"exported {path}; outputs: {fields + ['image_size']}")
     report = verify(model, path, fmt, image, fields)
     # the traced graph keeps height and width dynamic: check another size too
     h, w = image.shape[-2:]
     other = torch.nn.functional.interpolate(image[None], size=(max(32, h * 3 // 4), w), mode="bilinear")[0]
     report["other_size"] = dict(verify(model, path, fmt, other, fields), size=list(other.shape[-2:]))
     with open(os.path.join(output, "export_check.json"), "w") as f:
-        json.dump(dict(report, outputs=output_names, config=config_file), f, indent=2)
+        json.dump(dict(report, outputs=fields + ["image_size"], config=config_file), f, indent=2)
     return path, report
 
 

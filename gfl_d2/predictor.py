@@ -12,7 +12,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
-from .engine import resolve_device
+from .devices import resolve_device
 
 __all__ = ["LazyPredictor", "dataset_metadata", "list_images", "test_time_augmentations", "to_model_input"]
 

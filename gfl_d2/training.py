@@ -1,11 +1,12 @@
 """
 The LazyConfig entry point, in the manner of detectron2's
 ``tools/lazyconfig_train_net.py``: training and evaluation loops, with the
-training data checked before training starts. ``tools/train_net.py`` and
-``python -m gfl_d2.training`` run :func:`invoke_main`.
+training data checked before training starts and the fit of GFL's bins to it
+logged. ``--eval-only`` refuses weights that would leave the head untrained.
+``tools/train_net.py`` and ``python -m gfl_d2.training`` run :func:`invoke_main`.
 """
 import logging
-import math
+import os
 
 import torch
 from omegaconf import DictConfig, ListConfig
@@ -18,25 +19,20 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
-from .analysis import bin_fit, regression_targets
-
+from .bins import log_bin_fit
+from .checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
 from .data import check_dataset_dicts
+from .devices import create_ddp_model, describe_device, resolve_device
 from .evaluation import CountIterations
-from .engine import (
-    DEFAULT_CONFIG,
-    AMPTrainer,
-    CheckedCheckpointer,
-    SimpleTrainer,
-    clip_gradients,
-    create_ddp_model,
-    describe_device,
-    load_lazy_config,
-    prepare_datasets,
-    resolve_device,
-    resolve_num_classes,
-)
+from .lazy_config import load_lazy_config, overridden, prepare_datasets, resolve_num_classes
+from .model_zoo import DEFAULT_CONFIG
+from .train_loop import AMPTrainer, SimpleTrainer, clip_gradients
 
-__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names", "setup", "main", "invoke_main"]
+__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names", "refuse_untrained_evaluation",
+           "starting_weights", "setup", "main", "invoke_main"]
+
+# the layer whose output channels fix n: a checkpoint holding it trained fixes the bins of the run
+BOX_LAYER = "head.bbox_pred.weight"
 
 logger = logging.getLogger("detectron2")
 
@@ -60,11 +56,14 @@ def dataset_names(dataset_cfg):
     return [n for n in names if isinstance(n, str)] if isinstance(names, ListConfig) else []
 
 
-def build_train_loader(cfg, model=None):
+def build_train_loader(cfg, model=None, weights: str = ""):
     """
     The training loader, with its dataset checked before training starts and,
     given a model with edge distributions, the fit of its bins to the data's
     regression targets logged (``train.check_bins``: images sampled, 0 = off).
+    ``weights``: the checkpoint the run starts from; if it holds a trained box
+    layer for this model, n is fixed by it and the bin check says so instead
+    of advising another n.
     """
     loader_cfg = cfg.dataloader.train
     names = dataset_names(loader_cfg.dataset) if "dataset" in loader_cfg else []
@@ -76,7 +75,8 @@ def build_train_loader(cfg, model=None):
         kwargs = {k: instantiate(loader_cfg[k]) for k in loader_cfg if k not in ("_target_", "dataset")}
         sample = cfg.train.get("check_bins", 200)
         if sample and kwargs.get("mapper") is not None and getattr(model, "box2box_transform", None) is not None:
-            log_bin_fit(model, dataset, kwargs["mapper"], sample)
+            fixed_by = weights if holds_layer(weights, model, BOX_LAYER) else None
+            log_bin_fit(model, dataset, kwargs["mapper"], sample, fixed_by)
         target = loader_cfg._target_
         return (locate(target) if isinstance(target, str) else target)(dataset=dataset, **kwargs)
     except Exception as e:
@@ -85,25 +85,13 @@ def build_train_loader(cfg, model=None):
         raise RuntimeError(f"Could not build the training data{where}: {type(e).__name__}: {e}") from e
 
 
-def log_bin_fit(model, dataset, mapper, num_images: int) -> None:
-    """One log line on how the model's bins fit the dataset's regression targets; a warning with the fix if not."""
-    transform = model.box2box_transform
-    if not getattr(transform, "has_distributions", False) or not comm.is_main_process():
-        return
-    try:
-        targets, strides = regression_targets(model, dataset, mapper, num_images)
-    except ValueError:
-        return  # no positive anchor in the sample: nothing to say
-    fit = bin_fit(targets, strides, transform.reg_max, transform.bin_width)
-    per_level = ", ".join(f"P{int(math.log2(s))} {p:.1f}" for s, p in fit["p99_per_stride"].items())
-    logger.info(
-        f"GFL bins: {fit['num_targets']} regression targets of {min(num_images, len(dataset))} images: median "
-        f"{fit['median']:.2f}, 99% within {fit['p99']:.2f} strides (per level: {per_level}); the bins cover "
-        f"{transform.reg_max} x {transform.bin_width:g} strides, {fit['share_clamped']:.2%} of the targets beyond; "
-        f"n = {fit['recommended_reg_max']} would cover 99%"
-    )
-    if fit["advice"]:
-        logger.warning(f"GFL bins: {fit['advice']}")
+def starting_weights(cfg, resume: bool) -> str:
+    """The checkpoint a run loads: its own last one when resuming with one, else ``train.init_checkpoint``."""
+    last = os.path.join(cfg.train.output_dir, "last_checkpoint")
+    if resume and os.path.isfile(last):
+        with open(last) as f:
+            return os.path.join(cfg.train.output_dir, f.read().strip())
+    return cfg.train.init_checkpoint
 
 
 def do_train(cfg, resume: bool = False):
@@ -116,7 +104,7 @@ def do_train(cfg, resume: bool = False):
     clip = cfg.train.get("clip_grad", None)
     if clip is not None and clip.get("enabled", False):
         clip_gradients(optim, clip.get("clip_type", "norm"), clip.get("clip_value", 35.0), clip.get("norm_type", 2.0))
-    train_loader = build_train_loader(cfg, model)
+    train_loader = build_train_loader(cfg, model, starting_weights(cfg, resume))
 
     model = create_ddp_model(model, **cfg.train.ddp)
     if cfg.train.amp.enabled:
@@ -154,10 +142,30 @@ def do_train(cfg, resume: bool = False):
     trainer.train(start_iter, cfg.train.max_iter)
 
 
+def refuse_untrained_evaluation(cfg, overrides) -> None:
+    """
+    ``--eval-only`` with no weights, or with the weights the config trains
+    from (the COCO configs: an ImageNet backbone), would evaluate an
+    untrained head: SystemExit saying so, before anything is downloaded or built.
+    """
+    weights = cfg.train.get("init_checkpoint", "")
+    how = "pass the weights of a trained model: train.init_checkpoint=/path/to/model_final.pth"
+    if not weights:
+        raise SystemExit(f"error: --eval-only needs weights: {how}")
+    if "ImageNetPretrained" in weights or not overridden(overrides, "train.init_checkpoint"):
+        raise SystemExit(
+            f"error: --eval-only with train.init_checkpoint={weights}, the weights this config trains from "
+            "(an ImageNet backbone), would evaluate a detector whose head is untrained: "
+            f"{how} (a published MMDetection checkpoint: convert it first with tools/convert_mmdet_checkpoint.py)"
+        )
+
+
 def setup(args):
     # with no --config-file: the embedded dataset and a small GFL that trains on a CPU
     args.config_file = args.config_file or DEFAULT_CONFIG
     cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
+    if args.eval_only:
+        refuse_untrained_evaluation(cfg, args.opts)
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     # gfl_d2's own log lines (dataset checks, bins) go where detectron2's go
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="gfl_d2")
@@ -180,12 +188,12 @@ def main(args):
 def run(args):
     cfg = setup(args)
     if args.eval_only:
-        if not cfg.train.init_checkpoint:
-            raise SystemExit("error: --eval-only needs weights: train.init_checkpoint=/path/to/model.pth")
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
+        checkpointer = CheckedCheckpointer(model)
+        checkpointer.load(cfg.train.init_checkpoint)
+        require_trained_head(checkpointer, cfg.train.init_checkpoint)
         return do_test(cfg, model)
     do_train(cfg, resume=args.resume)
     # final evaluation results are printed by the EvalHook after the last iteration

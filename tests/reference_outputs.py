@@ -11,7 +11,7 @@ import torch
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
-from gfl_d2.engine import load_lazy_config
+from gfl_d2.lazy_config import load_lazy_config
 from gfl_d2.testing import make_instances, shapes_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

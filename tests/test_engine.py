@@ -11,7 +11,8 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 
-from gfl_d2.engine import CheckedCheckpointer, SimpleTrainer, clip_gradients
+from gfl_d2.checkpoint import CheckedCheckpointer, require_trained_head
+from gfl_d2.train_loop import SimpleTrainer, clip_gradients
 from gfl_d2.testing import ROOT, TINY_OVERRIDES, make_instances, read_metrics, shapes_image, tiny_gfl
 
 

@@ -11,7 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.data import write_split
-from gfl_d2.engine import load_lazy_config
+from gfl_d2.lazy_config import load_lazy_config
 from gfl_d2.export import export
 from gfl_d2.testing import ROOT
 

@@ -1,7 +1,7 @@
 """What the own-data study reads from the runs it starts: the log lines and metrics.json of the entry point."""
 import json
 
-from gfl_d2.own_data_study import bin_advice, bin_summary, copypaste_metrics, final_metrics
+from gfl_studies.own_data_study import bin_advice, bin_summary, copypaste_metrics, final_metrics
 
 FIT = ("[11/26 15:01:04 detectron2]: GFL bins: 16688 regression targets of 200 images: median 2.09, 99% within "
        "7.95 strides (per level: P3 8.0, P4 4.0); the bins cover 16 x 1 strides, 0.00% of the targets beyond; "

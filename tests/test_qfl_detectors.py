@@ -8,7 +8,7 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from gfl_d2.engine import load_lazy_config
+from gfl_d2.lazy_config import load_lazy_config
 from gfl_d2.modeling import QFLRetinaNet
 from gfl_d2.testing import ROOT, two_image_batch
 

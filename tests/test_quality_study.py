@@ -7,8 +7,8 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from gfl_d2.analysis import spearman
-from gfl_d2.quality_study import detection_candidates, true_ious
+from gfl_studies.correlation import spearman
+from gfl_studies.quality_study import detection_candidates, true_ious
 from gfl_d2.testing import run_tool
 
 

@@ -16,7 +16,7 @@ from detectron2.modeling.box_regression import Box2BoxTransformLinear
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
-from gfl_d2.engine import load_lazy_config
+from gfl_d2.lazy_config import load_lazy_config
 from gfl_d2.modeling import GFL, QFLFCOS, QFLRetinaNet, GFLVariant
 from gfl_d2.modeling.box_coding import distance2box
 from gfl_d2.testing import ROOT, tiny_gfl_config, train_step, two_image_batch

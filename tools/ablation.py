@@ -6,19 +6,22 @@ backbone (ResNet-18 GN from scratch, 64-channel FPN P3-P7), data, schedule and
 seeds, is evaluated with COCOEvaluator on shapes_val, and its inference time
 per image is measured against GFL's, all models interleaved in one process.
 
-    python tools/ablation.py                       # every table, 3 seeds for the main rows
+    python tools/ablation.py                       # the default tables, 3 seeds for the main rows
     python tools/ablation.py --tables main --seeds 0 1 2 3 4
-    python tools/ablation.py --list                # the variants and their config changes
+    python tools/ablation.py --list                # the variants, their configs and the runs planned
     python tools/ablation.py --jobs 2              # two training processes at a time (1 thread each)
+    python tools/ablation.py --report --name ablation_shapes   # the .md again from the .json
 
 Each finished run leaves ``<output>/<variant>/seed<k>/result.json``; running
 the same command again skips those and resumes an interrupted run from its
-last checkpoint. The Markdown tables are written to ``<output>/ablation.md``
-(and printed) after every run, so they are never further behind than one run.
+last checkpoint. After every run the report is written: every finished run
+in ``<results>/<name>.json``, the tables in ``<name>.md`` (also printed at
+the end), so they are never further behind than one run.
 """
 import argparse
 
-from gfl_d2.ablation import DEFAULT_TABLES, TABLES, VARIANTS, list_variants, run_study
+from gfl_studies.ablation import DEFAULT_TABLES, TABLES, VARIANTS, list_variants, render, run_study
+from gfl_studies.reports import add_report_arguments, render_again
 
 
 def parse_args(argv=None):
@@ -35,16 +38,20 @@ def parse_args(argv=None):
     p.add_argument("--timing-images", type=int, default=100, help="val images per model in the timing pass")
     p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--output", default="output/ablation")
-    p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--output", default="output/ablation", help="folder of the runs (checkpoints, logs, result.json)")
+    p.add_argument("--list", action="store_true", help="print the variants and the runs planned, and exit")
     p.add_argument("--opts", nargs="*", default=[], help="extra overrides for every run (e.g. smaller data)")
+    add_report_arguments(p, "ablation")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.list:
-        return list_variants()
+        return list_variants(args)
+    if args.report:
+        print(render_again(args.results, args.name, render))
+        return None
     run_study(args)
 
 

@@ -19,7 +19,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
 import gfl_d2  # noqa: F401,E402
-from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config
+from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images
 
 

@@ -19,7 +19,7 @@ input format (RGB for the GFL configs) already resized as the test mapper does
 """
 
 
-from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config
+from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.export import export
 
 

@@ -2,21 +2,24 @@
 """
 GFL against detectron2's FCOS on a dataset folder, trained with the documented
 command over seeds, with the bins as configured and as the bin check advises
-(gfl_d2.own_data_study). Without --root it generates the second dataset
+(gfl_studies.own_data_study). Without --root it generates the second dataset
 ("bars": non-square images of varying size, four classes with ids 3/7/11/20,
 thin bars to small blobs, some empty images) in --layout first.
 
     python tools/own_data_study.py --output output/own_data_study --seeds 0,1,2 --bins-seeds 1 \
         train.max_iter=500 dataloader.train.total_batch_size=8
+    python tools/own_data_study.py --report --name own_data_study_bars   # the .md again from the .json
 
 Trailing key=value pairs are passed to every run (after the study's own:
-dataset.min_size=0, final evaluation only).
+dataset.min_size=0, final evaluation only). The runs go to --output, the
+report to ``<results>/<name>.json`` and ``.md``.
 """
 import argparse
 import os
 
 from gfl_d2.data import BarsConfig, write_bars_dataset
-from gfl_d2.own_data_study import run_own_data_study
+from gfl_studies.own_data_study import render, run_own_data_study
+from gfl_studies.reports import add_report_arguments, render_again
 
 
 def main(argv=None):
@@ -32,8 +35,12 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--bins-seeds", type=int, default=None,
                    help="run GFL with the fitted bins for the first N seeds only (default: all)")
+    add_report_arguments(p, "own_data_study")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, key=value")
     args = p.parse_args(argv)
+    if args.report:
+        print(render_again(args.results, args.name, render))
+        return
     root = args.root
     if root is None:
         root = os.path.join(args.output, f"bars_{args.layout}")
@@ -45,7 +52,8 @@ def main(argv=None):
                                cfg=cfg)
     common = ["dataset.min_size=0", "train.eval_period=0", "train.checkpointer.period=100000"] + list(args.opts)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(run_own_data_study(os.path.abspath(root), args.output, seeds, common, args.bins_seeds))
+    print(run_own_data_study(os.path.abspath(root), args.output, seeds, common, args.bins_seeds, args.results,
+                             args.name))
 
 
 if __name__ == "__main__":

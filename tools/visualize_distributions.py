@@ -32,8 +32,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
-from gfl_d2.analysis import bin_fit, regression_targets  # noqa: E402
-from gfl_d2.engine import config_argument_parser, parse_with_overrides, setup_config  # noqa: E402
+from gfl_d2.bins import bin_fit, regression_targets  # noqa: E402
+from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config  # noqa: E402
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images  # noqa: E402
 
 EDGES = ("left", "top", "right", "bottom")

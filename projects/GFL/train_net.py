@@ -1,11 +1,16 @@
 #!/usr/bin/env python
 """
 GFL training and evaluation with detectron2's yacs configs and ``DefaultTrainer``,
-the way detectron2's ``projects/`` do it.
+the way detectron2's ``projects/`` do it. As the LazyConfig entry point
+(``tools/train_net.py``), it checks the training data before training, logs
+the fit of the bins to it, and refuses ``--eval-only`` with weights that
+leave the head untrained.
 
     python projects/GFL/train_net.py --config-file configs/gfl_R_50_FPN_1x.yaml --num-gpus 8
     python projects/GFL/train_net.py --config-file configs/gfl_R_50_FPN_1x.yaml \
         --eval-only MODEL.WEIGHTS /path/to/model_final.pth
+    python projects/GFL/train_net.py --config-file configs/OwnData/gfl_R_50_FPN_finetune.yaml \
+        DATASETS.FOLDER.ROOT /path/to/data MODEL.WEIGHTS /path/to/converted_coco_gfl.pth
 """
 import logging
 import os
@@ -13,18 +18,24 @@ import weakref
 
 import detectron2.engine.defaults
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import verify_results
+from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from gfl_d2 import add_gfl_config  # (also registers GFL)
+from gfl_d2.bins import log_bin_fit
+from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
 from gfl_d2.config import use_dataset_folder
-from gfl_d2.data import DatasetError, register_shapes
-from gfl_d2.engine import CheckedCheckpointer, create_ddp_model, describe_device, resolve_device
+from gfl_d2.data import DatasetError, check_dataset_dicts, register_shapes
+from gfl_d2.devices import create_ddp_model, describe_device, resolve_device
 from gfl_d2.evaluation import COCOEvaluatorWithCurves, CountIterations
-from gfl_d2.training import invoke_main
+from gfl_d2.training import BOX_LAYER, invoke_main
+
+# images sampled by the bin check (the LazyConfig path's train.check_bins)
+CHECK_BINS = 200
 
 # DefaultTrainer wraps the model with detectron2's create_ddp_model, which passes
 # GPU device ids; on CPU (gloo) DDP needs none.
@@ -47,6 +58,23 @@ class Trainer(DefaultTrainer):
         return hook_list
 
     @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's loader, over the training data checked first, and the fit of the bins to that data logged."""
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, proposal_files=None
+        )
+        arch = cfg.MODEL.META_ARCHITECTURE
+        num_classes = cfg.MODEL.GFL.NUM_CLASSES if arch == "GFL" else cfg.MODEL.RETINANET.NUM_CLASSES
+        try:
+            dataset = check_dataset_dicts(dataset, num_classes)
+        except DatasetError as e:
+            raise SystemExit(f"error: {e}")
+        mapper = DatasetMapper(cfg, True)
+        if arch == "GFL" and comm.is_main_process():
+            log_yacs_bin_fit(cfg, dataset, mapper)
+        return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -56,6 +84,54 @@ class Trainer(DefaultTrainer):
         )
 
 
+def log_yacs_bin_fit(cfg, dataset, mapper):
+    """
+    The bin check on a copy of the model built on the CPU (the trainer's own is not built yet when the
+    loader is): only its anchors and label assignment run. ``MODEL.WEIGHTS`` holding a trained box layer
+    fixes n.
+    """
+    cpu = cfg.clone()
+    cpu.defrost()
+    cpu.MODEL.DEVICE = "cpu"
+    model = build_model(cpu).eval()
+    fixed_by = cfg.MODEL.WEIGHTS if holds_layer(cfg.MODEL.WEIGHTS, model, BOX_LAYER) else None
+    log_bin_fit(model, dataset, mapper, CHECK_BINS, fixed_by, setting="MODEL.GFL.REG_MAX {n}")
+
+
+# what to say when a config's mandatory ("???") value is not given
+_MANDATORY_HINTS = {
+    "MODEL.WEIGHTS": "the weights to start from: MODEL.WEIGHTS /path/to/model.pth",
+    "DATASETS.FOLDER.ROOT": "the folder of your dataset (COCO, Pascal VOC or YOLO layout): DATASETS.FOLDER.ROOT /path/to/data",
+}
+
+
+def check_mandatory(cfg, path):
+    """SystemExit naming every mandatory value (``???``) the config leaves unset, and how to set it."""
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+            elif v == "???":
+                yield f"{prefix}{k}"
+
+    missing = sorted(walk(cfg, ""))
+    if missing:
+        lines = "\n  ".join(f"{k}: {_MANDATORY_HINTS.get(k, f'add {k} ...')}" for k in missing)
+        raise SystemExit(f"error: {path} needs a value for {', '.join(missing)}:\n  {lines}")
+
+
+def refuse_untrained_evaluation(cfg, opts):
+    """``--eval-only`` with the config's own MODEL.WEIGHTS (an ImageNet backbone) or none: SystemExit, before building."""
+    weights = cfg.MODEL.WEIGHTS
+    given = any(str(k) == "MODEL.WEIGHTS" for k in opts[::2])
+    how = "pass the weights of a trained model: MODEL.WEIGHTS /path/to/model_final.pth"
+    if not weights:
+        raise SystemExit(f"error: --eval-only needs weights: {how}")
+    if "ImageNetPretrained" in weights or not given:
+        raise SystemExit(f"error: --eval-only with MODEL.WEIGHTS {weights}, the weights this config trains from "
+                         f"(an ImageNet backbone), would evaluate a detector whose head is untrained: {how}")
+
+
 def setup(args):
     # the generated shapes dataset (tools/train_net.py makes it), if present
     register_shapes()
@@ -63,6 +139,10 @@ def setup(args):
     add_gfl_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    check_mandatory(cfg, args.config_file)
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if args.eval_only and not resuming:
+        refuse_untrained_evaluation(cfg, args.opts)
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     # gfl_d2's own log lines (dataset folder, checks) go where detectron2's go
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gfl_d2")
@@ -80,7 +160,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = CheckedCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        loaded = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+        require_trained_head(checkpointer, loaded, how="MODEL.WEIGHTS /path/to/model_final.pth")
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

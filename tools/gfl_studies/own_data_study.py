@@ -4,20 +4,23 @@ on, trained with the documented command (``python -m gfl_d2.training
 --config-file configs/OwnData/... dataset.root=...``), over seeds, with GFL's
 bins as configured and as the bin check advises. ``tools/own_data_study.py``
 is its command line; by default it generates the second dataset ("bars",
-:mod:`gfl_d2.data.bars`) in the layout asked for.
+:mod:`gfl_d2.data.bars`) in the layout asked for. The report
+(``<name>.json``, ``<name>.md``) is written as in :mod:`gfl_studies.reports`.
 """
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from .ablation import fmt
-from .model_zoo import get_config_file
+from gfl_d2.model_zoo import get_config_file
 
-__all__ = ["run_own_data_study", "final_metrics", "bin_advice"]
+from .reports import machine, write_report
+
+__all__ = ["run_own_data_study", "final_metrics", "bin_advice", "summarize", "render"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 CONFIGS = {"GFL": "OwnData/gfl_R_18_FPN_scratch.py", "FCOS": "OwnData/fcos_R_18_FPN_scratch.py"}
@@ -43,7 +46,7 @@ def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
     advised, recommended = None, None
     for line in log_text.splitlines():
         if "GFL bins:" in line and "model.reg_max=" in line:
-            advised = re.findall(r"model\.(?:reg_max|head\.box_channels)=\d+", line)
+            advised = re.findall(r"model\.reg_max=\d+", line)
         m = re.search(r"GFL bins: .* n = (\d+) would cover 99%", line)
         if m:
             recommended = int(m.group(1))
@@ -111,54 +114,92 @@ def _train(config: str, overrides: List[str], out: str, label: str) -> str:
     return proc.stdout
 
 
+def _fcos_low_threshold(config: str, base: List[str], out: str, seed: int) -> Dict[str, float]:
+    """
+    detectron2's FCOS keeps detections with sqrt(score x centerness) > 0.2: early in training it may keep
+    none, so it is also evaluated keeping nearly all (COCO AP ranks the top 100 anyway).
+    """
+    weights = os.path.join(out, "model_final.pth")
+    return _evaluate(config, base + [f"train.init_checkpoint={weights}", "model.test_score_thresh=0.001"],
+                     os.path.join(out, "eval_thresh_0.001"), f"{FCOS_LOW_THRESHOLD} seed {seed}")
+
+
+FCOS_LOW_THRESHOLD = "FCOS, test_score_thresh 0.001"
+
+
+def _first_gfl_bins(log: str) -> Tuple[List[str], str, str]:
+    """The bins to compare from the first GFL run's log: (overrides, why, the bin check's line)."""
+    warned, recommended = bin_advice(log)
+    # the warning's change, else n fitted to 99% of the targets (the check's recommendation)
+    advice = warned or ([f"model.reg_max={recommended}"] if recommended else [])
+    return advice, "the warning's advice" if warned else "recommended n, no warning", bin_summary(log)
+
+
 def run_own_data_study(root: str, output: str, seeds: List[int], common: List[str],
-                       bins_seeds: Optional[int] = None) -> str:
+                       bins_seeds: Optional[int] = None, results: Optional[str] = None,
+                       name: str = "own_data_study") -> str:
     """
     For each seed: GFL as configured, FCOS, and (for the first ``bins_seeds``
     seeds, default all) GFL with the bins the check advises, or recommends
-    when it does not warn. Returns the report (markdown), also written to
-    ``output/own_data_study.md``.
+    when it does not warn. Runs go to ``output``; the report to
+    ``results/<name>.json`` and ``.md`` (``results`` default: ``output``).
+    Returns the report (Markdown).
     """
-    results: Dict[str, List[Dict[str, float]]] = {}
-    advice, summary, advice_kind = None, "", ""
+    runs: Dict[str, List[Dict]] = {}
+    advice, why, summary = None, "", ""
     base = [f"dataset.root={root}"] + list(common)
-    for seed in seeds:
-        for name, config in CONFIGS.items():
-            out = os.path.join(output, name, f"seed{seed}")
-            log = _train(config, base + [f"train.seed={seed}"], out, f"{name} seed {seed}")
-            if name == "GFL" and advice is None:
-                warned, recommended = bin_advice(log)
-                summary = bin_summary(log)
-                # the warning's change, else n fitted to 99% of the targets (the check's recommendation)
-                advice = warned or ([f"model.reg_max={recommended}", f"model.head.box_channels={4 * (recommended + 1)}"]
-                                    if recommended else [])
-                advice_kind = "the warning's advice" if warned else "recommended n, no warning"
-            results.setdefault(name, []).append(final_metrics(out))
-            if name == "FCOS":
-                # detectron2's FCOS keeps detections with sqrt(score x centerness) > 0.2: early in training it
-                # may keep none, so it is also evaluated keeping nearly all (COCO AP ranks the top 100 anyway)
-                weights = os.path.join(out, "model_final.pth")
-                extra_name = "FCOS, test_score_thresh 0.001"
-                results.setdefault(extra_name, []).append(_evaluate(
-                    config, base + [f"train.init_checkpoint={weights}", "model.test_score_thresh=0.001"],
-                    os.path.join(out, "eval_thresh_0.001"), f"{extra_name} seed {seed}"))
-        if advice and (bins_seeds is None or seeds.index(seed) < bins_seeds):
-            name = f"GFL, fitted bins ({' '.join(advice)}: {advice_kind})"
+    for i, seed in enumerate(seeds):
+        for model, config in CONFIGS.items():
+            out = os.path.join(output, model, f"seed{seed}")
+            log = _train(config, base + [f"train.seed={seed}"], out, f"{model} seed {seed}")
+            if model == "GFL" and advice is None:
+                advice, why, summary = _first_gfl_bins(log)
+            runs.setdefault(model, []).append(dict(seed=seed, metrics=final_metrics(out)))
+            if model == "FCOS":
+                runs.setdefault(FCOS_LOW_THRESHOLD, []).append(
+                    dict(seed=seed, metrics=_fcos_low_threshold(config, base, out, seed)))
+        if advice and (bins_seeds is None or i < bins_seeds):
+            label = f"GFL, fitted bins ({' '.join(advice)}: {why})"
             out = os.path.join(output, "GFL_fitted_bins", f"seed{seed}")
-            _train(CONFIGS["GFL"], base + advice + [f"train.seed={seed}"], out, f"{name} seed {seed}")
-            results.setdefault(name, []).append(final_metrics(out))
+            _train(CONFIGS["GFL"], base + advice + [f"train.seed={seed}"], out, f"{label} seed {seed}")
+            runs.setdefault(label, []).append(dict(seed=seed, metrics=final_metrics(out)))
+    setup = dict(dataset=root, seeds=list(seeds), settings=" ".join(common), **machine("cpu"))
+    data = dict(setup=setup, bin_check=summary, bins_compared=f"{' '.join(advice)} ({why})" if advice else None,
+                models=[dict(name=k, runs=v, summary=summarize(v)) for k, v in runs.items()])
+    return write_report(results or output, name, data, render)
+
+
+def summarize(runs: List[Dict]) -> Dict:
+    """Per metric: mean, std (None for one seed) and the number of seeds with a value; the AP of each seed."""
+    out = {}
+    for m in METRICS:
+        values = [r["metrics"].get(m, float("nan")) for r in runs]
+        values = [v for v in values if v == v and v >= 0]  # COCO's -1 / NaN: no object of that size
+        out[m] = dict(mean=statistics.mean(values) if values else None,
+                      std=statistics.stdev(values) if len(values) > 1 else None, n=len(values))
+    return dict(metrics=out, ap_per_seed=[r["metrics"].get("AP", float("nan")) for r in runs], seeds=len(runs))
+
+
+def _cell(stat: Dict) -> str:
+    if stat["mean"] is None:
+        return "–"
+    return f"{stat['mean']:.1f}" if stat["std"] is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def render(data: Dict) -> str:
+    """The study's Markdown: its settings, the bin check's line, one row per model."""
+    setup = data["setup"]
+    measured = f"Measured {setup['date']} on {setup['device']}, torch {setup['torch']}. " if "date" in setup else ""
     lines = [
-        f"Dataset: {root}; seeds {', '.join(map(str, seeds))}; settings: {' '.join(common)}", "",
-        f"Bin check of the first GFL run: {summary or 'no line found'}",
-        f"Bins compared: {' '.join(advice) + ' (' + advice_kind + ')' if advice else 'none (n already fits)'}", "",
+        f"{measured}Dataset: {setup['dataset']}; seeds {', '.join(map(str, setup['seeds']))}; settings: "
+        f"{setup['settings']}", "",
+        f"Bin check of the first GFL run: {data['bin_check'] or 'no line found'}",
+        f"Bins compared: {data['bins_compared'] or 'none (n already fits)'}", "",
         "| model | " + " | ".join(METRICS) + " | seeds | AP per seed |", "|---|" + "---:|" * (len(METRICS) + 2),
     ]
-    for name, rows in results.items():
-        cells = [fmt([r.get(m, float("nan")) for r in rows]) for m in METRICS]
-        per_seed = ", ".join(f"{r['AP']:.1f}" for r in rows)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(rows)} | {per_seed} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "own_data_study.md"), "w") as f:
-        f.write(text)
-    return text
+    for model in data["models"]:
+        s = model["summary"]
+        cells = [_cell(s["metrics"][m]) for m in METRICS]
+        per_seed = ", ".join(f"{ap:.1f}" for ap in s["ap_per_seed"])
+        lines.append(f"| {model['name']} | " + " | ".join(cells) + f" | {s['seeds']} | {per_seed} |")
+    return "\n".join(lines)

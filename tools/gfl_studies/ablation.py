@@ -2,8 +2,9 @@
 The paper's ablations on the embedded "shapes" dataset (``tools/ablation.py``
 is the command line): the variants (config files, see ``configs/Synthetic``),
 the tables, training each run in a child process (``python -m
-gfl_d2.training``), evaluation, interleaved inference timing and the Markdown
-report. Resumable: a run with a ``result.json`` is done.
+gfl_d2.training``), evaluation, interleaved inference timing, and the report
+(``<name>.json`` with every run, ``<name>.md`` with the tables, see
+:mod:`gfl_studies.reports`). Resumable: a run with a ``result.json`` is done.
 """
 import ast
 import json
@@ -17,7 +18,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from .model_zoo import get_config_file
+from gfl_d2.model_zoo import get_config_file
+
+from .reports import machine, mean_std, write_report
 
 SHAPES = "Synthetic/"  # under the packaged configs (gfl_d2.model_zoo)
 GFL_CFG = SHAPES + "gfl_R_18_FPN_shapes.py"
@@ -83,6 +86,7 @@ TABLES = OrderedDict(
 )
 DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta", "v2"]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BACKBONE = "ResNet-18 GN from scratch, FPN P3-P7 with 64 channels"
 
 
 def slug(name):
@@ -169,7 +173,8 @@ def build_trained(args, name, seed):
     """The config and the trained model of a finished run."""
     from detectron2.config import instantiate
 
-    from .engine import CheckedCheckpointer, load_lazy_config
+    from gfl_d2.checkpoint import CheckedCheckpointer
+    from gfl_d2.lazy_config import load_lazy_config
 
     out = run_dir(args, name, seed)
     config, overrides = run_overrides(args, name, seed, out)
@@ -264,60 +269,79 @@ def load_results(args, name):
     return out
 
 
-def fmt(values):
-    values = [v for v in values if v == v and v >= 0]  # COCO reports -1 / nan when a size has no objects
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def report(args, timing):
-    lines = [f"Shapes dataset (3000 train / 300 val images, 128 px), ResNet-18 GN from scratch, {args.iters} iterations "
-             f"at batch {args.batch}. Mean ± std over seeds; time: inference per image relative to GFL.", ""]
-    for table in args.tables:
-        title, rows, _ = TABLES[table]
-        lines += [f"### {title}", "", "| variant | " + " | ".join(METRICS) + " | seeds | time |",
-                  "|---|" + "---:|" * (len(METRICS) + 2)]
-        for row in rows:
-            results = load_results(args, row)
-            if not results:
-                lines.append(f"| {row} | " + " | ".join("…" for _ in METRICS) + " | 0 | |")
-                continue
-            cells = [fmt([r["metrics"].get(m, float("nan")) for r in results]) for m in METRICS]
-            rel = f"{timing[row] / timing['GFL']:.2f}" if row in timing and "GFL" in timing else ""
-            lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(results)} | {rel} |")
-        lines.append("")
-    text = "\n".join(lines)
-    with open(os.path.join(args.output, "ablation.md"), "w") as f:
-        f.write(text)
-    return text
-
-
-def list_variants():
-    for name, (config, overrides, what) in VARIANTS.items():
-        print(f"{name:16s} {what}\n{'':16s} configs/{config} {' '.join(overrides)}")
-
-
-def run_study(args):
-    """
-    Train (resuming), evaluate and time every run of ``args.tables`` (options
-    as tools/ablation.py parses them), writing each run's result.json and the
-    tables after every run.
-    """
-    os.makedirs(args.output, exist_ok=True)
-    runs = plan_runs(args)
-    todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; results in {args.output}",
-          flush=True)
-    start = time.time()
+def collect_results(args):
+    """The report's data: the setup, every finished run of the planned variants, the timing."""
+    names = list(OrderedDict.fromkeys(name for name, _ in plan_runs(args)))
     timing_file = os.path.join(args.output, "timing.json")
     timing = json.load(open(timing_file)) if os.path.isfile(timing_file) else {}
+    runs = [r for name in names for r in load_results(args, name)]
+    setup = dict(dataset="shapes: 3000 train / 300 val images, 128 px", backbone=BACKBONE, iters=args.iters,
+                 batch=args.batch, **machine("cpu"))
+    return dict(setup=setup, tables=list(args.tables), runs=runs,
+                timing=dict(iters=args.iters, seconds_per_image=timing) if timing else {})
+
+
+def _table(title, rows, runs, relative_time):
+    lines = [f"### {title}", "", "| variant | " + " | ".join(METRICS) + " | seeds | time |",
+             "|---|" + "---:|" * (len(METRICS) + 2)]
+    for row in rows:
+        results = [r for r in runs if r["variant"] == row]
+        if not results:
+            lines.append(f"| {row} | " + " | ".join("…" for _ in METRICS) + " | 0 | |")
+            continue
+        cells = [mean_std([r["metrics"].get(m, float("nan")) for r in results]) for m in METRICS]
+        time_cell = f"{relative_time[row]:.2f}" if row in relative_time else ""
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(results)} | {time_cell} |")
+    return lines + [""]
+
+
+def render(data):
+    """The Markdown tables of an ablation report (:func:`collect_results`): the study's tables at its
+    schedule, and one table per other schedule its runs were trained for."""
+    setup, runs = data["setup"], data["runs"]
+    seconds = data.get("timing", {}).get("seconds_per_image", {})
+    relative = {k: v / seconds["GFL"] for k, v in seconds.items()} if "GFL" in seconds else {}
+    main_iters = setup.get("iters") or statistics.mode(r["iters"] for r in runs)
+    lines = [f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
+             f"Measured {setup.get('date', '?')} on {setup.get('device', setup.get('machine', '?'))}"
+             f"{', torch ' + setup['torch'] if 'torch' in setup else ''}. Mean ± std over seeds; time: inference "
+             "per image relative to GFL (batch 1, all models interleaved in one process).", "",
+             f"## {main_iters} iterations", ""]
+    at_main = [r for r in runs if r["iters"] == main_iters]
+    for table in data["tables"]:
+        title, rows, _ = TABLES[table]
+        lines += _table(title, rows, at_main, relative)
+    for iters in sorted({r["iters"] for r in runs} - {main_iters}):
+        at = [r for r in runs if r["iters"] == iters]
+        rows = [name for name in VARIANTS if any(r["variant"] == name for r in at)]
+        lines += [f"## {iters} iterations", ""] + _table(f"the variants trained for {iters} iterations", rows, at, {})
+    per_seed = [f"{name} " + " / ".join(f"{r['metrics']['AP']:.2f}" for r in runs
+                                         if r["variant"] == name and r["iters"] == main_iters)
+                for name in VARIANTS if sum(r["variant"] == name and r["iters"] == main_iters for r in runs) > 1]
+    if per_seed:
+        lines += [f"AP per seed at {main_iters} iterations: " + "; ".join(per_seed) + "."]
+    return "\n".join(lines)
+
+
+def write(args):
+    """Write the report of what is finished so far into ``args.results``; the Markdown."""
+    return write_report(args.results, args.name, collect_results(args), render)
+
+
+def list_variants(args=None):
+    for name, (config, overrides, what) in VARIANTS.items():
+        print(f"{name:16s} {what}\n{'':16s} configs/{config} {' '.join(overrides)}")
+    if args is not None:
+        runs = plan_runs(args)
+        print(f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} variants)")
+
+
+def _run_all(args, todo):
+    """Train and evaluate the runs of ``todo`` on ``args.jobs`` threads; the report after every run."""
+    start = time.time()
     lock = threading.Lock()
     queue = list(enumerate(todo, 1))
-    errors = []
-    finished = []
+    errors, finished = [], []
 
     def worker():
         while True:
@@ -333,11 +357,10 @@ def run_study(args):
                 return
             with lock:
                 finished.append(index)
-                done = len(finished)
-                elapsed = time.time() - start
+                done, elapsed = len(finished), time.time() - start
                 print(f"    {done}/{len(todo)} runs in {elapsed / 60:.1f} min; "
                       f"about {elapsed / done * (len(todo) - done) / 60:.0f} min to go", flush=True)
-                report(args, timing)
+                write(args)
 
     threads = [threading.Thread(target=worker) for _ in range(max(1, args.jobs))]
     for t in threads:
@@ -346,11 +369,25 @@ def run_study(args):
         t.join()
     if errors:
         raise SystemExit(f"{len(errors)} run(s) failed: {errors[0]}")
+
+
+def run_study(args):
+    """
+    Train (resuming), evaluate and time every run of ``args.tables`` (options
+    as tools/ablation.py parses them), keeping each run's result.json under
+    ``args.output`` and writing the report after every run.
+    """
+    os.makedirs(args.output, exist_ok=True)
+    runs = plan_runs(args)
+    todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
+          f"report {os.path.join(args.results, args.name)}.md", flush=True)
+    _run_all(args, todo)
     if not args.skip_timing:
         names = list(OrderedDict.fromkeys(r for t in args.tables for r in TABLES[t][1]))
         print(f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
               flush=True)
         timing = measure_inference(args, names)
-        with open(timing_file, "w") as f:
+        with open(os.path.join(args.output, "timing.json"), "w") as f:
             json.dump(timing, f, indent=1)
-    print(report(args, timing))
+    print(write(args))

@@ -26,12 +26,15 @@ import torch
 
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
-from .analysis import spearman
-from .modeling.dgqp import distribution_statistics
+from gfl_d2.modeling.dgqp import distribution_statistics
 
-__all__ = ["detection_candidates", "collect", "correlation_table", "CANDIDATES"]
+from .correlation import spearman
+
+__all__ = ["detection_candidates", "collect", "correlations", "render", "CANDIDATES", "SUBSETS"]
 
 CANDIDATES = ("score", "quality", "cls", "-std/size", "top-1", "top-4")
+# the detections a correlation is taken over: all, and those on an object of their class
+SUBSETS = ("all", "IoU > 0")
 
 
 def detection_candidates(instances) -> Dict[str, np.ndarray]:
@@ -92,19 +95,40 @@ def collect(model, dataset_dicts: List[Dict], mapper, num_images: Optional[int] 
     return {name: np.concatenate(v) for name, v in parts.items()}
 
 
-def correlation_table(results: Dict[str, Dict[str, np.ndarray]]) -> str:
-    """Markdown: per model, the Spearman correlation of each candidate with the IoU, all detections and IoU > 0."""
-    lines = [
-        "| model | detections | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
-        "|---|---:|" + "---:|" * len(CANDIDATES),
-    ]
+def correlations(results: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Dict[str, Dict]]:
+    """
+    Per model and subset (:data:`SUBSETS`): the number of detections and the
+    Spearman correlation of each candidate the model has with the IoU
+    (None: the model has no such candidate).
+    """
+    out = {}
     for name, values in results.items():
         iou = values["iou"]
-        for subset, keep in (("all", np.ones_like(iou, dtype=bool)), ("IoU > 0", iou > 0)):
-            cells = []
-            for c in CANDIDATES:
-                cells.append(f"{spearman(values[c][keep], iou[keep]):.3f}" if c in values else "–")
-            lines.append(f"| {name} ({subset}) | {int(keep.sum())} | " + " | ".join(cells) + " |")
+        out[name] = {}
+        for subset, keep in zip(SUBSETS, (np.ones_like(iou, dtype=bool), iou > 0)):
+            row = {"detections": int(keep.sum())}
+            row.update({c: spearman(values[c][keep], iou[keep]) if c in values else None for c in CANDIDATES})
+            out[name][subset] = row
+    return out
+
+
+def render(data: Dict) -> str:
+    """The Markdown of a report ``{"setup": ..., "correlations": correlations(...)}``: one row per model and subset."""
+    setup = data.get("setup", {})
+    lines = []
+    if setup:
+        models = "; ".join(f"{m['name']}: {m['config']} with {m['weights'] or 'its own initialisation'}"
+                           for m in setup.get("models", []))
+        lines += [f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}"
+                  + (f", {setup['images']} validation images" if setup.get("images") else "")
+                  + (f". Models: {models}" if models else "") + ".", ""]
+    lines += ["| model | detections | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
+              "|---|---:|" + "---:|" * len(CANDIDATES)]
+    for name, subsets in data["correlations"].items():
+        for subset in SUBSETS:
+            row = subsets[subset]
+            cells = ["–" if row.get(c) is None else f"{row[c]:.3f}" for c in CANDIDATES]
+            lines.append(f"| {name} ({subset}) | {row['detections']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
