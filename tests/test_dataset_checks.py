@@ -3,6 +3,7 @@ import logging
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 from detectron2.config import LazyConfig
@@ -70,3 +71,68 @@ def test_missing_and_malformed_annotation_json(tmp_path):
         cfg.dataloader.train.dataset.names = name
         with pytest.raises(RuntimeError, match=rf"Could not build the training data \['{name}'\] .*{path}"):
             build_train_loader(cfg)
+
+
+# ---------------------------------------------------------------- one record policy
+def test_bbox_mode_is_required_not_guessed(tmp_path):
+    img = tmp_path / "a.png"
+    write_image(img)
+    with pytest.raises(DatasetError, match=r"a.png: annotation 0: malformed bbox \(the annotation has no 'bbox_mode'"):
+        check_dataset_dicts([record(img, [{"bbox": [1, 1, 10, 10], "category_id": 0}])], num_classes=1)
+
+
+def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, caplog):
+    """One box policy: the VOC reader, the dataset check and the model's tensor checks agree box by box."""
+    from detectron2.structures import BoxMode
+
+    from gfl_d2.data import read_dataset_folder
+    from gfl_d2.modeling.input_checks import sanitize_gt_instances
+    from gfl_d2.testing import make_instances
+
+    boxes = [[10, 10, 40, 30], [60, 10, 130, 45], [20, 10, 20, 30]]  # inside; partly outside; zero width
+    root = tmp_path / "voc"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / d).mkdir(parents=True)
+    Image.new("RGB", (100, 50)).save(root / "JPEGImages" / "a.jpg")
+    objects = "".join(  # VOC's corners are 1-based
+        f"<object><name>cat</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>" for x0, y0, x1, y1 in boxes)
+    (root / "Annotations" / "a.xml").write_text(f"<annotation>{objects}</annotation>")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+    (root / "labels.txt").write_text("cat\n")
+    with caplog.at_level(logging.WARNING):
+        (read,) = read_dataset_folder(str(root), "train").records
+    assert "1 boxes reaching outside their image (clipped to it)" in caplog.text
+    assert "1 boxes of zero width or height (dropped)" in caplog.text
+    expected = [[10.0, 10.0, 40.0, 30.0], [60.0, 10.0, 100.0, 45.0]]
+    assert [a["bbox"] for a in read["annotations"]] == expected
+
+    caplog.clear()
+    raw = [{"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0} for b in boxes]
+    with caplog.at_level(logging.WARNING):
+        check_dataset_dicts([dict(read, annotations=raw)], num_classes=1)
+    assert "1 boxes partly outside their image (clipped)" in caplog.text
+    assert "1 boxes with zero or negative width/height (dropped)" in caplog.text
+
+    inputs = [{"instances": make_instances(boxes, [0, 0, 0], (50, 100)), "file_name": "a.jpg"}]
+    (cleaned,), num_clipped, num_dropped = sanitize_gt_instances(inputs, 1, torch.device("cpu"))
+    assert cleaned.gt_boxes.tensor.tolist() == expected
+    assert (num_clipped.item(), num_dropped.item()) == (1, 1)
+
+
+def test_the_policy_on_floats_and_on_tensors_agrees():
+    """The readers' per-box form and the model's tensor form give every box the same fate and clipped box."""
+    from gfl_d2.data.box_policy import BoxFate, box_fate, box_fates
+
+    g = torch.Generator().manual_seed(0)
+    boxes = (torch.rand(2000, 4, generator=g, dtype=torch.float64) * 160 - 30).round()  # many on the edges
+    boxes[:5] = torch.tensor([[1, 2, float("nan"), 4], [0, 0, float("inf"), 5], [5, 5, 5, 9], [9, 1, 5, 5],
+                              [100, 1, 120, 9]], dtype=torch.float64)
+    clipped, fates = box_fates(boxes, 100, 80)
+    scalar = [box_fate(b, 100, 80) for b in boxes.tolist()]
+    assert fates.tolist() == [int(f) for f, _ in scalar]
+    assert fates[:5].tolist() == [BoxFate.NONFINITE, BoxFate.NONFINITE, BoxFate.EMPTY, BoxFate.INVERTED,
+                                  BoxFate.OUTSIDE]
+    assert set(fates.tolist()) == set(BoxFate)  # every fate occurs
+    finite = fates != BoxFate.NONFINITE
+    assert clipped[finite].tolist() == [c for (f, c) in scalar if f != BoxFate.NONFINITE]

@@ -131,6 +131,33 @@ def test_layout_detection_errors(tmp_path, folders):
     assert read_dataset_folder(folders["yolo"], "val", layout="yolo").layout == "yolo"
 
 
+def test_format_registry_is_the_one_dispatch_point(tmp_path, objects):
+    from gfl_d2.data import DATASET_FORMATS, LAYOUTS, get_format
+
+    assert tuple(DATASET_FORMATS) == LAYOUTS == ("coco", "voc", "yolo")
+    for name, fmt in DATASET_FORMATS.items():
+        assert fmt.name == name and get_format(name.upper()) is fmt
+        assert all(callable(f) for f in (fmt.detect, fmt.class_names, fmt.read, fmt.write))
+    with pytest.raises(DatasetError, match=r"unknown dataset layout 'pascal': one of coco, voc, yolo$"):
+        get_format("pascal")
+    _, records = objects
+    with pytest.raises(DatasetError, match=r"unknown dataset layout 'kitti': one of coco, voc, yolo$"):
+        write_layout("kitti", str(tmp_path / "k"), "train", records, BARS_CLASSES)
+    assert not (tmp_path / "k").exists()
+
+
+def test_each_format_detects_and_names_the_classes_of_what_it_writes(tmp_path, objects):
+    from gfl_d2.data import DATASET_FORMATS
+
+    _, records = objects
+    for name, fmt in DATASET_FORMATS.items():
+        root = str(tmp_path / name)
+        fmt.write(root, "train", records[:3], BARS_CLASSES, BARS_IDS)
+        assert [n for n, f in DATASET_FORMATS.items() if f.detect(root)] == [name]
+        assert fmt.class_names(root, "train") == BARS_CLASSES
+        assert fmt.read(root, "train").layout == name
+
+
 # ---- bad data: the file and line are named; handled cases are counted ----
 
 def _yolo(tmp_path, labels, names="a\nb\n", images=("x.png",)):
@@ -340,3 +367,12 @@ def test_exif_rotated_images_read_and_check_at_the_size_detectron2_loads(tmp_pat
     h, w = read_image(str(path)).shape[:2]
     assert (record["width"], record["height"]) == (w, h) == (50, 100)
     check_dataset_dicts([record], 2)  # the pre-training check agrees with the reader
+
+
+def test_class_name_files_are_checked_alike_in_voc_and_yolo(tmp_path):
+    voc = _voc(tmp_path, _obj("cat", (1, 1, 5, 5)), classes="cat\ndog\ncat\n")
+    with pytest.raises(DatasetError, match=r"labels.txt: class names listed twice: \['cat'\]"):
+        read_dataset_folder(str(voc), "train")
+    yolo = _yolo(tmp_path, {"x": ""}, names="\n\n")
+    with pytest.raises(DatasetError, match=r"classes.txt: names no classes"):
+        read_dataset_folder(str(yolo), "train")

@@ -60,19 +60,19 @@ def box_xyxy(ann: Mapping) -> List[float]:
     return BoxMode.convert(box, ann["bbox_mode"], BoxMode.XYXY_ABS)
 
 
-def _nonfinite(v):
-    return (v != v) | (abs(v) == float("inf"))  # NaN is the one value unequal to itself
-
-
 def _conditions(x0, y0, x1, y1, width, height, tol_x, tol_y) -> Tuple[Tuple[BoxFate, object], ...]:
     """``(fate, condition)`` from the highest precedence down; conditions are bools, or bool tensors of boxes."""
-    shape = (
-        (BoxFate.NONFINITE, _nonfinite(x0) | _nonfinite(y0) | _nonfinite(x1) | _nonfinite(y1)),
-        (BoxFate.INVERTED, (x1 < x0) | (y1 < y0)),
-    )
+    # v - v is 0 for a finite v and NaN for NaN or +-Inf
+    nonfinite = ((x0 - x0) != 0) | ((y0 - y0) != 0) | ((x1 - x1) != 0) | ((y1 - y1) != 0)
     if width is None or height is None:  # the image size is unknown: only the box itself can be judged
-        return shape + ((BoxFate.EMPTY, (x1 == x0) | (y1 == y0)),)
-    return shape + (
+        return (
+            (BoxFate.NONFINITE, nonfinite),
+            (BoxFate.INVERTED, (x1 < x0) | (y1 < y0)),
+            (BoxFate.EMPTY, (x1 == x0) | (y1 == y0)),
+        )
+    return (
+        (BoxFate.NONFINITE, nonfinite),
+        (BoxFate.INVERTED, (x1 < x0) | (y1 < y0)),
         (BoxFate.OUTSIDE, (x0 >= width) | (y0 >= height) | (x1 <= 0) | (y1 <= 0)),
         (BoxFate.EMPTY, (x1 == x0) | (y1 == y0)),
         (BoxFate.CLIPPED, (x0 < -tol_x) | (y0 < -tol_y) | (x1 > width + tol_x) | (y1 > height + tol_y)),
@@ -88,7 +88,7 @@ def box_fate(
     image. ``tolerance``: how far (x, y, in px) a box may reach outside
     before it counts as ``CLIPPED`` (it is clipped all the same).
     """
-    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, y0, x1, y1 = map(float, box)
     fate = next((f for f, hit in _conditions(x0, y0, x1, y1, width, height, *tolerance) if hit), BoxFate.KEPT)
     if width is None or height is None:
         return fate, [x0, y0, x1, y1]
@@ -116,8 +116,10 @@ class BoxRules:
     """
     What a reader or check does with each fate: an error (a message template
     with ``{box}``, ``{width}``, ``{height}``) or a counted note (a kind, see
-    :class:`DatasetProblems`); ``NONFINITE`` is an error unless given one.
-    ``tolerance``: px, or with ``relative`` a fraction of the image side.
+    :class:`DatasetProblems`). ``NONFINITE`` is always an error (a default
+    message unless ``errors`` has one); a fate in neither is clipped or
+    dropped silently. ``tolerance``: px, or with ``relative`` a fraction of
+    the image side.
     """
 
     errors: Dict[BoxFate, str] = field(default_factory=dict)
@@ -133,11 +135,12 @@ class BoxRules:
         default ``box``) and the box clipped to its image, None if it is
         dropped or an error.
         """
-        scale = (width or 0.0, height or 0.0) if self.relative else (1.0, 1.0)
-        fate, clipped = box_fate(box, width, height, (self.tolerance * scale[0], self.tolerance * scale[1]))
-        errors = {BoxFate.NONFINITE: "non-finite box coordinates {box}", **self.errors}
-        if fate in errors:
-            problems.error(where, errors[fate].format(box=box if shown is None else shown, width=width, height=height))
+        tolerance = (self.tolerance * (width or 0.0), self.tolerance * (height or 0.0)) if self.relative \
+            else (self.tolerance, self.tolerance)
+        fate, clipped = box_fate(box, width, height, tolerance)
+        if fate in self.errors or fate == BoxFate.NONFINITE:
+            message = self.errors.get(fate, "non-finite box coordinates {box}")
+            problems.error(where, message.format(box=box if shown is None else shown, width=width, height=height))
             return fate, None
         if fate in self.notes:
             problems.note(self.notes[fate], where)
