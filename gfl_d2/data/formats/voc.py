@@ -157,7 +157,8 @@ def _declared_size(tree: _Node) -> Tuple[Optional[_Node], Optional[Tuple[int, in
         return size, None
 
 
-def _image(root: str, image_id: str, tree: _Node, xml_path: str, problems: DatasetProblems):
+def _image(root: str, image_id: str, tree: _Node, xml_path: str,
+           problems: DatasetProblems) -> Optional[Tuple[str, int, int]]:
     """``(path, width, height)`` of the image of ``xml_path``, checked against its ``<size>``; None if a problem."""
     folder = os.path.join(root, "JPEGImages")
     looked = [os.path.join(folder, image_id + ext) for ext in IMAGE_EXTENSIONS]
@@ -203,6 +204,7 @@ def _box_values(obj: _Node, xml_path: str, problems: DatasetProblems) -> Optiona
 
 def _annotations(tree: _Node, xml_path: str, width: int, height: int, index: Dict[str, int], source: str,
                  problems: DatasetProblems) -> List[Dict]:
+    """The objects of one annotation file as detectron2 annotations (``index``: class name -> contiguous id)."""
     annotations = []
     for obj in tree.findall("object"):
         where, name = f"{xml_path}:{obj.line}", obj.findtext("name", "")
@@ -210,9 +212,9 @@ def _annotations(tree: _Node, xml_path: str, width: int, height: int, index: Dic
             problems.error(where, f"unknown class name {name!r} (the classes, from {source}: {list(index)})")
             continue
         values = _box_values(obj, xml_path, problems)
-        # 1-based pixel indices: (xmin=1, xmax=W) spans the image, (0, W) in coordinates
         if values is None:
             continue
+        # 1-based pixel indices: (xmin=1, xmax=W) spans the image, (0, W) in coordinates
         _, box = BOX_RULES.apply([values[0] - 1.0, values[1] - 1.0, values[2], values[3]], width, height, where,
                                  problems, shown=values)
         if box is None:
