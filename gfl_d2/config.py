@@ -8,8 +8,7 @@ GFL_ARGUMENT_KEYS = {
     "num_classes": "NUM_CLASSES", "reg_max": "REG_MAX", "bin_width": "BIN_WIDTH", "anchor_scale": "ANCHOR_SCALE",
     "qfl_beta": "QFL_BETA", "cls_loss": "CLS_LOSS", "quality": "QUALITY", "box_representation": "BOX_REPRESENTATION",
     "box_loss_weighting": "BOX_LOSS_WEIGHTING", "focal_loss_alpha": "FOCAL_LOSS_ALPHA",
-    "focal_loss_gamma": "FOCAL_LOSS_GAMMA", "loss_cls_weight": "LOSS_CLS_WEIGHT", "loss_qfl_weight": "LOSS_QFL_WEIGHT",
-    "loss_bbox_weight": "LOSS_BBOX_WEIGHT", "loss_dfl_weight": "LOSS_DFL_WEIGHT",
+    "focal_loss_gamma": "FOCAL_LOSS_GAMMA", "loss_cls_weight": "LOSS_CLS_WEIGHT", "loss_bbox_weight": "LOSS_BBOX_WEIGHT", "loss_dfl_weight": "LOSS_DFL_WEIGHT",
     "loss_quality_weight": "LOSS_QUALITY_WEIGHT", "test_score_thresh": "SCORE_THRESH_TEST",
     "test_topk_candidates": "TOPK_CANDIDATES_TEST", "test_nms_thresh": "NMS_THRESH_TEST",
     "output_box_distributions": "OUTPUT_BOX_DISTRIBUTIONS",
@@ -22,14 +21,29 @@ def add_gfl_config(cfg: CN) -> CN:
     Call it on ``get_cfg()`` before merging a GFL yaml file.
     """
     cfg.MODEL.GFL = CN()
-    g = cfg.MODEL.GFL
+    _add_model_keys(cfg.MODEL.GFL)
+    _add_loss_and_inference_keys(cfg.MODEL.GFL)
+    # Quality Focal Loss for detectron2's RetinaNet (META_ARCHITECTURE: QFLRetinaNet)
+    cfg.MODEL.RETINANET.QFL_BETA = 2.0
+    # a dataset folder (COCO, Pascal VOC or YOLO layout), used when ROOT is set:
+    # registered as DATASETS.TRAIN / DATASETS.TEST, its classes set NUM_CLASSES
+    cfg.DATASETS.FOLDER = CN()
+    cfg.DATASETS.FOLDER.ROOT = ""
+    cfg.DATASETS.FOLDER.LAYOUT = "auto"  # or "coco", "voc", "yolo"
+    cfg.DATASETS.FOLDER.TRAIN_SPLIT = "train"
+    cfg.DATASETS.FOLDER.TEST_SPLIT = "val"
+    return cfg
+
+
+def _add_model_keys(g: CN) -> None:
+    """The architecture, assignment and the paper's ablation axes (the head reads REG_MAX, QUALITY, ...)."""
     g.NUM_CLASSES = 80
     g.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     # head
     g.NUM_CONVS = 4
     g.NORM = "GN"
     g.PRIOR_PROB = 0.01
-    # general distribution: n (bins 0..n) and bin width Δ in units of stride
+    # general distribution: n (bins 0..n; the head predicts 4 * (n + 1) logits) and bin width Δ in units of stride
     g.REG_MAX = 16
     g.BIN_WIDTH = 1.0
     # anchor side / stride (must agree with MODEL.ANCHOR_GENERATOR.SIZES)
@@ -50,12 +64,14 @@ def add_gfl_config(cfg: CN) -> CN:
     g.DGQP_ADD_MEAN = True
     g.DGQP_CHANNELS = 64
     g.DGQP_INIT_STD = 0.01
-    # losses
+
+
+def _add_loss_and_inference_keys(g: CN) -> None:
+    """The losses' parameters and weights, and inference's filtering and outputs."""
     g.QFL_BETA = 2.0
     g.FOCAL_LOSS_ALPHA = 0.25
     g.FOCAL_LOSS_GAMMA = 2.0
     g.LOSS_CLS_WEIGHT = 1.0  # QFL, or Focal Loss with CLS_LOSS "focal"
-    g.LOSS_QFL_WEIGHT = None  # deprecated name of LOSS_CLS_WEIGHT (warns)
     g.LOSS_BBOX_WEIGHT = 2.0
     g.LOSS_DFL_WEIGHT = 0.25  # 0 turns DFL off
     g.LOSS_QUALITY_WEIGHT = 1.0  # the separate centerness / IoU branch
@@ -67,16 +83,6 @@ def add_gfl_config(cfg: CN) -> CN:
     g.OUTPUT_BOX_DISTRIBUTIONS = True
     # pad images to a multiple of this (0: the backbone's own, 128 with P7)
     g.SIZE_DIVISIBILITY = 32
-    # Quality Focal Loss for detectron2's RetinaNet (META_ARCHITECTURE: QFLRetinaNet)
-    cfg.MODEL.RETINANET.QFL_BETA = 2.0
-    # a dataset folder (COCO, Pascal VOC or YOLO layout), used when ROOT is set:
-    # registered as DATASETS.TRAIN / DATASETS.TEST, its classes set NUM_CLASSES
-    cfg.DATASETS.FOLDER = CN()
-    cfg.DATASETS.FOLDER.ROOT = ""
-    cfg.DATASETS.FOLDER.LAYOUT = "auto"  # or "coco", "voc", "yolo"
-    cfg.DATASETS.FOLDER.TRAIN_SPLIT = "train"
-    cfg.DATASETS.FOLDER.TEST_SPLIT = "val"
-    return cfg
 
 
 # the yacs keys that hold a model's number of classes

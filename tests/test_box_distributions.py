@@ -80,7 +80,7 @@ def test_a_dirac_model_has_no_distributions_to_output():
     from detectron2.config import instantiate
 
     cfg = tiny_gfl_config()
-    cfg.box_representation, cfg.head.box_channels = "dirac", 4
+    cfg.box_representation = "dirac"
     model = instantiate(cfg)  # the config's default output_box_distributions=True is dropped, with a log line
     assert model.output_box_distributions is False
     with pytest.raises(ValueError, match="no edge distributions to output"):

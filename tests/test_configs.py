@@ -11,8 +11,9 @@ from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
 from gfl_d2 import GFL, add_gfl_config
+from gfl_d2.testing import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 LAZY = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 LAZY = [p for p in LAZY if os.sep + "common" + os.sep not in p]
 YAML = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -71,7 +72,7 @@ def test_lazy_config_instantiates(path, dataset_folder):
 def test_coco_configs_match_the_release():
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py"))
     m = cfg.model
-    assert m.num_classes == 80 and m.reg_max == 16 and m.head.box_channels == 68 and m.anchor_matcher.topk == 9
+    assert m.num_classes == 80 and m.reg_max == m.head.reg_max == 16 and m.anchor_matcher.topk == 9
     assert m.backbone.bottom_up.stages.stride_in_1x1 is False
     assert m.backbone.bottom_up.stages.norm == "FrozenBN"
     assert m.backbone.top_block.in_feature == "p5"
@@ -111,3 +112,23 @@ def test_yacs_config_builds_the_same_model_as_lazy():
     assert a == b
     assert yacs_model.size_divisibility == lazy_model.size_divisibility == 32
     assert yacs_model.test_nms_thresh == 0.6 and yacs_model.max_detections_per_image == 100
+
+
+@pytest.mark.parametrize("name", ["gflv2_R_50_FPN_1x", "gflv2_R_50_FPN_ms2x", "gflv2_R_101_FPN_ms2x"])
+def test_yacs_and_lazy_v2_configs_build_the_same_model(name):
+    cfg = add_gfl_config(get_cfg())
+    cfg.merge_from_file(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    yacs_model = build_model(cfg)
+    lazy = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", f"{name}.py"))
+    lazy_model = instantiate(lazy.model)
+    for m in (yacs_model, lazy_model):
+        assert isinstance(m, GFL) and m.variant.quality == "dgqp" and m.head.has_quality_predictor
+    assert {k: v.shape for k, v in yacs_model.state_dict().items()} == {
+        k: v.shape for k, v in lazy_model.state_dict().items()
+    }
+    assert yacs_model.head.dgqp.layers[0].in_channels == 20 and yacs_model.head.dgqp.layers[0].out_channels == 64
+    if "ms2x" in name:
+        assert cfg.INPUT.MIN_SIZE_TRAIN == (480, 960) and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range"
+        assert cfg.SOLVER.MAX_ITER == lazy.train.max_iter == 180000
+

@@ -5,7 +5,10 @@ import torch
 
 from detectron2.layers import ShapeSpec
 
+from gfl_d2.modeling import DistributionGuidedQualityPredictor, distribution_statistics
 from gfl_d2.modeling.head import GFLHead
+
+from .gfocalv2_reference import authors_model, load_authors_reference
 
 
 def make_head(**kw):
@@ -80,3 +83,58 @@ def test_bad_configuration_is_rejected():
     head = make_head()
     with pytest.raises(ValueError, match="5 levels"):
         head([torch.randn(1, 32, 4, 4)] * 3)
+
+
+# ---------------------------------------------------------------- GFL V2's distribution-guided quality predictor
+def test_statistics_are_each_edges_topk_then_their_mean():
+    probs = torch.tensor([[0.1, 0.5, 0.2, 0.15, 0.05], [0.2] * 5, [0.0, 0.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.2, 0.1, 0.1]])
+    stats = distribution_statistics(probs[None], topk=4)  # (1, 4 edges, 5)
+    expected = [[0.5, 0.2, 0.15, 0.1], [0.2] * 4, [1.0, 0.0, 0.0, 0.0], [0.3, 0.3, 0.2, 0.1]]
+    expected = torch.tensor([row + [sum(row) / 4] for row in expected])
+    torch.testing.assert_close(stats[0], expected)
+    assert distribution_statistics(probs, topk=2, add_mean=False).shape == (4, 2)
+    with pytest.raises(ValueError, match="topk=6 is larger than the 5 bins"):
+        distribution_statistics(probs, topk=6)
+
+
+def test_predictor_reads_the_distributions_of_the_head_layout():
+    """(N, 4(n+1), H, W) logits per level: the 20 statistics in the order (l, t, r, b) x (top-4, mean), then the 1x1 convs."""
+    predictor = DistributionGuidedQualityPredictor(topk=4, channels=64)
+    assert predictor.in_channels == 20
+    for conv in (predictor.layers[0], predictor.layers[2]):
+        assert torch.all(conv.bias == 0) and 0.005 < conv.weight.std() < 0.02  # normal(0, 0.01)
+    with torch.no_grad():
+        predictor.layers[2].weight.normal_()  # a quality that varies
+    levels = [torch.randn(2, 4 * 17, 3, 5), torch.randn(2, 4 * 17, 2, 1)]
+    quality = predictor(levels)
+    assert [tuple(q.shape) for q in quality] == [(2, 1, 3, 5), (2, 1, 2, 1)]
+    for logits, q in zip(levels, quality):
+        n, _, h, w = logits.shape
+        probs = logits.reshape(n, 4, 17, h, w).softmax(dim=2)
+        top = probs.sort(dim=2, descending=True).values[:, :, :4]
+        stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(n, 20, h, w)  # conv layout
+        torch.testing.assert_close(q, predictor.layers(stats), rtol=1e-5, atol=1e-6)
+    stats = predictor.statistics(levels)
+    assert stats.shape == (2, 15 + 2, 20)
+    with pytest.raises(ValueError, match="not 4 \\* \\(n \\+ 1\\)"):
+        predictor([torch.randn(1, 66, 2, 2)])
+    # an untrained predictor says 0.5 everywhere: the fused score starts at half the prior
+    fresh = DistributionGuidedQualityPredictor()(levels)
+    assert all(torch.allclose(q.sigmoid(), torch.full_like(q, 0.5), atol=1e-3) for q in fresh)
+
+
+
+@pytest.fixture(scope="module")
+def authors():
+    return load_authors_reference()
+
+
+def test_fused_score_and_box_outputs_equal_the_authors_head(authors):
+    model = authors_model(authors)
+    with torch.no_grad():
+        cls, box, quality = model.head(authors["feats"])
+    for c, q, ref in zip(cls, quality, authors["cls_scores"]):
+        torch.testing.assert_close(c.sigmoid() * q.sigmoid(), ref, rtol=1e-6, atol=1e-7)
+    for b, ref in zip(box, authors["bbox_preds"]):
+        torch.testing.assert_close(b, ref, rtol=1e-6, atol=1e-7)
+

@@ -5,7 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gfl_d2.modeling.losses import distribution_focal_loss, quality_focal_loss
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from gfl_d2.modeling.losses import distribution_focal_loss, fused_quality_focal_loss, quality_focal_loss
+
+from .gfocalv2_reference import authors_model, load_authors_reference
 
 
 def qfl_direct(logits, y, beta):
@@ -206,3 +211,72 @@ def test_gfl_general_form_equals_formula_and_specialises():
         ),
         distribution_focal_loss(logits, yy),
     )
+
+
+# ---------------------------------------------------------------- GFL V2: QFL on the fused score
+def bce_on_probabilities(p, y, beta):
+    """QFL as the authors compute it with use_sigmoid=False: binary cross-entropy on the probability."""
+    return F.binary_cross_entropy(p, y, reduction="none") * (y - p).abs().pow(beta)
+
+
+def test_fused_qfl_is_bce_on_the_product_probability():
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 5) * 3, torch.randn(64, 1) * 3
+    y = torch.rand(64, 5) * (torch.rand(64, 5) < 0.3)
+    p = a.double().sigmoid() * b.double().sigmoid()
+    for beta in (0.0, 1.0, 2.0):
+        got = fused_quality_focal_loss(a, b, y, beta)
+        assert got.dtype == torch.float32 and got.shape == (64, 5)
+        torch.testing.assert_close(got.double(), bce_on_probabilities(p, y.double(), beta), rtol=1e-5, atol=1e-7)
+
+
+def test_fused_qfl_gradient_is_the_formulas():
+    torch.manual_seed(1)
+    a, b = (torch.randn(32, 4, dtype=torch.float64) * 2).requires_grad_(), torch.randn(32, 1, dtype=torch.float64).requires_grad_()
+    y = torch.rand(32, 4, dtype=torch.float64) * (torch.rand(32, 4) < 0.5)
+    fused_quality_focal_loss(a, b, y).sum().backward()
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    bce_on_probabilities(a2.sigmoid() * b2.sigmoid(), y, 2.0).sum().backward()
+    # float32 inside the loss: compare at float32 precision
+    torch.testing.assert_close(a.grad, a2.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b.grad, b2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_qfl_is_finite_at_extreme_logits_and_in_half_precision():
+    a = torch.tensor([[200.0, -200.0, 40.0, -40.0, 0.0]], requires_grad=True)
+    b = torch.tensor([[200.0]], requires_grad=True)
+    y = torch.tensor([[0.0, 0.0, 1.0, 0.7, 0.3]])
+    loss = fused_quality_focal_loss(a, b, y)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    assert loss[0, 0].item() == pytest.approx(100.0)  # p = 1 for a negative: the log floor, as binary_cross_entropy's
+    assert loss[0, 2].item() == pytest.approx(0.0, abs=1e-12)  # p = 1 for a target of 1
+    # fp16 / bf16 logits (autocast) give the float32 loss of the same values
+    torch.manual_seed(2)
+    a16, b16 = (torch.randn(16, 3) * 4).half(), (torch.randn(16, 1) * 4).half()
+    y = torch.rand(16, 3)
+    got = fused_quality_focal_loss(a16, b16, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, fused_quality_focal_loss(a16.float(), b16.float(), y))
+
+
+
+@pytest.fixture(scope="module")
+def authors():
+    return load_authors_reference()
+
+
+def test_losses_and_gradient_equal_the_authors(authors):
+    model = authors_model(authors).train()
+    h, w, _ = authors["img_metas"][0]["img_shape"]
+    inputs = [
+        {"image": torch.zeros(3, h, w), "instances": Instances((h, w), gt_boxes=Boxes(b), gt_classes=l)}
+        for b, l in zip(authors["gt_bboxes"], authors["gt_labels"])
+    ]
+    with EventStorage():
+        losses = model(inputs)
+    for ours, theirs in (("loss_qfl", "loss_cls"), ("loss_bbox", "loss_bbox"), ("loss_dfl", "loss_dfl")):
+        assert losses[ours].item() == pytest.approx(float(authors["loss_totals"][theirs]), rel=1e-5), ours
+    sum(losses.values()).backward()
+    torch.testing.assert_close(model.head.bbox_pred.weight.grad, authors["grad_gfl_reg_weight"], rtol=1e-4, atol=1e-7)
+

@@ -1,11 +1,13 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
+from detectron2.config import instantiate
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.modeling.box_coding import integral
-from gfl_d2.testing import make_instances, shapes_image, tiny_gfl
+from gfl_d2.testing import make_instances, shapes_image, tiny_gfl, tiny_gfl_config, train_step, two_image_batch
 
 SPECS = [
     ([[10, 12, 60, 70], [70, 20, 120, 60]], [0, 1]),
@@ -172,15 +174,34 @@ def test_inference_thresholds_and_limits():
     assert len(out["instances"]) == 7
 
 
-def test_inf_nan_features():
-    model = tiny_gfl()
-    model.eval()
-    images = model.preprocess_image([{"image": torch.zeros(3, 128, 128)}])
-    for value in (float("inf"), float("nan")):
-        feats = [torch.full((1, 64, 128 // s, 128 // s), value) for s in (8, 16, 32, 64, 128)]
-        with torch.no_grad():
-            (det,) = model.forward_inference(images, feats, model.head(feats))
-        assert len(det) == 0 or not torch.isfinite(det.scores).all()
+@pytest.mark.parametrize("representation", ["distribution", "dirac"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_non_finite_boxes_are_dropped_and_the_finite_ones_kept(representation, value):
+    """
+    Confident candidates on every level, the box outputs of P3-P5 poisoned
+    with Inf/NaN: the detections must be exactly those of the same candidates
+    with P3-P5 filtered out by their scores (none with a non-finite box,
+    and none of the finite ones lost).
+    """
+    cfg = tiny_gfl_config()
+    cfg.box_representation = representation
+    torch.manual_seed(0)
+    model = instantiate(cfg).eval()
+    images = model.preprocess_image([{"image": shapes_image(*SPECS[0])}])
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        cls, box = model.head(features)
+        cls = [c + 6.0 for c in cls]  # every (location, class) above the score threshold
+        poisoned = [torch.full_like(b, value) if level < 3 else b for level, b in enumerate(box)]
+        muted = [torch.full_like(c, -30.0) if level < 3 else c for level, c in enumerate(cls)]
+        (got,) = model.forward_inference(images, features, [cls, poisoned])
+        (expected,) = model.forward_inference(images, features, [muted, box])
+    assert len(expected) > 0
+    assert torch.isfinite(got.pred_boxes.tensor).all()
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    torch.testing.assert_close(got.scores, expected.scores)
+    assert torch.equal(got.pred_classes, expected.pred_classes)
 
 
 def test_full_inference_with_non_finite_head_outputs_returns_no_detections(caplog):
@@ -233,33 +254,83 @@ def test_odd_image_sizes_align_anchors_with_features():
         assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_head_of_the_previous_release_still_builds_with_a_warning():
-    """GFLHead(reg_max=..., box_representation=..., quality=...) of the previous release: translated, with a warning."""
-    import pytest
-    from detectron2.config import instantiate
+# ---------------------------------------------------------------- GFL V2: the fused score
+def test_qfl_trains_the_box_distributions_through_the_predictor():
+    """V2's QFL alone gives the regression branch a gradient; V1's gives it none."""
+    data = two_image_batch()
+    for quality, expected in (("dgqp", True), ("joint", False)):
+        cfg = tiny_gfl_config()
+        cfg.quality = quality
+        torch.manual_seed(0)
+        model = instantiate(cfg).train()
+        with EventStorage():
+            losses = model(data)
+        losses["loss_qfl"].backward()
+        grads = [model.head.bbox_pred.weight.grad, model.head.bbox_subnet[0].weight.grad]
+        if expected:
+            assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        else:
+            assert all(g is None or g.abs().sum() == 0 for g in grads)
 
-    from gfl_d2.testing import tiny_gfl_config
 
-    cfg = tiny_gfl_config(reg_max=8)
-    del cfg.head.box_channels
-    cfg.head.reg_max = 8
-    with pytest.warns(FutureWarning, match="the head takes its layout"):
-        model = instantiate(cfg)
-    assert model.head.box_channels == 36 and not model.head.has_quality_branch
-    cfg.head.box_representation, cfg.head.quality = "dirac", "iou"
-    with pytest.warns(FutureWarning):
-        head = instantiate(cfg.head)
-    assert head.box_channels == 4 and head.has_quality_branch
-
-
-def test_loss_qfl_weight_is_a_deprecated_name_of_loss_cls_weight():
-    import pytest
-    from detectron2.config import instantiate
-
-    from gfl_d2.testing import tiny_gfl_config
-
+def test_box_loss_weights_are_the_fused_score():
+    """Each positive's GIoU/DFL weight is the detached max over classes of sigmoid(cls) * sigmoid(quality)."""
     cfg = tiny_gfl_config()
-    cfg.loss_qfl_weight = 0.5
-    with pytest.warns(FutureWarning, match="loss_cls_weight"):
-        model = instantiate(cfg)
-    assert model.loss_cls_weight == 0.5
+    cfg.quality = "dgqp"
+    torch.manual_seed(0)
+    model = instantiate(cfg).train()
+    with torch.no_grad():  # a quality that differs between locations
+        model.head.dgqp.layers[2].weight.normal_(0.0, 3.0)
+    data = two_image_batch()
+    seen = []
+    weights_of = model.box_loss_weights
+    model.box_loss_weights = lambda scores, ctr: seen.append(weights_of(scores, ctr)) or seen[-1]
+    with EventStorage():
+        model(data)
+        # the same positives and predictions, independently
+        images = model.preprocess_image(data)
+        features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+        cls, _, quality = model._transpose_dense_predictions(model.head(features), model._prediction_channels)
+        labels, _ = model.label_anchors(model.anchor_generator(features), [d["instances"] for d in data])
+    labels = torch.stack(labels)
+    positive = (labels >= 0) & (labels != model.num_classes)
+    fused = torch.cat(cls, dim=1).sigmoid() * torch.cat(quality, dim=1).sigmoid()
+    expected = fused[positive].max(dim=1).values.detach()
+    assert len(expected) > 0 and expected.std() > 1e-4  # the quality varies between the positives
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_inference_scores_are_the_product_and_the_quality_is_in_the_outputs():
+    cfg = tiny_gfl_config()
+    cfg.quality = "dgqp"
+    torch.manual_seed(0)
+    v2 = instantiate(cfg).eval()
+    cfg.quality = "joint"
+    v1 = instantiate(cfg).eval()
+    v1.load_state_dict({k: v for k, v in v2.state_dict().items() if "dgqp" not in k})
+    with torch.no_grad():
+        v2.head.dgqp.layers[2].weight.zero_()
+        v2.head.dgqp.layers[2].bias.fill_(0.0)  # quality 0.5
+        for m in (v1, v2):
+            m.head.cls_score.bias.fill_(0.0)
+    v1.test_score_thresh, v2.test_score_thresh = 0.2, 0.1  # the same candidates
+    image = [{"image": two_image_batch()[0]["image"]}]
+    with torch.no_grad():
+        r1, r2 = v1(image)[0]["instances"], v2(image)[0]["instances"]
+    assert len(r2) == len(r1) > 0
+    torch.testing.assert_close(r2.scores, 0.5 * r1.scores)
+    torch.testing.assert_close(r2.pred_boxes.tensor, r1.pred_boxes.tensor)
+    torch.testing.assert_close(r2.pred_quality, torch.full_like(r2.scores, 0.5))
+    assert r2.has("pred_box_dists") and r2.has("pred_box_std") and not r1.has("pred_quality")
+
+
+def test_v2_trains_under_autocast():
+    cfg = tiny_gfl_config()
+    cfg.quality = "dgqp"
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, _ = train_step(model, two_image_batch())
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    assert torch.isfinite(model.head.dgqp.layers[0].weight.grad).all()
+

@@ -2,8 +2,9 @@
 detectron2's end-to-end model tests (``tests/modeling/test_model_e2e.py`` in
 detectron2's repository), rewritten for GFL: the same inputs and the same
 assertions as for detectron2's RetinaNet and FCOS (plus Mask R-CNN's
-half-empty batch), on the COCO R-50 config, the embedded config, every
-variant of the model and the QFL drop-ins. Where detectron2 only checks CUDA
+half-empty batch), on the COCO R-50 config, the embedded config, GFL V2,
+every kind of head the ablation variants build (a centerness or IoU
+branch, Dirac or distribution boxes) and the QFL drop-ins. Where detectron2 only checks CUDA
 autocast, the same checks also run under CPU autocast (bfloat16).
 """
 import itertools
@@ -18,7 +19,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from gfl_d2.testing import ROOT
+
 
 
 def get_model_no_weights(config_path, overrides=()):
@@ -82,6 +84,7 @@ def get_regular_bitmask_instances(h, w):
 class DenseDetectorE2ETest:
     CONFIG_PATH = None
     OVERRIDES = ()
+    DROPS_NON_FINITE_BOXES = True  # GFL's models; detectron2's return them
 
     def setUp(self):
         torch.manual_seed(43)
@@ -124,26 +127,36 @@ class DenseDetectorE2ETest:
         inputs = [create_model_input(torch.rand(3, s[0], s[1])) for s in input_sizes]
         model(inputs)
 
-    def test_inf_nan_data(self):  # detectron2's RetinaNetE2ETest, for every output of the head
+    def test_inf_nan_data(self):
+        """
+        detectron2's RetinaNetE2ETest, for every output of the head, made able
+        to fail: the class (and quality) logits stay finite, so that every
+        (location, class) is a candidate, and only the box outputs are Inf or
+        NaN. GFL's models drop every such box (no detection); detectron2's
+        (the QFL drop-ins) return them, all non-finite, as upstream asserts.
+        """
         self.model.eval()
         self.model.score_threshold = -999999999  # as upstream (an attribute no dense detector reads) ...
         self.model.test_score_thresh = -999999999  # ... and the threshold the models do read
         channels = self.model.backbone.output_shape()[self.model.head_in_features[0]].channels
-        for tensor in [self._inf_tensor, self._nan_tensor]:
-            images = ImageList(tensor(1, 3, 512, 512), [(510, 510)])
-            features = [
-                tensor(1, channels, 128, 128),
-                tensor(1, channels, 64, 64),
-                tensor(1, channels, 32, 32),
-                tensor(1, channels, 16, 16),
-                tensor(1, channels, 8, 8),
-            ]
+        images = ImageList(torch.rand(1, 3, 512, 512, device=self.model.device), [(510, 510)])
+        features = [torch.rand(1, channels, 512 // s, 512 // s, device=self.model.device) for s in (4, 8, 16, 32, 64)]
+        with torch.no_grad():
             predictions = self.model.head(features)
-            predictions = [[tensor(*x.shape) for x in per_level] for per_level in predictions]
-            det = self.model.forward_inference(images, features, predictions)
-            # all predictions (if any) are infinite or nan
-            if len(det[0]):
-                self.assertTrue(torch.isfinite(det[0].pred_boxes.tensor).sum() == 0)
+            finite = self.model.forward_inference(images, features, predictions)
+            self.assertGreater(len(finite[0]), 0)  # the same candidates with finite boxes are detections
+            for tensor in [self._inf_tensor, self._nan_tensor]:
+                poisoned = list(predictions)
+                poisoned[1] = [tensor(*x.shape) for x in predictions[1]]  # the box outputs (index 1 in every head)
+                det = self.model.forward_inference(images, features, poisoned)
+                if self.DROPS_NON_FINITE_BOXES:
+                    self.assertEqual(len(det[0]), 0)
+                else:
+                    self.assertGreater(len(det[0]), 0)
+                    self.assertTrue(torch.isfinite(det[0].pred_boxes.tensor).sum() == 0)
+            if self.DROPS_NON_FINITE_BOXES:  # upstream's case: every output Inf (scores 1, boxes Inf or NaN)
+                everything = [[self._inf_tensor(*x.shape) for x in per_level] for per_level in predictions]
+                self.assertEqual(len(self.model.forward_inference(images, features, everything)[0]), 0)
 
     def _check_autocast(self, device_type, dtype):
         inputs = [{"image": torch.rand(3, 100, 100)}]
@@ -172,6 +185,12 @@ class GFLShapesE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     CONFIG_PATH = "Synthetic/gfl_R_18_FPN_shapes.py"
 
 
+class GFLV2ShapesE2ETest(DenseDetectorE2ETest, unittest.TestCase):
+    """GFL V2: the distribution-guided quality predictor multiplying the score."""
+
+    CONFIG_PATH = "Synthetic/gflv2_R_18_FPN_shapes.py"
+
+
 class ATSSShapesE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     """Focal Loss, a separate centerness branch, Dirac boxes."""
 
@@ -193,7 +212,9 @@ class JointDiracE2ETest(DenseDetectorE2ETest, unittest.TestCase):
 
 class QFLRetinaNetE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     CONFIG_PATH = "Synthetic/retinanet_qfl_R_18_FPN_shapes.py"
+    DROPS_NON_FINITE_BOXES = False
 
 
 class QFLFCOSE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     CONFIG_PATH = "Synthetic/fcos_qfl_R_18_FPN_shapes.py"
+    DROPS_NON_FINITE_BOXES = False

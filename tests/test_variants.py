@@ -5,11 +5,13 @@ and losses are the baselines' own (ATSS's centerness, FCOS's GIoU regression).
 """
 import glob
 import os
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from fvcore.nn import giou_loss
+from omegaconf import OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
@@ -79,18 +81,75 @@ def test_bad_variant_settings_are_refused(kwargs, match):
         instantiate(cfg)
 
 
-def test_head_layout_must_be_the_one_the_model_reads():
-    cfg = tiny_gfl_config()
-    cfg.cls_loss, cfg.quality = "focal", "centerness"  # the head still has no quality branch
-    with pytest.raises(ValueError, match="needs a separate quality branch: set head.quality_branch=True"):
-        instantiate(cfg)
-    cfg = tiny_gfl_config()
-    cfg.box_representation = "dirac"  # the head still predicts 68 distribution logits
-    with pytest.raises(ValueError, match="predicts 68 box channels, but box_representation='dirac' reads 4"):
-        instantiate(cfg)
+@pytest.mark.parametrize(
+    "overrides, box_channels, quality_branch, quality_predictor",
+    [
+        (["model.reg_max=8"], 36, False, False),
+        (["model.box_representation=dirac"], 4, False, False),
+        (["model.quality=dgqp"], 68, False, True),
+        (["model.cls_loss=focal", "model.quality=iou"], 68, True, False),
+    ],
+    ids=["n", "dirac", "v2", "iou-branch"],
+)
+def test_one_model_setting_sets_the_head_layout(overrides, box_channels, quality_branch, quality_predictor):
+    """Each idea is set on the model only; the head reads it (by interpolation) and its layout follows."""
+    cfg = load_lazy_config(os.path.join(SHAPES, "gfl_R_18_FPN_shapes.py"), overrides)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    head = model.head
+    assert (head.bbox_pred.out_channels, head.has_quality_branch, hasattr(head, "quality_pred")) == (
+        box_channels, quality_branch, quality_branch)
+    assert head.has_quality_predictor == hasattr(head, "dgqp") == quality_predictor
+    assert model.box2box_transform.num_outputs == box_channels
+    losses, _ = train_step(model, two_image_batch())
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+
+
+def test_reg_max_alone_trains_with_its_bins():
     cfg = tiny_gfl_config()
     cfg.reg_max = 8
-    with pytest.raises(ValueError, match="set head.box_channels=36"):
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    assert model.head.box_channels == model.head.bbox_pred.out_channels == 36 and model.box2box_transform.reg_max == 8
+    losses, _ = train_step(model, two_image_batch())
+    assert set(losses) == {"loss_qfl", "loss_bbox", "loss_dfl"} and all(torch.isfinite(v) for v in losses.values())
+    assert model.head.bbox_pred.weight.grad.shape[0] == 36
+
+
+def test_atss_config_sets_the_model_only():
+    """ATSS differs from GFL in the model's settings; its head config is GFL's, and the head built has ATSS's layout."""
+    atss = load_lazy_config(os.path.join(SHAPES, "atss_R_18_FPN_shapes.py"))
+    gfl = load_lazy_config(os.path.join(SHAPES, "gfl_R_18_FPN_shapes.py"))
+    assert OmegaConf.to_container(atss.model.head) == OmegaConf.to_container(gfl.model.head)
+    changed = {k for k in gfl.model if k != "head" and atss.model[k] != gfl.model[k]}
+    assert changed == {"cls_loss", "quality", "box_representation"}, changed
+    head = instantiate(atss.model).head
+    assert head.bbox_pred.out_channels == 4 and head.has_quality_branch and not head.has_quality_predictor
+
+
+def test_a_head_setting_that_disagrees_with_the_model_is_refused():
+    for key, value, model_value in (("reg_max", 8, 16), ("quality", "dgqp", "joint"),
+                                    ("box_representation", "dirac", "distribution")):
+        cfg = tiny_gfl_config()
+        setattr(cfg.head, key, value)  # the head's own copy, overridden alone
+        message = (f"the head was built with {key}={value!r} but the model has {key}={model_value!r}: "
+                   f"set model.{key} only")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            instantiate(cfg)
+
+
+def test_head_refuses_a_quality_its_box_outputs_cannot_give():
+    cfg = tiny_gfl_config()
+    cfg.quality, cfg.box_representation = "dgqp", "dirac"
+    with pytest.raises(ValueError, match="needs box_representation='distribution'"):
+        instantiate(cfg)
+    cfg = tiny_gfl_config(reg_max=2)
+    cfg.quality = "dgqp"  # the top 4 of 3 bins
+    with pytest.raises(ValueError, match="reads the top 4 of each edge's n \\+ 1 bins, but reg_max=2 gives 3"):
+        instantiate(cfg)
+    cfg = tiny_gfl_config()
+    cfg.quality = "centre"
+    with pytest.raises(ValueError, match="quality must be one of"):
         instantiate(cfg)
 
 
@@ -98,9 +157,6 @@ def tiny_variant(**kwargs):
     cfg = tiny_gfl_config()
     for k, v in kwargs.items():
         setattr(cfg, k, v)
-    cfg.head.quality_branch = kwargs.get("quality") in ("centerness", "iou")
-    if kwargs.get("box_representation") == "dirac":
-        cfg.head.box_channels = 4
     torch.manual_seed(0)
     return instantiate(cfg)
 
@@ -234,3 +290,20 @@ def test_yacs_keys_build_the_atss_variant():
     model = build_model(cfg)
     assert isinstance(model, GFL) and model.variant == GFLVariant("focal", "centerness", "dirac")
     assert model.head.has_quality_branch and model.head.bbox_pred.out_channels == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cls_loss="focal", quality="dgqp"), "cls_loss='qfl' with quality='joint' or 'dgqp'"),
+        (dict(quality="dgqp", box_representation="dirac"), "needs box_representation='distribution'"),
+    ],
+)
+def test_variant_refuses_what_v2_cannot_be(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GFLVariant(**kwargs)
+
+
+
+def test_v2_box_normaliser_has_no_floor_of_one():
+    assert GFLVariant(quality="dgqp").min_box_normalizer < GFLVariant().min_box_normalizer == 1.0

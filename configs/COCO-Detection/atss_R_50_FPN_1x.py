@@ -8,5 +8,3 @@ from .gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 model.cls_loss = "focal"
 model.quality = "centerness"
 model.box_representation = "dirac"
-model.head.box_channels = 4  # one distance per edge
-model.head.quality_branch = True  # the centerness branch

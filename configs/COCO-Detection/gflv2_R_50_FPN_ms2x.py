@@ -5,4 +5,3 @@ iterations at 16 images). Published: 43.9 AP on COCO minival, 44.4 on test-dev.
 from .gfl_R_50_FPN_ms2x import dataloader, lr_multiplier, model, optimizer, train
 
 model.quality = "dgqp"
-model.head.dgqp = True

@@ -1,11 +1,13 @@
 """
 Fine-tune GFL R-50-FPN trained on COCO on your own dataset folder (COCO,
-Pascal VOC or YOLO layout), with another number of classes. Start from a
-converted published checkpoint (tools/convert_mmdet_checkpoint.py) or any GFL
-R-50 checkpoint:
+Pascal VOC or YOLO layout), with another number of classes. Start from the
+published MMDetection checkpoint (https://download.openmmlab.com/mmdetection/v2.0/gfl/gfl_r50_fpn_1x_coco/gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth),
+converted once to detectron2's names, or from any GFL R-50 checkpoint of gfl-d2:
 
+    python tools/convert_mmdet_checkpoint.py gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth \
+        pretrained/gfl_R_50_FPN_1x_coco.pth
     python tools/train_net.py --config-file configs/OwnData/gfl_R_50_FPN_finetune.py \
-        dataset.root=/path/to/data train.init_checkpoint=gfl_r50_fpn_1x_coco.pth
+        dataset.root=/path/to/data train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
 
 Every tensor loads except the classification layer (``head.cls_score``),
 whose shape follows the number of classes: it keeps its fresh initialisation,
@@ -39,7 +41,7 @@ dataloader.train.total_batch_size = 4
 
 optimizer.lr = 0.01 * 4 / 16  # linear scaling rule from the COCO schedule (0.01 at 16 images)
 
-train.init_checkpoint = "???"  # the COCO weights: train.init_checkpoint=/path/to/converted.pth
+train.init_checkpoint = "???"  # the converted COCO weights: train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
 train.max_iter = 3000
 train.eval_period = 500  # and the best checkpoint by bbox AP is kept as model_best.pth
 train.checkpointer.period = 500

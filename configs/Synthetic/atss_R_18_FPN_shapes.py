@@ -9,7 +9,5 @@ from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, tr
 model.cls_loss = "focal"
 model.quality = "centerness"
 model.box_representation = "dirac"
-model.head.box_channels = 4  # one distance per edge
-model.head.quality_branch = True  # the centerness branch
 
 train.output_dir = "./output/atss_R_18_FPN_shapes"

@@ -21,7 +21,6 @@ from gfl_d2.modeling.backbone import make_basic_stages
 from .gfl_R_18_FPN_shapes import dataloader, model, optimizer, train  # noqa: F401
 
 model.reg_max = 6
-model.head.box_channels = 4 * (6 + 1)
 model.backbone.bottom_up.stem.out_channels = 32
 model.backbone.bottom_up.stages = L(make_basic_stages)(depth=18, width=32, norm="GN")
 

@@ -6,5 +6,4 @@ V2-against-V1 comparison of ``tools/ablation.py``.
 from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
 
 model.quality = "dgqp"
-model.head.dgqp = True
 train.output_dir = "./output/gflv2_R_18_FPN_shapes"

@@ -14,6 +14,30 @@ from .box_coding import aligned_iou
 __all__ = ["ATSSMatcher", "atss_labels"]
 
 
+def _nearest_anchors(anchors: List[Tensor], points: Tensor, topk: int) -> Tensor:
+    """
+    Args:
+        anchors: per level, (R_l, 4) anchor boxes.
+        points: (M, 2) points (the ground-truth boxes' centres).
+
+    Returns:
+        (K, M) long: for each point, the indices (into the levels' anchors
+        concatenated) of the ``topk`` anchors whose centres are nearest (L2)
+        on each level, levels in order (K = sum over levels of min(topk, R_l)).
+    """
+    candidates = []
+    start = 0
+    for level_anchors in anchors:
+        level_anchors = level_anchors.float()
+        centers = (level_anchors[:, :2] + level_anchors[:, 2:]) * 0.5  # (R_l, 2)
+        dist = (centers[:, None, :] - points[None, :, :]).pow(2).sum(-1).sqrt()  # (R_l, M)
+        k = min(topk, len(level_anchors))
+        if k > 0:
+            candidates.append(dist.topk(k, dim=0, largest=False).indices + start)  # (k, M)
+        start += len(level_anchors)
+    return torch.cat(candidates, dim=0)
+
+
 class ATSSMatcher:
     """
     For every ground-truth box:
@@ -57,17 +81,7 @@ class ATSSMatcher:
         gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) * 0.5  # (M, 2)
 
         # 1. candidates: the k nearest anchor centres on every level
-        candidates = []
-        start = 0
-        for level_anchors in anchors:
-            level_anchors = level_anchors.float()
-            centers = (level_anchors[:, :2] + level_anchors[:, 2:]) * 0.5  # (R_l, 2)
-            dist = (centers[:, None, :] - gt_centers[None, :, :]).pow(2).sum(-1).sqrt()  # (R_l, M)
-            k = min(self.topk, len(level_anchors))
-            if k > 0:
-                candidates.append(dist.topk(k, dim=0, largest=False).indices + start)  # (k, M)
-            start += len(level_anchors)
-        candidates = torch.cat(candidates, dim=0)  # (K, M)
+        candidates = _nearest_anchors(anchors, gt_centers, self.topk)  # (K, M)
 
         # 2. adaptive IoU threshold per box
         all_anchors = torch.cat(anchors, dim=0).float()

@@ -1,7 +1,6 @@
 """The GFL meta-architecture: a detectron2 ``DenseDetector``."""
 import logging
-import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from fvcore.nn import giou_loss
@@ -29,20 +28,93 @@ __all__ = ["GFL"]
 logger = logging.getLogger(__name__)
 
 
+def _check_head_reads_the_model_settings(head: nn.Module, **settings) -> None:
+    """
+    A head that derives its layout from the model's settings (:class:`GFLHead`)
+    must have been given the same values; the configs pass them down by
+    interpolation, so only an override of the head's own copy can differ.
+    """
+    for name, value in settings.items():
+        head_value = getattr(head, name, value)
+        if head_value != value:
+            raise ValueError(
+                f"the head was built with {name}={head_value!r} but the model has {name}={value!r}: "
+                f"set model.{name} only (the head reads it from the model)"
+            )
+
+
+def _one_anchor_per_location(anchor_generator: Optional[nn.Module], strides: List[int], anchor_scale: float):
+    """The given anchor generator, or one ``anchor_scale x stride`` square per location; refuses more than one."""
+    if anchor_generator is None:
+        anchor_generator = DefaultAnchorGenerator(
+            sizes=[[anchor_scale * s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.0
+        )
+    if any(n != 1 for n in anchor_generator.num_cell_anchors):
+        raise ValueError("GFL needs exactly one anchor per location (one size, one aspect ratio)")
+    return anchor_generator
+
+
+class _Positives(NamedTuple):
+    """The positive anchors of a batch, decoded in units of their level's stride as in the reference."""
+
+    img: Tensor  # (P,) image index
+    anchor: Tensor  # (P,) anchor index (levels concatenated)
+    box_regs: Tensor  # (P, D) box outputs
+    anchors: Tensor  # (P, 4) anchor boxes, pixels
+    gt_boxes: Tensor  # (P, 4) matched boxes, pixels
+    centers: Tensor  # (P, 2) anchor centres, pixels
+    pred_boxes: Tensor  # (P, 4) decoded boxes, strides
+    target_boxes: Tensor  # (P, 4) matched boxes, strides
+    ious: Tensor  # (P,) IoU of the detached predicted boxes with their targets (QFL's targets)
+
+
 @META_ARCH_REGISTRY.register()
 class GFL(DenseDetector):
     """
     Generalized Focal Loss V1 (:paper:`gfl`): a joint classification-IoU score
     trained with Quality Focal Loss, general edge distributions trained with
     Distribution Focal Loss and GIoU on the integral, and ATSS assignment.
-    With ``quality="dgqp"`` (and ``head.dgqp=True``) it is GFL V2: the score is
-    multiplied by a quality predicted from the edge distributions' statistics,
-    and QFL trains the product.
+    With ``quality="dgqp"`` it is GFL V2: the score is multiplied by a quality
+    predicted from the edge distributions' statistics, and QFL trains the
+    product.
 
     The paper's ablation axes (``cls_loss``, ``quality``, ``box_representation``,
     ``box_loss_weighting``) are settings of this one model, resolved once into
     a :class:`GFLVariant`; the variants are config files
-    (``configs/Synthetic/Ablations/``).
+    (``configs/Synthetic/Ablations/``). Each is one setting: the head reads
+    ``reg_max``, ``box_representation`` and ``quality`` from the model.
+
+    Args:
+        backbone: a backbone whose features ``head_in_features`` feed the head.
+        head: a head whose ``forward(features)`` returns ``[cls_logits,
+            box_regs]`` (+ ``[quality_logits]``) per level, e.g. :class:`GFLHead`
+            built with this model's ``reg_max``, ``box_representation`` and
+            ``quality`` (checked).
+        anchor_generator: one ``anchor_scale x stride`` square per location
+            (default: from the backbone's strides).
+        anchor_matcher: label assignment; default ``ATSSMatcher(topk=9)``.
+        num_classes: number of foreground classes.
+        reg_max: n, the largest bin of each edge distribution (n+1 bins).
+        bin_width: Δ, the spacing of the bins in units of stride.
+        anchor_scale: anchor side / stride (GFL's octave base scale, 8).
+        qfl_beta: β of Quality Focal Loss.
+        cls_loss, quality, box_representation, box_loss_weighting: the
+            paper's ablation axes, see :class:`GFLVariant`.
+        focal_loss_alpha, focal_loss_gamma: of Focal Loss (``cls_loss="focal"``).
+        loss_*_weight: weights of the losses (classification (QFL or Focal
+            Loss) 1, GIoU 2.0, DFL 0.25, separate quality 1.0).
+            ``loss_dfl_weight=0`` turns DFL off.
+        test_*: inference filtering: score threshold, top-k (location, class)
+            pairs per level, NMS IoU; max_detections_per_image after NMS.
+        output_box_distributions: add ``pred_box_dists`` (N, 4, n+1), each
+            edge's distribution over its bins, and ``pred_box_std`` (N, 4),
+            in output-image pixels, to the results (not with "dirac").
+            A model with a quality ("dgqp", "centerness", "iou") always adds
+            ``pred_quality`` (N,), the quality that multiplied the score.
+        size_divisibility: pad images to a multiple of this (``None``: the
+            backbone's, 128 with P7; the released models used 32).
+        pixel_mean, pixel_std: normalisation, in the channel order of
+            ``input_format``.
     """
 
     @configurable
@@ -55,103 +127,45 @@ class GFL(DenseDetector):
         anchor_generator: Optional[nn.Module] = None,
         anchor_matcher: Optional[ATSSMatcher] = None,
         num_classes: int,
-        reg_max: int = 16,
-        bin_width: float = 1.0,
-        anchor_scale: float = 8.0,
-        qfl_beta: float = 2.0,
-        cls_loss: str = "qfl",
-        quality: str = "joint",
-        box_representation: str = "distribution",
+        reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0,
+        cls_loss: str = "qfl", quality: str = "joint", box_representation: str = "distribution",
         box_loss_weighting: str = "auto",
-        focal_loss_alpha: float = 0.25,
-        focal_loss_gamma: float = 2.0,
-        loss_cls_weight: float = 1.0,
-        loss_bbox_weight: float = 2.0,
-        loss_dfl_weight: float = 0.25,
+        qfl_beta: float = 2.0, focal_loss_alpha: float = 0.25, focal_loss_gamma: float = 2.0,
+        loss_cls_weight: float = 1.0, loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25,
         loss_quality_weight: float = 1.0,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
+        test_score_thresh: float = 0.05, test_topk_candidates: int = 1000, test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 100,
         output_box_distributions: bool = True,
         size_divisibility: Optional[int] = None,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "RGB",
-        loss_qfl_weight: Optional[float] = None,
     ):
-        """
-        Args:
-            backbone: a backbone whose features ``head_in_features`` feed the head.
-            head: a head whose ``forward(features)`` returns ``[cls_logits,
-                box_regs]`` (+ ``[quality_logits]``) per level, e.g. :class:`GFLHead`;
-                its layout (``box_channels``, ``has_quality_branch``,
-                ``has_quality_predictor``) is checked against the settings below.
-            anchor_generator: one ``anchor_scale x stride`` square per location
-                (default: from the backbone's strides).
-            anchor_matcher: label assignment; default ``ATSSMatcher(topk=9)``.
-            num_classes: number of foreground classes.
-            reg_max: n, the largest bin of each edge distribution (n+1 bins).
-            bin_width: Δ, the spacing of the bins in units of stride.
-            anchor_scale: anchor side / stride (GFL's octave base scale, 8).
-            qfl_beta: β of Quality Focal Loss.
-            cls_loss, quality, box_representation, box_loss_weighting: the
-                paper's ablation axes, see :class:`GFLVariant`.
-            focal_loss_alpha, focal_loss_gamma: of Focal Loss (``cls_loss="focal"``).
-            loss_*_weight: weights of the losses (classification (QFL or Focal
-                Loss) 1, GIoU 2.0, DFL 0.25, separate quality 1.0).
-                ``loss_dfl_weight=0`` turns DFL off.
-            test_*: inference filtering: score threshold, top-k (location, class)
-                pairs per level, NMS IoU; max_detections_per_image after NMS.
-            output_box_distributions: add ``pred_box_dists`` (N, 4, n+1), each
-                edge's distribution over its bins, and ``pred_box_std`` (N, 4),
-                in output-image pixels, to the results (not with "dirac").
-                A model with a quality ("dgqp", "centerness", "iou") always adds
-                ``pred_quality`` (N,), the quality that multiplied the score.
-            size_divisibility: pad images to a multiple of this (``None``: the
-                backbone's, 128 with P7; the released models used 32).
-            pixel_mean, pixel_std: normalisation, in the channel order of
-                ``input_format``.
-            loss_qfl_weight: deprecated name of ``loss_cls_weight``.
-        """
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.num_classes = num_classes
         self.variant = GFLVariant(cls_loss, quality, box_representation, box_loss_weighting)
         self.box2box_transform = self.variant.box_transform(reg_max, bin_width, anchor_scale)
-        self.variant.check_head_layout(head, self.box2box_transform)
-
+        _check_head_reads_the_model_settings(head, reg_max=reg_max, box_representation=box_representation,
+                                             quality=quality)
         strides = [backbone.output_shape()[k].stride for k in self.head_in_features]
-        if anchor_generator is None:
-            anchor_generator = DefaultAnchorGenerator(
-                sizes=[[anchor_scale * s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.0
-            )
-        if any(n != 1 for n in anchor_generator.num_cell_anchors):
-            raise ValueError("GFL needs exactly one anchor per location (one size, one aspect ratio)")
-        self.anchor_generator = anchor_generator
+        self.anchor_generator = _one_anchor_per_location(anchor_generator, strides, anchor_scale)
         self.anchor_matcher = anchor_matcher if anchor_matcher is not None else ATSSMatcher(topk=9)
 
-        if loss_qfl_weight is not None:
-            warnings.warn("GFL(loss_qfl_weight=...) is deprecated: it is loss_cls_weight", FutureWarning, stacklevel=3)
-            loss_cls_weight = loss_qfl_weight
         self.cls_loss = self.variant.classification_loss(num_classes, qfl_beta, focal_loss_alpha, focal_loss_gamma)
         self.box_loss_weights = self.variant.box_loss_weights()
         self.quality_target = self.variant.quality_target()
-        self.loss_cls_weight = loss_cls_weight
-        self.loss_bbox_weight = loss_bbox_weight
+        self.loss_cls_weight, self.loss_bbox_weight = loss_cls_weight, loss_bbox_weight
         # DFL trains distributions: a Dirac model has none
         self.loss_dfl_weight = loss_dfl_weight if self.box2box_transform.has_distributions else 0.0
         self.loss_quality_weight = loss_quality_weight
 
-        self.test_score_thresh = test_score_thresh
-        self.test_topk_candidates = test_topk_candidates
-        self.test_nms_thresh = test_nms_thresh
-        self.max_detections_per_image = max_detections_per_image
+        self.test_score_thresh, self.test_topk_candidates = test_score_thresh, test_topk_candidates
+        self.test_nms_thresh, self.max_detections_per_image = test_nms_thresh, max_detections_per_image
         if output_box_distributions and not self.box2box_transform.has_distributions:
             logger.info("GFL: box_representation='dirac' has no edge distributions to output")
             output_box_distributions = False
         self.output_box_distributions = output_box_distributions
-        self.size_divisibility = size_divisibility
-        self.input_format = input_format
+        self.size_divisibility, self.input_format = size_divisibility, input_format
 
     @property
     def output_box_distributions(self) -> bool:
@@ -243,12 +257,10 @@ class GFL(DenseDetector):
 
         Returns:
             ``loss_qfl`` (``loss_cls`` with Focal Loss; with "dgqp" QFL on
-            ``sigmoid(logits) * sigmoid(quality)``), normalised by the number
-            of positives; ``loss_bbox`` (GIoU) and ``loss_dfl``, normalised by
-            the sum of the positives' box-loss weights (at least
-            ``GFLVariant.min_box_normalizer``); ``loss_quality`` with a
-            separate quality branch. Weights applied, normalisers averaged over
-            workers.
+            ``sigmoid(logits) * sigmoid(quality)``) and ``loss_quality`` (a
+            separate quality branch), normalised by the number of positives;
+            ``loss_bbox`` and ``loss_dfl`` from :meth:`box_losses`. Weights
+            applied, normalisers averaged over workers.
         """
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
@@ -256,9 +268,35 @@ class GFL(DenseDetector):
         get_event_storage().put_scalar("num_pos_anchors", num_pos.item() / len(gt_labels))
         pos_normalizer = reduce_mean(num_pos.float()).clamp(min=1.0)
 
-        # the positives, decoded in units of their level's stride as in the reference
         pred_logits = torch.cat(pred_logits, dim=1)  # (N, R, C)
         quality_logits = None if pred_quality_logits is None else torch.cat(pred_quality_logits, dim=1)  # (N, R, 1)
+        pos = self.decode_positives(pos_mask, anchors, pred_box_regs, gt_boxes)
+        # V2: QFL on the fused score also reaches the distributions, through the quality predictor
+        fused = quality_logits if self.variant.has_quality_predictor else None
+        loss_cls = self.cls_loss(pred_logits, gt_labels, pos.ious, fused)
+        losses = {self.cls_loss.name: loss_cls * self.loss_cls_weight / pos_normalizer}
+
+        ctr_targets = centerness(box2distance(pos.centers, pos.gt_boxes))  # (P,)
+        losses.update(self.box_losses(pos, pred_logits, fused, ctr_targets))
+        if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
+            pos_quality = quality_logits[pos.img, pos.anchor, 0].float()  # (P,)
+            targets = self.quality_target(pos.ious, ctr_targets)
+            loss_quality = F.binary_cross_entropy_with_logits(pos_quality, targets, reduction="sum")
+            losses["loss_quality"] = loss_quality * self.loss_quality_weight / pos_normalizer
+        return losses
+
+    def decode_positives(
+        self, pos_mask: Tensor, anchors: List[Boxes], pred_box_regs: List[Tensor], gt_boxes: List[Tensor]
+    ) -> _Positives:
+        """
+        Args:
+            pos_mask: (N, R) the positive anchors.
+            anchors, pred_box_regs, gt_boxes: as in :meth:`losses`.
+
+        Returns:
+            the P positives' outputs, anchors and matched boxes, with their
+            boxes decoded in units of stride and QFL's IoU targets.
+        """
         pos_img, pos_anchor = pos_mask.nonzero(as_tuple=True)
         pos_box_regs = torch.cat(pred_box_regs, dim=1)[pos_img, pos_anchor]  # (P, D)
         pos_anchors = Boxes.cat(anchors).tensor[pos_anchor].float()  # (P, 4)
@@ -266,32 +304,36 @@ class GFL(DenseDetector):
         centers, strides = self.box2box_transform.centers_and_strides(pos_anchors)
         pred_boxes = distance2box(centers / strides, self.box2box_transform.decode(pos_box_regs).distances)
         target_boxes = pos_gt_boxes / strides
-        ious = aligned_iou(pred_boxes.detach(), target_boxes)  # (P,) QFL's targets
+        ious = aligned_iou(pred_boxes.detach(), target_boxes)  # (P,)
+        return _Positives(pos_img, pos_anchor, pos_box_regs, pos_anchors, pos_gt_boxes, centers, pred_boxes,
+                          target_boxes, ious)
 
-        # V2: QFL on the fused score also reaches the distributions, through the quality predictor
-        fused = quality_logits if self.variant.has_quality_predictor else None
-        loss_cls = self.cls_loss(pred_logits, gt_labels, ious, fused)
-        losses = {self.cls_loss.name: loss_cls * self.loss_cls_weight / pos_normalizer}
+    def box_losses(
+        self, pos: _Positives, pred_logits: Tensor, fused: Optional[Tensor], ctr_targets: Tensor
+    ) -> Dict[str, Tensor]:
+        """
+        GIoU (``loss_bbox``) and DFL (``loss_dfl``), each positive weighted
+        (GFL: by its detached score, V2: the fused one; ATSS: its centerness),
+        normalised by the sum of the weights (at least
+        ``GFLVariant.min_box_normalizer``).
 
-        # GIoU and DFL, each positive weighted (GFL: by its detached score, V2: the fused one)
-        ctr_targets = centerness(box2distance(centers, pos_gt_boxes))  # (P,)
-        pos_scores = pred_logits.detach()[pos_img, pos_anchor].float().sigmoid()  # (P, C)
+        Args:
+            pos: from :meth:`decode_positives`.
+            pred_logits: (N, R, C) class logits.
+            fused: (N, R, 1) V2's quality logits, else None.
+            ctr_targets: (P,) the positives' centerness targets.
+        """
+        pos_scores = pred_logits.detach()[pos.img, pos.anchor].float().sigmoid()  # (P, C)
         if fused is not None:
-            pos_scores = pos_scores * fused.detach()[pos_img, pos_anchor].float().sigmoid()
+            pos_scores = pos_scores * fused.detach()[pos.img, pos.anchor].float().sigmoid()
         weights = self.box_loss_weights(pos_scores, ctr_targets)  # (P,)
         box_normalizer = reduce_mean(weights.sum()).clamp(min=self.variant.min_box_normalizer)
-        loss_giou = giou_loss(pred_boxes, target_boxes, reduction="none")
-        losses["loss_bbox"] = (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer
+        loss_giou = giou_loss(pos.pred_boxes, pos.target_boxes, reduction="none")
+        losses = {"loss_bbox": (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer}
         if self.loss_dfl_weight > 0:
-            dfl_targets = self.box2box_transform.encode(pos_anchors, pos_gt_boxes)  # (P, 4) in bins
-            loss_dfl = distribution_focal_loss(pos_box_regs.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
+            dfl_targets = self.box2box_transform.encode(pos.anchors, pos.gt_boxes)  # (P, 4) in bins
+            loss_dfl = distribution_focal_loss(pos.box_regs.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
             losses["loss_dfl"] = (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer
-
-        if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
-            pos_quality = quality_logits[pos_img, pos_anchor, 0].float()  # (P,)
-            targets = self.quality_target(ious, ctr_targets)
-            loss_quality = F.binary_cross_entropy_with_logits(pos_quality, targets, reduction="sum")
-            losses["loss_quality"] = loss_quality * self.loss_quality_weight / pos_normalizer
         return losses
 
     # ----------------------------------------------------------------- inference

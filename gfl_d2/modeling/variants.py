@@ -185,27 +185,3 @@ class GFLVariant:
 
     def quality_target(self) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
         return {"iou": _iou_target, "centerness": _centerness_target}.get(self.quality)
-
-    def check_head_layout(self, head, box_transform) -> None:
-        """
-        The head owns its layout (``box_channels``, ``has_quality_branch``,
-        ``has_quality_predictor``); it must be what this variant reads.
-        """
-        channels = getattr(head, "box_channels", None)
-        if channels is not None and channels != box_transform.num_outputs:
-            raise ValueError(
-                f"the head predicts {channels} box channels, but box_representation={self.box_representation!r} "
-                f"reads {box_transform.num_outputs}: set head.box_channels={box_transform.num_outputs}"
-            )
-        branch = getattr(head, "has_quality_branch", None)
-        if branch is not None and branch != self.has_quality_branch:
-            raise ValueError(
-                f"quality={self.quality!r} {'needs' if self.has_quality_branch else 'has no use for'} "
-                f"a separate quality branch: set head.quality_branch={self.has_quality_branch}"
-            )
-        predictor = getattr(head, "has_quality_predictor", None)
-        if predictor is not None and predictor != self.has_quality_predictor:
-            raise ValueError(
-                f"quality={self.quality!r} {'needs' if self.has_quality_predictor else 'has no use for'} "
-                f"the distribution-guided quality predictor: set head.dgqp={self.has_quality_predictor}"
-            )

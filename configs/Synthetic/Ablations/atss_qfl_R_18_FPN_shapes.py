@@ -6,5 +6,4 @@ One of the ablation variants of tools/ablation.py; see projects/GFL/README.md.
 from ..gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 model.box_representation = "dirac"
-model.head.box_channels = 4
 train.output_dir = "./output/ablations/atss_qfl"

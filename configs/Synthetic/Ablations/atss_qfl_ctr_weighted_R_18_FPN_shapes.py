@@ -6,6 +6,5 @@ One of the ablation variants of tools/ablation.py; see projects/GFL/README.md.
 from ..gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 model.box_representation = "dirac"
-model.head.box_channels = 4
 model.box_loss_weighting = "centerness"
 train.output_dir = "./output/ablations/atss_qfl_ctr_weighted"

@@ -5,5 +5,4 @@ One of the ablation variants of tools/ablation.py; see projects/GFL/README.md.
 from ..gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 model.reg_max = 4
-model.head.box_channels = 4 * (4 + 1)
 train.output_dir = "./output/ablations/gfl_n4"

@@ -34,11 +34,13 @@ model = L(GFL)(
         conv_dims=[256, 256, 256, 256],
         norm="GN",
         prior_prob=0.01,
-        # the head's layout, checked by the model against its settings below:
-        # 4 * (reg_max + 1) distribution logits (4 with box_representation="dirac"),
-        # a quality branch with quality="centerness" / "iou"
-        box_channels=4 * (16 + 1),
-        quality_branch=False,
+        # the head's layout follows the model's settings below: 4 * (reg_max + 1)
+        # distribution logits (4 with box_representation="dirac"), a quality branch
+        # with quality="centerness" / "iou", GFL V2's quality predictor with "dgqp";
+        # set them on the model only (model.reg_max=8)
+        reg_max="${..reg_max}",
+        box_representation="${..box_representation}",
+        quality="${..quality}",
     ),
     # one square anchor of 8 x stride per location (ATSS's octave base scale)
     anchor_generator=L(DefaultAnchorGenerator)(
@@ -56,7 +58,7 @@ model = L(GFL)(
     qfl_beta=2.0,
     # the paper's ablation axes (gfl_d2.modeling.GFLVariant); configs/Synthetic/Ablations has the variants
     cls_loss="qfl",  # or "focal" (hard labels)
-    quality="joint",  # or "centerness" / "iou" (separate branch, with "focal") / "none"
+    quality="joint",  # or "dgqp" (GFL V2), "centerness" / "iou" (separate branch, with "focal") / "none"
     box_representation="distribution",  # or "dirac" (plain distance regression)
     box_loss_weighting="auto",  # "score" for a joint quality, else "centerness" (ATSS)
     focal_loss_alpha=0.25,
