@@ -5,7 +5,8 @@ head; fine-tuning from a checkpoint keeps that checkpoint's box layer.
 """
 import logging
 import os
-from typing import List, Optional
+from typing import List
+from urllib.parse import urlparse
 
 import torch
 
@@ -121,6 +122,7 @@ def holds_layer(path: str, model: torch.nn.Module, key: str) -> bool:
     reader = DetectionCheckpointer(torch.nn.Module())
     try:
         local = path if os.path.isfile(path) else reader.path_manager.get_local_path(path)
+        reader._parsed_url_during_load = urlparse(local)  # what load() sets before reading a file
         state = reader._load_file(local)
     except Exception:  # the load itself will say what is wrong with the file
         return False

@@ -1,4 +1,4 @@
-"""tools/ablation.py: trains, evaluates and times the variants, writes the tables, resumes."""
+"""tools/ablation.py: trains, evaluates and times the variants, writes the report (JSON and tables), resumes."""
 import json
 import os
 import subprocess
@@ -12,7 +12,7 @@ def test_ablation_tool_runs_saves_and_resumes(tmp_path):
     datasets = tmp_path / "datasets"
     cmd = [sys.executable, "tools/ablation.py", "--tables", "main", "--variants", "GFL", "ATSS",
            "--iters", "4", "--batch", "2", "--seeds", "0", "--output", str(out), "--timing-images", "2",
-           "--timing-rounds", "1", "--opts", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+           "--timing-rounds", "1", "--results", str(tmp_path), "--name", "abl", "--opts", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
            "dataloader.train.dataset.names.num_images=8", "dataloader.test.dataset.names.num_images=4"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", DETECTRON2_DATASETS=str(datasets))
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -20,7 +20,8 @@ def test_ablation_tool_runs_saves_and_resumes(tmp_path):
     assert "2 runs, 0 already done" in proc.stdout
     for name in ("GFL", "ATSS"):
         assert (out / name / "seed0" / "result.json").is_file()
-    table = (out / "ablation.md").read_text()
+    table = (tmp_path / "abl.md").read_text()
+    assert "## 4 iterations" in table and "### GFL against ATSS, FCOS and RetinaNet (paper Table 3)" in table
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table.splitlines() if line.startswith("| ")}
     # after 4 iterations there may be no detection: AP is a number or "–" (COCOeval's undefined)
@@ -31,6 +32,17 @@ def test_ablation_tool_runs_saves_and_resumes(tmp_path):
     assert rows["RetinaNet"][0] == "…" and rows["RetinaNet"][-2] == "0"  # rows not run are shown as missing
     result = json.loads((out / "ATSS" / "seed0" / "result.json").read_text())
     assert result["variant"] == "ATSS" and result["config"].endswith("atss_R_18_FPN_shapes.py")
+    report = json.loads((tmp_path / "abl.json").read_text())
+    assert [r["variant"] for r in report["runs"]] == ["ATSS", "GFL"]
+    assert {k: report["runs"][0][k] for k in ("seed", "config", "overrides", "iters")} == {
+        k: result[k] for k in ("seed", "config", "overrides", "iters")}
+    assert report["setup"]["iters"] == 4 and set(report["timing"]["seconds_per_image"]) == {"GFL", "ATSS"}
+
+    # --report renders the same tables from the JSON alone
+    (tmp_path / "abl.md").unlink()
+    proc = subprocess.run([sys.executable, "tools/ablation.py", "--report", "--results", str(tmp_path), "--name", "abl"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and (tmp_path / "abl.md").read_text() == table
 
     # a second invocation finds both runs done and retrains nothing
     proc = subprocess.run(cmd + ["--skip-timing"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

@@ -11,7 +11,7 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 
-from gfl_d2.checkpoint import CheckedCheckpointer, require_trained_head
+from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
 from gfl_d2.train_loop import SimpleTrainer, clip_gradients
 from gfl_d2.testing import ROOT, TINY_OVERRIDES, make_instances, read_metrics, shapes_image, tiny_gfl
 
@@ -38,6 +38,41 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
     CheckedCheckpointer(fresh).load(str(good))
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
+
+
+def test_weights_without_the_head_are_refused_for_evaluation(tmp_path):
+    """An ImageNet-like checkpoint (backbone only) loads, but evaluating with it stops, naming the head tensors."""
+    model = tiny_gfl()
+    backbone_only = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    torch.save({"model": backbone_only}, tmp_path / "backbone.pth")
+    CheckedCheckpointer(model, save_dir=str(tmp_path)).save("trained")
+
+    checkpointer = CheckedCheckpointer(tiny_gfl())
+    checkpointer.load(str(tmp_path / "backbone.pth"))
+    with pytest.raises(SystemExit, match=r"error: .*backbone.pth holds no trained weights for \d+ tensor\(s\) of the "
+                                         r"detector's head \(head\.bbox_pred\.bias, head\.bbox_pred\.weight, .*"
+                                         r"train.init_checkpoint=/path/to/model_final.pth"):
+        require_trained_head(checkpointer, str(tmp_path / "backbone.pth"))
+    # another number of classes: the classification layer is not loaded, so it is not trained either
+    other = tiny_gfl(num_classes=5)
+    checkpointer = CheckedCheckpointer(other)
+    checkpointer.load(str(tmp_path / "trained.pth"))
+    with pytest.raises(SystemExit, match=r"2 tensor\(s\) of the detector's head \(head.cls_score.bias, head.cls_score.weight\)"):
+        require_trained_head(checkpointer, "trained.pth")
+    checkpointer = CheckedCheckpointer(tiny_gfl())
+    checkpointer.load(str(tmp_path / "trained.pth"))
+    require_trained_head(checkpointer, "trained.pth")  # the whole detector: fine
+
+
+def test_a_checkpoint_holding_the_box_layer_fixes_n(tmp_path):
+    model = tiny_gfl(reg_max=8)
+    CheckedCheckpointer(model, save_dir=str(tmp_path)).save("n8")
+    path = str(tmp_path / "n8.pth")
+    assert holds_layer(path, tiny_gfl(reg_max=8), "head.bbox_pred.weight")
+    assert not holds_layer(path, tiny_gfl(reg_max=16), "head.bbox_pred.weight")  # another n: re-initialised
+    assert not holds_layer("", model, "head.bbox_pred.weight")
+    assert not holds_layer("detectron2://ImageNetPretrained/torchvision/R-50.pkl", model, "head.bbox_pred.weight")
+    assert not holds_layer(str(tmp_path / "missing.pth"), model, "head.bbox_pred.weight")
 
 
 def test_unknown_config_key_is_refused_before_training(tmp_path):

@@ -95,16 +95,23 @@ def test_yacs_entry_point_takes_a_dataset_folder(tmp_path, folders):
     assert list(out.glob("pr_curves_data_yolo_val_*.png"))
 
 
-def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders):
-    mmdet = tmp_path / "gfl_r50_fpn_1x_coco.pth"
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A COCO GFL R-50 checkpoint in MMDetection's format (random weights), converted."""
+    base = tmp_path_factory.mktemp("coco_gfl")
+    mmdet = base / "gfl_r50_fpn_1x_coco.pth"
     torch.save({"state_dict": mmdet_gfl_state_dict("R-50 1x"), "meta": {}}, mmdet)
-    converted = tmp_path / "converted.pth"
-    convert_checkpoint(str(mmdet), str(converted))
+    out = base / "converted.pth"
+    convert_checkpoint(str(mmdet), str(out))
+    return out
+
+
+def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders, converted):
     out = tmp_path / "out"
     proc = run_tool(
         ["tools/train_net.py", "--config-file", "configs/OwnData/gfl_R_50_FPN_finetune.py",
          f"dataset.root={folders['coco']}", f"train.init_checkpoint={converted}", "dataset.min_size=64",
-         "dataset.max_size=128", "train.max_iter=1", "train.eval_period=0", "train.check_bins=0",
+         "dataset.max_size=128", "train.max_iter=1", "train.eval_period=0", "train.check_bins=2",
          "dataloader.train.total_batch_size=1", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
          f"train.output_dir={out}"]
     )
@@ -117,10 +124,50 @@ def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders):
     # all else loaded: fvcore lists only the re-initialised layer as not found, and nothing as unused
     missing = log.split("not found in the checkpoint:")[1].strip().splitlines()[0]
     assert missing.endswith("head.cls_score.{bias, weight}") and "not used by the model" not in log
+    # the bins: n is the checkpoint's, so the check reports the fit and never advises another n
+    assert f"n = 16 is fixed by the trained box layer of {converted}" in log
+    assert "model.reg_max=" not in log and "would cover 99%" not in log
     final = torch.load(out / "model_final.pth", weights_only=True)["model"]
     start = torch.load(converted, weights_only=True)["model"]
     key = "backbone.bottom_up.stem.conv1.weight"  # frozen: still the COCO weights
     assert torch.equal(final[key], start[key])
+
+
+def test_yacs_fine_tuning_config_checks_the_data_and_the_bins(tmp_path, folders, converted):
+    """configs/OwnData/gfl_R_50_FPN_finetune.yaml: the same checks and loading as the LazyConfig path."""
+    out = tmp_path / "out"
+    small = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "64",
+             "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)",
+             "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0"]
+    cmd = ["projects/GFL/train_net.py", "--config-file", "configs/OwnData/gfl_R_50_FPN_finetune.yaml"]
+    proc = run_tool(cmd + ["DATASETS.FOLDER.ROOT", folders["voc"], "MODEL.WEIGHTS", converted, *small,
+                           "OUTPUT_DIR", out])
+    log = _log(proc)
+    assert "voc layout, split 'train'" in log and "Dataset check passed: 7 images" in log  # the empty one filtered
+    assert "Re-initialised 2 tensor(s) instead of loading them" in log
+    assert "GFL bins: " in log and f"n = 16 is fixed by the trained box layer of {converted}" in log
+    assert "MODEL.GFL.REG_MAX" not in log and "copypaste: AP" in log
+    assert (out / "model_final.pth").is_file()
+    # its mandatory values are named with how to set them
+    proc = run_tool(cmd + ["OUTPUT_DIR", tmp_path / "o2"], check=False)
+    assert proc.returncode != 0 and "Traceback" not in _log(proc)
+    assert "needs a value for DATASETS.FOLDER.ROOT, MODEL.WEIGHTS" in _log(proc)
+    assert "MODEL.WEIGHTS: the weights to start from: MODEL.WEIGHTS /path/to/model.pth" in _log(proc)
+
+
+def test_yacs_training_from_scratch_advises_n(tmp_path, folders):
+    """From scratch the box layer is free: the bin check advises n as MODEL.GFL.REG_MAX when the bins do not fit."""
+    proc = run_tool(
+        ["projects/GFL/train_net.py", "--config-file", "configs/gfl_R_50_FPN_1x.yaml",
+         "DATASETS.FOLDER.ROOT", folders["yolo"], "MODEL.WEIGHTS", "", "MODEL.BACKBONE.FREEZE_AT", "0",
+         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2",
+         "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
+         "OUTPUT_DIR", tmp_path / "out"]
+    )
+    log = _log(proc)
+    assert "GFL bins: " in log and "would cover 99%" in log and "fixed by" not in log
+    # at 64 px the targets lie within a few strides, far inside n = 16
+    assert "far inside the 16 bins: MODEL.GFL.REG_MAX " in log
 
 
 def test_config_without_a_dataset_root_says_what_to_add(tmp_path):

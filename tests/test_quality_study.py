@@ -47,25 +47,35 @@ def test_candidates_of_a_detection():
     np.testing.assert_allclose(true_ious(inst, gt_boxes, gt_classes), [1.0, 0.5], rtol=1e-6)
 
 
-def test_tool_writes_the_table_and_the_picture(tmp_path):
+def test_tool_writes_the_report_and_the_picture(tmp_path):
     out = tmp_path / "out"
     opts = ["dataloader.test.dataset.names.num_images=3", "model.test_score_thresh=0.0"]
     proc = run_tool(
         ["tools/quality_correlation.py", "--model", "GFL", "configs/Synthetic/gfl_R_18_FPN_shapes.py", "",
-         "--model", "GFL V2", "configs/Synthetic/gflv2_R_18_FPN_shapes.py", "", "--output", out, "--opts", *opts],
+         "--model", "GFL V2", "configs/Synthetic/gflv2_R_18_FPN_shapes.py", "", "--output", out, "--opts", *opts,
+         "--results", tmp_path, "--name", "quality"],
         datasets=tmp_path / "datasets",
     )
-    table = (out / "quality_correlation.md").read_text().splitlines()
-    assert [r.split("|")[1].strip() for r in table[2:]] == ["GFL (all)", "GFL (IoU > 0)", "GFL V2 (all)", "GFL V2 (IoU > 0)"]
-    data = json.loads((out / "quality_correlation.json").read_text())
-    v1_all = [cell.strip() for cell in table[2].split("|")[1:-1]]
-    assert int(v1_all[1]) == len(data["GFL"]["iou"]) > 0 and v1_all[3] == "–"  # V1 has no separate quality
-    n = len(data["GFL V2"]["iou"])
-    assert len(data["GFL V2"]["quality"]) == n > 0 and "quality" not in data["GFL"]
+    md = (tmp_path / "quality.md").read_text()
+    table = [r for r in md.splitlines() if r.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in table[1:]] == ["GFL (all)", "GFL (IoU > 0)", "GFL V2 (all)",
+                                                            "GFL V2 (IoU > 0)"]
+    detections = json.loads((out / "detections.json").read_text())
+    v1_all = [cell.strip() for cell in table[1].split("|")[1:-1]]
+    assert int(v1_all[1]) == len(detections["GFL"]["iou"]) > 0 and v1_all[3] == "–"  # V1 has no separate quality
+    n = len(detections["GFL V2"]["iou"])
+    assert len(detections["GFL V2"]["quality"]) == n > 0 and "quality" not in detections["GFL"]
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert report["correlations"]["GFL V2"]["all"]["detections"] == n and report["setup"]["images"] == 3
+    assert report["correlations"]["GFL"]["all"]["quality"] is None
     assert (out / "quality_vs_iou.png").stat().st_size > 10000
     assert f"GFL V2: {n} detections on 3 images" in proc.stdout
+    # --report: the same Markdown from the JSON alone
+    (tmp_path / "quality.md").unlink()
+    run_tool(["tools/quality_correlation.py", "--report", "--results", tmp_path, "--name", "quality"])
+    assert (tmp_path / "quality.md").read_text() == md
     # a missing checkpoint is named before anything runs
     proc = run_tool(["tools/quality_correlation.py", "--model", "X", "configs/Synthetic/gfl_R_18_FPN_shapes.py",
-                     tmp_path / "missing.pth", "--output", tmp_path / "o2"], check=False)
+                     tmp_path / "missing.pth", "--output", tmp_path / "o2", "--results", tmp_path / "o2"], check=False)
     assert proc.returncode != 0 and f"error: model 'X': checkpoint {tmp_path / 'missing.pth'} not found" in proc.stderr
     assert not (tmp_path / "o2").exists()

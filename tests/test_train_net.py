@@ -102,3 +102,33 @@ def test_yacs_train_net(tmp_path):
     # detectron2's default MODEL.DEVICE 'cuda' falls back to the CPU without a GPU, and the log says so
     assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
     assert (out_dir / "model_final.pth").is_file()
+
+
+@pytest.mark.parametrize("weights", [None, "detectron2://ImageNetPretrained/torchvision/R-50.pkl"])
+def test_eval_only_with_the_imagenet_backbone_stops_before_anything_runs(tmp_path, weights):
+    """The COCO configs start from an ImageNet backbone: evaluating that would measure an untrained head."""
+    cache = tmp_path / "cache"
+    cmd = ["tools/train_net.py", "--config-file", "configs/COCO-Detection/gfl_R_50_FPN_1x.py", "--eval-only",
+           f"train.output_dir={tmp_path / 'out'}"] + ([f"train.init_checkpoint={weights}"] if weights else [])
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), FVCORE_CACHE=str(cache))
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert ("error: --eval-only with train.init_checkpoint=detectron2://ImageNetPretrained/torchvision/R-50.pkl, the "
+            "weights this config trains from (an ImageNet backbone), would evaluate a detector whose head is "
+            "untrained: pass the weights of a trained model: train.init_checkpoint=/path/to/model_final.pth") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # stopped before anything was downloaded, built or written
+    assert not cache.exists() and not (tmp_path / "out").exists() and not (tmp_path / "datasets").exists()
+
+
+def test_yacs_eval_only_with_the_imagenet_backbone_stops_before_anything_runs(tmp_path):
+    env = dict(os.environ, FVCORE_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [sys.executable, "projects/GFL/train_net.py", "--config-file", "configs/gfl_R_50_FPN_1x.yaml", "--eval-only",
+         "OUTPUT_DIR", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert ("error: --eval-only with MODEL.WEIGHTS detectron2://ImageNetPretrained/torchvision/R-50.pkl, the weights "
+            "this config trains from (an ImageNet backbone), would evaluate a detector whose head is untrained: pass "
+            "the weights of a trained model: MODEL.WEIGHTS /path/to/model_final.pth") in proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -7,9 +7,12 @@
 #   3. GFL (and GFL V2) against detectron2's FCOS, COCO R-50 at 800x1333: images/s and peak memory,
 #      inference and training, fp32 and fp16 AMP, batch 1 and 8,
 #   4. TorchScript and ONNX export on CUDA, checked against the eager model,
-# then prints one summary table (also written to $GPU_CHECK_OUT, default ./gpu_check).
+# then prints one summary table. Logs and checkpoints go to $GPU_CHECK_OUT (default
+# ./gpu_check); the summary and the benchmark are written as reports (JSON and Markdown)
+# to projects/GFL/results/ as gpu_check.* and gpu_check_benchmark.* (other names: --name).
 #
 #   bash tools/gpu_check.sh
+#   bash tools/gpu_check.sh --name gpu_check_h200
 #
 # A machine without internet: on one with PyPI access, fetch the wheels of what the
 # target's Python lacks (it needs torch/torchvision already), carry the folder, use it:
@@ -53,6 +56,7 @@ z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("detectron2/"
   done
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# gfl_d2 and gfl_studies (tools/gfl_studies) from this checkout, installed or not
+export PYTHONPATH="$PWD:$PWD/tools${PYTHONPATH:+:$PYTHONPATH}"
 
 exec "$PY" tools/gpu_check.py --output "${GPU_CHECK_OUT:-gpu_check}" "$@"

@@ -73,7 +73,7 @@ def _lines(infer, train, precisions=(None,)):
 # the modes: what is measured, how often; ``memory``: "process" (a fresh process per model at the largest
 # training line: CPU peak RSS, GPU max allocated) or "line" (GPU memory of one run of every line)
 PLANS = {
-    "smoke": dict(lines=_lines([((128, 192), 1), ((64, 96), 2)], [((128, 192), 2)])
+    "smoke": dict(lines=_lines([((96, 128), 1), ((64, 96), 2)], [((64, 96), 2)])
                   + [Line("assign", (256, 384), 2, boxes=20)], repeat=1, warmup=0, memory="process"),
     "quick": dict(lines=_lines([((800, 1333), 1), ((320, 512), 1), ((320, 512), 4)], [((320, 512), 2)])
                   + [Line("assign", (800, 1333), 16, boxes=100)], repeat=3, warmup=1, memory="process"),
@@ -83,7 +83,7 @@ PLANS = {
     # the GPU check: COCO size, batch 1 and 8, fp32 and fp16 AMP (bf16 on the CPU, where fp16 autocast is slow)
     "gpu_check": dict(lines=_lines([((800, 1333), 1), ((800, 1333), 8)], [((800, 1333), 1), ((800, 1333), 8)],
                                    (None, "fp16")), repeat=10, warmup=3, memory="line", models=("gfl", "gflv2", "fcos")),
-    "gpu_check_smoke": dict(lines=_lines([((128, 192), 1), ((128, 192), 2)], [((128, 192), 1), ((128, 192), 2)],
+    "gpu_check_smoke": dict(lines=_lines([((64, 96), 1), ((64, 96), 2)], [((64, 96), 1), ((64, 96), 2)],
                                          (None, "fp16")), repeat=1, warmup=0, memory="line",
                             models=("gfl", "gflv2", "fcos")),
 }
