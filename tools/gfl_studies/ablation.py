@@ -295,6 +295,15 @@ def _table(title, rows, runs, relative_time):
     return lines + [""]
 
 
+def _per_seed(runs, iters):
+    """One line: the AP of every seed of the variants run with more than one seed."""
+    names = [n for n in VARIANTS if sum(r["variant"] == n for r in runs) > 1]
+    if not names:
+        return []
+    aps = ["{} {}".format(n, " / ".join(f"{r['metrics']['AP']:.2f}" for r in runs if r["variant"] == n)) for n in names]
+    return [f"AP per seed at {iters} iterations: " + "; ".join(aps) + ".", ""]
+
+
 def render(data):
     """The Markdown tables of an ablation report (:func:`collect_results`): the study's tables at its
     schedule, and one table per other schedule its runs were trained for."""
@@ -302,24 +311,21 @@ def render(data):
     seconds = data.get("timing", {}).get("seconds_per_image", {})
     relative = {k: v / seconds["GFL"] for k, v in seconds.items()} if "GFL" in seconds else {}
     main_iters = setup.get("iters") or statistics.mode(r["iters"] for r in runs)
+    where = setup.get("device", setup.get("machine", "?")) + (f", torch {setup['torch']}" if "torch" in setup else "")
     lines = [f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
-             f"Measured {setup.get('date', '?')} on {setup.get('device', setup.get('machine', '?'))}"
-             f"{', torch ' + setup['torch'] if 'torch' in setup else ''}. Mean ± std over seeds; time: inference "
-             "per image relative to GFL (batch 1, all models interleaved in one process).", "",
-             f"## {main_iters} iterations", ""]
+             f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per image "
+             "relative to GFL (batch 1, all models interleaved in one process).", ""]
     at_main = [r for r in runs if r["iters"] == main_iters]
+    lines += [f"## {main_iters} iterations", ""]
     for table in data["tables"]:
         title, rows, _ = TABLES[table]
         lines += _table(title, rows, at_main, relative)
+    lines += _per_seed(at_main, main_iters)
     for iters in sorted({r["iters"] for r in runs} - {main_iters}):
         at = [r for r in runs if r["iters"] == iters]
         rows = [name for name in VARIANTS if any(r["variant"] == name for r in at)]
         lines += [f"## {iters} iterations", ""] + _table(f"the variants trained for {iters} iterations", rows, at, {})
-    per_seed = [f"{name} " + " / ".join(f"{r['metrics']['AP']:.2f}" for r in runs
-                                         if r["variant"] == name and r["iters"] == main_iters)
-                for name in VARIANTS if sum(r["variant"] == name and r["iters"] == main_iters for r in runs) > 1]
-    if per_seed:
-        lines += [f"AP per seed at {main_iters} iterations: " + "; ".join(per_seed) + "."]
+        lines += _per_seed(at, iters)
     return "\n".join(lines)
 
 

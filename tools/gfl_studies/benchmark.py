@@ -353,8 +353,8 @@ def run_benchmark(models: Sequence[str], device: str, mode: str, threads: int = 
     results, meta = measure(built, lines, device, repeat, warmup, line_memory=plan["memory"] == "line", log=log)
     for m in models:
         results[m].update(memory.get(m, {}))
-    return dict(device=_device_name(device), torch=torch.__version__, mode=mode, repeat=repeat, warmup=warmup,
-                lines=meta, results=results, ratios=ratios(results, models), seconds=time.time() - t0)
+    return dict(date=time.strftime("%Y-%m-%d"), device=_device_name(device), torch=torch.__version__, mode=mode,
+                repeat=repeat, warmup=warmup, lines=meta, results=results, ratios=ratios(results, models), seconds=time.time() - t0)
 
 
 def _device_name(device: str) -> str:
@@ -374,21 +374,28 @@ def _cell(r):
     return f"{_fmt(r['median'])} ({_fmt(r['min'])}-{_fmt(r['max'])})"
 
 
+def _header(data: Dict, models: Sequence[str]) -> str:
+    when = f"measured {data['date']}, " if "date" in data else ""
+    took = f", {data['seconds']:.0f} s" if "seconds" in data else ""
+    return (f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; {data['device']}, torch "
+            f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} warm-up{took}. "
+            "Seconds per image (inference), per iteration (training), per call (assignment): median (min-max); "
+            "the ratios are of the medians.")
+
+
 def render(data: Dict) -> str:
     """The Markdown of a result: where and how it was measured, one row per line, the ratios."""
     results = data["results"]
     models = [m for m in MODELS if m in results] + [m for m in results if m not in MODELS]
     labels = sorted({label for m in models for label in results[m]}, key=lambda s: (s.split()[0], s))
     pairs = [f"{a}/{b}" for a, b in RATIOS if a in models and b in models]
-    rows = [f"GFL (V1, V2) vs detectron2's FCOS and RetinaNet, R-50-FPN, {data['device']}, torch {data['torch']}, "
-            f"{data['mode']} mode, {data['repeat']} runs after {data['warmup']} warm-up, {data['seconds']:.0f} s. "
-            "Seconds per image (inference), per iteration (training), per call (assignment); median (min-max).", "",
-            "| measure | " + " | ".join(f"{m} median (min-max)" for m in models) + "".join(f" | {p}" for p in pairs)
-            + " |", "|" + "---|" * (1 + len(models) + len(pairs))]
+    rows = ([data["note"], ""] if "note" in data else []) + [_header(data, models), ""]
+    rows += ["| measure | " + " | ".join(f"{m} median (min-max)" for m in models) + "".join(f" | {p}" for p in pairs)
+             + " |", "|" + "---|" * (1 + len(models) + len(pairs))]
     for label in labels:
+        line_ratios = data["ratios"].get(label, {})
         cells = [_cell(results[m].get(label)) for m in models]
-        cells += [f"{data['ratios'].get(label, {})[p]:.3f}" if p in data["ratios"].get(label, {}) else "-"
-                  for p in pairs]
+        cells += [f"{line_ratios[p]:.3f}" if p in line_ratios else "-" for p in pairs]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -1,0 +1,45 @@
+"""
+The measured results under projects/GFL/results: every Markdown report is what its tool renders from the JSON
+beside it, so a number has one source; the renderers are the ones behind each tool's --report.
+"""
+import json
+import os
+
+import pytest
+
+from gfl_d2.testing import ROOT
+from gfl_studies import ablation, benchmark, edge_uncertainty, gpu_check, own_data_study, quality_study
+
+RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
+# report name prefix -> the renderer of the tool that writes it
+RENDERERS = [
+    ("ablation", ablation.render),
+    ("benchmark", benchmark.render),
+    ("gpu_check_h100_benchmark", benchmark.render),
+    ("gpu_check", gpu_check.render),
+    ("own_data_study", own_data_study.render),
+    ("quality_correlation", quality_study.render),
+    ("edge_uncertainty", edge_uncertainty.render),
+]
+
+
+def _renderer(name):
+    return next(render for prefix, render in RENDERERS if name.startswith(prefix))
+
+
+REPORTS = sorted(f[:-3] for f in os.listdir(RESULTS) if f.endswith(".md") and f != "README.md")
+
+
+def test_every_report_has_its_json_and_a_tool():
+    assert REPORTS, RESULTS
+    for name in REPORTS:
+        assert os.path.isfile(os.path.join(RESULTS, f"{name}.json")), f"{name}.md has no {name}.json"
+        _renderer(name)  # StopIteration: no tool writes this report
+
+
+@pytest.mark.parametrize("name", REPORTS)
+def test_report_is_rendered_from_its_json(name):
+    with open(os.path.join(RESULTS, f"{name}.json")) as f:
+        data = json.load(f)
+    with open(os.path.join(RESULTS, f"{name}.md")) as f:
+        assert f.read() == _renderer(name)(data).rstrip("\n") + "\n", f"re-render: tools/... --report --name {name}"
