@@ -17,7 +17,7 @@ setup(
     packages=find_packages(include=["gfl_d2", "gfl_d2.*"]) + ["gfl_studies"],
     package_dir={"gfl_studies": "tools/gfl_studies"},
     # gfl_d2/configs links to the repository's configs/: a wheel carries a copy
-    package_data={"gfl_d2": ["configs/*.yaml", "configs/*/*.py", "configs/*/*/*.py"]},
+    package_data={"gfl_d2": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*.py", "configs/*/*/*.py"]},
     python_requires=">=3.8",
     # detectron2 itself is not on PyPI under its own name: tools/install.sh
     # installs it. These are the packages gfl_d2 imports directly.
