@@ -103,6 +103,12 @@ def test_one_model_setting_sets_the_head_layout(overrides, box_channels, quality
     assert model.box2box_transform.num_outputs == box_channels
     losses, _ = train_step(model, two_image_batch())
     assert all(torch.isfinite(v) for v in losses.values()), losses
+    model.eval()
+    model.test_score_thresh = 0.0
+    with torch.no_grad():
+        (out,) = model([{"image": two_image_batch()[0]["image"]}])
+    assert len(out["instances"]) > 0
+    assert out["instances"].has("pred_quality") == (quality_branch or quality_predictor)
 
 
 def test_reg_max_alone_trains_with_its_bins():
@@ -116,14 +122,20 @@ def test_reg_max_alone_trains_with_its_bins():
     assert model.head.bbox_pred.weight.grad.shape[0] == 36
 
 
-def test_atss_config_sets_the_model_only():
+@pytest.mark.parametrize(
+    "atss_config, gfl_config",
+    [("Synthetic/atss_R_18_FPN_shapes.py", "Synthetic/gfl_R_18_FPN_shapes.py"),
+     ("COCO-Detection/atss_R_50_FPN_1x.py", "COCO-Detection/gfl_R_50_FPN_1x.py")],
+    ids=["shapes", "coco"],
+)
+def test_atss_config_sets_the_model_only(atss_config, gfl_config):
     """ATSS differs from GFL in the model's settings; its head config is GFL's, and the head built has ATSS's layout."""
-    atss = load_lazy_config(os.path.join(SHAPES, "atss_R_18_FPN_shapes.py"))
-    gfl = load_lazy_config(os.path.join(SHAPES, "gfl_R_18_FPN_shapes.py"))
+    atss = load_lazy_config(os.path.join(ROOT, "configs", atss_config))
+    gfl = load_lazy_config(os.path.join(ROOT, "configs", gfl_config))
     assert OmegaConf.to_container(atss.model.head) == OmegaConf.to_container(gfl.model.head)
     changed = {k for k in gfl.model if k != "head" and atss.model[k] != gfl.model[k]}
     assert changed == {"cls_loss", "quality", "box_representation"}, changed
-    head = instantiate(atss.model).head
+    head = instantiate(atss.model.head)  # the interpolations read the model's settings
     assert head.bbox_pred.out_channels == 4 and head.has_quality_branch and not head.has_quality_predictor
 
 
