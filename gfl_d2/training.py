@@ -74,7 +74,10 @@ def build_train_loader(cfg, model=None, weights: str = ""):
         dataset = check_dataset_dicts(instantiate(loader_cfg.dataset), num_classes if isinstance(num_classes, int) else None)
         kwargs = {k: instantiate(loader_cfg[k]) for k in loader_cfg if k not in ("_target_", "dataset")}
         sample = cfg.train.get("check_bins", 200)
-        if sample and kwargs.get("mapper") is not None and getattr(model, "box2box_transform", None) is not None:
+        # the bins of a model with edge distributions (not FCOS, RetinaNet, ...)
+        checks_bins = kwargs.get("mapper") is not None and getattr(
+            getattr(model, "box2box_transform", None), "has_distributions", False)
+        if sample and checks_bins and comm.is_main_process():
             fixed_by = weights if holds_layer(weights, model, BOX_LAYER) else None
             log_bin_fit(model, dataset, kwargs["mapper"], sample, fixed_by)
         target = loader_cfg._target_
