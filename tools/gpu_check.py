@@ -5,17 +5,18 @@ the steps are in ``gfl_studies.gpu_check``). Each step runs in its own
 process with a time limit, so that one failure does not hide the others.
 Logs, checkpoints and exports go to --output; the summary table to
 ``<results>/<name>.json`` and ``.md``, the benchmark's report beside it
-(``<name>_benchmark.json`` / ``.md``).
+(``<name>_benchmark.json`` / ``.md``); --results defaults to
+projects/GFL/results, and to --output with --smoke.
 
     python tools/gpu_check.py --name gpu_check_h200            # on a CUDA machine
-    python tools/gpu_check.py --smoke --output /tmp/gc --results /tmp/gc   # tiny sizes, on the CPU too
+    python tools/gpu_check.py --smoke --output /tmp/gc          # tiny sizes, on the CPU too: checks the script
     python tools/gpu_check.py --report --name gpu_check_h100   # the .md again from the .json
 """
 import argparse
 import sys
 
 from gfl_studies.gpu_check import render, run_gpu_check
-from gfl_studies.reports import add_report_arguments, render_again
+from gfl_studies.reports import DEFAULT_RESULTS, add_report_arguments, render_again
 
 
 def parse_args(argv=None):
@@ -24,8 +25,11 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes and few iterations; allowed without a GPU")
     p.add_argument("--iters", type=int, default=None, help="training iterations per precision (default 300)")
     p.add_argument("--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "export"])
-    add_report_arguments(p, "gpu_check")
-    return p.parse_args(argv)
+    add_report_arguments(p, "gpu_check", results=None)
+    args = p.parse_args(argv)
+    # a smoke run checks the script, it measures nothing: its report stays with its logs
+    args.results = args.results or (args.output if args.smoke else DEFAULT_RESULTS)
+    return args
 
 
 def main(argv=None):

@@ -23,11 +23,11 @@ _REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__
 DEFAULT_RESULTS = os.path.join(_REPOSITORY, "projects", "GFL", "results")
 
 
-def add_report_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """``--results DIR``, ``--name NAME`` (the report's file name, default ``name``) and ``--report``."""
+def add_report_arguments(parser: argparse.ArgumentParser, name: str, results: str = DEFAULT_RESULTS) -> None:
+    """``--results DIR`` (default ``results``), ``--name NAME`` (the report's file name, default ``name``) and ``--report``."""
     group = parser.add_argument_group("report")
-    group.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
-                       help="folder of the report files <name>.json and <name>.md (default: %(default)s)")
+    group.add_argument("--results", default=results, metavar="DIR",
+                       help=f"folder of the report files <name>.json and <name>.md (default: {results or 'see above'})")
     group.add_argument("--name", default=name, help="file name of the report, without extension (default: %(default)s)")
     group.add_argument("--report", action="store_true",
                        help="only render <name>.md again from an existing <name>.json; runs nothing")
