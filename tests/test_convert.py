@@ -8,6 +8,7 @@ test_convert_mmdet_e2e.py compares with the real library where it is installed.
 import argparse
 import logging
 import os
+import subprocess
 import sys
 
 import pytest
@@ -189,16 +190,16 @@ def test_plain_checkpoint_loads_without_allow_pickle(tmp_path, r50, caplog):
     assert not caplog.records and meta["epoch"] == 12 and set(state) == set(r50)
 
 
-def test_allow_pickle_names_a_missing_package(tmp_path, r50, monkeypatch):
+def test_allow_pickle_names_a_missing_package(tmp_path, r50):
     """A checkpoint saved by a training run pickles objects of its framework (mmengine), which may be absent."""
     (tmp_path / "trainingframework").mkdir()
     (tmp_path / "trainingframework" / "__init__.py").write_text("class LogHistory:\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import trainingframework
-
-    src = tmp_path / "epoch_12.pth"
-    torch.save({"state_dict": r50, "message_hub": trainingframework.LogHistory()}, src)
-    monkeypatch.delitem(sys.modules, "trainingframework")
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    weights, src = tmp_path / "weights.pth", tmp_path / "epoch_12.pth"
+    torch.save(r50, weights)
+    # saved by another process, where the framework is installed; this one does not have it
+    save = ("import sys, torch, trainingframework; "
+            "torch.save({'state_dict': torch.load(sys.argv[1]), 'message_hub': trainingframework.LogHistory()}, sys.argv[2])")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    subprocess.run([sys.executable, "-c", save, str(weights), str(src)], env=env, check=True, timeout=120)
     with pytest.raises(ConversionError, match="objects of the package 'trainingframework', which is not installed"):
         convert_checkpoint(str(src), str(tmp_path / "out.pth"), allow_pickle=True)
