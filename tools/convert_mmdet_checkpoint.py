@@ -5,9 +5,9 @@ the authors' release; GFL V2 from the authors' GFocalV2 release too) into a
 checkpoint that ``DetectionCheckpointer`` loads into the matching config under
 ``configs/COCO-Detection/`` (the tool names it).
 
-    python tools/convert_mmdet_checkpoint.py gfl_r50_fpn_1x_coco.pth gfl_R_50_FPN_1x_converted.pth
+    python tools/convert_mmdet_checkpoint.py gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth pretrained/gfl_R_50_FPN_1x_coco.pth
     python tools/train_net.py --config-file configs/COCO-Detection/gfl_R_50_FPN_1x.py --eval-only \
-        train.init_checkpoint=gfl_R_50_FPN_1x_converted.pth
+        train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
 
 Prints what it mapped. Refuses, with the reason, a checkpoint it does not
 understand (DCN backbones, other architectures) and never leaves a
