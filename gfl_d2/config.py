@@ -54,7 +54,7 @@ def _add_model_keys(g: CN) -> None:
     # "qfl" | "focal"; quality "joint" | "dgqp" (GFL V2) | "centerness" | "iou" | "none"; box
     # representation "distribution" | "dirac"; box loss weights "auto" |
     # "score" | "centerness" | "none"
-    g.CLS_LOSS = "qfl"
+    g.CLS_LOSS = "auto"  # follows QUALITY: "qfl" for "joint" / "dgqp", else "focal"
     g.QUALITY = "joint"
     g.BOX_REPRESENTATION = "distribution"
     g.BOX_LOSS_WEIGHTING = "auto"

@@ -66,8 +66,8 @@ def test_variant_settings_reach_the_model():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(cls_loss="qfl", quality="centerness"), "joint quality is trained by QFL"),
-        (dict(cls_loss="focal", quality="joint"), "joint quality is trained by QFL"),
+        (dict(cls_loss="qfl", quality="centerness"), "the classification loss follows the quality"),
+        (dict(cls_loss="focal", quality="joint"), "the classification loss follows the quality"),
         (dict(cls_loss="ce"), "cls_loss"),
         (dict(box_representation="gaussian"), "box_representation"),
         (dict(box_loss_weighting="iou"), "box_loss_weighting"),
@@ -87,7 +87,7 @@ def test_bad_variant_settings_are_refused(kwargs, match):
         (["model.reg_max=8"], 36, False, False),
         (["model.box_representation=dirac"], 4, False, False),
         (["model.quality=dgqp"], 68, False, True),
-        (["model.cls_loss=focal", "model.quality=iou"], 68, True, False),
+        (["model.quality=iou"], 68, True, False),
     ],
     ids=["n", "dirac", "v2", "iou-branch"],
 )
@@ -134,7 +134,7 @@ def test_atss_config_sets_the_model_only(atss_config, gfl_config):
     gfl = load_lazy_config(os.path.join(ROOT, "configs", gfl_config))
     assert OmegaConf.to_container(atss.model.head) == OmegaConf.to_container(gfl.model.head)
     changed = {k for k in gfl.model if k != "head" and atss.model[k] != gfl.model[k]}
-    assert changed == {"cls_loss", "quality", "box_representation"}, changed
+    assert changed == {"quality", "box_representation"}, changed
     head = instantiate(atss.model.head)  # the interpolations read the model's settings
     assert head.bbox_pred.out_channels == 4 and head.has_quality_branch and not head.has_quality_predictor
 
@@ -307,7 +307,7 @@ def test_yacs_keys_build_the_atss_variant():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(cls_loss="focal", quality="dgqp"), "cls_loss='qfl' with quality='joint' or 'dgqp'"),
+        (dict(cls_loss="focal", quality="dgqp"), "the classification loss follows the quality"),
         (dict(quality="dgqp", box_representation="dirac"), "needs box_representation='distribution'"),
     ],
 )
@@ -319,3 +319,14 @@ def test_variant_refuses_what_v2_cannot_be(kwargs, message):
 
 def test_v2_box_normaliser_has_no_floor_of_one():
     assert GFLVariant(quality="dgqp").min_box_normalizer < GFLVariant().min_box_normalizer == 1.0
+
+
+@pytest.mark.parametrize("quality, loss", [("joint", "qfl"), ("dgqp", "qfl"), ("centerness", "focal"),
+                                           ("iou", "focal"), ("none", "focal")])
+def test_the_quality_alone_chooses_the_classification_loss(quality, loss):
+    """One override per idea: the quality decides QFL or Focal Loss (cls_loss='auto')."""
+    variant = GFLVariant(quality=quality)
+    assert variant.cls_loss == loss
+    assert GFLVariant(cls_loss=loss, quality=quality) == variant
+    name = {"qfl": "loss_qfl", "focal": "loss_cls"}[loss]
+    assert variant.classification_loss(3, 2.0, 0.25, 2.0).name == name

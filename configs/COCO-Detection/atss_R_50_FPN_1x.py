@@ -5,6 +5,5 @@ distance regression (Dirac delta) trained with GIoU.
 """
 from .gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 
-model.cls_loss = "focal"
 model.quality = "centerness"
 model.box_representation = "dirac"

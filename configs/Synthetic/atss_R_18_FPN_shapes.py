@@ -6,7 +6,6 @@ regression (Dirac delta) with GIoU, weighted by the centerness target.
 """
 from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
 
-model.cls_loss = "focal"
 model.quality = "centerness"
 model.box_representation = "dirac"
 

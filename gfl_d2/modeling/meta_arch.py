@@ -128,7 +128,7 @@ class GFL(DenseDetector):
         anchor_matcher: Optional[ATSSMatcher] = None,
         num_classes: int,
         reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0,
-        cls_loss: str = "qfl", quality: str = "joint", box_representation: str = "distribution",
+        cls_loss: str = "auto", quality: str = "joint", box_representation: str = "distribution",
         box_loss_weighting: str = "auto",
         qfl_beta: float = 2.0, focal_loss_alpha: float = 0.25, focal_loss_gamma: float = 2.0,
         loss_cls_weight: float = 1.0, loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25,

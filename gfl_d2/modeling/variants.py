@@ -23,7 +23,7 @@ from .losses import dense_class_targets, fused_quality_focal_loss, quality_focal
 
 __all__ = ["GFLVariant", "QualityFocalLoss", "FusedQualityFocalLoss", "FocalLoss"]
 
-CLS_LOSSES = ("qfl", "focal")
+CLS_LOSSES = ("auto", "qfl", "focal")
 QUALITIES = ("joint", "dgqp", "centerness", "iou", "none")
 JOINT_QUALITIES = ("joint", "dgqp")  # trained by QFL, inside the classification score
 SEPARATE_QUALITIES = ("centerness", "iou")  # the ones with a branch of their own
@@ -99,7 +99,9 @@ class GFLVariant:
 
     Attributes:
         cls_loss: "qfl" (Quality Focal Loss on the joint classification-IoU
-            score) or "focal" (Focal Loss on 0/1 labels).
+            score) or "focal" (Focal Loss on 0/1 labels); it follows from the
+            quality, so "auto" (the default) is "qfl" with a joint quality
+            ("joint", "dgqp") and "focal" otherwise.
         quality: "joint" (in the classification score; needs "qfl"),
             "dgqp" (GFL V2: the joint score times a quality predicted from the
             edge distributions' statistics, trained together by QFL on the
@@ -114,7 +116,7 @@ class GFLVariant:
             "score" with a joint quality ("joint", "dgqp"), "centerness" otherwise.
     """
 
-    cls_loss: str = "qfl"
+    cls_loss: str = "auto"
     quality: str = "joint"
     box_representation: str = "distribution"
     box_loss_weighting: str = "auto"
@@ -125,12 +127,15 @@ class GFLVariant:
                               ("box_loss_weighting", BOX_LOSS_WEIGHTINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        # QFL's target is the localisation quality, so the two come together
-        if (self.cls_loss == "qfl") != (self.quality in JOINT_QUALITIES):
+        # QFL's target is the localisation quality, so the quality decides the loss
+        implied = "qfl" if self.quality in JOINT_QUALITIES else "focal"
+        if self.cls_loss == "auto":
+            object.__setattr__(self, "cls_loss", implied)
+        elif self.cls_loss != implied:
             raise ValueError(
-                f"cls_loss={self.cls_loss!r} with quality={self.quality!r}: the joint quality is trained by QFL, "
-                "so use cls_loss='qfl' with quality='joint' or 'dgqp', or cls_loss='focal' with 'centerness', "
-                "'iou' or 'none'"
+                f"cls_loss={self.cls_loss!r} with quality={self.quality!r}: the classification loss follows the "
+                "quality (QFL trains the joint quality 'joint' or 'dgqp'; Focal Loss goes with 'centerness', 'iou' "
+                f"or 'none'): leave cls_loss='auto' and set the quality, e.g. quality='none' for Focal Loss alone"
             )
         if self.quality == "dgqp" and self.box_representation != "distribution":
             raise ValueError("quality='dgqp' predicts the quality from the edge distributions: it needs "

@@ -57,7 +57,7 @@ model = L(GFL)(
     anchor_scale=8.0,
     qfl_beta=2.0,
     # the paper's ablation axes (gfl_d2.modeling.GFLVariant); configs/Synthetic/Ablations has the variants
-    cls_loss="qfl",  # or "focal" (hard labels)
+    cls_loss="auto",  # follows the quality: "qfl" with a joint quality, "focal" (0/1 labels) otherwise
     quality="joint",  # or "dgqp" (GFL V2), "centerness" / "iou" (separate branch, with "focal") / "none"
     box_representation="distribution",  # or "dirac" (plain distance regression)
     box_loss_weighting="auto",  # "score" for a joint quality, else "centerness" (ATSS)
