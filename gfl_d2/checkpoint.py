@@ -14,7 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .devices import unwrap
 
-__all__ = ["CheckedCheckpointer", "require_trained_head", "holds_layer"]
+__all__ = ["CheckedCheckpointer", "refuse_untrained_evaluation", "require_trained_head", "holds_layer"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,25 @@ class CheckedCheckpointer(DetectionCheckpointer):
         logger.warning(
             f"Re-initialised {len(lines)} tensor(s) instead of loading them (they keep the model's own "
             "initialisation):\n  " + "\n  ".join(lines)
+        )
+
+
+def refuse_untrained_evaluation(weights: str, given: bool, setting: str) -> None:
+    """
+    Before ``--eval-only`` builds anything: SystemExit when ``weights`` are
+    none, or the ones the config trains from (not ``given`` on the command
+    line, or an ImageNet backbone, as the COCO configs start from), which
+    would evaluate an untrained head. ``setting`` is how the weights are set,
+    e.g. ``"train.init_checkpoint="`` or ``"MODEL.WEIGHTS "``.
+    """
+    how = f"pass the weights of a trained model: {setting}/path/to/model_final.pth"
+    if not weights:
+        raise SystemExit(f"error: --eval-only needs weights: {how}")
+    if "ImageNetPretrained" in weights or not given:
+        raise SystemExit(
+            f"error: --eval-only with {setting}{weights}, the weights this config trains from "
+            "(an ImageNet backbone), would evaluate a detector whose head is untrained: "
+            f"{how} (a published MMDetection checkpoint: convert it first with tools/convert_mmdet_checkpoint.py)"
         )
 
 

@@ -8,7 +8,7 @@ import difflib
 import inspect
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig
 
@@ -18,6 +18,7 @@ __all__ = [
     "load_lazy_config",
     "check_overrides",
     "check_mandatory",
+    "refuse_missing_values",
     "resolve_num_classes",
     "prepare_datasets",
     "overridden",
@@ -113,6 +114,16 @@ def check_mandatory(cfg, path: str = "the config") -> None:
     """SystemExit naming every mandatory value (``???``) the config leaves unset, and how to set it."""
     from omegaconf import OmegaConf
 
+    # unresolved, so that an interpolation of a missing value is not itself an error
+    refuse_missing_values(OmegaConf.to_container(cfg, resolve=False), path, _MANDATORY_HINTS, "{key}=...")
+
+
+def refuse_missing_values(tree, path: str, hints: Dict[str, str], form: str) -> None:
+    """
+    SystemExit naming every ``"???"`` in the nested dicts and lists ``tree``
+    (a LazyConfig as a container, a yacs ``CfgNode``), each with its hint from
+    ``hints`` or ``form`` (``"{key}=..."``) filled in.
+    """
     def walk(node, prefix):
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for k, v in items:
@@ -122,10 +133,9 @@ def check_mandatory(cfg, path: str = "the config") -> None:
             else:
                 yield from walk(v, key + ".")
 
-    # unresolved, so that an interpolation of a missing value is not itself an error
-    missing = sorted(walk(OmegaConf.to_container(cfg, resolve=False), ""))
+    missing = sorted(walk(tree, ""))
     if missing:
-        lines = "\n  ".join(f"{k}: {_MANDATORY_HINTS.get(k, f'add {k}=...')}" for k in missing)
+        lines = "\n  ".join(f"{k}: {hints.get(k, 'add ' + form.format(key=k))}" for k in missing)
         raise SystemExit(f"error: {path} needs a value for {', '.join(missing)}:\n  {lines}")
 
 

@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
 from .bins import log_bin_fit
-from .checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
+from .checkpoint import CheckedCheckpointer, holds_layer, refuse_untrained_evaluation, require_trained_head
 from .data import check_dataset_dicts
 from .devices import create_ddp_model, describe_device, resolve_device
 from .evaluation import CountIterations
@@ -28,7 +28,7 @@ from .lazy_config import load_lazy_config, overridden, prepare_datasets, resolve
 from .model_zoo import DEFAULT_CONFIG
 from .train_loop import AMPTrainer, SimpleTrainer, clip_gradients
 
-__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names", "refuse_untrained_evaluation",
+__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names",
            "starting_weights", "setup", "main", "invoke_main"]
 
 # the layer whose output channels fix n: a checkpoint holding it trained fixes the bins of the run
@@ -145,30 +145,13 @@ def do_train(cfg, resume: bool = False):
     trainer.train(start_iter, cfg.train.max_iter)
 
 
-def refuse_untrained_evaluation(cfg, overrides) -> None:
-    """
-    ``--eval-only`` with no weights, or with the weights the config trains
-    from (the COCO configs: an ImageNet backbone), would evaluate an
-    untrained head: SystemExit saying so, before anything is downloaded or built.
-    """
-    weights = cfg.train.get("init_checkpoint", "")
-    how = "pass the weights of a trained model: train.init_checkpoint=/path/to/model_final.pth"
-    if not weights:
-        raise SystemExit(f"error: --eval-only needs weights: {how}")
-    if "ImageNetPretrained" in weights or not overridden(overrides, "train.init_checkpoint"):
-        raise SystemExit(
-            f"error: --eval-only with train.init_checkpoint={weights}, the weights this config trains from "
-            "(an ImageNet backbone), would evaluate a detector whose head is untrained: "
-            f"{how} (a published MMDetection checkpoint: convert it first with tools/convert_mmdet_checkpoint.py)"
-        )
-
-
 def setup(args):
     # with no --config-file: the embedded dataset and a small GFL that trains on a CPU
     args.config_file = args.config_file or DEFAULT_CONFIG
     cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
     if args.eval_only:
-        refuse_untrained_evaluation(cfg, args.opts)
+        weights = cfg.train.get("init_checkpoint", "")
+        refuse_untrained_evaluation(weights, overridden(args.opts, "train.init_checkpoint"), "train.init_checkpoint=")
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     # gfl_d2's own log lines (dataset checks, bins) go where detectron2's go
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="gfl_d2")

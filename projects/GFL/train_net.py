@@ -27,10 +27,11 @@ from detectron2.utils.logger import setup_logger
 
 from gfl_d2 import add_gfl_config  # (also registers GFL)
 from gfl_d2.bins import log_bin_fit
-from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
+from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, refuse_untrained_evaluation, require_trained_head
 from gfl_d2.config import use_dataset_folder
 from gfl_d2.data import DatasetError, check_dataset_dicts, register_shapes
 from gfl_d2.devices import create_ddp_model, describe_device, resolve_device
+from gfl_d2.lazy_config import refuse_missing_values
 from gfl_d2.evaluation import COCOEvaluatorWithCurves, CountIterations
 from gfl_d2.training import BOX_LAYER, invoke_main
 
@@ -105,33 +106,6 @@ _MANDATORY_HINTS = {
 }
 
 
-def check_mandatory(cfg, path):
-    """SystemExit naming every mandatory value (``???``) the config leaves unset, and how to set it."""
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                yield from walk(v, f"{prefix}{k}.")
-            elif v == "???":
-                yield f"{prefix}{k}"
-
-    missing = sorted(walk(cfg, ""))
-    if missing:
-        lines = "\n  ".join(f"{k}: {_MANDATORY_HINTS.get(k, f'add {k} ...')}" for k in missing)
-        raise SystemExit(f"error: {path} needs a value for {', '.join(missing)}:\n  {lines}")
-
-
-def refuse_untrained_evaluation(cfg, opts):
-    """``--eval-only`` with the config's own MODEL.WEIGHTS (an ImageNet backbone) or none: SystemExit, before building."""
-    weights = cfg.MODEL.WEIGHTS
-    given = any(str(k) == "MODEL.WEIGHTS" for k in opts[::2])
-    how = "pass the weights of a trained model: MODEL.WEIGHTS /path/to/model_final.pth"
-    if not weights:
-        raise SystemExit(f"error: --eval-only needs weights: {how}")
-    if "ImageNetPretrained" in weights or not given:
-        raise SystemExit(f"error: --eval-only with MODEL.WEIGHTS {weights}, the weights this config trains from "
-                         f"(an ImageNet backbone), would evaluate a detector whose head is untrained: {how}")
-
-
 def setup(args):
     # the generated shapes dataset (tools/train_net.py makes it), if present
     register_shapes()
@@ -139,10 +113,11 @@ def setup(args):
     add_gfl_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    check_mandatory(cfg, args.config_file)
+    refuse_missing_values(cfg, args.config_file, _MANDATORY_HINTS, "{key} ...")
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if args.eval_only and not resuming:
-        refuse_untrained_evaluation(cfg, args.opts)
+        given = any(str(k) == "MODEL.WEIGHTS" for k in args.opts[::2])
+        refuse_untrained_evaluation(cfg.MODEL.WEIGHTS, given, "MODEL.WEIGHTS ")
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     # gfl_d2's own log lines (dataset folder, checks) go where detectron2's go
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gfl_d2")
