@@ -12,11 +12,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from .data.folder_dataset import IMAGE_EXTENSIONS
 from .devices import resolve_device
 
 __all__ = ["LazyPredictor", "dataset_metadata", "list_images", "test_time_augmentations", "to_model_input"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
