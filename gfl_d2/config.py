@@ -83,6 +83,8 @@ def _add_loss_and_inference_keys(g: CN) -> None:
     g.OUTPUT_BOX_DISTRIBUTIONS = True
     # pad images to a multiple of this (0: the backbone's own, 128 with P7)
     g.SIZE_DIVISIBILITY = 32
+    # CPU inference: "eager", or "frozen" (backbone and head through a frozen trace for oneDNN)
+    g.CPU_INFERENCE = "eager"
 
 
 # the yacs keys that hold a model's number of classes

@@ -18,36 +18,14 @@ from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint
 from gfl_d2.testing import ROOT
-from .mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available
+from gfl_studies.mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available, mmdet_sample, save_as_mmdet
+from gfl_studies.mmdet_runtime import trained_like
 
 pytestmark = pytest.mark.skipif(not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed")
 
-def trained_like(model, seed=0):
-    """Head weights that give confident, varied detections (at initialisation every score is ~0.01)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.bbox_head.parameters():
-            if p.dim() == 4:
-                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
-        model.bbox_head.gfl_cls.bias.fill_(-2.0)
-    return model
-
-
-def save_as_mmdet(model, path, **extra):
-    """Save as MMDetection's runner does (mmengine's save_checkpoint of meta + CPU state dict)."""
-    from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
-
-    checkpoint = {"meta": {"dataset_meta": {"classes": tuple(f"c{i}" for i in range(80))}, "epoch": 12}}
-    checkpoint["state_dict"] = weights_to_cpu(get_state_dict(model))
-    checkpoint.update(extra)
-    save_checkpoint(checkpoint, str(path))
-
-
 def mmdet_detections(model, image_bgr):
-    from mmdet.structures import DetDataSample
-
     h, w = image_bgr.shape[1:]
-    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
+    sample = mmdet_sample(h, w)
     with torch.no_grad():
         pred = model.test_step({"inputs": [image_bgr], "data_samples": [sample]})[0].pred_instances
     return pred.bboxes, pred.scores, pred.labels

@@ -11,16 +11,24 @@ per image is measured against GFL's, all models interleaved in one process.
     python tools/ablation.py --list                # the variants, their configs and the runs planned
     python tools/ablation.py --jobs 2              # two training processes at a time (1 thread each)
     python tools/ablation.py --report --name ablation_shapes   # the .md again from the .json
+    python tools/ablation.py --lrs 0.005 0.01 0.02 --tune-seed 10 --seeds 11 12 13 --jobs 2 \
+        --output output/lr_tuning_shapes --name lr_tuning_shapes   # each detector at its own learning rate
 
 Each finished run leaves ``<output>/<variant>/seed<k>/result.json``; running
 the same command again skips those and resumes an interrupted run from its
 last checkpoint. After every run the report is written: every finished run
 in ``<results>/<name>.json``, the tables in ``<name>.md`` (also printed at
 the end), so they are never further behind than one run.
+
+With ``--lrs`` the study tunes the learning rate instead: each of
+``--variants`` (default RetinaNet, FCOS, ATSS, GFL) trains at every rate
+with ``--tune-seed``, the best rate on shapes_val is chosen per variant, and
+the variant trains again at it with ``--seeds`` (gfl_studies.lr_tuning); the
+runs of rate r go to ``<output>/lr<r>``.
 """
 import argparse
 
-from gfl_studies.ablation import DEFAULT_TABLES, TABLES, VARIANTS, list_variants, render, run_study
+from gfl_studies.ablation import DEFAULT_TABLES, TABLES, VARIANTS, list_variants, render_report, run_lr_tuning, run_study
 from gfl_studies.reports import add_report_arguments, render_again
 
 
@@ -40,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--output", default="output/ablation", help="folder of the runs (checkpoints, logs, result.json)")
     p.add_argument("--list", action="store_true", help="print the variants and the runs planned, and exit")
+    p.add_argument("--lrs", nargs="+", type=float, default=None,
+                   help="tune the learning rate over these values (see above) instead of running --tables")
+    p.add_argument("--tune-seed", type=int, default=10, help="with --lrs: the seed of the tuning runs")
     p.add_argument("--opts", nargs="*", default=[], help="extra overrides for every run (e.g. smaller data)")
     add_report_arguments(p, "ablation")
     return p.parse_args(argv)
@@ -50,8 +61,10 @@ def main(argv=None):
     if args.list:
         return list_variants(args)
     if args.report:
-        print(render_again(args.results, args.name, render))
+        print(render_again(args.results, args.name, render_report))
         return None
+    if args.lrs:
+        return run_lr_tuning(args)
     run_study(args)
 
 

@@ -9,6 +9,12 @@ thin bars to small blobs, some empty images) in --layout first.
     python tools/own_data_study.py --output output/own_data_study --seeds 0,1,2 --bins-seeds 1 \
         train.max_iter=500 dataloader.train.total_batch_size=8
     python tools/own_data_study.py --report --name own_data_study_bars   # the .md again from the .json
+    python tools/own_data_study.py --lrs 0.005 0.01 0.02 --tune-seed 10 --seeds 11,12,13 --jobs 2 \
+        --output output/own_data_lr --name own_data_lr_tuning_bars train.max_iter=500   # each at its own lr
+
+With ``--lrs``, GFL and FCOS are each trained at every rate with
+``--tune-seed``, then at the rate with the best validation AP with
+``--seeds`` (gfl_studies.lr_tuning), instead of the study above.
 
 Trailing key=value pairs are passed to every run (after the study's own:
 dataset.min_size=0, final evaluation only). The runs go to --output, the
@@ -18,7 +24,7 @@ import argparse
 import os
 
 from gfl_d2.data import BarsConfig, write_bars_dataset
-from gfl_studies.own_data_study import render, run_own_data_study
+from gfl_studies.own_data_study import render_report, run_own_data_lr_tuning, run_own_data_study
 from gfl_studies.reports import add_report_arguments, render_again
 
 
@@ -35,11 +41,15 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--bins-seeds", type=int, default=None,
                    help="run GFL with the fitted bins for the first N seeds only (default: all)")
+    p.add_argument("--lrs", nargs="+", type=float, default=None,
+                   help="tune the learning rate over these values (see above) instead of the study")
+    p.add_argument("--tune-seed", type=int, default=10, help="with --lrs: the seed of the tuning runs")
+    p.add_argument("--jobs", type=int, default=1, help="with --lrs: training processes at a time")
     add_report_arguments(p, "own_data_study")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, key=value")
     args = p.parse_args(argv)
     if args.report:
-        print(render_again(args.results, args.name, render))
+        print(render_again(args.results, args.name, render_report))
         return
     root = args.root
     if root is None:
@@ -52,6 +62,10 @@ def main(argv=None):
                                cfg=cfg)
     common = ["dataset.min_size=0", "train.eval_period=0", "train.checkpointer.period=100000"] + list(args.opts)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.lrs:
+        print(run_own_data_lr_tuning(os.path.abspath(root), args.output, args.lrs, args.tune_seed, seeds, common,
+                                     args.jobs, args.results, args.name))
+        return
     print(run_own_data_study(os.path.abspath(root), args.output, seeds, common, args.bins_seeds, args.results,
                              args.name))
 

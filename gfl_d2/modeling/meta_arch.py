@@ -11,12 +11,14 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..config import GFL_ARGUMENT_KEYS
 from .atss import ATSSMatcher, atss_labels
 from .box_coding import aligned_iou, box2distance, centerness, distance2box
+from .frozen_inference import CPU_INFERENCE_MODES, FrozenCPUInference
 from .head import GFLHead
 from .input_checks import with_checked_ground_truth
 from .losses import distribution_focal_loss
@@ -113,6 +115,10 @@ class GFL(DenseDetector):
             ``pred_quality`` (N,), the quality that multiplied the score.
         size_divisibility: pad images to a multiple of this (``None``: the
             backbone's, 128 with P7; the released models used 32).
+        cpu_inference: "eager" (default) or "frozen": inference on the CPU
+            (eval mode, no gradients, no autocast) runs the backbone and head
+            through a frozen trace for oneDNN, equal to eager up to float32
+            rounding (:mod:`gfl_d2.modeling.frozen_inference`).
         pixel_mean, pixel_std: normalisation, in the channel order of
             ``input_format``.
     """
@@ -137,6 +143,7 @@ class GFL(DenseDetector):
         max_detections_per_image: int = 100,
         output_box_distributions: bool = True,
         size_divisibility: Optional[int] = None,
+        cpu_inference: str = "eager",
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "RGB",
@@ -166,6 +173,10 @@ class GFL(DenseDetector):
             output_box_distributions = False
         self.output_box_distributions = output_box_distributions
         self.size_divisibility, self.input_format = size_divisibility, input_format
+        if cpu_inference not in CPU_INFERENCE_MODES:
+            raise ValueError(f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {cpu_inference!r}")
+        self.cpu_inference = cpu_inference
+        self._frozen_cpu = FrozenCPUInference(self.backbone, self.head, self.head_in_features)
 
     @property
     def output_box_distributions(self) -> bool:
@@ -198,6 +209,7 @@ class GFL(DenseDetector):
             **{arg: g[key] for arg, key in GFL_ARGUMENT_KEYS.items()},
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "size_divisibility": g.SIZE_DIVISIBILITY or None,
+            "cpu_inference": g.CPU_INFERENCE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
@@ -206,10 +218,26 @@ class GFL(DenseDetector):
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         if self.training and not torch.jit.is_scripting():
             batched_inputs = with_checked_ground_truth(batched_inputs, self.num_classes, self.device)
-        outputs = super().forward(batched_inputs)
+        outputs = self._frozen_forward(batched_inputs) if self._runs_frozen() else super().forward(batched_inputs)
         if self.training or torch.jit.is_scripting() or not self.output_box_distributions:
             return outputs
         return rescale_box_std(outputs, batched_inputs)
+
+    def _runs_frozen(self) -> bool:
+        """Whether this call runs the frozen backbone and head (``cpu_inference="frozen"``, see the class)."""
+        return (self.cpu_inference == "frozen" and not self.training and self.device.type == "cpu"
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and not torch.jit.is_scripting() and not torch.jit.is_tracing())
+
+    def _frozen_forward(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Instances]]:
+        """DenseDetector's inference, with the backbone and head run by :class:`FrozenCPUInference`."""
+        images = self.preprocess_image(batched_inputs)
+        features, predictions = self._frozen_cpu(images.tensor)
+        results = self.forward_inference(images, features, predictions)
+        return [
+            {"instances": detector_postprocess(r, x.get("height", size[0]), x.get("width", size[1]))}
+            for r, x, size in zip(results, batched_inputs, images.image_sizes)
+        ]
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         if self.size_divisibility is None:

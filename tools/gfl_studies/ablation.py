@@ -6,6 +6,7 @@ gfl_d2.training``), evaluation, interleaved inference timing, and the report
 (``<name>.json`` with every run, ``<name>.md`` with the tables, see
 :mod:`gfl_studies.reports`). Resumable: a run with a ``result.json`` is done.
 """
+import argparse
 import ast
 import json
 import os
@@ -20,6 +21,8 @@ from collections import OrderedDict
 
 from gfl_d2.model_zoo import get_config_file
 
+from .lr_tuning import collapsed, in_parallel, tune_then_seeds
+from .lr_tuning import render as render_lr_tuning
 from .reports import machine, mean_std, write_report
 
 SHAPES = "Synthetic/"  # under the packaged configs (gfl_d2.model_zoo)
@@ -282,16 +285,16 @@ def collect_results(args):
 
 
 def _table(title, rows, runs, relative_time):
-    lines = [f"### {title}", "", "| variant | " + " | ".join(METRICS) + " | seeds | time |",
-             "|---|" + "---:|" * (len(METRICS) + 2)]
+    lines = [f"### {title}", "", "| variant | " + " | ".join(METRICS) + " | seeds | collapsed | time |",
+             "|---|" + "---:|" * (len(METRICS) + 3)]
     for row in rows:
         results = [r for r in runs if r["variant"] == row]
         if not results:
-            lines.append(f"| {row} | " + " | ".join("…" for _ in METRICS) + " | 0 | |")
+            lines.append(f"| {row} | " + " | ".join("…" for _ in METRICS) + " | 0 | | |")
             continue
         cells = [mean_std([r["metrics"].get(m, float("nan")) for r in results]) for m in METRICS]
         time_cell = f"{relative_time[row]:.2f}" if row in relative_time else ""
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(results)} | {time_cell} |")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(results)} | {collapsed(results)} | {time_cell} |")
     return lines + [""]
 
 
@@ -314,7 +317,7 @@ def render(data):
     where = setup.get("device", setup.get("machine", "?")) + (f", torch {setup['torch']}" if "torch" in setup else "")
     lines = [f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
              f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per image "
-             "relative to GFL (batch 1, all models interleaved in one process).", ""]
+             "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP < 1.", ""]
     at_main = [r for r in runs if r["iters"] == main_iters]
     lines += [f"## {main_iters} iterations", ""]
     for table in data["tables"]:
@@ -327,6 +330,11 @@ def render(data):
         lines += [f"## {iters} iterations", ""] + _table(f"the variants trained for {iters} iterations", rows, at, {})
         lines += _per_seed(at, iters)
     return "\n".join(lines)
+
+
+def render_report(data):
+    """The Markdown of either report of this module: an ablation's or a learning-rate tuning's."""
+    return render_lr_tuning(data) if "tune_seed" in data["setup"] else render(data)
 
 
 def write(args):
@@ -342,39 +350,23 @@ def list_variants(args=None):
         print(f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} variants)")
 
 
-def _run_all(args, todo):
-    """Train and evaluate the runs of ``todo`` on ``args.jobs`` threads; the report after every run."""
-    start = time.time()
-    lock = threading.Lock()
-    queue = list(enumerate(todo, 1))
-    errors, finished = [], []
+def run_all(args, todo, after_each=None):
+    """Train and evaluate the runs of ``todo`` on ``args.jobs`` threads; ``after_each()`` (default: the
+    report) after every run."""
+    start, lock, finished = time.time(), threading.Lock(), []
+    after_each = after_each or (lambda: write(args))
 
-    def worker():
-        while True:
-            with lock:
-                if not queue or errors:
-                    return
-                index, (name, seed) = queue.pop(0)
-            try:
-                do_run(args, name, seed, index, len(todo))
-            except Exception as e:  # keep the other runs going; report at the end
-                errors.append(e)
-                print(f"FAILED: {e}", flush=True)
-                return
-            with lock:
-                finished.append(index)
-                done, elapsed = len(finished), time.time() - start
-                print(f"    {done}/{len(todo)} runs in {elapsed / 60:.1f} min; "
-                      f"about {elapsed / done * (len(todo) - done) / 60:.0f} min to go", flush=True)
-                write(args)
+    def one(item):
+        index, (name, seed) = item
+        do_run(args, name, seed, index, len(todo))
+        with lock:
+            finished.append(index)
+            done, elapsed = len(finished), time.time() - start
+            print(f"    {done}/{len(todo)} runs in {elapsed / 60:.1f} min; "
+                  f"about {elapsed / done * (len(todo) - done) / 60:.0f} min to go", flush=True)
+            after_each()
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, args.jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise SystemExit(f"{len(errors)} run(s) failed: {errors[0]}")
+    in_parallel(args.jobs, list(enumerate(todo, 1)), one)
 
 
 def run_study(args):
@@ -388,7 +380,7 @@ def run_study(args):
     todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
           f"report {os.path.join(args.results, args.name)}.md", flush=True)
-    _run_all(args, todo)
+    run_all(args, todo)
     if not args.skip_timing:
         names = list(OrderedDict.fromkeys(r for t in args.tables for r in TABLES[t][1]))
         print(f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
@@ -397,3 +389,40 @@ def run_study(args):
         with open(os.path.join(args.output, "timing.json"), "w") as f:
             json.dump(timing, f, indent=1)
     print(write(args))
+
+
+# ------------------------------------------------------------------ learning-rate tuning
+TUNED_VARIANTS = ("RetinaNet", "FCOS", "ATSS", "GFL")  # the detectors of the main comparison
+
+
+def lr_args(args, lr):
+    """The options of the runs at learning rate ``lr``: their own folder ``<output>/lr<lr>``, the rate as an override."""
+    return argparse.Namespace(**dict(vars(args), output=os.path.join(args.output, f"lr{lr:g}"),
+                                     opts=list(args.opts) + [f"optimizer.lr={lr:g}"]))
+
+
+def run_lr_tuning(args):
+    """
+    ``--lrs``: every variant of ``--variants`` (default the main comparison's
+    detectors) at each rate with ``--tune-seed``, then at its best rate with
+    ``--seeds`` (:mod:`gfl_studies.lr_tuning`); the report after every run.
+    """
+    names = args.variants or list(TUNED_VARIANTS)
+    setup = dict(what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, batch "
+                      f"{args.batch}, the schedule of the ablation; validation AP on shapes_val.",
+                 lrs=list(args.lrs), tune_seed=args.tune_seed, seeds=list(args.seeds), iters=args.iters,
+                 batch=args.batch, **machine("cpu"))
+    counter = iter(range(1, 10**6))
+
+    def run_one(name, lr, seed):
+        sub = lr_args(args, lr)
+        if seed in finished_seeds(sub, name):
+            return next(r for r in load_results(sub, name) if r["seed"] == seed)["metrics"]
+        return do_run(sub, name, seed, next(counter), len(names) * (len(args.lrs) + len(args.seeds)))["metrics"]
+
+    def report(runs):
+        write_report(args.results, args.name, dict(setup=setup, runs=runs), render_lr_tuning)
+
+    runs = tune_then_seeds(names, args.lrs, args.tune_seed, args.seeds, run_one, args.jobs, report)
+    report(runs)
+    print(render_lr_tuning(dict(setup=setup, runs=runs)))

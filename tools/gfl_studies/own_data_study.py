@@ -18,9 +18,12 @@ from typing import Dict, List, Optional, Tuple
 
 from gfl_d2.model_zoo import get_config_file
 
+from .lr_tuning import render as render_lr_tuning
+from .lr_tuning import tune_then_seeds
 from .reports import machine, write_report
 
-__all__ = ["run_own_data_study", "final_metrics", "bin_advice", "summarize", "render"]
+__all__ = ["run_own_data_study", "run_own_data_lr_tuning", "final_metrics", "bin_advice", "summarize", "render",
+           "render_report"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 CONFIGS = {"GFL": "OwnData/gfl_R_18_FPN_scratch.py", "FCOS": "OwnData/fcos_R_18_FPN_scratch.py"}
@@ -93,8 +96,8 @@ def bin_summary(log_text: str) -> str:
     return ""
 
 
-def _train(config: str, overrides: List[str], out: str, label: str) -> str:
-    """Run the entry point (resuming a finished run is skipped); return its log."""
+def _train(config: str, overrides: List[str], out: str, label: str, threads: int = 0) -> str:
+    """Run the entry point (a finished run is not run again); return its log. ``threads``: torch's, 0 = its default."""
     log_path = os.path.join(out, "train_log.txt")
     if os.path.isfile(os.path.join(out, "model_final.pth")) and os.path.isfile(log_path):
         print(f"{label}: done before, reusing {out}", flush=True)
@@ -105,8 +108,8 @@ def _train(config: str, overrides: List[str], out: str, label: str) -> str:
            f"train.output_dir={out}"]
     start = time.time()
     print(f"{label}: {' '.join(cmd[3:])}", flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     with open(log_path, "w") as f:
         f.write(proc.stdout)
     if proc.returncode != 0:
@@ -165,6 +168,39 @@ def run_own_data_study(root: str, output: str, seeds: List[int], common: List[st
     data = dict(setup=setup, bin_check=summary, bins_compared=f"{' '.join(advice)} ({why})" if advice else None,
                 models=[dict(name=k, runs=v, summary=summarize(v)) for k, v in runs.items()])
     return write_report(results or output, name, data, render)
+
+
+def run_own_data_lr_tuning(root: str, output: str, lrs: List[float], tune_seed: int, seeds: List[int],
+                           common: List[str], jobs: int = 1, results: Optional[str] = None,
+                           name: str = "own_data_lr_tuning") -> str:
+    """
+    GFL and FCOS (:data:`CONFIGS`) each at its own learning rate
+    (:mod:`gfl_studies.lr_tuning`): every rate of ``lrs`` with ``tune_seed``,
+    then the best on the validation split with ``seeds``. Runs go to
+    ``output/lr<r>/<model>/seed<k>``; the report to ``results/<name>``. Returns the report (Markdown).
+    """
+    base = [f"dataset.root={root}"] + list(common)
+    threads = max(1, 2 // jobs) if jobs > 1 else 0
+
+    def run_one(model, lr, seed):
+        out = os.path.join(output, f"lr{lr:g}", model, f"seed{seed}")
+        _train(CONFIGS[model], base + [f"train.seed={seed}", f"optimizer.lr={lr:g}"], out,
+               f"{model} lr {lr:g} seed {seed}", threads)
+        return final_metrics(out)
+
+    setup = dict(what=f"GFL and detectron2's FCOS with the configs of configs/OwnData on {root}; settings: "
+                      f"{' '.join(common)}; validation AP.", lrs=list(lrs), tune_seed=tune_seed, seeds=list(seeds),
+                 dataset=root, settings=" ".join(common), **machine("cpu"))
+
+    def report(runs):
+        return write_report(results or output, name, dict(setup=setup, runs=runs), render_lr_tuning)
+
+    return report(tune_then_seeds(list(CONFIGS), lrs, tune_seed, seeds, run_one, jobs, report))
+
+
+def render_report(data: Dict) -> str:
+    """The Markdown of either report of this module: the study's or a learning-rate tuning's."""
+    return render_lr_tuning(data) if "tune_seed" in data["setup"] else render(data)
 
 
 def summarize(runs: List[Dict]) -> Dict:

@@ -74,6 +74,9 @@ model = L(GFL)(
     # per-edge distributions and standard deviations in the outputs
     output_box_distributions=True,
     size_divisibility=32,
+    # CPU inference: "eager", or "frozen" (backbone and head through a frozen trace for oneDNN; equal up to
+    # float32 rounding, faster: docs/benchmarks.md)
+    cpu_inference="eager",
     pixel_mean=[123.675, 116.28, 103.53],
     pixel_std=[58.395, 57.12, 57.375],
     input_format="RGB",

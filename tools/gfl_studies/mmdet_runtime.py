@@ -1,5 +1,7 @@
 """
-MMDetection's GFL on the CPU, for the tests that compare with the real library.
+MMDetection's GFL on the CPU or a GPU without mmcv's compiled ops: for the
+tests that compare with the real library and for the benchmark's MMDetection
+peer (:mod:`gfl_studies.mmdet_peer`).
 
 MMDetection 3.3 (``pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0``)
 runs its ResNet, FPN and ``GFLHead`` in pure Python, but ``mmcv.ops`` imports the
@@ -8,9 +10,11 @@ installs a stand-in for it whose ``nms`` is torchvision's (the only compiled op
 GFL's inference calls; mmcv's own ``batched_nms`` runs unchanged on top of it)
 and whose other ops raise when called.
 
-Nothing here is imported by the default test run unless ``mmdet`` is importable.
+Nothing here imports mmdet before a function is called; the tests and the
+benchmark check :func:`mmdet_available` first.
 """
 import importlib.util
+import logging
 import os
 import sys
 import types
@@ -18,7 +22,8 @@ import types
 import torch
 import torchvision
 
-__all__ = ["mmdet_available", "import_mmdet", "build_mmdet_gfl", "MMDET_CONFIGS"]
+__all__ = ["mmdet_available", "import_mmdet", "build_mmdet_gfl", "MMDET_CONFIGS", "trained_like", "save_as_mmdet",
+           "mmdet_sample"]
 
 # the released GFL configs of MMDetection 3.3 (without DCN, which needs compiled ops)
 MMDET_CONFIGS = {
@@ -86,5 +91,48 @@ def build_mmdet_gfl(config: str = MMDET_CONFIGS["R-50 1x"], seed: int = 0):
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
-    model.init_weights()
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every tensor at INFO
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     return model.eval(), cfg
+
+
+def trained_like(model, seed: int = 0):
+    """Head weights that give confident, varied detections (at initialisation every score is ~0.01)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.bbox_head.parameters():
+            if p.dim() == 4:
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+        model.bbox_head.gfl_cls.bias.fill_(-2.0)
+    return model
+
+
+def save_as_mmdet(model, path: str, **extra) -> None:
+    """Save as MMDetection's runner does (mmengine's save_checkpoint of meta + CPU state dict)."""
+    from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
+
+    checkpoint = {"meta": {"dataset_meta": {"classes": tuple(f"c{i}" for i in range(80))}, "epoch": 12}}
+    checkpoint["state_dict"] = weights_to_cpu(get_state_dict(model))
+    checkpoint.update(extra)
+    save_checkpoint(checkpoint, str(path))
+
+
+def mmdet_sample(height: int, width: int, boxes=None, labels=None):
+    """A ``DetDataSample`` of an unscaled image; with ``boxes`` (K, 4) and ``labels`` (K,), its ground truth."""
+    from mmengine.structures import InstanceData
+
+    from mmdet.structures import DetDataSample
+
+    sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
+                                         scale_factor=(1.0, 1.0), pad_shape=(height, width)))
+    if boxes is not None:
+        sample.gt_instances = InstanceData(bboxes=boxes, labels=labels)
+    return sample
+

@@ -1,0 +1,105 @@
+"""
+CPU inference through oneDNN's inference path: the backbone and the head,
+traced once and frozen (``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``),
+which folds batch norm into the convolutions, prepacks the convolution weights,
+keeps activations in oneDNN's layout between convolutions and fuses the
+ReLUs and residual additions into them. Eager PyTorch repacks every weight
+and converts every activation at every convolution, and the convolutions are
+about nine tenths of a detector's CPU time.
+
+The outputs equal eager inference up to float32 rounding (folding changes the
+order of the multiplications). The traced graph holds no shapes, so one
+build serves every image size and batch; it is rebuilt when any parameter or
+buffer changes (an optimizer step, ``load_state_dict``, ``.to()``).
+"""
+import logging
+import warnings
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CPU_INFERENCE_MODES", "FrozenCPUInference"]
+
+logger = logging.getLogger(__name__)
+
+CPU_INFERENCE_MODES = ("eager", "frozen")
+
+
+class _BackboneAndHead(nn.Module):
+    """
+    image tensor (N, 3, H, W) -> (head input features, head outputs); with
+    ``flat``, the same tensors as one tuple (features, then the head's
+    outputs kind by kind), which is what a trace can return.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, in_features: Sequence[str]):
+        super().__init__()
+        self.backbone, self.head, self.in_features = backbone, head, list(in_features)
+        self.flat = False
+
+    def forward(self, x: Tensor):
+        features = self.backbone(x)
+        features = [features[f] for f in self.in_features]
+        predictions = self.head(features)
+        if self.flat:
+            return tuple(features) + tuple(t for kind in predictions for t in kind)
+        return features, predictions
+
+
+def _state_key(module: nn.Module) -> Tuple:
+    """Changes whenever a parameter or buffer of ``module`` is replaced or modified in place."""
+    return tuple((id(t), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
+class FrozenCPUInference:
+    """
+    ``(features, predictions)`` of a model's backbone and head, computed by a
+    frozen trace built on first use and kept while the weights stay the same.
+    A module that cannot be traced falls back to eager execution, with one
+    warning naming the error.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, in_features: Sequence[str]):
+        self._unit = _BackboneAndHead(backbone, head, in_features)
+        self._key: Optional[Tuple] = None
+        self._frozen: Optional[Callable] = None
+        self._failed_key: Optional[Tuple] = None
+
+    def _build(self, example: Tensor) -> Callable:
+        """The frozen trace, returning (features, predictions) as the eager unit does."""
+        features, predictions = self._unit.eval()(example)
+        num_features, kinds = len(features), [len(kind) for kind in predictions]
+        self._unit.flat = True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's and TorchScript's deprecation warnings
+                traced = torch.jit.trace(self._unit, example, check_trace=False)
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        finally:
+            self._unit.flat = False
+
+        def run(x: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+            flat = list(frozen(x))
+            features, rest, predictions = flat[:num_features], flat[num_features:], []
+            for n in kinds:
+                predictions.append(rest[:n])
+                rest = rest[n:]
+            return features, predictions
+
+        return run
+
+    def __call__(self, x: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        key = _state_key(self._unit) + (x.dtype,)
+        if key != self._key and key != self._failed_key:
+            self._frozen = None
+            try:
+                self._frozen = self._build(x)
+                self._key = key
+            except Exception as e:  # a backbone or head the tracer cannot follow: eager, as without the option
+                self._failed_key = key
+                logger.warning(f"GFL: cpu_inference='frozen' fell back to eager execution: could not trace the "
+                               f"backbone and head ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        if self._frozen is None or key != self._key:
+            return self._unit(x)
+        return self._frozen(x)

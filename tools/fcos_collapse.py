@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""
+Why detectron2's FCOS sometimes dies when trained from scratch (see
+gfl_studies.fcos_collapse): trains it unchanged, with the ablation's
+backbone, data and schedule, for seeds that collapse and seeds that learn,
+records every logged iteration how many positives have all four predicted
+distances clamped to 0 by Box2BoxTransformLinear's ReLU, and writes the
+report ``<results>/<name>.json`` and ``.md``.
+
+    python tools/fcos_collapse.py --seeds 7 0 --jobs 2 --name fcos_collapse_shapes
+    python tools/fcos_collapse.py --report --name fcos_collapse_shapes   # the .md again from the .json
+
+Trailing key=value pairs are passed to every run (e.g. optimizer.lr=0.005).
+Finished runs (``<output>/FCOS/seed<k>/result.json``) are not trained again.
+"""
+import argparse
+
+from gfl_studies import ablation, fcos_collapse
+from gfl_studies.reports import add_report_arguments, render_again
+
+RECORDING_FCOS = "model._target_=gfl_studies.fcos_collapse.ClampRecordingFCOS"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", nargs="+", type=int, default=[7, 0])
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=1, help="training processes at a time")
+    p.add_argument("--output", default="output/fcos_collapse")
+    add_report_arguments(p, "fcos_collapse")
+    p.add_argument("opts", nargs="*", help="config overrides for every run, key=value")
+    args = p.parse_args(argv)
+    if args.report:
+        print(render_again(args.results, args.name, fcos_collapse.render))
+        return
+    study = argparse.Namespace(tables=["main"], variants=["FCOS"], seeds=args.seeds, sweep_seeds=args.seeds,
+                               iters=args.iters, batch=args.batch, jobs=args.jobs, threads=0, output=args.output,
+                               opts=[RECORDING_FCOS] + list(args.opts))
+    todo = [("FCOS", s) for s in args.seeds if s not in ablation.finished_seeds(study, "FCOS")]
+    ablation.run_all(study, todo, after_each=lambda: None)
+    runs = []
+    for result in ablation.load_results(study, "FCOS"):
+        if result["seed"] in args.seeds:
+            lr = next((float(o.split("=", 1)[1]) for o in result["overrides"] if o.startswith("optimizer.lr=")), None)
+            series = fcos_collapse.read_series(ablation.run_dir(study, "FCOS", result["seed"]))
+            runs.append(fcos_collapse.summarize_run(dict(result, lr=lr), series))
+    settings = f"{args.iters} iterations, batch {args.batch}, the ablation's schedule" + (
+        f"; {' '.join(args.opts)}" if args.opts else "; the config's learning rate")
+    print(fcos_collapse.write(args.results, args.name, runs, settings))
+
+
+if __name__ == "__main__":
+    main()
