@@ -26,10 +26,11 @@ def test_ablation_tool_runs_saves_and_resumes(tmp_path):
             for line in table.splitlines() if line.startswith("| ")}
     # after 4 iterations there may be no detection: AP is a number or "–" (COCOeval's undefined)
     for name in ("GFL", "ATSS"):
-        ap, seeds, time = rows[name][0], rows[name][-2], rows[name][-1]
+        ap, seeds, collapsed, time = rows[name][0], rows[name][-3], rows[name][-2], rows[name][-1]
         assert (ap == "–" or float(ap.split(" ")[0]) >= 0) and seeds == "1"
+        assert collapsed == ("1" if ap == "–" or float(ap.split(" ")[0]) < 1 else "0")  # 4 iterations: AP < 1
         assert float(time) > 0  # inference time relative to GFL's
-    assert rows["RetinaNet"][0] == "…" and rows["RetinaNet"][-2] == "0"  # rows not run are shown as missing
+    assert rows["RetinaNet"][0] == "…" and rows["RetinaNet"][-3] == "0"  # rows not run are shown as missing
     result = json.loads((out / "ATSS" / "seed0" / "result.json").read_text())
     assert result["variant"] == "ATSS" and result["config"].endswith("atss_R_18_FPN_shapes.py")
     report = json.loads((tmp_path / "abl.json").read_text())

@@ -2,8 +2,13 @@
 (tiny sizes, one repeat; no timing assertions), the reports, and the GPU check's summary rows."""
 import json
 
+import pytest
+
 from gfl_d2.testing import run_tool
 from gfl_studies.gpu_check import benchmark_rows
+from gfl_studies.mmdet_peer import SKIP_NOTE, run_peer_benchmark
+from gfl_studies.mmdet_peer import render as render_peer
+from gfl_studies.mmdet_runtime import mmdet_available
 
 
 def test_benchmark_smoke_writes_its_report(tmp_path):
@@ -80,3 +85,31 @@ def test_gpu_check_reports_what_ran_beside_what_failed():
     gfl_failed = dict(gfl, **{fp32: dict(error="RuntimeError: x")})
     (row,) = benchmark_rows(dict(lines={fp32: fp32_meta}, results=dict(gfl=gfl_failed, fcos=fcos)))
     assert not row["ok"] and "GFL FAILED" in row["result"] and "FCOS 51.0 img/s" in row["result"]
+
+
+@pytest.mark.skipif(mmdet_available(), reason="checks the note printed when MMDetection is missing")
+def test_mmdet_peer_is_skipped_with_a_one_line_note(tmp_path):
+    proc = run_tool(["tools/benchmark.py", "--peer", "mmdet", "--smoke", "--device", "cpu", "--results", tmp_path,
+                     "--name", "peer"])
+    assert proc.stdout.strip().splitlines()[-1] == SKIP_NOTE
+    assert not (tmp_path / "peer.json").exists()
+
+
+@pytest.mark.skipif(not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed")
+def test_mmdet_peer_smoke_measures_both_frameworks_and_the_profile(tmp_path):
+    result = run_peer_benchmark("smoke", "cpu")
+    labels = set(result["lines"])
+    assert {label.split()[0] for label in labels} == {"infer", "train", "assign"}
+    for label in labels:
+        for name in ("gfl", "mmdet"):
+            assert result["results"][name][label]["median"] > 0
+        assert result["ratios"][label]["gfl/mmdet"] > 0
+    infer = next(label for label in labels if label.startswith("infer"))
+    assert result["ratios"][infer]["gfl_frozen/mmdet"] > 0  # the CPU's frozen inference beside eager
+    profile = result["profile"]
+    assert set(profile["stages"]) == {"gfl", "gfl_frozen", "mmdet"}
+    assert {"preprocess", "backbone+FPN", "head", "decode+NMS"} <= set(profile["stages"]["mmdet"])
+    assert all(0 < share <= 1 for per in profile["conv_share"].values() for share in per.values()
+               if share == share)
+    text = render_peer(result)
+    assert "gfl-d2 / MMDetection" in text and "Where the time goes" in text

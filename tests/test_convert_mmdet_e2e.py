@@ -50,12 +50,14 @@ def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name
     boxes, scores, labels = mmdet_detections(mm_model, image_bgr)
     assert len(scores) == 100  # enough detections to compare
 
-    with torch.no_grad():
-        ours = model([{"image": image_bgr.flip(0).float(), "height": h, "width": w}])[0]["instances"]
-    assert len(ours) == len(scores)
-    torch.testing.assert_close(ours.scores, scores, rtol=1e-4, atol=1e-5)
-    assert torch.equal(ours.pred_classes, labels)
-    torch.testing.assert_close(ours.pred_boxes.tensor, boxes, rtol=1e-4, atol=1e-2)
+    for mode in ("eager", "frozen"):  # cpu_inference: both ways give MMDetection's detections
+        model.cpu_inference = mode
+        with torch.no_grad():
+            ours = model([{"image": image_bgr.flip(0).float(), "height": h, "width": w}])[0]["instances"]
+        assert len(ours) == len(scores)
+        torch.testing.assert_close(ours.scores, scores, rtol=1e-4, atol=1e-5)
+        assert torch.equal(ours.pred_classes, labels)
+        torch.testing.assert_close(ours.pred_boxes.tensor, boxes, rtol=1e-4, atol=1e-2)
 
 
 def test_checkpoint_saved_during_training_needs_allow_pickle(tmp_path):

@@ -22,6 +22,14 @@ as ``<results>/<name>.json`` and the table as ``<name>.md``.
     python tools/benchmark.py --device cpu --quick --name benchmark_cpu   # < 3 minutes on 2 cores
     python tools/benchmark.py --report --name benchmark_cpu_2cores        # the .md again from the .json
 
+``--peer mmdet`` measures gfl-d2's GFL against MMDetection 3.3's instead
+(gfl_studies.mmdet_peer): the same weights and images, inference at
+800x1333 and 320x512, a training step (with the SGD step), ATSS assignment,
+and a profile of where the time goes; skipped with a one-line note when
+mmdet is not importable.
+
+    python tools/benchmark.py --peer mmdet --device cpu --name benchmark_mmdet_cpu_2cores
+
 ``--mode gpu_check`` is the GPU check's plan (COCO size, batch 1 and 8,
 inference and training, fp32 and fp16 autocast, GPU memory of every line).
 """
@@ -30,6 +38,7 @@ import sys
 
 import torch
 
+from gfl_studies import mmdet_peer
 from gfl_studies.benchmark import MODELS, PLANS, render, run_benchmark
 from gfl_studies.reports import add_report_arguments, render_again, write_report
 
@@ -44,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=None, help="timed runs per line (default: the mode's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the mode's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
+    p.add_argument("--peer", choices=("mmdet",), default=None,
+                   help="measure against MMDetection's GFL instead of detectron2's detectors (see above)")
     add_report_arguments(p, "benchmark")
     args = p.parse_args(argv)
     args.mode = args.mode or ("smoke" if args.smoke else "quick" if args.quick else "full")
@@ -54,12 +65,22 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.report:
-        print(render_again(args.results, args.name, render))
+        print(render_again(args.results, args.name, lambda data: (
+            mmdet_peer.render(data) if "profile" in data or "note" in data else render(data))))
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available")
+    if args.peer:
+        result = mmdet_peer.run_peer_benchmark(args.mode, args.device, args.repeat, args.warmup,
+                                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if "note" in result:
+            print(result["note"])  # nothing measured: no report is written
+            return result
+        print(write_report(args.results, args.name, result, mmdet_peer.render))
+        print(f"\nwritten to {args.results}/{args.name}.json and .md")
+        return result
     result = run_benchmark(args.models, args.device, args.mode, args.threads, args.repeat, args.warmup,
                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(write_report(args.results, args.name, result, render))

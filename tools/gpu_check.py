@@ -24,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--output", default="gpu_check", help="folder for logs, checkpoints and exports")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and few iterations; allowed without a GPU")
     p.add_argument("--iters", type=int, default=None, help="training iterations per precision (default 300)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "export"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "peer", "export"])
     add_report_arguments(p, "gpu_check", results=None)
     args = p.parse_args(argv)
     # a smoke run checks the script, it measures nothing: its report stays with its logs

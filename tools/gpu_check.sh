@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with one CUDA GPU, in at most about 8 minutes,
+# The GPU check: on a machine with one CUDA GPU, in at most about 9 minutes,
 #   1. the tests that exercise CUDA paths (detectron2's e2e model tests, with CUDA
 #      autocast and CUDA->CPU; the entry points training on CUDA),
 #   2. the embedded config trained for 300 iterations in fp32, fp16 AMP and bf16 AMP
 #      (losses must stay finite and fall),
 #   3. GFL (and GFL V2) against detectron2's FCOS, COCO R-50 at 800x1333: images/s and peak memory,
 #      inference and training, fp32 and fp16 AMP, batch 1 and 8,
-#   4. TorchScript and ONNX export on CUDA, checked against the eager model,
+#   4. GFL against MMDetection 3.3's GFL (same weights, same images): inference, a training step,
+#      ATSS assignment, where MMDetection is importable (else a one-line note),
+#   5. TorchScript and ONNX export on CUDA, checked against the eager model,
 # then prints one summary table. Logs and checkpoints go to $GPU_CHECK_OUT (default
 # ./gpu_check); the summary and the benchmark are written as reports (JSON and Markdown)
 # to projects/GFL/results/ as gpu_check.* and gpu_check_benchmark.* (other names: --name).

@@ -7,7 +7,6 @@ import torch.distributed as dist
 import torchvision
 from torch import Tensor
 
-from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
@@ -62,24 +61,27 @@ def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
 def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float,
                     image_size: Tuple[int, int]) -> Tensor:
     """
-    detectron2's ``batched_nms``: NMS within each class; indices of the kept
-    boxes, by decreasing score.
+    NMS within each class; indices of the kept boxes, by decreasing score.
 
-    Traced for export, torchvision's version separates the classes by offsets
-    of the largest coordinate, a ReduceMax that onnxruntime up to 1.31 gets
-    wrong on an empty input (an image without detections), so the exported
-    model fails at run time. The boxes here are clipped to the image, so its
-    longer side bounds every coordinate and gives the offsets instead.
+    One NMS over all boxes, each class shifted by a multiple of the image's
+    longer side (the boxes are clipped to the image, so no two classes
+    overlap), as MMDetection's ``batched_nms`` does. torchvision's
+    ``batched_nms`` (detectron2's) loops over the classes instead once a CPU
+    image has more than 1000 boxes, which costs a host sync per class. The
+    image side, rather than the largest coordinate, also keeps an exported
+    model free of a ReduceMax that onnxruntime up to 1.31 gets wrong on an
+    empty input (an image without detections). The shifted boxes are float64
+    (exact for any number of classes) except in a trace, since ONNX's
+    NonMaxSuppression takes float32.
 
     Args:
         boxes: (K, 4) boxes inside the image; scores: (K,); classes: (K,) long.
         image_size: (H, W), ints or (traced) 0-dim tensors.
     """
-    if not torch.jit.is_tracing():
-        return batched_nms(boxes, scores, classes, iou_threshold)
-    side = torch.stack([torch.as_tensor(s) for s in image_size]).max().to(boxes)
-    offsets = classes.to(boxes) * (side + 1)
-    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
+    dtype = boxes.dtype if torch.jit.is_tracing() else torch.float64
+    side = torch.stack([torch.as_tensor(s) for s in image_size]).max().to(boxes.device, dtype)
+    offsets = classes.to(dtype) * (side + 1)
+    return torchvision.ops.nms(boxes.to(dtype) + offsets[:, None], scores.to(dtype), iou_threshold)
 
 
 def reduce_mean(tensor: Tensor) -> Tensor:

@@ -135,6 +135,29 @@ def step_benchmark(args, out):
     return rows
 
 
+def step_peer(args, out):
+    """gfl-d2 against MMDetection's GFL (tools/benchmark.py --peer mmdet), or the note that it was skipped."""
+    name = f"{args.name}_mmdet"
+    ok, sec, log = run_step(
+        "benchmark against MMDetection",
+        [sys.executable, "tools/benchmark.py", "--peer", "mmdet", "--mode",
+         "gpu_check_smoke" if args.smoke else "gpu_check", "--device", "cuda" if torch.cuda.is_available() else "cpu",
+         "--results", args.results, "--name", name],
+        os.path.join(out, "benchmark_mmdet.log"),
+        timeout=300,
+    )
+    if ok and "MMDetection peer skipped" in log:
+        return [dict(step="bench vs MMDetection", ok=True, seconds=sec, result=log.strip().splitlines()[-1])]
+    path = os.path.join(args.results, f"{name}.json")
+    if not ok or not os.path.isfile(path):
+        return [dict(step="bench vs MMDetection", ok=False, seconds=sec, result="failed: see benchmark_mmdet.log")]
+    with open(path) as f:
+        data = json.load(f)
+    ratios = "; ".join(f"{label.split(' (')[0]} {r:.3f}" for label, line in data["ratios"].items()
+                       for pair, r in line.items() if pair == "gfl/mmdet")
+    return [dict(step="bench vs MMDetection", ok=True, seconds=sec, result=f"gfl-d2/MMDetection time: {ratios}")]
+
+
 def _line_numbers(data, label, model):
     """(images/s, peak MiB or NaN) of ``model`` on a line, or its error."""
     meta, r = data["lines"][label], data["results"].get(model, {}).get(label)
@@ -240,7 +263,7 @@ def run_gpu_check(args):
     t0 = time.time()
     rows = []
     steps = [(n, s) for n, s in (("tests", step_tests), ("train", step_train), ("benchmark", step_benchmark),
-                                 ("export", step_export)) if n not in args.skip]
+                                 ("peer", step_peer), ("export", step_export)) if n not in args.skip]
     table = write_summary(args, rows, t0, done=not steps)
     for i, (name, step) in enumerate(steps):
         rows.extend(step(args, args.output))

@@ -32,13 +32,16 @@ import torch
 from .benchmark import Line, coco_like_boxes, interleaved, sync
 from .mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available, mmdet_sample, save_as_mmdet, trained_like
 
-__all__ = ["PEER", "SKIP_NOTE", "PEER_PLANS", "build_pair", "peer_fns", "stage_profile", "conv_share",
-           "run_peer_benchmark"]
+__all__ = ["PEER", "FROZEN", "SKIP_NOTE", "PEER_PLANS", "build_pair", "peer_fns", "stage_profile", "conv_share",
+           "run_peer_benchmark", "render"]
 
 PEER = "mmdet"  # the peer's name in a result's models
 SKIP_NOTE = ("MMDetection peer skipped: mmdet is not importable "
              "(pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0 to measure it)")
 SGD = dict(lr=1e-5, momentum=0.9, weight_decay=1e-4)  # a small rate: the weights stay as converted, near enough
+
+FROZEN = "gfl_frozen"  # gfl-d2 with cpu_inference="frozen" (CPU inference lines only)
+NAMES = {"gfl": "gfl-d2", FROZEN: "gfl-d2, cpu_inference=frozen", PEER: "MMDetection 3.3"}
 
 PEER_PLANS = {
     "smoke": dict(lines=[Line("infer", (96, 128), 1), Line("train", (96, 128), 1),
@@ -47,7 +50,11 @@ PEER_PLANS = {
                          Line("assign", (800, 1333), 16, boxes=100)], repeat=5, warmup=1),
     "full": dict(lines=[Line("infer", (800, 1333), 1), Line("infer", (320, 512), 1), Line("train", (800, 1333), 2),
                         Line("train", (320, 512), 2), Line("assign", (800, 1333), 16, boxes=100)],
-                 repeat=7, warmup=2),
+                 repeat=5, warmup=1),
+    "gpu_check": dict(lines=[Line("infer", (800, 1333), 1), Line("train", (800, 1333), 2),
+                             Line("assign", (800, 1333), 16, boxes=100)], repeat=10, warmup=3),
+    "gpu_check_smoke": dict(lines=[Line("infer", (64, 96), 1), Line("train", (64, 96), 1),
+                                   Line("assign", (256, 384), 2, boxes=20)], repeat=1, warmup=0),
 }
 
 
@@ -94,17 +101,25 @@ def _theirs_data(images, gts=None):
 
 
 def _inference(ours, theirs, images) -> Dict[str, Callable]:
+    """gfl-d2 (eager; on the CPU also with ``cpu_inference="frozen"``) and MMDetection, image to detections."""
     ours_in, theirs_data = _ours_inputs(images), _theirs_data(images)
 
-    def run_ours():
-        with torch.no_grad():
-            ours(ours_in)
+    def run_ours(mode="eager"):
+        ours.cpu_inference = mode
+        try:
+            with torch.no_grad():
+                ours(ours_in)
+        finally:
+            ours.cpu_inference = "eager"
 
     def run_theirs():
         with torch.no_grad():
             theirs.test_step(theirs_data)
 
-    return {"gfl": run_ours, PEER: run_theirs}
+    fns = {"gfl": run_ours, PEER: run_theirs}
+    if images[0].device.type == "cpu":
+        fns[FROZEN] = lambda: run_ours("frozen")
+    return fns
 
 
 def _training(ours, theirs, images, gts) -> Dict[str, Callable]:
@@ -196,14 +211,28 @@ def _theirs_stages(model, images, clock):
         clock("decode+NMS")
 
 
+def _frozen_stages(model, images, clock):
+    """gfl-d2's inference with ``cpu_inference="frozen"``: backbone, FPN and head are one frozen graph."""
+    with torch.no_grad():
+        batch = model.preprocess_image(_ours_inputs(images))
+        clock("preprocess")
+        features, predictions = model._frozen_cpu(batch.tensor)
+        clock("backbone+FPN+head (frozen)")
+        model.forward_inference(batch, features, predictions)
+        clock("decode+NMS")
+
+
 def stage_profile(ours, theirs, size, device, repeat: int = 3) -> Dict[str, Dict[str, float]]:
     """Median seconds of each inference stage, per framework, the frameworks alternating."""
     ours.eval()
     theirs.eval()
     images = _images(1, size, seed=0, device=device)
-    times = {"gfl": {}, PEER: {}}
-    for r in range(repeat + 1):  # the first round warms up
-        for name, model, stages in (("gfl", ours, _ours_stages), (PEER, theirs, _theirs_stages)):
+    runs = [("gfl", ours, _ours_stages), (PEER, theirs, _theirs_stages)]
+    if images[0].device.type == "cpu":
+        runs.append((FROZEN, ours, _frozen_stages))
+    times = {name: {} for name, _, _ in runs}
+    for r in range(repeat + 1):  # the first round warms up (and builds the frozen graph)
+        for name, model, stages in runs:
             last = [time.perf_counter()]
 
             def clock(stage, name=name):
@@ -215,6 +244,56 @@ def stage_profile(ours, theirs, size, device, repeat: int = 3) -> Dict[str, Dict
 
             stages(model, images, clock)
     return {n: {s: statistics.median(t) for s, t in st.items()} for n, st in times.items()}
+
+
+# ------------------------------------------------------------------ report
+def _cell(r):
+    if r is None:
+        return "-"
+    fmt = (lambda v: f"{v:.4f}" if v < 10 else f"{v:.1f}")
+    return f"{fmt(r['median'])} ({fmt(r['min'])}-{fmt(r['max'])})"
+
+
+def render(data: Dict) -> str:
+    """The Markdown of a peer result: the timed lines with their ratios, then the profile."""
+    if "results" not in data:
+        return data.get("note", SKIP_NOTE)
+    results, names = data["results"], [n for n in ("gfl", FROZEN, PEER) if n in data["results"]]
+    ours = [n for n in names if n != PEER]
+    lines = [f"gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, converted by "
+             f"tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside every "
+             f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, {data['mode']} mode, "
+             f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: uint8 image to "
+             "detections), per training step (forward, ATSS, losses, backward, SGD), per call (assignment of all "
+             "the images): median (min-max); the ratios are of the medians.", "",
+             "| measure | " + " | ".join(NAMES[n] for n in names) + " | " + " | ".join(
+                 f"{NAMES[n]} / MMDetection" for n in ours) + " |",
+             "|---|" + "---|" * (len(names) + len(ours))]
+    for label in data["lines"]:
+        ratios = data["ratios"].get(label, {})
+        cells = [_cell(results[n].get(label)) for n in names]
+        cells += [f"{ratios[f'{n}/{PEER}']:.3f}" if f"{n}/{PEER}" in ratios else "-" for n in ours]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    profile = data.get("profile")
+    if profile:
+        h, w = profile["stages_size"]
+        stages = profile["stages"]
+        order = list(dict.fromkeys(s for n in names if n in stages for s in stages[n]))
+        lines += ["", f"Where the time goes: inference at {h}x{w}, median seconds per stage (the frameworks "
+                      "alternating):", "", "| stage | " + " | ".join(NAMES[n] for n in names if n in stages) + " |",
+                  "|---|" + "---:|" * len([n for n in names if n in stages])]
+        for stage in order:
+            lines.append(f"| {stage} | " + " | ".join(
+                f"{stages[n][stage]:.4f}" if stage in stages[n] else "" for n in names if n in stages) + " |")
+        share = profile["conv_share"]
+        kinds = list(dict.fromkeys(k for n in share for k in share[n]))
+        lines += ["", "Convolutions (forward and backward kernels) as a share of the self CPU time of one run "
+                      "(torch.profiler):", "", "| line | " + " | ".join(NAMES[n] for n in share) + " |",
+                  "|---|" + "---:|" * len(share)]
+        for kind in kinds:
+            lines.append(f"| {kind} | " + " | ".join(f"{share[n][kind]:.0%}" if kind in share[n] else ""
+                                                      for n in share) + " |")
+    return "\n".join(lines)
 
 
 def conv_share(fn: Callable) -> float:
@@ -242,7 +321,7 @@ def run_peer_benchmark(mode: str, device: str, repeat=None, warmup=None, log=pri
     repeat = plan["repeat"] if repeat is None else repeat
     warmup = plan["warmup"] if warmup is None else warmup
     ours, theirs = build_pair(device)
-    results, lines = {"gfl": {}, PEER: {}}, {}
+    results, lines = {"gfl": {}, FROZEN: {}, PEER: {}}, {}
     for line in plan["lines"]:
         log(f"[benchmark] MMDetection peer: {line.name}")
         fns = peer_fns(ours, theirs, line, device)
@@ -250,10 +329,13 @@ def run_peer_benchmark(mode: str, device: str, repeat=None, warmup=None, log=pri
         for name, st in interleaved(fns, device, repeat, warmup).items():
             results[name][line.label] = {k: (v / per if k != "runs" else v) for k, v in st.items()}
         lines[line.label] = dict(kind=line.kind, size=list(line.size), batch=line.batch, boxes=line.boxes)
-    ratios = {label: {f"gfl/{PEER}": results["gfl"][label]["median"] / results[PEER][label]["median"]}
-              for label in lines}
+    ratios = {label: {f"{name}/{PEER}": results[name][label]["median"] / results[PEER][label]["median"]
+                      for name in ("gfl", FROZEN) if label in results[name]} for label in lines}
     profile = _profile(ours, theirs, plan["lines"], device, log)
-    return dict(lines=lines, results=results, ratios=ratios, profile=profile)
+    device_name = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    return dict(date=time.strftime("%Y-%m-%d"), device=device_name, torch=torch.__version__, mode=mode,
+                repeat=repeat, warmup=warmup, lines=lines, results={k: v for k, v in results.items() if v},
+                ratios=ratios, profile=profile)
 
 
 def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
@@ -263,6 +345,8 @@ def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
     out = dict(stages_size=list(largest.size), stages=stage_profile(ours, theirs, largest.size, device), conv_share={})
     for line in (largest, max((ln for ln in lines if ln.kind == "train"), key=lambda ln: ln.size[0] * ln.size[1])):
         for name, fn in peer_fns(ours, theirs, line, device).items():
+            if name == FROZEN:
+                continue  # the frozen graph's kernels run inside one traced call: the profiler cannot split them
             fn()  # warm
             out["conv_share"].setdefault(name, {})[line.name] = conv_share(fn)
     return out
