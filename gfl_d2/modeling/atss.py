@@ -29,8 +29,10 @@ def _nearest_anchors(anchors: List[Tensor], points: Tensor, topk: int) -> Tensor
     start = 0
     for level_anchors in anchors:
         level_anchors = level_anchors.float()
-        centers = (level_anchors[:, :2] + level_anchors[:, 2:]) * 0.5  # (R_l, 2)
-        dist = (centers[:, None, :] - points[None, :, :]).pow(2).sum(-1).sqrt()  # (R_l, M)
+        cx = (level_anchors[:, 0] + level_anchors[:, 2]) * 0.5  # (R_l,)
+        cy = (level_anchors[:, 1] + level_anchors[:, 3]) * 0.5
+        # dx^2 + dy^2 without an (R_l, M, 2) intermediate; the same float32 operations, so the same values
+        dist = ((cx[:, None] - points[None, :, 0]).square_() + (cy[:, None] - points[None, :, 1]).square_()).sqrt_()
         k = min(topk, len(level_anchors))
         if k > 0:
             candidates.append(dist.topk(k, dim=0, largest=False).indices + start)  # (k, M)
