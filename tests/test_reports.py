@@ -8,16 +8,21 @@ import os
 import pytest
 
 from gfl_d2.testing import ROOT
-from gfl_studies import ablation, benchmark, edge_uncertainty, gpu_check, own_data_study, quality_study
+from gfl_studies import ablation, benchmark, edge_uncertainty, fcos_collapse, gpu_check, mmdet_peer, own_data_study
+from gfl_studies import quality_study
 
 RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
 # report name prefix -> the renderer of the tool that writes it
 RENDERERS = [
-    ("ablation", ablation.render),
+    ("ablation", ablation.render_report),
+    ("lr_tuning", ablation.render_report),
+    ("fcos_collapse", fcos_collapse.render),
+    ("benchmark_mmdet", mmdet_peer.render),
     ("benchmark", benchmark.render),
     ("gpu_check_h100_benchmark", benchmark.render),
     ("gpu_check", gpu_check.render),
-    ("own_data_study", own_data_study.render),
+    ("own_data_study", own_data_study.render_report),
+    ("own_data_lr_tuning", own_data_study.render_report),
     ("quality_correlation", quality_study.render),
     ("edge_uncertainty", edge_uncertainty.render),
 ]
