@@ -330,3 +330,18 @@ def test_the_quality_alone_chooses_the_classification_loss(quality, loss):
     assert GFLVariant(cls_loss=loss, quality=quality) == variant
     name = {"qfl": "loss_qfl", "focal": "loss_cls"}[loss]
     assert variant.classification_loss(3, 2.0, 0.25, 2.0).name == name
+
+
+def test_v2_logs_the_spread_of_its_predicted_quality_at_the_positives():
+    cfg = tiny_gfl_config()
+    cfg.quality = "dgqp"
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    _, storage = train_step(model, two_image_batch())
+    history = storage.histories()
+    mean, std = history["dgqp_quality_mean"].latest(), history["dgqp_quality_std"].latest()
+    # released initialisation: both 1x1 convs near 0, so every positive's quality is sigmoid(~0) with little spread
+    assert abs(mean - 0.5) < 0.05 and 0.0 <= std < 0.05
+    torch.manual_seed(0)
+    _, storage = train_step(instantiate(tiny_gfl_config()), two_image_batch())
+    assert "dgqp_quality_mean" not in storage.histories()  # V1 has no predictor

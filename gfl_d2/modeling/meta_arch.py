@@ -304,6 +304,11 @@ class GFL(DenseDetector):
         loss_cls = self.cls_loss(pred_logits, gt_labels, pos.ious, fused)
         losses = {self.cls_loss.name: loss_cls * self.loss_cls_weight / pos_normalizer}
 
+        if fused is not None and len(pos.img):
+            # V2's predicted quality at the positives: its spread shows whether the predictor has learned yet
+            quality = quality_logits[pos.img, pos.anchor, 0].detach().float().sigmoid()
+            get_event_storage().put_scalars(dgqp_quality_mean=quality.mean().item(),
+                                            dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0)
         ctr_targets = centerness(box2distance(pos.centers, pos.gt_boxes))  # (P,)
         losses.update(self.box_losses(pos, pred_logits, fused, ctr_targets))
         if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
