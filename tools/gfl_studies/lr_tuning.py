@@ -121,8 +121,8 @@ def render(data: Dict) -> str:
     for m in models:
         ap = {r["lr"]: r["metrics"]["AP"] for r in runs if r["model"] == m and r["phase"] == "tune"}
         cells = [("–" if ap[lr] != ap[lr] else f"{ap[lr]:.1f}") if lr in ap else "…" for lr in lrs]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {chosen[m]:g} |" if m in chosen else
-                     f"| {m} | " + " | ".join(cells) + " | … |")
+        done = m in chosen and len(ap) == len(lrs)  # chosen once the whole grid has run
+        lines.append(f"| {m} | " + " | ".join(cells) + (f" | {chosen[m]:g} |" if done else " | … |"))
     seeds = ", ".join(map(str, setup["seeds"]))
     lines += ["", f"### At the chosen learning rate, fresh seeds ({seeds})", "",
               "| model | lr | " + " | ".join(METRICS) + " | seeds | collapsed | AP per seed |",
