@@ -195,6 +195,10 @@ def evaluate(args, name, seed):
 
     cfg, model = build_trained(args, name, seed)
     cfg.dataloader.evaluator.output_dir = os.path.join(run_dir(args, name, seed), "eval")
+    if args.jobs > 1:
+        # forking loader workers from a process whose other threads run jobs can deadlock (seen: a worker
+        # waiting forever on a lock held at the fork); evaluating in this process's thread needs none
+        cfg.dataloader.test.num_workers = 0
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     return {k: float(v) for k, v in results["bbox"].items()}
 
