@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from .benchmark import Line, coco_like_boxes, interleaved, sync
+from .benchmark import Line, _cell, coco_like_boxes, interleaved, sync
 from .mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available, mmdet_sample, save_as_mmdet, trained_like
 
 __all__ = ["PEER", "FROZEN", "SKIP_NOTE", "PEER_PLANS", "build_pair", "peer_fns", "stage_profile", "conv_share",
@@ -247,13 +247,6 @@ def stage_profile(ours, theirs, size, device, repeat: int = 3) -> Dict[str, Dict
 
 
 # ------------------------------------------------------------------ report
-def _cell(r):
-    if r is None:
-        return "-"
-    fmt = (lambda v: f"{v:.4f}" if v < 10 else f"{v:.1f}")
-    return f"{fmt(r['median'])} ({fmt(r['min'])}-{fmt(r['max'])})"
-
-
 def render(data: Dict) -> str:
     """The Markdown of a peer result: the timed lines with their ratios, then the profile."""
     if "results" not in data:
