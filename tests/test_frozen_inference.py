@@ -25,6 +25,31 @@ def confident(model):
 
 
 
+def assert_same_detections(actual, expected, model):
+    """
+    The same detections as a set, up to rounding. Where a score lies within
+    rounding of the score threshold or of the last kept detection, another
+    CPU may keep or drop it (or swap it with the next), so such a detection
+    may be missing on either side; every other one must match.
+    """
+    score_tol, box_tol = ROUNDINGS, ROUNDINGS * 160
+    cutoff = model.test_score_thresh
+    for side in (actual, expected):
+        if len(side) >= model.max_detections_per_image:
+            cutoff = max(cutoff, side.scores.min().item())
+    unmatched = list(range(len(actual)))
+    for cls, score, box in zip(expected.pred_classes.tolist(), expected.scores.tolist(), expected.pred_boxes.tensor):
+        hit = next((i for i in unmatched if actual.pred_classes[i].item() == cls
+                    and abs(actual.scores[i].item() - score) <= score_tol
+                    and (actual.pred_boxes.tensor[i] - box).abs().max().item() <= box_tol), None)
+        if hit is None:
+            assert score <= cutoff + score_tol, f"no detection of class {cls}, score {score}, box {box.tolist()}"
+        else:
+            unmatched.remove(hit)
+    extra = [actual.scores[i].item() for i in unmatched if actual.scores[i].item() > cutoff + score_tol]
+    assert not extra, f"detections the other side lacks, scores {extra}"
+
+
 def assert_close_to_rounding(actual, expected):
     for a, e in zip(actual, expected):
         scale = e.abs().max().item()
@@ -69,10 +94,8 @@ def test_detections_equal_eager_and_the_graph_follows_new_weights():
     assert model._frozen_cpu._key is not None  # it ran frozen
     for e, f in zip(eager, frozen):
         e, f = e["instances"], f["instances"]
-        assert len(e) > 10 and len(f) == len(e)
-        assert torch.equal(f.pred_classes, e.pred_classes)
-        torch.testing.assert_close(f.scores, e.scores, rtol=0, atol=ROUNDINGS)
-        torch.testing.assert_close(f.pred_boxes.tensor, e.pred_boxes.tensor, rtol=0, atol=ROUNDINGS * 160)
+        assert len(e) > 10
+        assert_same_detections(f, e, model)
 
     # new weights loaded in place (load_state_dict copies into the tensors): the frozen graph is rebuilt
     state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}

@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=500)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--jobs", type=int, default=1, help="training processes at a time")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: 2 / jobs, at least 1)")
     p.add_argument("--output", default="output/fcos_collapse")
     add_report_arguments(p, "fcos_collapse")
     p.add_argument("opts", nargs="*", help="config overrides for every run, key=value")
@@ -35,7 +36,7 @@ def main(argv=None):
         print(render_again(args.results, args.name, fcos_collapse.render))
         return
     study = argparse.Namespace(tables=["main"], variants=["FCOS"], seeds=args.seeds, sweep_seeds=args.seeds,
-                               iters=args.iters, batch=args.batch, jobs=args.jobs, threads=0, output=args.output,
+                               iters=args.iters, batch=args.batch, jobs=args.jobs, threads=args.threads, output=args.output,
                                opts=[RECORDING_FCOS] + list(args.opts))
     todo = [("FCOS", s) for s in args.seeds if s not in ablation.finished_seeds(study, "FCOS")]
     ablation.run_all(study, todo, after_each=lambda: None)

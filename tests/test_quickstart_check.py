@@ -1,0 +1,78 @@
+"""tools/quickstart_check.py: the quick start run in a fresh clone, timed, its AP and seed read from detectron2's log."""
+import io
+import json
+import logging
+from collections import OrderedDict
+
+import pytest
+
+from detectron2.evaluation.testing import print_csv_format
+from detectron2.utils.env import seed_all_rng
+
+from gfl_d2.testing import ROOT, TINY_OVERRIDES, run_tool
+from gfl_studies.quickstart import parse_log, render, run_once, summarize
+
+
+def detectron2_log_lines(results):
+    """What detectron2's own seed and result logging writes, captured from the functions themselves."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    loggers = [logging.getLogger(n) for n in ("detectron2.utils.env", "detectron2.evaluation.testing")]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        seed_all_rng(None)
+        print_csv_format(results)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    return stream.getvalue().splitlines(keepends=True)
+
+
+def test_reads_the_seed_and_the_bbox_result_that_detectron2_logs():
+    bbox = OrderedDict(AP=42.125, AP50=70.5, AP75=44.0, APs=38.0, APm=60.0, APl=float("nan"))
+    lines = detectron2_log_lines(OrderedDict(segm=OrderedDict(AP=1.0, AP50=2.0), bbox=bbox))
+    parsed = parse_log(lines)
+    seed_line = next(line for line in lines if "random seed" in line)
+    assert parsed["seed"] == int(seed_line.split()[-1])
+    assert parsed["bbox"]["AP"] == 42.125 and parsed["bbox"]["AP75"] == 44.0  # not the segm task's numbers
+    assert parse_log(["no result here\n"]) == dict(seed=None, bbox=None)
+
+
+def test_summary_and_targets():
+    def run(ap, seconds, rc=0):
+        return dict(returncode=rc, seconds=seconds, bbox=dict(AP=ap, AP50=60.0, AP75=40.0), seed=1, phases=None,
+                    load_before=0.1)
+    met = summarize([run(42.5, 590), run(42.0, 600)])
+    assert met["ap_target_met"] and met["time_target_met"] and met["finished"] == 2
+    assert not summarize([run(42.5, 590), run(41.9, 500)])["ap_target_met"]
+    assert not summarize([run(42.5, 601)])["time_target_met"]
+    failed = summarize([run(43.0, 500), dict(run(0, 5, rc=1), bbox=None)])
+    assert failed["finished"] == 1 and not failed["ap_target_met"] and not failed["time_target_met"]
+
+
+def test_a_failing_run_is_recorded_with_its_log_tail(tmp_path):
+    record = run_once(ROOT, str(tmp_path / "run"), ["no_such_key_anywhere=1"], log=lambda *a: None)
+    assert record["returncode"] != 0 and record["bbox"] is None and "no_such_key_anywhere" in record["log_tail"]
+    assert not (tmp_path / "run" / "clone").exists()  # removed unless --keep
+    with pytest.raises(FileExistsError, match="fresh clone"):
+        (tmp_path / "again" / "clone").mkdir(parents=True)
+        run_once(ROOT, str(tmp_path / "again"), [], log=lambda *a: None)
+
+
+def test_tool_runs_the_command_in_a_clone_and_writes_the_report(tmp_path):
+    tiny = [*TINY_OVERRIDES, "train.max_iter=3", "train.check_bins=0", "train.output_dir=./output/tiny"]
+    run_tool(["tools/quickstart_check.py", "--runs", "1", "--workdir", tmp_path / "work", "--keep",
+              "--results", tmp_path, "--name", "qs", "--", *tiny])
+    data = json.loads((tmp_path / "qs.json").read_text())
+    (run,) = data["runs"]
+    assert run["returncode"] == 0 and run["command"] == "python tools/train_net.py " + " ".join(tiny)
+    assert isinstance(run["seed"], int) and 0.0 <= run["bbox"]["AP"] <= 100.0
+    ph = run["phases"]
+    assert min(ph.values()) >= 0 and abs(sum(ph.values()) - run["seconds"]) < 1e-6
+    # the data was generated inside the clone, not in a shared $DETECTRON2_DATASETS
+    assert (tmp_path / "work" / "run1" / "clone" / "datasets" / "shapes").is_dir()
+    assert (tmp_path / "work" / "run1" / "clone" / "output" / "tiny" / "model_final.pth").is_file()
+    md = (tmp_path / "qs.md").read_text()
+    assert md == render(data) and "not met" in md  # 3 iterations reach neither 42 AP
