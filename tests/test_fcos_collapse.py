@@ -68,3 +68,25 @@ def test_series_and_report(tmp_path):
     (tmp_path / "empty" / "metrics.json").write_text(json.dumps({"bbox/AP": 1.0}))
     with pytest.raises(RuntimeError, match="no logged training scalars"):
         read_series(str(tmp_path / "empty"))
+
+
+def test_settings_are_documented_overrides_and_the_report_compares_them():
+    from gfl_d2.lazy_config import load_lazy_config
+    from gfl_studies.fcos_collapse import SETTINGS
+
+    for label, overrides in SETTINGS.items():  # each is a valid override of the study's config
+        cfg = load_lazy_config(FCOS_CONFIG, overrides)
+        for o in overrides:
+            key, value = o.split("=", 1)
+            node = cfg
+            for part in key.split(".")[:-1]:
+                node = node[part]
+            assert str(node[key.split(".")[-1]]) == value, (label, o)
+    series = [{"iteration": i, "clamp/all_four": f, "loss_fcos_loc": 1.0} for i, f in ((20, 0.5), (40, 0.9), (100, 0.95))]
+    runs = [summarize_run({"seed": 7, "metrics": {"AP": float("nan")}}, series, setting="warm-up 25% of the schedule"),
+            summarize_run({"seed": 7, "metrics": {"AP": 22.5}}, [dict(r, **{"clamp/all_four": 0.0}) for r in series],
+                          setting="lr 0.01")]
+    text = render({"setup": {"settings": "s", "date": "d", "device": "cpu", "torch": "t"}, "runs": runs})
+    assert "| warm-up 25% of the schedule | 7 | 0.500 | 0.900 | 0.950 | 0.950 | 1.000 | nan | yes |" in text
+    assert "| lr 0.01 | 7 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 | 22.5 | no |" in text
+    assert "### lr 0.01, seed 7: AP 22.5 (learned)" in text

@@ -32,9 +32,21 @@ from detectron2.utils.events import get_event_storage
 from .lr_tuning import COLLAPSED_AP
 from .reports import machine, write_report
 
-__all__ = ["ClampRecordingFCOS", "SERIES", "read_series", "summarize_run", "render", "collect"]
+__all__ = ["ClampRecordingFCOS", "SERIES", "SETTINGS", "read_series", "summarize_run", "render", "collect"]
 
 SERIES = ("loss_fcos_loc", "loss_fcos_ctr", "loss_fcos_cls", "clamp/all_four", "clamp/any", "tower/zero")
+
+# the documented detectron2 settings that bear on training stability, as overrides of the study's runs
+# (``--settings``); detectron2's yacs form is SOLVER.CLIP_GRADIENTS, SOLVER.WARMUP_ITERS, SOLVER.BASE_LR
+SETTINGS = {
+    "as configured": [],
+    "gradient clipping, global norm 35": [
+        "train.clip_grad.enabled=True", "train.clip_grad.clip_type=norm", "train.clip_grad.clip_value=35.0"],
+    "gradient clipping, value 1.0": [
+        "train.clip_grad.enabled=True", "train.clip_grad.clip_type=value", "train.clip_grad.clip_value=1.0"],
+    "warm-up 25% of the schedule": ["lr_multiplier.warmup_length=0.25"],
+    "lr 0.01": ["optimizer.lr=0.01"],
+}
 
 
 class ClampRecordingFCOS(FCOS):
@@ -79,10 +91,13 @@ def read_series(run_dir: str) -> List[Dict]:
     return rows
 
 
-def summarize_run(result: Dict, series: List[Dict]) -> Dict:
-    """One run of the study: seed, lr, AP, collapsed or not, its series."""
+def summarize_run(result: Dict, series: List[Dict], setting: str = "") -> Dict:
+    """One run of the study: seed, lr, AP, collapsed or not, its series (and its setting, if the study compares some)."""
     ap = result["metrics"]["AP"]
-    return dict(seed=result["seed"], lr=result.get("lr"), AP=ap, collapsed=not ap >= COLLAPSED_AP, series=series)
+    run = dict(seed=result["seed"], lr=result.get("lr"), AP=ap, collapsed=not ap >= COLLAPSED_AP, series=series)
+    if setting:
+        run["setting"] = setting
+    return run
 
 
 def collect(runs: Sequence[Dict], settings: str) -> Dict:
@@ -104,10 +119,12 @@ def render(data: Dict, at: Sequence[int] = (20, 40, 60, 80, 100, 150, 200, 300, 
     lines = [f"detectron2's FCOS trained unchanged ({setup['settings']}); measured {setup['date']} on "
              f"{setup['device']}, torch {setup['torch']}. Fractions over the positives of the logged iteration "
              f"(median of the logging window); a run with AP < {COLLAPSED_AP:g} counts as collapsed.", ""]
+    if any(run.get("setting") for run in data["runs"]):
+        lines += _settings_table(data["runs"])
     for run in data["runs"]:
         state = "collapsed" if run["collapsed"] else "learned"
-        lines += [f"### seed {run['seed']}" + (f", lr {run['lr']:g}" if run.get("lr") else "")
-                  + f": AP {run['AP']:.1f} ({state})", "",
+        lines += [f"### {run['setting'] + ', ' if run.get('setting') else ''}seed {run['seed']}"
+                  + (f", lr {run['lr']:g}" if run.get("lr") else "") + f": AP {run['AP']:.1f} ({state})", "",
                   "| iteration | " + " | ".join(SERIES) + " |", "|---:|" + "---:|" * len(SERIES)]
         last = run["series"][-1]["iteration"]
         for it in sorted({_nearest(run["series"], i)["iteration"] for i in at if i <= last} | {last}):
@@ -115,6 +132,19 @@ def render(data: Dict, at: Sequence[int] = (20, 40, 60, 80, 100, 150, 200, 300, 
             lines.append(f"| {it} | " + " | ".join(_value(row, k) for k in SERIES) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _settings_table(runs: Sequence[Dict], at: Sequence[int] = (20, 40, 100)) -> List[str]:
+    """One row per run: the setting, the fraction of positives with all four distances clamped over training, AP."""
+    cols = [f"all_four at {i}" for i in at] + ["all_four at the end", "loss_fcos_loc at the end", "AP", "collapsed"]
+    lines = ["| setting | seed | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for run in runs:
+        series, last = run["series"], run["series"][-1]
+        cells = [_value(_nearest(series, i), "clamp/all_four") for i in at]
+        cells += [_value(last, "clamp/all_four"), _value(last, "loss_fcos_loc"), f"{run['AP']:.1f}",
+                  "yes" if run["collapsed"] else "no"]
+        lines.append(f"| {run.get('setting', '')} | {run['seed']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write(results: str, name: str, runs: Sequence[Dict], settings: str) -> str:
