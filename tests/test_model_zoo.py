@@ -30,6 +30,6 @@ def test_configs_from_a_non_editable_install(tmp_path):
     assert found["module"] == str(site / "gfl_d2" / "model_zoo.py")  # the installed copy, not the checkout
     for key in ("default", "coco", "yacs"):
         assert found[key].startswith(str(site)) and os.path.isfile(found[key]), found[key]
-    assert found["default"].endswith("Synthetic/gfl_R_18_FPN_shapes_quickstart.py") and found["reg_max"] == 6
+    assert found["default"].endswith("Synthetic/gfl_R_18_FPN_shapes_quickstart.py") and found["reg_max"] == 12
     # the studies are installed beside the library
     assert (site / "gfl_studies" / "reports.py").is_file()
