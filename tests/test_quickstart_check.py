@@ -69,6 +69,7 @@ def test_tool_runs_the_command_in_a_clone_and_writes_the_report(tmp_path):
     (run,) = data["runs"]
     assert run["returncode"] == 0 and run["command"] == "python tools/train_net.py " + " ".join(tiny)
     assert isinstance(run["seed"], int) and 0.0 <= run["bbox"]["AP"] <= 100.0
+    assert run["cpu_seconds"] > 1.0 and run["other_cpu_seconds"] >= 0.0  # the training's CPU time is its own
     ph = run["phases"]
     assert min(ph.values()) >= 0 and abs(sum(ph.values()) - run["seconds"]) < 1e-6
     # the data was generated inside the clone, not in a shared $DETECTRON2_DATASETS

@@ -15,6 +15,7 @@ since the time depends on a quiet machine.
 import math
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,6 +63,19 @@ def parse_log(lines: Sequence[str]) -> Dict:
     return dict(seed=seed, bbox=bbox)
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent busy since boot, all processes (Linux ``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def repository_state(repo: str) -> Dict:
     """The commit of ``repo`` and whether its tracked files differ from it (a clone measures the commit only)."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
@@ -90,6 +104,7 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "tools/train_net.py", *args]
     load = os.getloadavg()[0]
+    busy0, children0 = busy_cpu_seconds(), _children_cpu()
     log_path = os.path.join(workdir, "train_net.log")
     marks: Dict[str, float] = {}
     lines: List[str] = []
@@ -115,6 +130,9 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
                 proc.kill()
                 proc.wait()
     seconds = time.perf_counter() - start
+    # the run's own CPU time (its loader workers included) against the whole machine's: what else ran meanwhile
+    own_cpu = _children_cpu() - children0
+    other_cpu = max(0.0, busy_cpu_seconds() - busy0 - own_cpu)
     parsed = parse_log(lines)
     phases = None
     if "training_start" in marks and "training_end" in marks:
@@ -123,7 +141,8 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
     if not keep:
         shutil.rmtree(clone, ignore_errors=True)
     record = dict(command="python " + " ".join(["tools/train_net.py", *args]), returncode=returncode,
-                  seconds=seconds, phases=phases, load_before=load, threads=threads or None, **parsed)
+                  seconds=seconds, phases=phases, load_before=load,
+                  cpu_seconds=own_cpu, other_cpu_seconds=other_cpu, threads=threads or None, **parsed)
     if returncode != 0:
         record["log_tail"] = "".join(lines[-20:])
     log(f"  exit {returncode}, {seconds:.0f} s, seed {parsed['seed']}, "
@@ -165,14 +184,17 @@ def render(data: Dict) -> str:
             + (" (the working tree had uncommitted changes, not measured)" if data.get("dirty") else "")
             + f"; {m['device']}, torch {m['torch']}, {m['date']}. Time: the process's wall time, "
             "split by the moments detectron2 logs the start and the end of training "
-            "(setup: imports, data generation and checks).")
-    lines = [head, "", "| run | seed | time | setup | training | evaluation | AP | AP50 | AP75 | load before |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the run that was "
+            "not the run's own (its loader workers included), per second of the run; load before: the 1-minute load "
+            "average at the start (it still holds the previous run).")
+    lines = [head, "", "| run | seed | time | setup | training | evaluation | AP | AP50 | AP75 | other CPU | load before |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(data["runs"], 1):
         ph = r.get("phases") or {}
         lines.append(f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | {_clock(r['seconds'])} | "
                      f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | {_clock(ph.get('evaluation'))} | "
-                     f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | {r['load_before']:.2f} |")
+                     f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | "
+                     f"{r['other_cpu_seconds'] / max(r['seconds'], 1e-9):.2f} | {r['load_before']:.2f} |")
     aps = [r["bbox"]["AP"] for r in data["runs"] if r.get("bbox")]
     lines += ["", f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time {_clock(s['seconds_mean'])} "
                   f"on average, {_clock(s['seconds_max'])} at most.",
