@@ -13,6 +13,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
 from gfl_d2.train_loop import SimpleTrainer, clip_gradients
+from gfl_d2.model_zoo import DEFAULT_CONFIG
 from gfl_d2.testing import ROOT, TINY_OVERRIDES, make_instances, read_metrics, shapes_image, tiny_gfl
 
 
@@ -144,7 +145,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     iterations = [m["iteration"] for m in rows]
     assert iterations[-1] == 39 and set(range(10, 40)) <= set(iterations)
     # the learning-rate schedule continues where it was: compare with the schedule itself
-    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"))
+    cfg = LazyConfig.load(DEFAULT_CONFIG)  # what tools/train_net.py runs without --config-file
     schedule = instantiate(cfg.lr_multiplier)
     base_lr = cfg.optimizer.lr
     for m in rows:

@@ -122,3 +122,17 @@ def test_build_is_skipped_when_current(tmp_path):
     build_shapes_dataset(str(tmp_path), [("train", 4, 0)], progress=False)
     with open(paths["train"]) as f:
         assert len(json.load(f)["images"]) == 4
+
+
+@pytest.mark.parametrize("image_size", [64, 128])
+def test_drawing_in_windows_equals_drawing_on_the_whole_image(monkeypatch, image_size):
+    """Each object is drawn in a window around its box; a window as large as the image is the plain way."""
+    import gfl_d2.data.shapes as shapes
+
+    cfg = ShapesConfig(image_size=image_size, blur_prob=0.5, fade_edge_prob=0.5)  # blurs spread the furthest
+    windowed = [render_image(i, 3, cfg) for i in range(40)]
+    monkeypatch.setattr(shapes, "WINDOW_MARGIN", 10 * image_size)
+    for i, (img, anns) in enumerate(windowed):
+        whole_img, whole_anns = render_image(i, 3, cfg)
+        assert np.array_equal(img, whole_img), i
+        assert json.dumps(anns) == json.dumps(whole_anns), i
