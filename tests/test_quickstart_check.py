@@ -56,6 +56,9 @@ def test_a_failing_run_is_recorded_with_its_log_tail(tmp_path):
     record = run_once(ROOT, str(tmp_path / "run"), ["no_such_key_anywhere=1"], log=lambda *a: None)
     assert record["returncode"] != 0 and record["bbox"] is None and "no_such_key_anywhere" in record["log_tail"]
     assert not (tmp_path / "run" / "clone").exists()  # removed unless --keep
+    # a run past its time limit is killed even while it prints nothing (here: still importing)
+    slow = run_once(ROOT, str(tmp_path / "slow"), [], timeout=0.5, log=lambda *a: None)
+    assert slow["returncode"] < 0 and slow["seconds"] < 30 and slow["bbox"] is None
     with pytest.raises(FileExistsError, match="fresh clone"):
         (tmp_path / "again" / "clone").mkdir(parents=True)
         run_once(ROOT, str(tmp_path / "again"), [], log=lambda *a: None)

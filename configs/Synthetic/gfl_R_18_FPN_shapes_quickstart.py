@@ -4,8 +4,8 @@ The embedded default, which ``python tools/train_net.py`` runs with no
 shapes dataset, with the paper's settings; the ablation study's baseline) with
 bins fitted to this data, a ResNet-18 of half the width, three times the
 learning rate, a shorter schedule (1600 iterations of 8 images) and images read
-in the training process, so that the quick start reaches 42 AP within 10
-minutes on a 2-core CPU (measured: projects/GFL/results/quickstart_cpu_2cores.md).
+in the training process: aimed at 42 AP within 10 minutes on a 2-core CPU
+(measured from a fresh clone: projects/GFL/results/quickstart_cpu_2cores.md).
 
 Bins: the bin check (``train.check_bins``, 200 training images) finds 99% of
 the regression targets within about 5 strides (median 1.8, all on P3), so 12

@@ -20,6 +20,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -112,6 +113,8 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
     with open(log_path, "w") as out:
         proc = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
+        watchdog = threading.Timer(timeout, proc.kill)  # a run that hangs without printing is killed too
+        watchdog.start()
         try:
             for line in proc.stdout:
                 now = time.perf_counter() - start
@@ -121,11 +124,9 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
                     marks.setdefault("training_start", now)
                 elif _END in line:
                     marks.setdefault("training_end", now)
-                if time.perf_counter() - start > timeout:
-                    proc.kill()
-                    break
             returncode = proc.wait()
         finally:
+            watchdog.cancel()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
