@@ -84,7 +84,7 @@ def test_settings_are_documented_overrides_and_the_report_compares_them():
             assert str(node[key.split(".")[-1]]) == value, (label, o)
     series = [{"iteration": i, "clamp/all_four": f, "loss_fcos_loc": 1.0} for i, f in ((20, 0.5), (40, 0.9), (100, 0.95))]
     runs = [summarize_run({"seed": 7, "metrics": {"AP": float("nan")}}, series, setting="warm-up 25% of the schedule"),
-            summarize_run({"seed": 7, "metrics": {"AP": 22.5}}, [dict(r, **{"clamp/all_four": 0.0}) for r in series],
+            summarize_run({"seed": 7, "metrics": {"AP": 22.5}, "lr": 0.01}, [dict(r, **{"clamp/all_four": 0.0}) for r in series],
                           setting="lr 0.01")]
     text = render({"setup": {"settings": "s", "date": "d", "device": "cpu", "torch": "t"}, "runs": runs})
     assert "| warm-up 25% of the schedule | 7 | 0.500 | 0.900 | 0.950 | 0.950 | 1.000 | nan | yes |" in text

@@ -124,7 +124,8 @@ def render(data: Dict, at: Sequence[int] = (20, 40, 60, 80, 100, 150, 200, 300, 
     for run in data["runs"]:
         state = "collapsed" if run["collapsed"] else "learned"
         lines += [f"### {run['setting'] + ', ' if run.get('setting') else ''}seed {run['seed']}"
-                  + (f", lr {run['lr']:g}" if run.get("lr") else "") + f": AP {run['AP']:.1f} ({state})", "",
+                  + (f", lr {run['lr']:g}" if run.get("lr") and not run.get("setting") else "")
+                  + f": AP {run['AP']:.1f} ({state})", "",
                   "| iteration | " + " | ".join(SERIES) + " |", "|---:|" + "---:|" * len(SERIES)]
         last = run["series"][-1]["iteration"]
         for it in sorted({_nearest(run["series"], i)["iteration"] for i in at if i <= last} | {last}):
