@@ -49,3 +49,31 @@ def test_ablation_tool_runs_saves_and_resumes(tmp_path):
     proc = subprocess.run(cmd + ["--skip-timing"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0 and "2 runs, 2 already done, 0 to go" in proc.stdout, proc.stdout[-2000:]
     assert "training" not in proc.stdout
+
+
+def test_report_shows_the_v2_predictor_output_over_training(tmp_path):
+    from gfl_studies.ablation import render
+    from gfl_studies.reports import read_metrics_series
+
+    # the series as the ablation reads it from a run's metrics.json
+    logged = [{"iteration": 9, "dgqp_quality_mean": 0.59, "dgqp_quality_std": 0.001, "total_loss": 2.0},
+              {"iteration": 19, "total_loss": 1.5},
+              {"iteration": 39, "dgqp_quality_mean": 0.7, "dgqp_quality_std": 0.1}, {"bbox/AP": 1.0}]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in logged))
+    series = read_metrics_series(str(tmp_path), ("dgqp_quality_mean", "dgqp_quality_std"))
+    assert [r["iteration"] for r in series] == [10, 40]
+    assert read_metrics_series(str(tmp_path), ("no_such_scalar",)) == []
+
+    def run(name, seed, quality=None):
+        r = dict(variant=name, seed=seed, iters=40, metrics={"AP": 30.0 + seed})
+        return dict(r, quality_series=quality) if quality else r
+    other = [dict(row, dgqp_quality_mean=row["dgqp_quality_mean"] + 0.1) for row in series]
+    data = dict(setup=dict(iters=40, batch=8, device="cpu", date="d"), tables=["v2"],
+                runs=[run("GFL", 0), run("GFL V2", 0, series), run("GFL V2", 1, other)])
+    text = render(data)
+    assert "| variant | iteration 4 | iteration 10 | iteration 20 | iteration 30 | iteration 40 |" in text
+    # iteration 4 and 10: the record at 10 (0.59 and 0.69 averaged); 30 and 40: the one at 40
+    assert "| GFL V2 | 0.640 / 0.001 | 0.640 / 0.001 | 0.640 / 0.001 | 0.750 / 0.100 | 0.750 / 0.100 |" in text
+    header = "GFL V2's quality predictor at the positives"
+    assert "| GFL |" not in text.split(header)[1]  # V1 logs no predictor output
+    assert header not in render(dict(data, runs=[run("GFL", 0)]))

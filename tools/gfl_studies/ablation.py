@@ -23,13 +23,15 @@ from gfl_d2.model_zoo import get_config_file
 
 from .lr_tuning import collapsed, in_parallel, tune_then_seeds
 from .lr_tuning import render as render_lr_tuning
-from .reports import machine, mean_std, write_report
+from .reports import machine, mean_std, read_metrics_series, write_report
 
 SHAPES = "Synthetic/"  # under the packaged configs (gfl_d2.model_zoo)
 GFL_CFG = SHAPES + "gfl_R_18_FPN_shapes.py"
 ATSS_CFG = SHAPES + "atss_R_18_FPN_shapes.py"
 
 ABLATIONS = SHAPES + "Ablations/"
+# what GFL V2's quality predictor outputs at the positives, logged every iteration (gfl_d2.modeling.meta_arch)
+QUALITY_SERIES = ("dgqp_quality_mean", "dgqp_quality_std")
 
 # name -> (config file, overrides, what it is). Each variant is a config file
 # (its docstring says what it is); nothing else differs between them.
@@ -212,6 +214,9 @@ def do_run(args, name, seed, index, total):
     config, overrides = run_overrides(args, name, seed, out)
     result = dict(variant=name, seed=seed, config=config, overrides=overrides, metrics=metrics,
                   train_seconds=round(seconds, 1), iters=args.iters, batch=args.batch)
+    quality = read_metrics_series(out, QUALITY_SERIES)
+    if quality:  # a V2: how its predictor's output moved over training
+        result["quality_series"] = quality
     tmp = os.path.join(out, "result.json.tmp")
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
@@ -311,6 +316,31 @@ def _per_seed(runs, iters):
     return [f"AP per seed at {iters} iterations: " + "; ".join(aps) + ".", ""]
 
 
+def _quality_spread(runs, iters, at=(0.1, 0.25, 0.5, 0.75, 1.0)):
+    """
+    GFL V2's predictor output at the positives over training, per variant:
+    the mean over seeds of its logged mean and of its spread (std over the
+    positives), at fractions of the schedule.
+    """
+    rows = [n for n in VARIANTS if any(r["variant"] == n and r.get("quality_series") for r in runs)]
+    if not rows:
+        return []
+    points = sorted({max(1, round(iters * f)) for f in at})
+    lines = [f"GFL V2's quality predictor at the positives over {iters} iterations: mean / std over the "
+             "positives of the logged iteration, each averaged over seeds.", "",
+             "| variant | " + " | ".join(f"iteration {p}" for p in points) + " |", "|---|" + "---:|" * len(points)]
+    for name in rows:
+        series = [r["quality_series"] for r in runs if r["variant"] == name and r.get("quality_series")]
+        cells = []
+        for p in points:
+            near = [min(s, key=lambda row: abs(row["iteration"] - p)) for s in series]
+            mean = statistics.mean(row["dgqp_quality_mean"] for row in near)
+            std = statistics.mean(row["dgqp_quality_std"] for row in near)
+            cells.append(f"{mean:.3f} / {std:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def render(data):
     """The Markdown tables of an ablation report (:func:`collect_results`): the study's tables at its
     schedule, and one table per other schedule its runs were trained for."""
@@ -327,12 +357,12 @@ def render(data):
     for table in data["tables"]:
         title, rows, _ = TABLES[table]
         lines += _table(title, rows, at_main, relative)
-    lines += _per_seed(at_main, main_iters)
+    lines += _per_seed(at_main, main_iters) + _quality_spread(at_main, main_iters)
     for iters in sorted({r["iters"] for r in runs} - {main_iters}):
         at = [r for r in runs if r["iters"] == iters]
         rows = [name for name in VARIANTS if any(r["variant"] == name for r in at)]
         lines += [f"## {iters} iterations", ""] + _table(f"the variants trained for {iters} iterations", rows, at, {})
-        lines += _per_seed(at, iters)
+        lines += _per_seed(at, iters) + _quality_spread(at, iters)
     return "\n".join(lines)
 
 

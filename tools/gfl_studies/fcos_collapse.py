@@ -20,8 +20,6 @@ beside the losses, for seeds that collapse and seeds that learn, at the same
 settings. The report (``<name>.json``, ``<name>.md``) is written as in
 :mod:`gfl_studies.reports`.
 """
-import json
-import os
 from typing import Dict, List, Sequence
 
 import torch
@@ -30,7 +28,7 @@ from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.utils.events import get_event_storage
 
 from .lr_tuning import COLLAPSED_AP
-from .reports import machine, write_report
+from .reports import machine, read_metrics_series, write_report
 
 __all__ = ["ClampRecordingFCOS", "SERIES", "SETTINGS", "read_series", "summarize_run", "render", "collect"]
 
@@ -80,12 +78,7 @@ class ClampRecordingFCOS(FCOS):
 
 def read_series(run_dir: str) -> List[Dict]:
     """The logged training scalars of a run (``metrics.json``): one dict per logged iteration."""
-    rows = []
-    with open(os.path.join(run_dir, "metrics.json")) as f:
-        for line in f:
-            record = json.loads(line)
-            if "iteration" in record and any(k in record for k in SERIES):
-                rows.append(dict(iteration=record["iteration"] + 1, **{k: record[k] for k in SERIES if k in record}))
+    rows = read_metrics_series(run_dir, SERIES)
     if not rows:
         raise RuntimeError(f"{run_dir}/metrics.json has no logged training scalars of {', '.join(SERIES)}")
     return rows

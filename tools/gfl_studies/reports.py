@@ -12,11 +12,12 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import torch
 
-__all__ = ["DEFAULT_RESULTS", "add_report_arguments", "write_report", "render_again", "mean_std", "machine"]
+__all__ = ["DEFAULT_RESULTS", "add_report_arguments", "write_report", "render_again", "mean_std", "machine",
+           "read_metrics_series"]
 
 # the repository's projects/GFL/results (this package lives in <repository>/tools/gfl_studies)
 _REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,6 +73,21 @@ def mean_std(values: Iterable[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def read_metrics_series(run_dir: str, keys: Sequence[str]) -> List[Dict]:
+    """
+    The training scalars ``keys`` a run logged (detectron2's ``metrics.json``):
+    one dict per logged iteration holding any of them, with ``iteration``
+    counted from 1; empty if the run logged none of them.
+    """
+    rows = []
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "iteration" in record and any(k in record for k in keys):
+                rows.append(dict(iteration=record["iteration"] + 1, **{k: record[k] for k in keys if k in record}))
+    return rows
 
 
 def machine(device: str = "cpu") -> Dict:
