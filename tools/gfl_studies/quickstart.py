@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
 from .reports import machine, mean_std, write_report
 
 __all__ = ["TARGET_AP", "TARGET_SECONDS", "parse_log", "run_once", "summarize", "render", "write", "repository_state"]
@@ -152,15 +154,13 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
 
 
 def summarize(runs: Sequence[Dict]) -> Dict:
-    """Mean and spread of AP and time over the runs that finished, and whether each met the targets."""
+    """The runs that finished, their time, and whether every run met the targets."""
     done = [r for r in runs if r["returncode"] == 0 and r.get("bbox")]
     aps = [r["bbox"]["AP"] for r in done]
     secs = [r["seconds"] for r in done]
     every = len(done) == len(runs) and bool(done)
     return dict(
         finished=len(done), runs=len(runs),
-        ap_mean=statistics.mean(aps) if aps else None,
-        ap_std=statistics.stdev(aps) if len(aps) > 1 else None,
         seconds_mean=statistics.mean(secs) if secs else None,
         seconds_max=max(secs) if secs else None,
         ap_target_met=every and min(aps) >= TARGET_AP,
@@ -180,7 +180,7 @@ def _ap(run: Dict, key: str) -> str:
 
 
 def render(data: Dict) -> str:
-    m, s = data["machine"], data["summary"]
+    m, s = data["machine"], summarize(data["runs"])
     head = (f"`{data['command']}` from a fresh clone of commit {data['commit'][:7]}"
             + (" (the working tree had uncommitted changes, not measured)" if data.get("dirty") else "")
             + f"; {m['device']}, torch {m['torch']}, {m['date']}. Time: the process's wall time, "
@@ -208,7 +208,6 @@ def render(data: Dict) -> str:
 
 
 def write(results: str, name: str, runs: Sequence[Dict], command: str, state: Dict) -> str:
-    import torch
-
-    data = dict(machine=machine("cuda" if torch.cuda.is_available() else "cpu"), command=command, runs=list(runs), summary=summarize(runs), **state)
+    data = dict(machine=machine("cuda" if torch.cuda.is_available() else "cpu"), command=command, runs=list(runs),
+                **state)
     return write_report(results, name, data, render)
