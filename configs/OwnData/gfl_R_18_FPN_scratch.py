@@ -13,12 +13,13 @@ images are scaled down to it, smaller ones keep their size unless
 ``train.max_iter`` (warm-up and steps are fractions of it).
 """
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
+from gfl_d2.data import BoxDatasetMapper
 from gfl_d2.data.augmentations import resize_and_flip
 from gfl_d2.data.folders import dataset_num_classes, register_dataset
 from gfl_d2.evaluation import COCOEvaluatorWithCurves
@@ -39,7 +40,7 @@ dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(
         names=L(register_dataset)(root="${dataset.root}", split="${dataset.train_split}", layout="${dataset.layout}"),
     ),
-    mapper=L(DatasetMapper)(
+    mapper=L(BoxDatasetMapper)(
         is_train=True,
         augmentations=L(resize_and_flip)(min_size="${dataset.min_size}", max_size="${dataset.max_size}",
                                          enlarge="${dataset.enlarge}"),
@@ -53,7 +54,7 @@ dataloader.test = L(build_detection_test_loader)(
         names=L(register_dataset)(root="${dataset.root}", split="${dataset.test_split}", layout="${dataset.layout}"),
         filter_empty=False,
     ),
-    mapper=L(DatasetMapper)(
+    mapper=L(BoxDatasetMapper)(
         is_train=False,
         augmentations=L(resize_and_flip)(min_size="${dataset.min_size}", max_size="${dataset.max_size}",
                                          enlarge="${dataset.enlarge}", flip=False),

@@ -12,7 +12,7 @@ import torch
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
@@ -21,7 +21,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
-from gfl_d2.data import prepare_shapes
+from gfl_d2.data import BoxDatasetMapper, prepare_shapes
 
 from ..common.models.gfl import model
 
@@ -45,7 +45,7 @@ dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(
         names=L(prepare_shapes)(split="train", num_images=3000, seed=0, image_size=128)
     ),
-    mapper=L(DatasetMapper)(
+    mapper=L(BoxDatasetMapper)(
         is_train=True,
         augmentations=[L(T.RandomFlip)(horizontal=True)],
         image_format="RGB",
@@ -58,7 +58,7 @@ dataloader.test = L(build_detection_test_loader)(
         names=L(prepare_shapes)(split="val", num_images=300, seed=1, image_size=128),
         filter_empty=False,
     ),
-    mapper=L(DatasetMapper)(is_train=False, augmentations=[], image_format="RGB"),
+    mapper=L(BoxDatasetMapper)(is_train=False, augmentations=[], image_format="RGB"),
     num_workers=2,
 )
 dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")

@@ -24,6 +24,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,6 +58,11 @@ def box_xyxy(ann: Mapping) -> List[float]:
         raise DatasetError(f"a bbox has {len(box)} values instead of 4: {ann['bbox']}")
     if "bbox_mode" not in ann:
         raise DatasetError("the annotation has no 'bbox_mode' (detectron2's BoxMode of its bbox, e.g. XYXY_ABS)")
+    if ann["bbox_mode"] == BoxMode.XYWH_ABS:
+        # BoxMode.convert's float32 sum, without building a tensor per box (~25x faster)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, as in torch
+            x, y, w, h = np.asarray(box, dtype=np.float32)
+        return [float(x), float(y), float(x + w), float(y + h)]
     return BoxMode.convert(box, ann["bbox_mode"], BoxMode.XYXY_ABS)
 
 
