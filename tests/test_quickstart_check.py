@@ -8,6 +8,7 @@ import pytest
 
 from detectron2.evaluation.testing import print_csv_format
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import CommonMetricPrinter, EventStorage
 
 from gfl_d2.testing import ROOT, TINY_OVERRIDES, run_tool
 from gfl_studies.quickstart import parse_log, render, run_once, summarize
@@ -37,7 +38,34 @@ def test_reads_the_seed_and_the_bbox_result_that_detectron2_logs():
     seed_line = next(line for line in lines if "random seed" in line)
     assert parsed["seed"] == int(seed_line.split()[-1])
     assert parsed["bbox"]["AP"] == 42.125 and parsed["bbox"]["AP75"] == 44.0  # not the segm task's numbers
-    assert parse_log(["no result here\n"]) == dict(seed=None, bbox=None)
+    assert parse_log(["no result here\n"]) == dict(seed=None, bbox=None, iteration_seconds=None, data_seconds=None)
+
+
+def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("detectron2.utils.events")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    printer = CommonMetricPrinter(max_iter=100, window_size=20)
+    try:
+        with EventStorage(0) as storage:
+            for it in range(60):
+                storage.iter = it
+                # iteration times 0.25 + 0.001 * it, loading 0.01 s then 0.03 s
+                storage.put_scalars(time=0.25 + 0.001 * it, data_time=0.01 if it < 40 else 0.03,
+                                    total_loss=1.0, smoothing_hint=False)
+                if (it + 1) % 20 == 0:
+                    printer.write()
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines(keepends=True)
+    assert len(lines) == 3 and all("last_data_time" in line for line in lines)
+    parsed = parse_log(lines)
+    # the mean of all 60 logged iteration times (in training, IterationTimer leaves out the first ones)
+    assert parsed["iteration_seconds"] == pytest.approx(0.25 + 0.001 * 29.5, abs=1e-4)
+    # the 20-iteration means of data_time: 0.01, 0.01, 0.03
+    assert parsed["data_seconds"] == pytest.approx((0.01 + 0.01 + 0.03) / 3, abs=1e-4)
 
 
 def test_summary_and_targets():

@@ -35,21 +35,34 @@ TARGET_SECONDS = 600.0
 
 _SEED = re.compile(r"Using a generated random seed (\d+)")
 _COPYPASTE = re.compile(r"copypaste: (.*)$")
+# detectron2's CommonMetricPrinter: "time" is the mean iteration time so far, "data_time" the last 20's
+_ITER_TIME = re.compile(r"(?<!\S)time: ([0-9.]+)")
+_DATA_TIME = re.compile(r"(?<!\S)data_time: ([0-9.]+)")
 _START = "Starting training from iteration"
 _END = "Total training time:"
 
 
 def parse_log(lines: Sequence[str]) -> Dict:
     """
-    The seed and the bbox result of a ``train_net.py`` log (detectron2's
-    ``seed_all_rng`` and ``print_csv_format`` lines): ``{"seed": int or None,
-    "bbox": {"AP": ..., ...} or None}``.
+    The seed, the bbox result and the time per iteration of a ``train_net.py``
+    log (detectron2's ``seed_all_rng``, ``print_csv_format`` and
+    ``CommonMetricPrinter`` lines): ``{"seed": int or None, "bbox": {"AP": ...,
+    ...} or None, "iteration_seconds": the last printed mean or None,
+    "data_seconds": the mean of the printed loading times or None}``.
     """
     seed, bbox, task, keys = None, None, None, None
+    iteration, data = None, []
     for line in lines:
         m = _SEED.search(line)
         if m:
             seed = int(m.group(1))
+        if " iter: " in line:
+            m = _ITER_TIME.search(line)
+            if m:
+                iteration = float(m.group(1))
+            m = _DATA_TIME.search(line)
+            if m:
+                data.append(float(m.group(1)))
         m = _COPYPASTE.search(line)
         if not m:
             continue
@@ -63,7 +76,8 @@ def parse_log(lines: Sequence[str]) -> Dict:
             if len(values) != len(keys):
                 raise ValueError(f"a bbox result line with {len(values)} values for {len(keys)} keys: {line!r}")
             bbox = dict(zip(keys, values))
-    return dict(seed=seed, bbox=bbox)
+    return dict(seed=seed, bbox=bbox, iteration_seconds=iteration,
+                data_seconds=statistics.mean(data) if data else None)
 
 
 def busy_cpu_seconds() -> float:
@@ -175,6 +189,10 @@ def _clock(seconds: Optional[float]) -> str:
     return f"{minutes}:{sec:02d}"
 
 
+def _seconds(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def _ap(run: Dict, key: str) -> str:
     return f"{run['bbox'][key]:.1f}" if run.get("bbox") and key in run["bbox"] else "–"
 
@@ -187,13 +205,16 @@ def render(data: Dict) -> str:
             "split by the moments detectron2 logs the start and the end of training "
             "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the run that was "
             "not the run's own (its loader workers included), per second of the run; load before: the 1-minute load "
-            "average at the start (it still holds the previous run).")
-    lines = [head, "", "| run | seed | time | setup | training | evaluation | AP | AP50 | AP75 | other CPU | load before |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "average at the start (it still holds the previous run). s/iter: detectron2's mean iteration time at the "
+            "end of training; loading: the part of it spent waiting for data (mean of the logged data_time).")
+    lines = [head, "", "| run | seed | time | setup | training | evaluation | s/iter | loading | AP | AP50 | AP75 "
+             "| other CPU | load before |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(data["runs"], 1):
         ph = r.get("phases") or {}
         lines.append(f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | {_clock(r['seconds'])} | "
                      f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | {_clock(ph.get('evaluation'))} | "
+                     f"{_seconds(r.get('iteration_seconds'))} | {_seconds(r.get('data_seconds'))} | "
                      f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | "
                      f"{r['other_cpu_seconds'] / max(r['seconds'], 1e-9):.2f} | {r['load_before']:.2f} |")
     aps = [r["bbox"]["AP"] for r in data["runs"] if r.get("bbox")]
