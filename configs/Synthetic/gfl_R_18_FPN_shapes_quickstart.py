@@ -17,7 +17,9 @@ channels (stem 32), 1.9x faster per iteration on the CPU than the 64-channel
 one; the FPN and head keep 64 channels. Learning rate: 0.06, three times the
 shapes configs' 0.02, which was the top of the learning-rate grid for GFL
 (lr_tuning_shapes.md). Loading: no loader worker processes, which on a CPU
-with few cores would compete with the training threads for them.
+with few cores would compete with the training threads for them; the images
+go through the base's ``BoxDatasetMapper`` (detectron2's ``DatasetMapper``,
+same output, all boxes of an image transformed at once).
 """
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
