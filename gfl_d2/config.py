@@ -1,7 +1,7 @@
 """yacs config keys of GFL, for users of detectron2's ``train_net.py``."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_gfl_config", "GFL_ARGUMENT_KEYS", "use_dataset_folder"]
+__all__ = ["add_gfl_config", "GFL_ARGUMENT_KEYS", "LD_ARGUMENT_KEYS", "use_dataset_folder"]
 
 # GFL's constructor arguments read straight from MODEL.GFL.<key>
 GFL_ARGUMENT_KEYS = {
@@ -13,6 +13,8 @@ GFL_ARGUMENT_KEYS = {
     "test_topk_candidates": "TOPK_CANDIDATES_TEST", "test_nms_thresh": "NMS_THRESH_TEST",
     "output_box_distributions": "OUTPUT_BOX_DISTRIBUTIONS",
 }
+# Localization Distillation's constructor arguments, from MODEL.GFL.LD.<key>
+LD_ARGUMENT_KEYS = {"loss_ld_weight": "LOSS_WEIGHT", "ld_temperature": "TEMPERATURE"}
 
 
 def add_gfl_config(cfg: CN) -> CN:
@@ -85,6 +87,14 @@ def _add_loss_and_inference_keys(g: CN) -> None:
     g.SIZE_DIVISIBILITY = 32
     # CPU inference: "eager", or "frozen" (backbone and head through a frozen trace for oneDNN)
     g.CPU_INFERENCE = "eager"
+    # Localization Distillation: a frozen teacher GFL (its config, .py or .yaml, and
+    # checkpoint; none: no distillation) whose edge distributions the model learns
+    g.LD = CN()
+    g.LD.TEACHER_CONFIG = ""
+    g.LD.TEACHER_WEIGHTS = ""
+    g.LD.TEACHER_OPTS = []  # overrides of the teacher's config
+    g.LD.LOSS_WEIGHT = 0.25
+    g.LD.TEMPERATURE = 10.0
 
 
 # the yacs keys that hold a model's number of classes

@@ -1,10 +1,11 @@
 """
 The losses of Generalized Focal Loss (GFL V1, Li et al. 2020, and the
-probability-space QFL of its follow-up V2, Li et al. 2021), as plain,
+probability-space QFL of its follow-up V2, Li et al. 2021) and the KL
+divergence of Localization Distillation (Zheng et al. 2022), as plain,
 element-wise tensor functions. Reduction and normalisation are left to the
 caller (the meta-architecture), as with fvcore's ``sigmoid_focal_loss``.
 
-All three compute in float32 whatever the input dtype, so they are safe under
+All of them compute in float32 whatever the input dtype, so they are safe under
 fp16/bf16 autocast: log-probabilities of confident predictions underflow in
 half precision.
 """
@@ -19,6 +20,7 @@ __all__ = [
     "quality_focal_loss",
     "fused_quality_focal_loss",
     "distribution_focal_loss",
+    "localization_distillation_loss",
     "sigmoid_focal_loss",
     "dense_class_targets",
 ]
@@ -105,6 +107,31 @@ def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
     log_p_right = log_probs.gather(-1, (left + 1).unsqueeze(-1)).squeeze(-1)
     weight_left = (left + 1).float() - targets
     return -(weight_left * log_p_left + (1.0 - weight_left) * log_p_right)
+
+
+def localization_distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 10.0) -> Tensor:
+    """
+    Localization Distillation (Zheng et al., CVPR 2022): the KL divergence
+    from a teacher's edge distribution to the student's, both softened by the
+    temperature, as MMDetection 3.3's ``KnowledgeDistillationKLDivLoss``
+    computes it (the mean over the bins, times ``T^2``).
+
+    Args:
+        student_logits: (..., n+1) the student's logits of one edge's distribution.
+        teacher_logits: (..., n+1) the teacher's, over the same bins; never
+            differentiated.
+        temperature: T, which softens both distributions (``softmax(logits / T)``).
+
+    Returns:
+        (...) float32 ``T^2 * mean_i p_i (log p_i - log q_i)`` with p the
+        teacher's softened distribution and q the student's.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    target = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_q, target, reduction="none").mean(dim=-1) * temperature ** 2
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

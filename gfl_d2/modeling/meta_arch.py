@@ -15,13 +15,14 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..config import GFL_ARGUMENT_KEYS
+from ..config import GFL_ARGUMENT_KEYS, LD_ARGUMENT_KEYS
 from .atss import ATSSMatcher, atss_labels
 from .box_coding import aligned_iou, box2distance, centerness, distance2box
 from .frozen_inference import CPU_INFERENCE_MODES, FrozenCPUInference
 from .head import GFLHead
 from .input_checks import with_checked_ground_truth
-from .losses import distribution_focal_loss
+from .distillation import build_teacher, check_teacher, teacher_box_outputs
+from .losses import distribution_focal_loss, localization_distillation_loss
 from .postprocess import class_aware_nms, reduce_mean, rescale_box_std, top_candidates, valid_clipped
 from .variants import GFLVariant
 
@@ -121,6 +122,15 @@ class GFL(DenseDetector):
             rounding (:mod:`gfl_d2.modeling.frozen_inference`).
         pixel_mean, pixel_std: normalisation, in the channel order of
             ``input_format``.
+        teacher: a trained GFL model (:func:`~gfl_d2.modeling.distillation.build_teacher`)
+            whose edge distributions this model learns by Localization
+            Distillation while training (``loss_ld``); it must have the same
+            n, Δ, anchors, levels and classes (checked). It is frozen, in eval
+            mode, outside this module's tree: in no ``state_dict`` (the
+            checkpoints are a plain GFL's), no ``parameters()`` (the optimizer,
+            DDP), moved by ``.to()`` with the model.
+        loss_ld_weight, ld_temperature: LD's weight (0.25) and temperature T
+            (10), as in MMDetection's ``LDHead``.
     """
 
     @configurable
@@ -147,6 +157,9 @@ class GFL(DenseDetector):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "RGB",
+        teacher: Optional[nn.Module] = None,
+        loss_ld_weight: float = 0.25,
+        ld_temperature: float = 10.0,
     ):
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.num_classes = num_classes
@@ -177,6 +190,25 @@ class GFL(DenseDetector):
             raise ValueError(f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {cpu_inference!r}")
         self.cpu_inference = cpu_inference
         self._frozen_cpu = FrozenCPUInference(self.backbone, self.head, self.head_in_features)
+        if teacher is not None:
+            check_teacher(self, teacher)
+            teacher.eval()
+            teacher.requires_grad_(False)
+        # not a submodule: the teacher stays out of state_dict, parameters() and DDP
+        object.__setattr__(self, "_teacher", teacher)
+        self.loss_ld_weight, self.ld_temperature = loss_ld_weight, ld_temperature
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        """The frozen LD teacher, or None."""
+        return self._teacher
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() move the hidden teacher with the student
+        teacher = getattr(self, "_teacher", None)  # None while nn.Module / DenseDetector set up
+        if teacher is not None:
+            teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def output_box_distributions(self) -> bool:
@@ -213,6 +245,9 @@ class GFL(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
+            "teacher": (build_teacher(g.LD.TEACHER_CONFIG, g.LD.TEACHER_WEIGHTS, g.LD.TEACHER_OPTS)
+                        if g.LD.TEACHER_CONFIG else None),
+            **{arg: g.LD[key] for arg, key in LD_ARGUMENT_KEYS.items()},
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
@@ -255,7 +290,11 @@ class GFL(DenseDetector):
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        return self.losses(anchors, pred_logits, gt_labels, pred_box_regs, gt_boxes, *pred_quality_logits)
+        teacher_box_regs = None
+        if self._teacher is not None:
+            teacher_box_regs = teacher_box_outputs(self._teacher, images.tensor, self)
+        return self.losses(anchors, pred_logits, gt_labels, pred_box_regs, gt_boxes, *pred_quality_logits,
+                           teacher_box_regs=teacher_box_regs)
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
@@ -270,6 +309,7 @@ class GFL(DenseDetector):
         pred_box_regs: List[Tensor],
         gt_boxes: List[Tensor],
         pred_quality_logits: Optional[List[Tensor]] = None,
+        teacher_box_regs: Optional[List[Tensor]] = None,
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -282,13 +322,15 @@ class GFL(DenseDetector):
             gt_boxes: per image, (R, 4) matched boxes.
             pred_quality_logits: per level, (N, R_l, 1), with a quality branch
                 or the distribution-guided quality predictor.
+            teacher_box_regs: per level, (N, R_l, D) an LD teacher's box
+                outputs on the same batch, or None.
 
         Returns:
             ``loss_qfl`` (``loss_cls`` with Focal Loss; with "dgqp" QFL on
             ``sigmoid(logits) * sigmoid(quality)``) and ``loss_quality`` (a
             separate quality branch), normalised by the number of positives;
-            ``loss_bbox`` and ``loss_dfl`` from :meth:`box_losses`. Weights
-            applied, normalisers averaged over workers.
+            ``loss_bbox``, ``loss_dfl`` (and ``loss_ld`` with a teacher) from
+            :meth:`box_losses`. Weights applied, normalisers averaged over workers.
         """
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
@@ -310,7 +352,8 @@ class GFL(DenseDetector):
             get_event_storage().put_scalars(dgqp_quality_mean=quality.mean().item(),
                                             dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0)
         ctr_targets = centerness(box2distance(pos.centers, pos.gt_boxes))  # (P,)
-        losses.update(self.box_losses(pos, pred_logits, fused, ctr_targets))
+        teacher_pos = None if teacher_box_regs is None else torch.cat(teacher_box_regs, dim=1)[pos.img, pos.anchor]
+        losses.update(self.box_losses(pos, pred_logits, fused, ctr_targets, teacher_pos))
         if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
             pos_quality = quality_logits[pos.img, pos.anchor, 0].float()  # (P,)
             targets = self.quality_target(pos.ious, ctr_targets)
@@ -342,7 +385,8 @@ class GFL(DenseDetector):
                           target_boxes, ious)
 
     def box_losses(
-        self, pos: _Positives, pred_logits: Tensor, fused: Optional[Tensor], ctr_targets: Tensor
+        self, pos: _Positives, pred_logits: Tensor, fused: Optional[Tensor], ctr_targets: Tensor,
+        teacher_pos: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         """
         GIoU (``loss_bbox``) and DFL (``loss_dfl``), each positive weighted
@@ -355,6 +399,10 @@ class GFL(DenseDetector):
             pred_logits: (N, R, C) class logits.
             fused: (N, R, 1) V2's quality logits, else None.
             ctr_targets: (P,) the positives' centerness targets.
+            teacher_pos: (P, D) an LD teacher's box outputs at the positives:
+                adds ``loss_ld``, weighted per positive as the box losses are and,
+                as in MMDetection's ``LDHead``, summed over the positives' edges
+                and divided by 4 (not by the positives' weights).
         """
         pos_scores = pred_logits.detach()[pos.img, pos.anchor].float().sigmoid()  # (P, C)
         if fused is not None:
@@ -367,6 +415,11 @@ class GFL(DenseDetector):
             dfl_targets = self.box2box_transform.encode(pos.anchors, pos.gt_boxes)  # (P, 4) in bins
             loss_dfl = distribution_focal_loss(pos.box_regs.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
             losses["loss_dfl"] = (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer
+        if teacher_pos is not None:
+            loss_ld = localization_distillation_loss(
+                pos.box_regs.unflatten(-1, (4, -1)), teacher_pos.unflatten(-1, (4, -1)), self.ld_temperature
+            )  # (P, 4)
+            losses["loss_ld"] = (loss_ld * weights[:, None]).sum() * self.loss_ld_weight / 4
         return losses
 
     # ----------------------------------------------------------------- inference

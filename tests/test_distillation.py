@@ -1,0 +1,172 @@
+"""
+Localization Distillation: the loss, the teacher kept out of the student's
+checkpoints, optimizer and module tree, the checks that refuse a teacher
+that cannot teach, and a distilled student's checkpoint loaded into a plain
+GFL.
+"""
+import copy
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+
+from gfl_d2.modeling import GFL
+from gfl_d2.modeling.distillation import build_teacher, check_teacher
+from gfl_d2.modeling.losses import localization_distillation_loss
+from gfl_d2.testing import tiny_gfl, tiny_gfl_config, train_step, two_image_batch
+
+
+def test_loss_is_the_softened_kl_times_t_squared():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, 17, generator=g), torch.randn(6, 4, 17, generator=g)
+    for t in (1.0, 10.0):
+        p = torch.softmax(teacher.double() / t, -1)
+        q = torch.softmax(student.double() / t, -1)
+        expected = (p * (p.log() - q.log())).mean(-1) * t * t
+        got = localization_distillation_loss(student, teacher, t)
+        assert got.shape == (6, 4) and got.dtype == torch.float32
+        # float32: each term p (log p - log q) is off by a few ulp of |log| <= ~10, i.e. ~1e-6, then times T^2
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-6 * t * t)
+    assert localization_distillation_loss(teacher, teacher).abs().max() < 1e-6
+
+
+def test_loss_trains_the_student_only_and_computes_in_float32():
+    student = torch.randn(5, 4, 9, dtype=torch.bfloat16, requires_grad=True)
+    teacher = torch.randn(5, 4, 9, dtype=torch.bfloat16, requires_grad=True)
+    loss = localization_distillation_loss(student, teacher)
+    assert loss.dtype == torch.float32
+    loss.sum().backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+    with pytest.raises(ValueError, match="differ in shape"):
+        localization_distillation_loss(torch.zeros(2, 4, 9), torch.zeros(2, 4, 17))
+
+
+def student_with(teacher, **kwargs):
+    cfg = tiny_gfl_config(**kwargs)
+    cfg.teacher = teacher
+    torch.manual_seed(1)
+    return instantiate(cfg)
+
+
+def test_teacher_is_outside_the_students_checkpoint_optimizer_and_module_tree():
+    teacher = tiny_gfl()
+    student = student_with(teacher)
+    plain = tiny_gfl()
+    assert student.teacher is teacher
+    assert list(student.state_dict()) == list(plain.state_dict())
+    assert {id(p) for p in student.parameters()}.isdisjoint(id(p) for p in teacher.parameters())
+    assert all(not m is teacher for m in student.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    student.train()
+    assert student.training and not teacher.training  # frozen in eval mode, BatchNorm/GN statistics fixed
+    student.to(torch.float64)
+    assert next(teacher.parameters()).dtype == torch.float64  # moved with the student
+    student.to(torch.float32)
+
+
+def test_training_adds_loss_ld_and_leaves_the_teacher_unchanged():
+    teacher = tiny_gfl()
+    before = copy.deepcopy(teacher.state_dict())
+    student = student_with(teacher)
+    losses, _ = train_step(student, two_image_batch())
+    assert set(losses) == {"loss_qfl", "loss_bbox", "loss_dfl", "loss_ld"}
+    assert torch.isfinite(losses["loss_ld"]) and losses["loss_ld"] > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    # the other losses are those of the same student without a teacher
+    plain = tiny_gfl()
+    plain.load_state_dict(student.state_dict())
+    plain_losses, _ = train_step(plain, two_image_batch())
+    for k, v in plain_losses.items():
+        torch.testing.assert_close(losses[k], v)
+
+
+def test_a_student_equal_to_its_teacher_has_zero_ld_loss():
+    teacher = tiny_gfl()
+    student = student_with(teacher)
+    student.load_state_dict(teacher.state_dict())
+    losses, _ = train_step(student, two_image_batch())
+    assert abs(losses["loss_ld"].item()) < 1e-5
+
+
+def test_ld_loss_follows_mmdetections_reduction():
+    """Summed over the positives' edges with the box losses' weights, divided by 4, times 0.25."""
+    teacher = tiny_gfl()
+    student = student_with(teacher)
+    captured = {}
+    original = student.box_losses
+
+    def spy(pos, pred_logits, fused, ctr_targets, teacher_pos=None):
+        captured.update(pos=pos, pred_logits=pred_logits, teacher_pos=teacher_pos)
+        return original(pos, pred_logits, fused, ctr_targets, teacher_pos)
+
+    student.box_losses = spy
+    losses, _ = train_step(student, two_image_batch())
+    pos, teacher_pos = captured["pos"], captured["teacher_pos"]
+    weights = captured["pred_logits"].detach()[pos.img, pos.anchor].sigmoid().max(dim=1).values
+    kl = localization_distillation_loss(pos.box_regs.detach().unflatten(-1, (4, -1)),
+                                        teacher_pos.unflatten(-1, (4, -1)), 10.0)  # (P, 4), tested above
+    expected = (kl.double() * weights.double()[:, None]).sum() / 4 * 0.25
+    # a float32 sum of 4P non-negative terms: relative error at most 4P * 2^-24
+    torch.testing.assert_close(losses["loss_ld"].double(), expected, rtol=kl.numel() * 2.0 ** -24, atol=0)
+
+
+@pytest.mark.parametrize(
+    "student_kwargs, teacher_kwargs, what",
+    [
+        (dict(reg_max=16), dict(reg_max=8), r"n \(reg_max.*student 16, teacher 8"),
+        (dict(num_classes=3), dict(num_classes=5), "num_classes.*student 3, teacher 5"),
+    ],
+)
+def test_a_teacher_that_cannot_teach_is_refused_naming_both_values(student_kwargs, teacher_kwargs, what):
+    teacher = tiny_gfl(**teacher_kwargs)
+    with pytest.raises(ValueError, match=what):
+        student_with(teacher, **student_kwargs)
+
+
+def test_other_teacher_mismatches_are_named():
+    student, teacher = tiny_gfl(), tiny_gfl()
+    teacher.box2box_transform.bin_width = 0.5
+    with pytest.raises(ValueError, match=r"bin_width.*student 1.0, teacher 0.5"):
+        check_teacher(student, teacher)
+    teacher = tiny_gfl()
+    teacher.box2box_transform.anchor_scale = 4.0
+    with pytest.raises(ValueError, match="anchor_scale.*student 8.0, teacher 4.0"):
+        check_teacher(student, teacher)
+    with pytest.raises(ValueError, match="must be a GFL model"):
+        check_teacher(student, torch.nn.Linear(2, 2))
+
+
+def test_build_teacher_loads_every_weight_or_refuses(tmp_path):
+    config = tmp_path / "teacher.py"  # a LazyConfig file whose model is the tiny GFL
+    config.write_text("from gfl_d2.testing import tiny_gfl_config\nmodel = tiny_gfl_config()\n")
+    trained = tiny_gfl()
+    weights = tmp_path / "teacher.pth"
+    torch.save({"model": trained.state_dict()}, weights)
+    teacher = build_teacher(str(config), str(weights))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for k, v in trained.state_dict().items():
+        assert torch.equal(teacher.state_dict()[k], v)
+
+    partial = {k: v for k, v in trained.state_dict().items() if not k.startswith("head.")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="does not fit.*missing weights: head"):
+        build_teacher(str(config), str(tmp_path / "partial.pth"))
+    with pytest.raises(ValueError, match="needs its checkpoint"):
+        build_teacher(str(config), "")
+    with pytest.raises(FileNotFoundError, match="teacher config not found"):
+        build_teacher(str(tmp_path / "none.py"), str(weights))
+
+
+def test_a_distilled_students_checkpoint_loads_into_a_plain_gfl(tmp_path):
+    student = student_with(tiny_gfl())
+    train_step(student, two_image_batch())
+    DetectionCheckpointer(student, save_dir=str(tmp_path)).save("model_final")
+    plain = tiny_gfl()
+    assert isinstance(plain, GFL) and plain.teacher is None
+    incompatible = DetectionCheckpointer(plain)._load_model(torch.load(tmp_path / "model_final.pth", weights_only=True))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    for k, v in student.state_dict().items():
+        assert torch.equal(plain.state_dict()[k], v)
