@@ -11,11 +11,14 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
+from detectron2.utils.events import EventStorage
 
+from gfl_d2.model_zoo import get_config_file
 from gfl_d2.modeling import GFL
 from gfl_d2.modeling.distillation import build_teacher, check_teacher
 from gfl_d2.modeling.losses import localization_distillation_loss
-from gfl_d2.testing import tiny_gfl, tiny_gfl_config, train_step, two_image_batch
+from gfl_d2.testing import TINY_OVERRIDES, read_metrics, run_tool, tiny_gfl, tiny_gfl_config, train_step
+from gfl_d2.testing import two_image_batch
 
 
 def test_loss_is_the_softened_kl_times_t_squared():
@@ -170,3 +173,34 @@ def test_a_distilled_students_checkpoint_loads_into_a_plain_gfl(tmp_path):
     assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
     for k, v in student.state_dict().items():
         assert torch.equal(plain.state_dict()[k], v)
+
+
+def test_autocast_keeps_the_ld_loss_in_float32():
+    student = student_with(tiny_gfl())
+    student.train()
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = student(two_image_batch())
+    assert losses["loss_ld"].dtype == torch.float32 and torch.isfinite(losses["loss_ld"])
+    losses["loss_ld"].backward()
+    assert student.head.bbox_pred.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="2 processes need 2 GPUs, or none (CPU processes)")
+def test_distillation_config_trains_in_two_processes_and_saves_a_plain_student(tmp_path):
+    from detectron2.config import LazyConfig
+
+    teacher_cfg = LazyConfig.load(get_config_file("Synthetic/gfl_R_18_FPN_shapes.py"))
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(teacher_cfg.model).state_dict()}, tmp_path / "teacher.pth")
+    out = tmp_path / "out"
+    run_tool(["tools/train_net.py", "--num-gpus", "2",
+              "--config-file", "configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py",
+              f"model.teacher.checkpoint={tmp_path / 'teacher.pth'}", "train.max_iter=3", "train.log_period=1",
+              "train.check_bins=0", f"train.output_dir={out}", "train.eval_period=0"] + TINY_OVERRIDES,
+             datasets=tmp_path / "datasets")
+    records = [r for r in read_metrics(out / "metrics.json") if "loss_ld" in r]
+    assert len(records) == 3 and all(r["loss_ld"] > 0 for r in records)
+    student_cfg = LazyConfig.load(get_config_file("Synthetic/Distillation/gfl_R_18_half_FPN_shapes.py"))
+    plain = instantiate(student_cfg.model)
+    state = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    assert sorted(state) == sorted(plain.state_dict())  # no teacher weights in the student's checkpoint

@@ -48,10 +48,24 @@ def _load_model_config(config_file: str, opts: Sequence[str]):
     raise ValueError(f"teacher config {config_file!r}: expected a LazyConfig .py or a yacs .yaml file")
 
 
+def _config_path(config_file: str) -> str:
+    """A file, or a config of the project's named as in ``gfl_d2.model_zoo`` (``"Synthetic/..."``)."""
+    if os.path.isfile(config_file):
+        return config_file
+    from ..model_zoo import get_config_file
+
+    try:
+        return get_config_file(config_file)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"teacher config not found: {config_file} (neither a file nor one of "
+                                "gfl-d2's configs)") from None
+
+
 def build_teacher(config_file: str, checkpoint: str, opts: Sequence[str] = ()) -> nn.Module:
     """
     The teacher of LD: the GFL model of ``config_file`` (LazyConfig ``.py`` or
-    yacs ``.yaml``, with ``opts`` as overrides) with the weights of
+    yacs ``.yaml``, a path or one of gfl-d2's configs such as
+    ``"Synthetic/gfl_R_18_FPN_shapes.py"``; ``opts`` override it) with the weights of
     ``checkpoint`` (any checkpoint detectron2's ``DetectionCheckpointer``
     reads: one trained here, or converted from MMDetection or the authors'
     code by ``tools/convert_mmdet_checkpoint.py``), in eval mode, without
@@ -60,10 +74,12 @@ def build_teacher(config_file: str, checkpoint: str, opts: Sequence[str] = ()) -
     """
     from ..checkpoint import CheckedCheckpointer
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"teacher config not found: {config_file}")
+    config_file = _config_path(config_file)
     if not checkpoint:
         raise ValueError("the teacher needs its checkpoint (its trained weights); none given")
+    if "://" not in checkpoint and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"teacher checkpoint not found: {checkpoint} (train the teacher first: "
+                                f"python tools/train_net.py --config-file {config_file})")
     model = _load_model_config(config_file, opts)
     checkpointer = CheckedCheckpointer(model)
     checkpointer.load(checkpoint, checkpointables=[])
