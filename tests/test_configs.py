@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
 from gfl_d2 import GFL, add_gfl_config
+from gfl_d2.model_zoo import get_config_file
 from gfl_d2.testing import ROOT
 
 
@@ -46,9 +47,27 @@ def dataset_folder(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    """A checkpoint of a distillation config's teacher (its config's initial weights), one per teacher config."""
+    made = {}
+
+    def make(config_file):
+        if config_file not in made:
+            cfg = LazyConfig.load(get_config_file(config_file))
+            path = tmp_path_factory.mktemp("teacher") / "model.pth"
+            torch.save({"model": instantiate(cfg.model).state_dict()}, path)
+            made[config_file] = str(path)
+        return made[config_file]
+
+    return make
+
+
 @pytest.mark.parametrize("path", LAZY, ids=lambda p: os.path.relpath(p, ROOT))
-def test_lazy_config_instantiates(path, dataset_folder):
+def test_lazy_config_instantiates(path, dataset_folder, teacher_checkpoint):
     cfg = LazyConfig.load(path)
+    if cfg.model.get("teacher") is not None:  # Localization Distillation: the teacher's weights
+        cfg.model.teacher.checkpoint = teacher_checkpoint(cfg.model.teacher.config_file)
     if "dataset" in cfg:  # a dataset folder's config: its mandatory values
         cfg.dataset.root = str(dataset_folder)
         if OmegaConf.is_missing(cfg.train, "init_checkpoint"):

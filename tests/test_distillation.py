@@ -204,3 +204,32 @@ def test_distillation_config_trains_in_two_processes_and_saves_a_plain_student(t
     plain = instantiate(student_cfg.model)
     state = torch.load(out / "model_final.pth", weights_only=False)["model"]
     assert sorted(state) == sorted(plain.state_dict())  # no teacher weights in the student's checkpoint
+
+
+def test_yacs_and_lazy_ld_configs_build_the_same_student_and_teacher(tmp_path):
+    from detectron2.config import LazyConfig, get_cfg
+    from detectron2.modeling import build_model
+
+    from gfl_d2 import add_gfl_config
+
+    lazy = LazyConfig.load(get_config_file("COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py"))
+    torch.manual_seed(0)
+    teacher = instantiate(LazyConfig.load(get_config_file(lazy.model.teacher.config_file)).model)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
+    lazy.model.teacher.checkpoint = str(tmp_path / "teacher.pth")
+    lazy_model = instantiate(lazy.model)
+
+    cfg = add_gfl_config(get_cfg())
+    cfg.merge_from_file(get_config_file("ld_R_50_gfl_R_101_FPN_1x.yaml"))
+    cfg.MODEL.GFL.LD.TEACHER_WEIGHTS = str(tmp_path / "teacher.pth")
+    cfg.MODEL.DEVICE = "cpu"
+    yacs_model = build_model(cfg)
+
+    for m in (lazy_model, yacs_model):
+        assert m.loss_ld_weight == 0.25 and m.ld_temperature == 10.0
+        assert m.teacher is not None and not m.teacher.training
+    assert {k: v.shape for k, v in yacs_model.state_dict().items()} == {
+        k: v.shape for k, v in lazy_model.state_dict().items()}
+    for a, b in ((yacs_model.teacher, lazy_model.teacher), (yacs_model.teacher, teacher)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,0 +1,27 @@
+"""
+Localization Distillation on COCO: a GFL R-50-FPN student (``gfl_R_50_FPN_1x.py``,
+the same data, schedule and ImageNet start) learns the edge distributions of a
+frozen GFL R-101-FPN ms-2x teacher (the released model converted by
+tools/convert_mmdet_checkpoint.py, expected at
+``pretrained/gfl_R_101_FPN_ms2x_coco.pth``; ``model.teacher.checkpoint=...``
+for another). Published (MMDetection's release of LD, COCO val, 1x): R-50
+40.1 -> 41.1 AP. Not reproduced here (no COCO training on this project's
+machines).
+
+    python tools/train_net.py --config-file configs/COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py --num-gpus 8
+
+The student's checkpoints are a plain GFL R-50's (``gfl_R_50_FPN_1x.py``
+evaluates them); the teacher is in none of them.
+"""
+from detectron2.config import LazyCall as L
+
+from gfl_d2.modeling.distillation import build_teacher
+
+from ..gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+model.teacher = L(build_teacher)(
+    config_file="COCO-Detection/gfl_R_101_FPN_ms2x.py",
+    checkpoint="pretrained/gfl_R_101_FPN_ms2x_coco.pth",
+)
+model.loss_ld_weight = 0.25
+model.ld_temperature = 10.0
