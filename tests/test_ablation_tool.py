@@ -77,3 +77,37 @@ def test_report_shows_the_v2_predictor_output_over_training(tmp_path):
     header = "GFL V2's quality predictor at the positives"
     assert "| GFL |" not in text.split(header)[1]  # V1 logs no predictor output
     assert header not in render(dict(data, runs=[run("GFL", 0)]))
+
+
+def test_distillation_rows_train_their_teacher_then_the_student_alone_and_taught(tmp_path):
+    import torch
+
+    out = tmp_path / "ld"
+    data = ["dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+            "dataloader.train.dataset.names.num_images=8", "dataloader.test.dataset.names.num_images=4",
+            "train.check_bins=0"]
+    cmd = [sys.executable, "tools/ablation.py", "--tables", "ld", "--iters", "4", "--batch", "2", "--seeds", "0",
+           "--output", str(out), "--timing-images", "2", "--timing-rounds", "1", "--results", str(tmp_path),
+           "--name", "ld", "--teacher-opts", "train.max_iter=3", "dataloader.train.total_batch_size=2", "--opts", *data]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    teacher = json.loads((out / "teacher" / "result.json").read_text())
+    assert teacher["config"] == "Synthetic/gfl_R_18_FPN_shapes.py" and "AP" in teacher["metrics"]
+    taught = json.loads((out / "Student_LD" / "seed0" / "result.json").read_text())
+    assert f"model.teacher.checkpoint={out / 'teacher' / 'model_final.pth'}" in taught["overrides"]
+    alone = json.loads((out / "Student" / "seed0" / "result.json").read_text())
+    assert not any(o.startswith("model.teacher") for o in alone["overrides"])
+    # the taught student's checkpoint is a plain student's
+    keys = lambda name: sorted(torch.load(out / name / "seed0" / "model_final.pth", weights_only=False)["model"])
+    assert keys("Student_LD") == keys("Student")
+    table = (tmp_path / "ld.md").read_text()
+    assert "### Localization Distillation" in table and "| Student + LD |" in table
+    assert "LD teacher: configs/Synthetic/gfl_R_18_FPN_shapes.py on its own schedule (train.seed=0)" in table
+    step = next(line for line in table.splitlines() if line.startswith("Training step"))
+    assert "Student " in step and "Student + LD " in step and "x)" in step
+
+    # a given teacher checkpoint is used as it is, and a missing one is refused
+    proc = subprocess.run(cmd + ["--teacher", str(tmp_path / "none.pth")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode != 0 and "--teacher: no checkpoint at" in proc.stdout + proc.stderr

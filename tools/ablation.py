@@ -13,6 +13,7 @@ per image is measured against GFL's, all models interleaved in one process.
     python tools/ablation.py --report --name ablation_shapes   # the .md again from the .json
     python tools/ablation.py --lrs 0.005 0.01 0.02 --tune-seed 10 --seeds 11 12 13 --jobs 2 \
         --output output/lr_tuning_shapes --name lr_tuning_shapes   # each detector at its own learning rate
+    python tools/ablation.py --tables ld --iters 1600 --jobs 2   # Localization Distillation (trains its teacher first)
 
 Each finished run leaves ``<output>/<variant>/seed<k>/result.json``; running
 the same command again skips those and resumes an interrupted run from its
@@ -52,6 +53,11 @@ def parse_args(argv=None):
                    help="tune the learning rate over these values (see above) instead of running --tables")
     p.add_argument("--tune-seed", type=int, default=10, help="with --lrs: the seed of the tuning runs")
     p.add_argument("--opts", nargs="*", default=[], help="extra overrides for every run (e.g. smaller data)")
+    p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                   help="the LD rows' teacher (a trained configs/Synthetic/gfl_R_18_FPN_shapes.py); default: "
+                        "trained into <output>/teacher on that config's own schedule")
+    p.add_argument("--teacher-seed", type=int, default=0, help="seed of the teacher this study trains")
+    p.add_argument("--teacher-opts", nargs="*", default=[], help="extra overrides of the teacher's training run")
     add_report_arguments(p, "ablation")
     return p.parse_args(argv)
 

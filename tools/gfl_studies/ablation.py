@@ -30,6 +30,9 @@ GFL_CFG = SHAPES + "gfl_R_18_FPN_shapes.py"
 ATSS_CFG = SHAPES + "atss_R_18_FPN_shapes.py"
 
 ABLATIONS = SHAPES + "Ablations/"
+DISTILLATION = SHAPES + "Distillation/"
+# Localization Distillation's teacher: the paper-settings model, trained on its own (default) schedule
+TEACHER_CFG = GFL_CFG
 # what GFL V2's quality predictor outputs at the positives, logged every iteration (gfl_d2.modeling.meta_arch)
 QUALITY_SERIES = ("dgqp_quality_mean", "dgqp_quality_std")
 
@@ -59,8 +62,12 @@ _VARIANT_CONFIGS = OrderedDict(
         ("ATSS+QFL, ctr-weighted", ABLATIONS + "atss_qfl_ctr_weighted_R_18_FPN_shapes.py"),
         ("GFL V2", SHAPES + "gflv2_R_18_FPN_shapes.py"),
         ("GFL V2, init 0.1", ABLATIONS + "gflv2_init0_1_R_18_FPN_shapes.py"),
+        ("Student", DISTILLATION + "gfl_R_18_half_FPN_shapes.py"),
+        ("Student + LD", DISTILLATION + "gfl_R_18_half_FPN_shapes_ld.py"),
     ]
 )
+# the variants taught by the teacher (its checkpoint is given to them at run time)
+LD_VARIANTS = ("Student + LD",)
 
 
 def _what(config):
@@ -87,6 +94,8 @@ TABLES = OrderedDict(
         ("v2", ("GFL V2 against V1 (the distribution-guided quality predictor)", ["GFL", "GFL V2"], "main")),
         ("v2init", ("GFL V2's predictor initialisation (a diagnostic of the short schedule)",
                     ["GFL", "GFL V2", "GFL V2, init 0.1"], "main")),
+        ("ld", ("Localization Distillation: the quick-start architecture with n = 16, alone and taught by the "
+                "paper-settings model", ["Student", "Student + LD"], "main")),
     ]
 )
 DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta", "v2"]
@@ -141,11 +150,63 @@ def run_dir(args, name, seed):
 
 def run_overrides(args, name, seed, out):
     config, overrides, _ = VARIANTS[name]
+    if name in LD_VARIANTS:
+        overrides = list(overrides) + [f"model.teacher.checkpoint={teacher_checkpoint(args)}"]
     return config, (
         schedule_overrides(args.iters, args.batch)
         + [f"train.seed={seed}", f"train.output_dir={out}", "dataloader.evaluator=null"]
         + list(overrides) + list(args.opts)
     )
+
+
+# ------------------------------------------------------------------ the distillation teacher
+def teacher_dir(args):
+    return os.path.join(args.output, "teacher")
+
+
+def teacher_checkpoint(args):
+    """``--teacher``, or the teacher this study trains into ``<output>/teacher``."""
+    return getattr(args, "teacher", None) or os.path.join(teacher_dir(args), "model_final.pth")
+
+
+def teacher_overrides(args):
+    """The teacher run: its config's own schedule, the study's data options, then ``--teacher-opts``."""
+    return ([f"train.seed={args.teacher_seed}", f"train.output_dir={teacher_dir(args)}", "dataloader.evaluator=null",
+             "train.eval_period=0"] + list(args.opts) + list(args.teacher_opts))
+
+
+def ensure_teacher(args):
+    """
+    The teacher of the LD rows: ``--teacher`` as given, or trained here (resuming)
+    on its config's default schedule and evaluated on shapes_val; its record
+    (``<output>/teacher/result.json``) goes into the report.
+    """
+    if getattr(args, "teacher", None):
+        if not os.path.isfile(args.teacher):
+            raise SystemExit(f"--teacher: no checkpoint at {args.teacher}")
+        return dict(config=TEACHER_CFG, checkpoint=args.teacher, metrics=None)
+    out = teacher_dir(args)
+    record_path = os.path.join(out, "result.json")
+    if os.path.isfile(record_path):
+        with open(record_path) as f:
+            return json.load(f)
+    os.makedirs(out, exist_ok=True)
+    print(f"LD teacher: training {TEACHER_CFG} on its own schedule into {out}", flush=True)
+    threads = args.threads or max(1, 2 // args.jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(TEACHER_CFG), "--resume",
+           *teacher_overrides(args)]
+    with open(os.path.join(out, "train_log.txt"), "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"LD teacher: training failed (exit {proc.returncode}); see {out}/train_log.txt")
+    record = dict(config=TEACHER_CFG, checkpoint=teacher_checkpoint(args), overrides=teacher_overrides(args),
+                  metrics=_evaluate_config(TEACHER_CFG, teacher_overrides(args), teacher_checkpoint(args),
+                                           os.path.join(out, "eval"), args.jobs))
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"LD teacher: AP {record['metrics']['AP']:.2f}", flush=True)
+    return record
 
 
 # ------------------------------------------------------------------ one run
@@ -174,35 +235,49 @@ def train(args, name, seed, log_prefix):
     return time.time() - start
 
 
-def build_trained(args, name, seed):
-    """The config and the trained model of a finished run."""
+def _build(config, overrides, checkpoint):
+    """A config (its evaluator kept) and its model with ``checkpoint``'s weights, in eval mode."""
     from detectron2.config import instantiate
 
     from gfl_d2.checkpoint import CheckedCheckpointer
     from gfl_d2.lazy_config import load_lazy_config
 
-    out = run_dir(args, name, seed)
-    config, overrides = run_overrides(args, name, seed, out)
-    # the training run had no evaluator; this one has the config's
     cfg = load_lazy_config(get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")])
+    if cfg.model.get("teacher") is not None:
+        cfg.model.teacher = None  # a distilled student's checkpoint is a plain GFL's: evaluated without its teacher
     model = instantiate(cfg.model)
-    CheckedCheckpointer(model).load(os.path.join(out, "model_final.pth"))
+    CheckedCheckpointer(model).load(checkpoint)
     return cfg, model.eval()
 
 
-def evaluate(args, name, seed):
-    """COCO metrics of a finished run on shapes_val."""
+def build_trained(args, name, seed):
+    """The config and the trained model of a finished run."""
+    out = run_dir(args, name, seed)
+    config, overrides = run_overrides(args, name, seed, out)
+    # the training run had no evaluator; this one has the config's
+    return _build(config, overrides, os.path.join(out, "model_final.pth"))
+
+
+def _evaluate_config(config, overrides, checkpoint, output_dir, jobs):
     from detectron2.config import instantiate
     from detectron2.evaluation import inference_on_dataset
 
-    cfg, model = build_trained(args, name, seed)
-    cfg.dataloader.evaluator.output_dir = os.path.join(run_dir(args, name, seed), "eval")
-    if args.jobs > 1:
+    cfg, model = _build(config, overrides, checkpoint)
+    cfg.dataloader.evaluator.output_dir = output_dir
+    if jobs > 1:
         # forking loader workers from a process whose other threads run jobs can deadlock (seen: a worker
         # waiting forever on a lock held at the fork); evaluating in this process's thread needs none
         cfg.dataloader.test.num_workers = 0
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     return {k: float(v) for k, v in results["bbox"].items()}
+
+
+def evaluate(args, name, seed):
+    """COCO metrics of a finished run on shapes_val."""
+    out = run_dir(args, name, seed)
+    config, overrides = run_overrides(args, name, seed, out)
+    return _evaluate_config(config, overrides, os.path.join(out, "model_final.pth"), os.path.join(out, "eval"),
+                            args.jobs)
 
 
 def do_run(args, name, seed, index, total):
@@ -264,6 +339,45 @@ def measure_inference(args, names):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def measure_training_steps(args, names, steps=12, warmup=2):
+    """
+    Median seconds of a training step (forward, assignment, losses, backward) of
+    each variant at initialisation, on the same batches, the variants alternating
+    step by step in a shuffled order: what a teacher's forward adds to a step.
+    """
+    import torch
+
+    from detectron2.config import instantiate
+    from detectron2.utils.events import EventStorage
+
+    from gfl_d2.lazy_config import load_lazy_config
+
+    models, batches = {}, []
+    for name in names:
+        config, overrides = run_overrides(args, name, 0, os.path.join(args.output, "timing"))
+        cfg = load_lazy_config(get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")])
+        torch.manual_seed(0)
+        models[name] = instantiate(cfg.model).train()
+        if not batches:
+            cfg.dataloader.train.num_workers = 0
+            loader = iter(instantiate(cfg.dataloader.train))
+            batches = [next(loader) for _ in range(steps + warmup)]
+    times = {name: [] for name in models}
+    rng, order = random.Random(0), list(models)
+    for i, batch in enumerate(batches):
+        rng.shuffle(order)
+        for name in order:
+            start = time.perf_counter()
+            with EventStorage():
+                losses = models[name](batch)
+                sum(losses.values()).backward()
+            elapsed = time.perf_counter() - start
+            models[name].zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 # ------------------------------------------------------------------ report
 def finished_seeds(args, name):
     base = os.path.join(args.output, slug(name))
@@ -286,11 +400,22 @@ def collect_results(args):
     names = list(OrderedDict.fromkeys(name for name, _ in plan_runs(args)))
     timing_file = os.path.join(args.output, "timing.json")
     timing = json.load(open(timing_file)) if os.path.isfile(timing_file) else {}
+    steps_file = os.path.join(args.output, "training_steps.json")
+    steps = json.load(open(steps_file)) if os.path.isfile(steps_file) else {}
     runs = [r for name in names for r in load_results(args, name)]
     setup = dict(dataset="shapes: 3000 train / 300 val images, 128 px", backbone=BACKBONE, iters=args.iters,
                  batch=args.batch, **machine("cpu"))
-    return dict(setup=setup, tables=list(args.tables), runs=runs,
+    data = dict(setup=setup, tables=list(args.tables), runs=runs,
                 timing=dict(iters=args.iters, seconds_per_image=timing) if timing else {})
+    if any(name in LD_VARIANTS for name in names):
+        record = os.path.join(teacher_dir(args), "result.json")
+        teacher = json.load(open(record)) if os.path.isfile(record) else None
+        if teacher is None and getattr(args, "teacher", None):
+            teacher = dict(config=TEACHER_CFG, checkpoint=args.teacher, metrics=None)
+        data["teacher"] = teacher
+    if steps:
+        data["training_step_seconds"] = steps
+    return data
 
 
 def _table(title, rows, runs, relative_time):
@@ -341,6 +466,30 @@ def _quality_spread(runs, iters, at=(0.1, 0.25, 0.5, 0.75, 1.0)):
     return lines + [""]
 
 
+def _distillation(data):
+    """The LD rows' teacher and what its forward adds to a training step."""
+    lines = []
+    teacher = data.get("teacher")
+    if "teacher" in data:
+        if teacher is None:
+            lines.append("LD teacher: not trained yet.")
+        else:
+            ap = teacher.get("metrics") and teacher["metrics"].get("AP")
+            lines.append(f"LD teacher: configs/{teacher['config']} on its own schedule"
+                         + (f" ({' '.join(o for o in teacher.get('overrides', []) if o.startswith('train.seed'))})"
+                            if teacher.get("overrides") else "")
+                         + (f", {ap:.1f} AP on shapes_val." if ap is not None else f", checkpoint {teacher['checkpoint']}."))
+    steps = data.get("training_step_seconds")
+    if steps:
+        names = list(steps)
+        base = steps[names[0]]
+        cells = "; ".join(f"{n} {steps[n]:.3f} s" + ("" if n == names[0] else f" ({steps[n] / base:.2f}x)")
+                          for n in names)
+        lines.append("Training step (forward, assignment, losses, backward; one batch, the variants alternating, "
+                     f"median): {cells}.")
+    return lines + [""] if lines else []
+
+
 def render(data):
     """The Markdown tables of an ablation report (:func:`collect_results`): the study's tables at its
     schedule, and one table per other schedule its runs were trained for."""
@@ -357,7 +506,7 @@ def render(data):
     for table in data["tables"]:
         title, rows, _ = TABLES[table]
         lines += _table(title, rows, at_main, relative)
-    lines += _per_seed(at_main, main_iters) + _quality_spread(at_main, main_iters)
+    lines += _per_seed(at_main, main_iters) + _quality_spread(at_main, main_iters) + _distillation(data)
     for iters in sorted({r["iters"] for r in runs} - {main_iters}):
         at = [r for r in runs if r["iters"] == iters]
         rows = [name for name in VARIANTS if any(r["variant"] == name for r in at)]
@@ -411,6 +560,8 @@ def run_study(args):
     """
     os.makedirs(args.output, exist_ok=True)
     runs = plan_runs(args)
+    if any(n in LD_VARIANTS for n, _ in runs):
+        ensure_teacher(args)
     todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
           f"report {os.path.join(args.results, args.name)}.md", flush=True)
@@ -422,6 +573,11 @@ def run_study(args):
         timing = measure_inference(args, names)
         with open(os.path.join(args.output, "timing.json"), "w") as f:
             json.dump(timing, f, indent=1)
+        ld_rows = [n for n in names if n in ("Student",) + LD_VARIANTS]
+        if any(n in LD_VARIANTS for n in ld_rows):
+            print(f"timing training steps of {', '.join(ld_rows)}", flush=True)
+            with open(os.path.join(args.output, "training_steps.json"), "w") as f:
+                json.dump(measure_training_steps(args, ld_rows), f, indent=1)
     print(write(args))
 
 
