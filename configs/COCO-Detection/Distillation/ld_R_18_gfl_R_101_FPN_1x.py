@@ -2,8 +2,8 @@
 Localization Distillation on COCO: a GFL R-18-FPN student (ResNet-18, basic
 blocks, frozen BN, from torchvision's ImageNet weights) taught by the frozen
 GFL R-101-FPN ms-2x teacher of ``ld_R_50_gfl_R_101_FPN_1x.py``, 1x. Published
-(MMDetection's release of LD, COCO val, 1x): R-18 35.8 -> 36.5 AP. Not reproduced
-here.
+(the LD release, COCO val, 1x at 6 images a batch): R-18 35.8 -> 36.5 AP. Not
+reproduced here.
 
 The ImageNet weights are expected at ``pretrained/R-18.pkl`` in detectron2's
 format (docs/configs.md, "ImageNet weights"):

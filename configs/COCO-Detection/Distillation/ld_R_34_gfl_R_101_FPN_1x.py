@@ -2,8 +2,8 @@
 Localization Distillation on COCO: a GFL R-34-FPN student (ResNet-34, basic
 blocks, frozen BN, from torchvision's ImageNet weights) taught by the frozen
 GFL R-101-FPN ms-2x teacher of ``ld_R_50_gfl_R_101_FPN_1x.py``, 1x. Published
-(MMDetection's release of LD, COCO val, 1x): R-34 38.9 -> 39.8 AP. Not reproduced
-here.
+(the LD release, COCO val, 1x at 6 images a batch): R-34 38.9 -> 39.8 AP. Not
+reproduced here.
 
 The ImageNet weights are expected at ``pretrained/R-34.pkl`` in detectron2's
 format (docs/configs.md, "ImageNet weights"):
