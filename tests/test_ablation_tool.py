@@ -1,8 +1,12 @@
 """tools/ablation.py: trains, evaluates and times the variants, writes the report (JSON and tables), resumes."""
+import argparse
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+import torch
 
 from gfl_d2.testing import ROOT
 
@@ -80,8 +84,6 @@ def test_report_shows_the_v2_predictor_output_over_training(tmp_path):
 
 
 def test_distillation_rows_train_their_teacher_then_the_student_alone_and_taught(tmp_path):
-    import torch
-
     out = tmp_path / "ld"
     data = ["dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
             "dataloader.train.dataset.names.num_images=8", "dataloader.test.dataset.names.num_images=4",
@@ -107,7 +109,16 @@ def test_distillation_rows_train_their_teacher_then_the_student_alone_and_taught
     step = next(line for line in table.splitlines() if line.startswith("Training step"))
     assert "Student " in step and "Student + LD " in step and "x)" in step
 
-    # a given teacher checkpoint is used as it is, and a missing one is refused
-    proc = subprocess.run(cmd + ["--teacher", str(tmp_path / "none.pth")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode != 0 and "--teacher: no checkpoint at" in proc.stdout + proc.stderr
+
+def test_a_given_teacher_is_used_as_it_is_and_a_missing_one_is_refused(tmp_path):
+    from gfl_studies.ablation import ensure_teacher, run_overrides
+
+    (tmp_path / "teacher.pth").write_bytes(b"")
+    args = argparse.Namespace(teacher=str(tmp_path / "teacher.pth"), output=str(tmp_path / "out"), iters=4, batch=2,
+                              opts=[])
+    assert ensure_teacher(args)["checkpoint"] == args.teacher
+    _, overrides = run_overrides(args, "Student + LD", 0, str(tmp_path / "run"))
+    assert f"model.teacher.checkpoint={args.teacher}" in overrides
+    assert not (tmp_path / "out" / "teacher").exists()  # nothing trained
+    with pytest.raises(SystemExit, match="--teacher: no checkpoint at"):
+        ensure_teacher(argparse.Namespace(**dict(vars(args), teacher=str(tmp_path / "none.pth"))))

@@ -339,12 +339,14 @@ def measure_inference(args, names):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure_training_steps(args, names, steps=12, warmup=2):
+def measure_training_steps(args, names, warmup=2):
     """
     Median seconds of a training step (forward, assignment, losses, backward) of
-    each variant at initialisation, on the same batches, the variants alternating
-    step by step in a shuffled order: what a teacher's forward adds to a step.
+    each variant at initialisation, on the same ``4 * --timing-rounds`` batches,
+    the variants alternating step by step in a shuffled order: what a teacher's
+    forward adds to a step.
     """
+    steps = 4 * args.timing_rounds
     import torch
 
     from detectron2.config import instantiate
