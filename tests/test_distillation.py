@@ -233,3 +233,10 @@ def test_yacs_and_lazy_ld_configs_build_the_same_student_and_teacher(tmp_path):
     for a, b in ((yacs_model.teacher, lazy_model.teacher), (yacs_model.teacher, teacher)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    # a yacs teacher config (here the R-50 student's own yaml, with the student's weights)
+    torch.save({"model": yacs_model.state_dict()}, tmp_path / "r50.pth")
+    from_yaml = build_teacher("gfl_R_50_FPN_1x.yaml", str(tmp_path / "r50.pth"), ["MODEL.GFL.LD.LOSS_WEIGHT", "0.5"])
+    assert isinstance(from_yaml, GFL) and from_yaml.teacher is None and from_yaml.loss_ld_weight == 0.5
+    sa, sb = from_yaml.state_dict(), yacs_model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
