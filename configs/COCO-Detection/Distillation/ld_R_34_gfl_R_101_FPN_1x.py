@@ -1,22 +1,11 @@
 """
-Localization Distillation on COCO: a GFL R-34-FPN student (ResNet-34, basic
-blocks, frozen BN, from torchvision's ImageNet weights) taught by the frozen
-GFL R-101-FPN ms-2x teacher of ``ld_R_50_gfl_R_101_FPN_1x.py``, 1x. Published
-(the LD release, COCO val, 1x at 6 images a batch): R-34 38.9 -> 39.8 AP. Not
-reproduced here.
-
-The ImageNet weights are expected at ``pretrained/R-34.pkl`` in detectron2's
-format (docs/configs.md, "ImageNet weights"):
-
-    python -c "import torch, torchvision; torch.save(torchvision.models.resnet34(weights='IMAGENET1K_V1').state_dict(), 'resnet34.pth')"
-    python convert-torchvision-to-d2.py resnet34.pth pretrained/R-34.pkl
+Localization Distillation on COCO: ``ld_R_18_gfl_R_101_FPN_1x.py`` with a
+ResNet-34 student (from ``pretrained/R-34.pkl``, torchvision's ``resnet34``
+converted the same way). Published (the LD release, COCO val, 1x at 6 images a
+batch): R-34 38.9 -> 39.8 AP. Not reproduced here.
 """
-from detectron2.config import LazyCall as L
+from .ld_R_18_gfl_R_101_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-from gfl_d2.modeling.backbone import make_basic_stages
-
-from .ld_R_50_gfl_R_101_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
-
-model.backbone.bottom_up.stages = L(make_basic_stages)(depth=34, width=64, norm="FrozenBN")
+model.backbone.bottom_up.stages.depth = 34
 
 train.init_checkpoint = "pretrained/R-34.pkl"
