@@ -33,5 +33,5 @@ setup(
         "pyyaml",  # YOLO data.yaml
         "matplotlib",  # the precision-recall pictures
     ],
-    extras_require={"dev": ["pytest>=7", "onnx", "onnxruntime"]},
+    extras_require={"dev": ["pytest>=7", "pytest-xdist>=3.2", "onnx", "onnxruntime"]},
 )
