@@ -8,7 +8,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from gfl_studies.correlation import spearman
-from gfl_studies.quality_study import detection_candidates, true_ious
+from gfl_studies.quality_study import detection_candidates, held_quality, true_ious
 from gfl_d2.testing import run_tool
 
 
@@ -57,7 +57,7 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
         datasets=tmp_path / "datasets",
     )
     md = (tmp_path / "quality.md").read_text()
-    table = [r for r in md.splitlines() if r.startswith("| ")]
+    table = [r for r in md.split("\n\n")[1].splitlines() if r.startswith("| ")]  # the correlations
     assert [r.split("|")[1].strip() for r in table[1:]] == ["GFL (all)", "GFL (IoU > 0)", "GFL V2 (all)",
                                                             "GFL V2 (IoU > 0)"]
     detections = json.loads((out / "detections.json").read_text())
@@ -69,6 +69,14 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
     assert report["correlations"]["GFL V2"]["all"]["detections"] == n and report["setup"]["images"] == 3
     assert report["correlations"]["GFL"]["all"]["quality"] is None
     assert (out / "quality_vs_iou.png").stat().st_size > 10000
+    # COCO AP per model; V2 again with its quality held at the mean of its detections' quality
+    assert set(report["ap"]["GFL"]) == {"AP", "AP50", "AP75"}
+    held = report["ap"]["GFL V2"]["held"]
+    assert held["quality"] == pytest.approx(np.mean(detections["GFL V2"]["quality"]), rel=1e-6)
+    assert all(isinstance(held[k], float) for k in ("AP", "AP50", "AP75"))
+    assert f"GFL V2, quality held at {held['quality']:.3f}: AP" in proc.stdout
+    assert "| model | AP | AP50 | AP75 | q̄ | AP, quality held at q̄ |" in md
+    assert f"| GFL V2 | {report['ap']['GFL V2']['AP']:.1f} |" in md
     assert f"GFL V2: {n} detections on 3 images" in proc.stdout
     # --report: the same Markdown from the JSON alone
     (tmp_path / "quality.md").unlink()
@@ -79,3 +87,36 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
                      tmp_path / "missing.pth", "--output", tmp_path / "o2", "--results", tmp_path / "o2"], check=False)
     assert proc.returncode != 0 and f"error: model 'X': checkpoint {tmp_path / 'missing.pth'} not found" in proc.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_held_quality_ranks_by_the_classification_score_and_is_undone():
+    from detectron2.config import instantiate
+
+    from gfl_d2.lazy_config import load_lazy_config
+
+    def detect(model):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return model([{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}])[0]["instances"]
+
+    cfg = load_lazy_config("configs/Synthetic/gflv2_R_18_FPN_shapes.py", ["model.test_score_thresh=0.0"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():  # a predictor whose output varies from location to location
+        for conv in model.head.dgqp.layers[::2]:
+            conv.weight.normal_(0, 1.0)
+    before = detect(model)
+    assert before.pred_quality.std() > 0.01
+    with held_quality(model, 0.3):
+        held = detect(model)
+    torch.testing.assert_close(held.pred_quality, torch.full_like(held.pred_quality, 0.3))
+    cls = held.scores / 0.3  # the ranking is the classification score's
+    assert torch.all(cls[:-1] >= cls[1:]) and cls.max() <= 1.0
+    torch.testing.assert_close(detect(model).pred_quality, before.pred_quality)  # the hook is gone
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\), got 1.0"):
+        with held_quality(model, 1.0):
+            pass
+    v1 = instantiate(load_lazy_config("configs/Synthetic/gfl_R_18_FPN_shapes.py").model)
+    with pytest.raises(ValueError, match="GFL has no distribution-guided quality predictor"):
+        with held_quality(v1, 0.5):
+            pass

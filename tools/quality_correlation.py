@@ -4,8 +4,10 @@ How well each localisation-quality signal ranks detections by their true IoU
 (Spearman's rank correlation), for trained GFL models on their config's
 validation set: V1's joint score, V2's fused score and its distribution-guided
 quality, the edges' relative std, and the top-k statistics of the edge
-distributions. Writes the report (``<results>/<name>.json`` with the
-correlations, ``<name>.md`` with the table), and to --output every
+distributions; and each model's COCO AP, for V2 also with its predictor's
+output held at one value (what the predictor adds at inference). Writes the
+report (``<results>/<name>.json`` with the correlations and APs, ``<name>.md``
+with the tables), and to --output every
 detection's values (``detections.json``) and a scatter picture.
 
     python tools/quality_correlation.py \\
@@ -24,7 +26,7 @@ from detectron2.config import instantiate
 
 from gfl_d2.checkpoint import CheckedCheckpointer
 from gfl_d2.lazy_config import load_lazy_config
-from gfl_studies.quality_study import CANDIDATES, collect, correlations, render, scatter_plot
+from gfl_studies.quality_study import CANDIDATES, collect, correlations, held_quality, render, scatter_plot
 from gfl_studies.reports import add_report_arguments, machine, render_again, write_report
 
 
@@ -42,9 +44,17 @@ def parse_args(argv=None):
     return args
 
 
+def _bbox_ap(evaluator):
+    metrics = (evaluator.evaluate() or {}).get("bbox", {})
+    return {k: metrics.get(k) for k in ("AP", "AP50", "AP75")}
+
+
 def measure(args):
-    """Every detection's candidates and IoU, per model, and the number of images."""
-    results, images = {}, 0
+    """
+    Every detection's candidates and IoU, per model, the number of images, and
+    per model its COCO AP (for V2, also with the quality held at its mean).
+    """
+    results, aps, images = {}, {}, 0
     for name, config, weights in args.model:
         cfg = load_lazy_config(config, list(args.opts))
         model = instantiate(cfg.model)
@@ -52,10 +62,21 @@ def measure(args):
             CheckedCheckpointer(model).load(weights)
         dataset = instantiate(cfg.dataloader.test.dataset)
         mapper = instantiate(cfg.dataloader.test.mapper)
-        results[name] = collect(model, dataset, mapper, args.num_images)
+        evaluator = instantiate(cfg.dataloader.evaluator)
+        evaluator.reset()
+        results[name] = collect(model, dataset, mapper, args.num_images, evaluator)
+        aps[name] = _bbox_ap(evaluator)
         images = len(dataset[:args.num_images])
-        print(f"{name}: {len(results[name]['iou'])} detections on {images} images", flush=True)
-    return results, images
+        print(f"{name}: {len(results[name]['iou'])} detections on {images} images, AP {aps[name]['AP']}", flush=True)
+        quality = results[name].get("quality")
+        if getattr(model.head, "dgqp", None) is not None and quality is not None and len(quality):
+            mean = float(quality.mean())
+            evaluator.reset()
+            with held_quality(model, mean):
+                collect(model, dataset, mapper, args.num_images, evaluator)
+            aps[name]["held"] = dict(quality=mean, **_bbox_ap(evaluator))
+            print(f"{name}, quality held at {mean:.3f}: AP {aps[name]['held']['AP']}", flush=True)
+    return results, aps, images
 
 
 def main(argv=None):
@@ -68,9 +89,9 @@ def main(argv=None):
             if path and not os.path.isfile(path):
                 raise SystemExit(f"error: model {name!r}: {what} {path} not found")
     os.makedirs(args.output, exist_ok=True)
-    results, images = measure(args)
+    results, aps, images = measure(args)
     setup = dict(machine("cpu"), images=images, models=[dict(name=n, config=c, weights=w) for n, c, w in args.model])
-    print(write_report(args.results, args.name, dict(setup=setup, correlations=correlations(results)), render))
+    print(write_report(args.results, args.name, dict(setup=setup, correlations=correlations(results), ap=aps), render))
     with open(os.path.join(args.output, "detections.json"), "w") as f:
         json.dump({n: {k: v.tolist() for k, v in r.items()} for n, r in results.items()}, f)
     # the score of each model, then each model's quality and its best distribution statistic

@@ -16,9 +16,15 @@ ground-truth box of the predicted class, and the candidates:
 * ``top-4``: the mean over edges of the sum of the four largest (V2's top-k
   statistics, without its learned weighting);
 
-and their Spearman rank correlations with the IoU.
+and their Spearman rank correlations with the IoU. For a model with V2's
+predictor it also measures what the predictor adds at inference: the COCO AP
+as the model runs, and with the predictor's output held at one value (the
+mean quality of its detections), which ranks the detections by their
+classification score alone.
 """
+import contextlib
 import copy
+import math
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -30,7 +36,7 @@ from gfl_d2.modeling.dgqp import distribution_statistics
 
 from .correlation import spearman
 
-__all__ = ["detection_candidates", "collect", "correlations", "render", "CANDIDATES", "SUBSETS"]
+__all__ = ["detection_candidates", "collect", "held_quality", "correlations", "render", "CANDIDATES", "SUBSETS"]
 
 CANDIDATES = ("score", "quality", "cls", "-std/size", "top-1", "top-4")
 # the detections a correlation is taken over: all, and those on an object of their class
@@ -80,19 +86,49 @@ def true_ious(instances, gt_boxes, gt_classes) -> np.ndarray:
 
 
 @torch.no_grad()
-def collect(model, dataset_dicts: List[Dict], mapper, num_images: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Every detection's candidates and ``iou`` over the first ``num_images`` records, pooled."""
+def collect(model, dataset_dicts: List[Dict], mapper, num_images: Optional[int] = None,
+            evaluator=None) -> Dict[str, np.ndarray]:
+    """
+    Every detection's candidates and ``iou`` over the first ``num_images``
+    records, pooled; the outputs also go to ``evaluator`` (a detectron2
+    ``DatasetEvaluator``, reset by the caller) when given.
+    """
     model.eval()
     parts: Dict[str, List[np.ndarray]] = {}
     for record in dataset_dicts[:num_images]:
         inputs = mapper(copy.deepcopy(record))
-        inst = model([inputs])[0]["instances"].to("cpu")
+        outputs = model([inputs])
+        if evaluator is not None:
+            evaluator.process([inputs], outputs)
+        inst = outputs[0]["instances"].to("cpu")
         gt_boxes, gt_classes = _ground_truth(record, *inst.image_size)
         values = detection_candidates(inst)
         values["iou"] = true_ious(inst, gt_boxes, gt_classes)
         for name, v in values.items():
             parts.setdefault(name, []).append(v)
     return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+@contextlib.contextmanager
+def held_quality(model, value: float):
+    """
+    Inside the block, GFL V2's predictor (``model.head.dgqp``) outputs the
+    quality ``value`` (0 < value < 1) at every location: the fused score is
+    then the classification score times a constant, so the detections are
+    ranked as by the classification score alone, and the score thresholds
+    see about the scores they see as trained.
+    """
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"the held quality must lie in (0, 1), got {value}")
+    dgqp = getattr(getattr(model, "head", None), "dgqp", None)
+    if dgqp is None:
+        raise ValueError(f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to hold")
+    logit = math.log(value / (1.0 - value))
+    handle = dgqp.register_forward_hook(lambda module, inputs, output: [torch.full_like(q, logit) for q in output])
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def correlations(results: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Dict[str, Dict]]:
@@ -129,6 +165,17 @@ def render(data: Dict) -> str:
             row = subsets[subset]
             cells = ["–" if row.get(c) is None else f"{row[c]:.3f}" for c in CANDIDATES]
             lines.append(f"| {name} ({subset}) | {row['detections']} | " + " | ".join(cells) + " |")
+    if data.get("ap"):
+        lines += ["", "COCO AP of the same detections; for V2, also with its predictor's output held at the mean "
+                  "quality of its detections (q̄), which ranks them by the classification score alone.", "",
+                  "| model | AP | AP50 | AP75 | q̄ | AP, quality held at q̄ | AP50, held | AP75, held |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, row in data["ap"].items():
+            held = row.get("held") or {}
+            cells = [row.get(k) for k in ("AP", "AP50", "AP75")]
+            cells += [held.get("quality")] + [held.get(k) for k in ("AP", "AP50", "AP75")]
+            text = ["–" if v is None else f"{v:.3f}" if i == 3 else f"{v:.1f}" for i, v in enumerate(cells)]
+            lines.append(f"| {name} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
