@@ -192,7 +192,8 @@ def ensure_teacher(args):
             return json.load(f)
     os.makedirs(out, exist_ok=True)
     print(f"LD teacher: training {TEACHER_CFG} on its own schedule into {out}", flush=True)
-    threads = args.threads or max(1, 2 // args.jobs)
+    # it trains alone, before the rows: it gets the threads of all the jobs
+    threads = (args.threads or max(1, 2 // args.jobs)) * args.jobs
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(TEACHER_CFG), "--resume",
            *teacher_overrides(args)]
