@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 
+import numpy as np
+
 from detectron2.config import instantiate
 
 from gfl_d2.checkpoint import CheckedCheckpointer
@@ -70,7 +72,7 @@ def measure(args):
         print(f"{name}: {len(results[name]['iou'])} detections on {images} images, AP {aps[name]['AP']}", flush=True)
         quality = results[name].get("quality")
         if getattr(model.head, "dgqp", None) is not None and quality is not None and len(quality):
-            mean = float(quality.mean())
+            mean = float(quality.astype(np.float64).mean())
             evaluator.reset()
             with held_quality(model, mean):
                 collect(model, dataset, mapper, args.num_images, evaluator)
