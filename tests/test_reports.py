@@ -9,7 +9,7 @@ import pytest
 
 from gfl_d2.testing import ROOT
 from gfl_studies import ablation, benchmark, edge_uncertainty, fcos_collapse, gpu_check, mmdet_peer, own_data_study
-from gfl_studies import quality_study, quickstart
+from gfl_studies import ld_agreement, quality_study, quickstart
 
 RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
 # report name prefix -> the renderer of the tool that writes it
@@ -26,6 +26,8 @@ RENDERERS = [
     ("quality_correlation", quality_study.render),
     ("edge_uncertainty", edge_uncertainty.render),
     ("quickstart", quickstart.render),
+    ("ld_agreement", ld_agreement.render),
+    ("ld_", ablation.render_report),  # tools/ablation.py --tables ld
 ]
 
 
