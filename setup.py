@@ -6,6 +6,7 @@ Two packages: ``gfl_d2``, the library, and ``gfl_studies``
 benchmark, GPU check, ...), which import the library and are never imported
 by it.
 """
+
 from setuptools import find_packages, setup
 
 setup(
@@ -17,7 +18,9 @@ setup(
     packages=find_packages(include=["gfl_d2", "gfl_d2.*"]) + ["gfl_studies"],
     package_dir={"gfl_studies": "tools/gfl_studies"},
     # gfl_d2/configs links to the repository's configs/: a wheel carries a copy
-    package_data={"gfl_d2": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*.py", "configs/*/*/*.py"]},
+    package_data={
+        "gfl_d2": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*.py", "configs/*/*/*.py"]
+    },
     python_requires=">=3.8",
     # detectron2 itself is not on PyPI under its own name: tools/install.sh
     # installs it. These are the packages gfl_d2 imports directly.

@@ -3,6 +3,7 @@
 Importing this package registers the ``GFL`` meta-architecture and the
 ``build_gfl_resnet_fpn_backbone`` backbone in detectron2's registries.
 """
+
 from .config import add_gfl_config
 from .modeling import GFL, GFLHead  # noqa: F401  (registers the meta-architecture)
 

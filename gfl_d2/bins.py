@@ -5,13 +5,13 @@ positives in units of stride (the paper's Fig. 5c) against the range
 starts (:func:`log_bin_fit`), ``tools/visualize_distributions.py
 --analyze-targets`` draws it.
 """
+
 import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from detectron2.structures import Boxes
 from detectron2.utils import comm
 
@@ -30,11 +30,15 @@ def anchors_for_image_size(model, image_size: Sequence[int], device="cpu") -> Li
     div = getattr(model, "size_divisibility", None) or model.backbone.size_divisibility or 1
     h, w = (math.ceil(int(x) / div) * div for x in image_size)
     strides = [model.backbone.output_shape()[f].stride for f in model.head_in_features]
-    return model.anchor_generator([torch.empty(1, 1, math.ceil(h / s), math.ceil(w / s), device=device) for s in strides])
+    return model.anchor_generator(
+        [torch.empty(1, 1, math.ceil(h / s), math.ceil(w / s), device=device) for s in strides]
+    )
 
 
 @torch.no_grad()
-def regression_targets(model, dataset_dicts: Sequence[Dict], mapper, max_images: int) -> Tuple[np.ndarray, np.ndarray]:
+def regression_targets(
+    model, dataset_dicts: Sequence[Dict], mapper, max_images: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """
     The edge distances (in strides) that ``model``'s ATSS assignment gives its
     positives, over the first ``max_images`` images of ``dataset_dicts`` as
@@ -53,7 +57,9 @@ def regression_targets(model, dataset_dicts: Sequence[Dict], mapper, max_images:
         anchors = anchors_for_image_size(model, item["image"].shape[-2:], device)
         (labels,), (matched,) = model.label_anchors(anchors, [instances])
         pos = labels < model.num_classes
-        centers, stride = model.box2box_transform.centers_and_strides(torch.cat([a.tensor for a in anchors])[pos])
+        centers, stride = model.box2box_transform.centers_and_strides(
+            torch.cat([a.tensor for a in anchors])[pos]
+        )
         targets.append((box2distance(centers, matched[pos]) / stride).flatten())
         strides.append(stride.expand(-1, 4).flatten())
     if not targets:
@@ -61,28 +67,47 @@ def regression_targets(model, dataset_dicts: Sequence[Dict], mapper, max_images:
     return torch.cat(targets).cpu().numpy(), torch.cat(strides).cpu().numpy()
 
 
-def _advice(clamped: float, p99: float, reg_max: int, bin_width: float, recommended: int,
-            fixed_by: Optional[str], setting: str) -> Optional[str]:
+def _advice(
+    clamped: float,
+    p99: float,
+    reg_max: int,
+    bin_width: float,
+    recommended: int,
+    fixed_by: Optional[str],
+    setting: str,
+) -> Optional[str]:
     """What to do about the fit (None: nothing). With ``fixed_by``, n is not the user's to change."""
-    beyond = (f"{clamped:.1%} of the regression targets lie beyond the last bin ({reg_max} x {bin_width:g} strides) "
-              "and are clamped, so those boxes cannot be learnt")
+    beyond = (
+        f"{clamped:.1%} of the regression targets lie beyond the last bin ({reg_max} x {bin_width:g} strides) "
+        "and are clamped, so those boxes cannot be learnt"
+    )
     if fixed_by is not None:
         if clamped <= 0.01:
             return None  # a range wider than the targets costs a trained box layer nothing to keep
-        return (f"{beyond}. n = {reg_max} is fixed by the trained box layer of {fixed_by} (another n would "
-                "discard it): a smaller input size (dataset.min_size, dataset.max_size) makes the large objects "
-                "fewer strides wide")
+        return (
+            f"{beyond}. n = {reg_max} is fixed by the trained box layer of {fixed_by} (another n would "
+            "discard it): a smaller input size (dataset.min_size, dataset.max_size) makes the large objects "
+            "fewer strides wide"
+        )
     change = setting.format(n=recommended)
     if clamped > 0.01:
         return f"{beyond}: use {change}"
     if recommended * 2 <= reg_max:
-        return (f"99% of the regression targets lie within {p99:.1f} strides, far inside the {reg_max} bins: "
-                f"{change} concentrates the distributions on the range that is used")
+        return (
+            f"99% of the regression targets lie within {p99:.1f} strides, far inside the {reg_max} bins: "
+            f"{change} concentrates the distributions on the range that is used"
+        )
     return None
 
 
-def bin_fit(targets: np.ndarray, strides: np.ndarray, reg_max: int, bin_width: float,
-            fixed_by: Optional[str] = None, setting: str = "model.reg_max={n}") -> Dict:
+def bin_fit(
+    targets: np.ndarray,
+    strides: np.ndarray,
+    reg_max: int,
+    bin_width: float,
+    fixed_by: Optional[str] = None,
+    setting: str = "model.reg_max={n}",
+) -> Dict:
     """
     How well the bins ``0, Δ, ..., nΔ`` (strides) fit regression targets, and
     the advice: a share of targets beyond ``(n - 0.1)Δ`` is clamped in
@@ -109,13 +134,29 @@ def bin_fit(targets: np.ndarray, strides: np.ndarray, reg_max: int, bin_width: f
     recommended = max(2, int(math.ceil(p99 / bin_width + 0.1)))
     levels = {int(s): float(np.percentile(targets[strides == s], 99)) for s in np.unique(strides)}
     advice = _advice(clamped, p99, reg_max, bin_width, recommended, fixed_by, setting)
-    return dict(num_targets=int(len(targets)), reg_max=int(reg_max), bin_width=float(bin_width), median=p50, p99=p99,
-                max=float(targets.max()), share_clamped=clamped, p99_per_stride=levels,
-                recommended_reg_max=recommended, fixed_by=fixed_by, advice=advice)
+    return dict(
+        num_targets=int(len(targets)),
+        reg_max=int(reg_max),
+        bin_width=float(bin_width),
+        median=p50,
+        p99=p99,
+        max=float(targets.max()),
+        share_clamped=clamped,
+        p99_per_stride=levels,
+        recommended_reg_max=recommended,
+        fixed_by=fixed_by,
+        advice=advice,
+    )
 
 
-def log_bin_fit(model, dataset, mapper, num_images: int, fixed_by: Optional[str] = None,
-                setting: str = "model.reg_max={n}") -> Optional[Dict]:
+def log_bin_fit(
+    model,
+    dataset,
+    mapper,
+    num_images: int,
+    fixed_by: Optional[str] = None,
+    setting: str = "model.reg_max={n}",
+) -> Optional[Dict]:
     """
     One log line on how ``model``'s bins fit the regression targets of the
     first ``num_images`` records of ``dataset``; a warning with what to do

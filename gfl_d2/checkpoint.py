@@ -3,18 +3,23 @@ detectron2's checkpointer, made to say what it could not load and why, and
 the checks built on that: weights that evaluate a detector must hold its
 head; fine-tuning from a checkpoint keeps that checkpoint's box layer.
 """
+
 import logging
 import os
 from typing import List
 from urllib.parse import urlparse
 
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .devices import unwrap
 
-__all__ = ["CheckedCheckpointer", "refuse_untrained_evaluation", "require_trained_head", "holds_layer"]
+__all__ = [
+    "CheckedCheckpointer",
+    "refuse_untrained_evaluation",
+    "require_trained_head",
+    "holds_layer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +82,17 @@ class CheckedCheckpointer(DetectionCheckpointer):
         for key, shape_ckpt, shape_model in incorrect_shapes:
             why = "its shape differs"
             if key.endswith("cls_score.weight") or key.endswith("cls_score.bias"):
-                why = (f"the classification layer: the checkpoint has {shape_ckpt[0]} classes, the model "
-                       f"{shape_model[0]} (fine-tuning on another dataset)")
-                plain = key[len("module."):] if key.startswith("module.") else key
+                why = (
+                    f"the classification layer: the checkpoint has {shape_ckpt[0]} classes, the model "
+                    f"{shape_model[0]} (fine-tuning on another dataset)"
+                )
+                plain = key[len("module.") :] if key.startswith("module.") else key
                 if key.endswith("bias") and plain in state and state[plain].numel():
                     prior = torch.sigmoid(state[plain].float()).mean().item()
                     why += f"; bias at the prior probability {prior:.3g}"
-            lines.append(f"{key}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in the model: {why}")
+            lines.append(
+                f"{key}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in the model: {why}"
+            )
         logger.warning(
             f"Re-initialised {len(lines)} tensor(s) instead of loading them (they keep the model's own "
             "initialisation):\n  " + "\n  ".join(lines)
@@ -109,15 +118,20 @@ def refuse_untrained_evaluation(weights: str, given: bool, setting: str) -> None
         )
 
 
-def require_trained_head(checkpointer: CheckedCheckpointer, path: str,
-                         how: str = "train.init_checkpoint=/path/to/model_final.pth") -> None:
+def require_trained_head(
+    checkpointer: CheckedCheckpointer,
+    path: str,
+    how: str = "train.init_checkpoint=/path/to/model_final.pth",
+) -> None:
     """
     After loading weights to evaluate with: SystemExit naming the tensors of
     the detector outside its backbone (the head) that ``path`` did not hold,
     which an evaluation would run at their random initialisation. ``how``
     says how to give other weights.
     """
-    head = [k[len("module."):] if k.startswith("module.") else k for k in checkpointer.not_loaded()]
+    head = [
+        k[len("module.") :] if k.startswith("module.") else k for k in checkpointer.not_loaded()
+    ]
     head = [k for k in head if not k.startswith("backbone.")]
     if not head:
         return

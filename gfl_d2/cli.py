@@ -3,6 +3,7 @@ The command line of the tools (demo, export, analysis): ``--config-file``
 (default: the embedded config) and trailing ``key=value`` overrides, loaded
 and checked as the training entry point loads them.
 """
+
 import argparse
 
 from .lazy_config import load_lazy_config
@@ -11,9 +12,13 @@ from .model_zoo import DEFAULT_CONFIG
 __all__ = ["config_argument_parser", "parse_with_overrides", "setup_config"]
 
 
-def config_argument_parser(description: str, config_required: bool = False) -> argparse.ArgumentParser:
+def config_argument_parser(
+    description: str, config_required: bool = False
+) -> argparse.ArgumentParser:
     """A tool's argument parser with ``--config-file`` (default: the embedded config); see :func:`parse_with_overrides`."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if config_required:
         p.add_argument("--config-file", required=True, metavar="FILE")
     else:

@@ -1,16 +1,29 @@
 """yacs config keys of GFL, for users of detectron2's ``train_net.py``."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_gfl_config", "GFL_ARGUMENT_KEYS", "LD_ARGUMENT_KEYS", "use_dataset_folder"]
 
 # GFL's constructor arguments read straight from MODEL.GFL.<key>
 GFL_ARGUMENT_KEYS = {
-    "num_classes": "NUM_CLASSES", "reg_max": "REG_MAX", "bin_width": "BIN_WIDTH", "anchor_scale": "ANCHOR_SCALE",
-    "qfl_beta": "QFL_BETA", "cls_loss": "CLS_LOSS", "quality": "QUALITY", "box_representation": "BOX_REPRESENTATION",
-    "box_loss_weighting": "BOX_LOSS_WEIGHTING", "focal_loss_alpha": "FOCAL_LOSS_ALPHA",
-    "focal_loss_gamma": "FOCAL_LOSS_GAMMA", "loss_cls_weight": "LOSS_CLS_WEIGHT", "loss_bbox_weight": "LOSS_BBOX_WEIGHT", "loss_dfl_weight": "LOSS_DFL_WEIGHT",
-    "loss_quality_weight": "LOSS_QUALITY_WEIGHT", "test_score_thresh": "SCORE_THRESH_TEST",
-    "test_topk_candidates": "TOPK_CANDIDATES_TEST", "test_nms_thresh": "NMS_THRESH_TEST",
+    "num_classes": "NUM_CLASSES",
+    "reg_max": "REG_MAX",
+    "bin_width": "BIN_WIDTH",
+    "anchor_scale": "ANCHOR_SCALE",
+    "qfl_beta": "QFL_BETA",
+    "cls_loss": "CLS_LOSS",
+    "quality": "QUALITY",
+    "box_representation": "BOX_REPRESENTATION",
+    "box_loss_weighting": "BOX_LOSS_WEIGHTING",
+    "focal_loss_alpha": "FOCAL_LOSS_ALPHA",
+    "focal_loss_gamma": "FOCAL_LOSS_GAMMA",
+    "loss_cls_weight": "LOSS_CLS_WEIGHT",
+    "loss_bbox_weight": "LOSS_BBOX_WEIGHT",
+    "loss_dfl_weight": "LOSS_DFL_WEIGHT",
+    "loss_quality_weight": "LOSS_QUALITY_WEIGHT",
+    "test_score_thresh": "SCORE_THRESH_TEST",
+    "test_topk_candidates": "TOPK_CANDIDATES_TEST",
+    "test_nms_thresh": "NMS_THRESH_TEST",
     "output_box_distributions": "OUTPUT_BOX_DISTRIBUTIONS",
 }
 # Localization Distillation's constructor arguments, from MODEL.GFL.LD.<key>
@@ -98,7 +111,11 @@ def _add_loss_and_inference_keys(g: CN) -> None:
 
 
 # the yacs keys that hold a model's number of classes
-_NUM_CLASSES_KEYS = (("GFL", "NUM_CLASSES"), ("RETINANET", "NUM_CLASSES"), ("ROI_HEADS", "NUM_CLASSES"))
+_NUM_CLASSES_KEYS = (
+    ("GFL", "NUM_CLASSES"),
+    ("RETINANET", "NUM_CLASSES"),
+    ("ROI_HEADS", "NUM_CLASSES"),
+)
 
 
 def use_dataset_folder(cfg: CN) -> CN:

@@ -8,6 +8,7 @@ backbones, FPN with P6/P7 from P5's output, the GFL head and GFL V2's
 ``GFocalHead`` (its distribution-guided quality predictor ``reg_conf``).
 Anything else (DCN backbones, other necks or heads) is refused with the reason.
 """
+
 import logging
 import os
 import pickle
@@ -32,8 +33,12 @@ logger = logging.getLogger(__name__)
 # buffer, so every checkpoint it saves holds them; gfl-d2 derives them from n
 INTEGRAL_BUFFER = "bbox_head.integral.project"
 # GFL V2's quality predictor: Conv2d(4 (k + 1), c, 1), ReLU, Conv2d(c, 1, 1), Sigmoid
-DGQP_KEYS = ("bbox_head.reg_conf.0.weight", "bbox_head.reg_conf.0.bias",
-             "bbox_head.reg_conf.2.weight", "bbox_head.reg_conf.2.bias")
+DGQP_KEYS = (
+    "bbox_head.reg_conf.0.weight",
+    "bbox_head.reg_conf.0.bias",
+    "bbox_head.reg_conf.2.weight",
+    "bbox_head.reg_conf.2.bias",
+)
 
 
 class ConversionError(ValueError):
@@ -43,7 +48,10 @@ class ConversionError(ValueError):
 # keys renamed by a plain pattern; the structured ones are handled in _rename
 _RULES: List[Tuple[str, str]] = [
     (r"^backbone\.conv1\.weight$", "backbone.bottom_up.stem.conv1.weight"),
-    (r"^backbone\.bn1\.(weight|bias|running_mean|running_var)$", r"backbone.bottom_up.stem.conv1.norm.\1"),
+    (
+        r"^backbone\.bn1\.(weight|bias|running_mean|running_var)$",
+        r"backbone.bottom_up.stem.conv1.norm.\1",
+    ),
     (r"^bbox_head\.gfl_cls\.(weight|bias)$", r"head.cls_score.\1"),
     (r"^bbox_head\.gfl_reg\.(weight|bias)$", r"head.bbox_pred.\1"),
     (r"^bbox_head\.scales\.(\d)\.scale$", r"head.scales.\1.scale"),
@@ -60,7 +68,10 @@ def _rename(key: str) -> str:
         rest = re.sub(r"^bn(\d)\.(.*)$", r"conv\1.norm.\2", rest)
         rest = re.sub(r"^downsample\.0\.weight$", "shortcut.weight", rest)
         rest = re.sub(r"^downsample\.1\.(.*)$", r"shortcut.norm.\1", rest)
-        if not re.match(r"^(conv\d\.(weight|norm\.(weight|bias|running_mean|running_var))|shortcut\.(weight|norm\..*))$", rest):
+        if not re.match(
+            r"^(conv\d\.(weight|norm\.(weight|bias|running_mean|running_var))|shortcut\.(weight|norm\..*))$",
+            rest,
+        ):
             raise ConversionError(f"unexpected backbone key {key!r}")
         return f"backbone.bottom_up.res{stage}.{block}.{rest}"
     m = re.match(r"^neck\.lateral_convs\.(\d)\.conv\.(weight|bias)$", key)
@@ -79,7 +90,9 @@ def _rename(key: str) -> str:
         tower = "cls_subnet" if m.group(1) == "cls" else "bbox_subnet"
         index = 3 * int(m.group(2)) + (0 if m.group(3) == "conv" else 1)
         if m.group(3) == "conv" and m.group(4) == "bias":
-            raise ConversionError(f"{key!r}: the head's tower convs have no bias in GFL (GN follows them)")
+            raise ConversionError(
+                f"{key!r}: the head's tower convs have no bias in GFL (GN follows them)"
+            )
         return f"head.{tower}.{index}.{m.group(4)}"
     for pattern, target in _RULES:
         if re.match(pattern, key):
@@ -97,7 +110,9 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
     """
     missing = [k for k in DGQP_KEYS if k not in state_dict]
     if missing:
-        raise ConversionError(f"a GFL V2 head (bbox_head.reg_conf.*) without {missing}: an incomplete checkpoint")
+        raise ConversionError(
+            f"a GFL V2 head (bbox_head.reg_conf.*) without {missing}: an incomplete checkpoint"
+        )
     first, last = state_dict[DGQP_KEYS[0]], state_dict[DGQP_KEYS[2]]
     if first.dim() != 4 or first.shape[2:] != (1, 1) or last.shape != (1, first.shape[0], 1, 1):
         raise ConversionError(
@@ -106,7 +121,9 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
         )
     in_channels = int(first.shape[1])
     if in_channels % 4:
-        raise ConversionError(f"bbox_head.reg_conf.0 reads {in_channels} statistics, not 4 per edge")
+        raise ConversionError(
+            f"bbox_head.reg_conf.0 reads {in_channels} statistics, not 4 per edge"
+        )
     channels = int(state_dict["bbox_head.gfl_cls.weight"].shape[0])
     classes = (meta or {}).get("CLASSES") or (meta or {}).get("dataset_meta", {}).get("classes")
     if classes is not None and len(classes) != channels - 1:
@@ -115,9 +132,15 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
             "release has one background channel more than classes (use_sigmoid=False), this checkpoint does not"
         )
     if channels < 2:
-        raise ConversionError(f"bbox_head.gfl_cls has {channels} channel: GFL V2's has the classes and a background one")
-    return dict(version=2, num_classes=channels - 1, dgqp_statistics=in_channels,
-                dgqp_channels=int(first.shape[0]))
+        raise ConversionError(
+            f"bbox_head.gfl_cls has {channels} channel: GFL V2's has the classes and a background one"
+        )
+    return dict(
+        version=2,
+        num_classes=channels - 1,
+        dgqp_statistics=in_channels,
+        dgqp_channels=int(first.shape[0]),
+    )
 
 
 def _refuse_unsupported(keys) -> None:
@@ -135,26 +158,35 @@ def _refuse_unsupported(keys) -> None:
     if not any(k.startswith("neck.lateral_convs.") for k in keys):
         raise ConversionError("not an FPN neck (no neck.lateral_convs.*)")
     if "backbone.conv1.weight" not in keys or "backbone.layer1.0.conv3.weight" not in keys:
-        raise ConversionError("the backbone is not a ResNet/ResNeXt with bottleneck blocks (ResNet-50 or deeper)")
+        raise ConversionError(
+            "the backbone is not a ResNet/ResNeXt with bottleneck blocks (ResNet-50 or deeper)"
+        )
 
 
 def _describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
     """ResNet/ResNeXt depth, groups and width per group, read off the blocks per stage and conv2's shape."""
     keys = set(state_dict)
-    blocks = [len({k.split(".")[2] for k in keys if k.startswith(f"backbone.layer{i}.")}) for i in range(1, 5)]
+    blocks = [
+        len({k.split(".")[2] for k in keys if k.startswith(f"backbone.layer{i}.")})
+        for i in range(1, 5)
+    ]
     depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(tuple(blocks))
     if depth is None:
         raise ConversionError(f"unknown ResNet layout {blocks} blocks per stage")
     conv2 = state_dict["backbone.layer1.0.conv2.weight"]
     num_groups = conv2.shape[0] // conv2.shape[1]
-    return dict(depth=depth, num_groups=num_groups, width_per_group=conv2.shape[1] if num_groups > 1 else 64)
+    return dict(
+        depth=depth, num_groups=num_groups, width_per_group=conv2.shape[1] if num_groups > 1 else 64
+    )
 
 
 def _describe_fpn(state_dict: Dict[str, torch.Tensor]) -> int:
     """The FPN's channels; ConversionError unless it has GFL's five outputs with P6/P7 from P5's output."""
     num_fpn = len({k.split(".")[2] for k in state_dict if k.startswith("neck.fpn_convs.")})
     if num_fpn != 5:
-        raise ConversionError(f"the FPN has {num_fpn} output convs; GFL's has 5 (P3-P7, P6/P7 from P5)")
+        raise ConversionError(
+            f"the FPN has {num_fpn} output convs; GFL's has 5 (P3-P7, P6/P7 from P5)"
+        )
     p6_in = state_dict["neck.fpn_convs.3.conv.weight"].shape[1]
     fpn_channels = state_dict["neck.fpn_convs.0.conv.weight"].shape[0]
     if p6_in != fpn_channels:
@@ -169,11 +201,17 @@ def _matching_config(backbone: Dict, v2: bool) -> str:
     depth, groups = backbone["depth"], backbone["num_groups"]
     if groups > 1:
         if v2:
-            raise ConversionError("GFL V2 with a ResNeXt backbone: the authors released none without DCN, and "
-                                  "gfl-d2 has no config for it")
+            raise ConversionError(
+                "GFL V2 with a ResNeXt backbone: the authors released none without DCN, and "
+                "gfl-d2 has no config for it"
+            )
         return f"COCO-Detection/gfl_X_{depth}_{groups}x{backbone['width_per_group']}d_FPN_ms2x.py"
     prefix = "gflv2" if v2 else "gfl"
-    return f"COCO-Detection/{prefix}_R_50_FPN_1x.py" if depth == 50 else f"COCO-Detection/{prefix}_R_{depth}_FPN_ms2x.py"
+    return (
+        f"COCO-Detection/{prefix}_R_50_FPN_1x.py"
+        if depth == 50
+        else f"COCO-Detection/{prefix}_R_{depth}_FPN_ms2x.py"
+    )
 
 
 def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict] = None) -> Dict:
@@ -198,7 +236,11 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]
     if gfl_reg.shape[0] % 4:
         raise ConversionError(f"bbox_head.gfl_reg has {gfl_reg.shape[0]} channels, not 4 * (n+1)")
     fpn_channels = _describe_fpn(state_dict)
-    v2 = _describe_dgqp(state_dict, meta) if any(k.startswith("bbox_head.reg_conf.") for k in keys) else {}
+    v2 = (
+        _describe_dgqp(state_dict, meta)
+        if any(k.startswith("bbox_head.reg_conf.") for k in keys)
+        else {}
+    )
     info = dict(
         version=1,
         **backbone,
@@ -221,7 +263,9 @@ def _pickled_objects(path: str, error: Exception) -> List[str]:
     return sorted(set(names))
 
 
-def load_mmdet_checkpoint(path: str, allow_pickle: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict]:
+def load_mmdet_checkpoint(
+    path: str, allow_pickle: bool = False
+) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """
     Read an MMDetection checkpoint file.
 
@@ -241,7 +285,9 @@ def load_mmdet_checkpoint(path: str, allow_pickle: bool = False) -> Tuple[Dict[s
     except (pickle.UnpicklingError, RuntimeError) as e:
         objects = _pickled_objects(path, e) if "can still be loaded" in str(e) else []
         if not objects:
-            raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})")
+            raise ConversionError(
+                f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})"
+            )
         if not allow_pickle:
             raise ConversionError(
                 f"{path}: cannot be loaded as weights only: besides tensors it pickles {objects}. Loading it "
@@ -262,7 +308,9 @@ def load_mmdet_checkpoint(path: str, allow_pickle: bool = False) -> Tuple[Dict[s
         except Exception as e2:
             raise ConversionError(f"{path}: cannot be unpickled ({type(e2).__name__}: {e2})")
     except Exception as e:
-        raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})")
+        raise ConversionError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})"
+        )
     if not isinstance(ckpt, dict):
         raise ConversionError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
     state = ckpt.get("state_dict", ckpt)
@@ -355,11 +403,16 @@ def conversion_report(src: str, info: Dict, verbose: bool = False) -> List[str]:
     reasons: Dict[str, List[str]] = {}
     for key, why in info["dropped"].items():
         reasons.setdefault(why, []).append(key)
-    lines += [f"  dropped {keys[0] if len(keys) == 1 else f'{len(keys)} tensors'}: {why}" for why, keys in reasons.items()]
+    lines += [
+        f"  dropped {keys[0] if len(keys) == 1 else f'{len(keys)} tensors'}: {why}"
+        for why, keys in reasons.items()
+    ]
     return lines
 
 
-def convert_checkpoint(src: str, dst: str, allow_pickle: bool = False, verbose: bool = False) -> List[str]:
+def convert_checkpoint(
+    src: str, dst: str, allow_pickle: bool = False, verbose: bool = False
+) -> List[str]:
     """
     Convert the MMDetection GFL checkpoint ``src`` into a detectron2
     checkpoint ``dst`` (``{"model": state_dict}``), written atomically: never
@@ -376,8 +429,14 @@ def convert_checkpoint(src: str, dst: str, allow_pickle: bool = False, verbose: 
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save({"model": converted, "__author__": "gfl-d2 convert_mmdet_checkpoint", "mmdet_meta_keys": sorted(meta)},
-                   tmp)
+        torch.save(
+            {
+                "model": converted,
+                "__author__": "gfl-d2 convert_mmdet_checkpoint",
+                "mmdet_meta_keys": sorted(meta),
+            },
+            tmp,
+        )
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
@@ -385,4 +444,6 @@ def convert_checkpoint(src: str, dst: str, allow_pickle: bool = False, verbose: 
     extra = f" and model.num_classes={info['num_classes']}" if info["num_classes"] != 80 else ""
     if info["reg_max"] != 16:
         extra += f" and model.reg_max={info['reg_max']}"
-    return lines + [f"wrote {len(converted)} tensors to {dst}; use it with configs/{info['config']}{extra}"]
+    return lines + [
+        f"wrote {len(converted)} tensors to {dst}; use it with configs/{info['config']}{extra}"
+    ]

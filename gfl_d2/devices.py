@@ -2,10 +2,10 @@
 Where the model runs: the device a config asks for, or the CPU where it is
 absent, and detectron2's DDP wrapper made to work on the CPU (gloo).
 """
+
 import logging
 
 import torch
-
 from detectron2.engine import defaults
 
 __all__ = ["create_ddp_model", "resolve_device", "describe_device", "unwrap"]

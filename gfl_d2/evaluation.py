@@ -4,11 +4,11 @@ after each evaluation, one picture with the precision-recall curve of every
 class (IoU 0.5 and 0.75) and the AP of every class by object size, written
 next to the training metrics. The per-class AP table is detectron2's own.
 """
+
 import os
 from typing import Optional, Sequence
 
 import numpy as np
-
 from detectron2.engine import HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import get_event_storage
@@ -33,8 +33,14 @@ def ap_by_size(precision: np.ndarray) -> np.ndarray:
         return np.where(count > 0, summed / np.maximum(count, 1) * 100, np.nan)
 
 
-def plot_precision_recall(precision: np.ndarray, iou_thresholds: Sequence[float], recall_thresholds: Sequence[float],
-                          class_names: Sequence[str], path: str, title: str = "") -> str:
+def plot_precision_recall(
+    precision: np.ndarray,
+    iou_thresholds: Sequence[float],
+    recall_thresholds: Sequence[float],
+    class_names: Sequence[str],
+    path: str,
+    title: str = "",
+) -> str:
     """Write the picture (per-class PR curves at IoU 0.5 and 0.75, per-class AP by size) to ``path``."""
     import matplotlib
 
@@ -52,9 +58,16 @@ def plot_precision_recall(precision: np.ndarray, iou_thresholds: Sequence[float]
             curve = precision[t, :, k, 0, -1]
             if (curve > -1).any():
                 ap = curve[curve > -1].mean() * 100
-                ax.plot(recalls, np.clip(curve, 0, None), color=colours[k], label=f"{name} ({ap:.1f})")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-               title=f"precision-recall at IoU {ious[t]:.2f} (AP{int(round(ious[t] * 100))} per class)")
+                ax.plot(
+                    recalls, np.clip(curve, 0, None), color=colours[k], label=f"{name} ({ap:.1f})"
+                )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            xlabel="recall",
+            ylabel="precision",
+            title=f"precision-recall at IoU {ious[t]:.2f} (AP{int(round(ious[t] * 100))} per class)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left", ncol=1 + len(class_names) // 12)
     ax = axes[2]
@@ -63,9 +76,17 @@ def plot_precision_recall(precision: np.ndarray, iou_thresholds: Sequence[float]
     for a, area in enumerate(_AREAS):
         ax.bar(x + (a - 1.5) * width, np.nan_to_num(aps[:, a]), width, label=area)
     ax.set_xticks(x)
-    ax.set_xticklabels(class_names, rotation=45 if len(class_names) > 6 else 0, ha="right" if len(class_names) > 6 else "center",
-                       fontsize=8)
-    ax.set(ylabel="AP (IoU 0.50:0.95)", title="AP per class by object size (absent sizes: no bar)", ylim=(0, 100))
+    ax.set_xticklabels(
+        class_names,
+        rotation=45 if len(class_names) > 6 else 0,
+        ha="right" if len(class_names) > 6 else "center",
+        fontsize=8,
+    )
+    ax.set(
+        ylabel="AP (IoU 0.50:0.95)",
+        title="AP per class by object size (absent sizes: no bar)",
+        ylim=(0, 100),
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     if title:
@@ -121,9 +142,13 @@ class COCOEvaluatorWithCurves(COCOEvaluator):
         path = os.path.join(self._plot_dir, f"pr_curves_{self._dataset_name}_{tag}.png")
         title = f"{self._dataset_name}, {tag.replace('_', ' ')}: AP {results.get('AP', float('nan')):.1f}"
         try:
-            plot_precision_recall(precision, coco_eval.params.iouThrs, coco_eval.params.recThrs, names, path, title)
+            plot_precision_recall(
+                precision, coco_eval.params.iouThrs, coco_eval.params.recThrs, names, path, title
+            )
         except Exception as e:  # a picture must never cost the evaluation
-            self._logger.warning(f"Could not draw the precision-recall curves: {type(e).__name__}: {e}")
+            self._logger.warning(
+                f"Could not draw the precision-recall curves: {type(e).__name__}: {e}"
+            )
             return results
         self._logger.info(f"Precision-recall curves and AP by object size: {path}")
         return results

@@ -2,6 +2,7 @@
 Export of a GFL model by tracing (TorchScript or ONNX), checked against the
 eager model; ``tools/export_model.py`` is its command line.
 """
+
 import copy
 import json
 import logging
@@ -10,7 +11,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-
 from detectron2.config import instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
@@ -64,8 +64,14 @@ def _write_traced(adapter, fmt: str, output: str, fields) -> str:
     dynamic.update({name: {0: "detections"} for name in fields})
     with torch.no_grad():
         torch.onnx.export(
-            adapter, adapter.flattened_inputs, path, opset_version=17, dynamo=False,
-            input_names=["image"], output_names=list(fields) + ["image_size"], dynamic_axes=dynamic,
+            adapter,
+            adapter.flattened_inputs,
+            path,
+            opset_version=17,
+            dynamo=False,
+            input_names=["image"],
+            output_names=list(fields) + ["image_size"],
+            dynamic_axes=dynamic,
         )
     return path
 
@@ -107,8 +113,12 @@ def export(
     report = verify(model, path, fmt, image, fields)
     # the traced graph keeps height and width dynamic: check another size too
     h, w = image.shape[-2:]
-    other = torch.nn.functional.interpolate(image[None], size=(max(32, h * 3 // 4), w), mode="bilinear")[0]
-    report["other_size"] = dict(verify(model, path, fmt, other, fields), size=list(other.shape[-2:]))
+    other = torch.nn.functional.interpolate(
+        image[None], size=(max(32, h * 3 // 4), w), mode="bilinear"
+    )[0]
+    report["other_size"] = dict(
+        verify(model, path, fmt, other, fields), size=list(other.shape[-2:])
+    )
     with open(os.path.join(output, "export_check.json"), "w") as f:
         json.dump(dict(report, outputs=fields + ["image_size"], config=config_file), f, indent=2)
     return path, report
@@ -125,12 +135,19 @@ def run_exported(path, fmt, image):
     import onnxruntime
 
     providers = ["CPUExecutionProvider"]
-    if image.device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+    if (
+        image.device.type == "cuda"
+        and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    ):
         providers.insert(0, "CUDAExecutionProvider")
     session = onnxruntime.InferenceSession(path, providers=providers)
     outs = session.run(None, {session.get_inputs()[0].name: image.cpu().numpy()})
     provider = session.get_providers()[0]
-    return outs, f"onnxruntime {provider}", image.device if provider == "CUDAExecutionProvider" else torch.device("cpu")
+    return (
+        outs,
+        f"onnxruntime {provider}",
+        image.device if provider == "CUDAExecutionProvider" else torch.device("cpu"),
+    )
 
 
 def eager_reference(model, image, device):
@@ -153,9 +170,15 @@ def verify(model, path, fmt, image, fields):
     outs, runtime, device = run_exported(path, fmt, image)
     outs = dict(zip(fields, outs))
     eager = eager_reference(model, image, device)
-    boxes, scores, classes = eager.pred_boxes.tensor.numpy(), eager.scores.numpy(), eager.pred_classes.numpy()
+    boxes, scores, classes = (
+        eager.pred_boxes.tensor.numpy(),
+        eager.scores.numpy(),
+        eager.pred_classes.numpy(),
+    )
     if outs["pred_boxes"].shape != boxes.shape:
-        raise SystemExit(f"error: export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager")
+        raise SystemExit(
+            f"error: export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager"
+        )
     report = dict(
         detections=int(len(boxes)),
         max_box_diff=float(np.abs(outs["pred_boxes"] - boxes).max(initial=0.0)),
@@ -167,11 +190,17 @@ def verify(model, path, fmt, image, fields):
     for name, tol in (("pred_quality", SCORE_TOL), ("pred_box_std", BOX_TOL)):
         if name in outs and eager.has(name):
             diff = float(np.abs(outs[name] - eager.get(name).numpy()).max(initial=0.0))
-            report[f"max_{name[len('pred_'):]}_diff"] = diff
+            report[f"max_{name[len('pred_') :]}_diff"] = diff
             report["extras_ok"] = report.get("extras_ok", True) and diff <= tol
-    ok = (report["max_box_diff"] <= BOX_TOL and report["max_score_diff"] <= SCORE_TOL and report["classes_equal"]
-          and report.get("extras_ok", True))
-    logger.info(f"export check at {tuple(image.shape[-2:])}: {report} -> {'OK' if ok else 'MISMATCH'}")
+    ok = (
+        report["max_box_diff"] <= BOX_TOL
+        and report["max_score_diff"] <= SCORE_TOL
+        and report["classes_equal"]
+        and report.get("extras_ok", True)
+    )
+    logger.info(
+        f"export check at {tuple(image.shape[-2:])}: {report} -> {'OK' if ok else 'MISMATCH'}"
+    )
     if not ok:
         raise SystemExit(f"error: the exported model disagrees with the eager model: {report}")
     return report

@@ -4,15 +4,15 @@ keys that do not exist and mandatory values (``???``) left unset are refused
 with what to type instead, and the datasets a config builds (a dataset
 folder, the number of its classes) are prepared before anything trains.
 """
+
 import difflib
 import inspect
 import logging
 import os
 from typing import Dict, Optional, Sequence
 
-from omegaconf import DictConfig, ListConfig
-
 from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig
 
 __all__ = [
     "load_lazy_config",
@@ -75,9 +75,15 @@ def check_overrides(cfg, overrides: Sequence[str]) -> None:
                     break
                 where = ".".join(parts[:i]) or "the config"
                 close = difflib.get_close_matches(part, sorted(allowed), n=3)
-                hint = f"; did you mean {', '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?" if close else ""
+                hint = (
+                    f"; did you mean {', '.join(repr('.'.join(parts[:i] + [c])) for c in close)}?"
+                    if close
+                    else ""
+                )
                 raise KeyError(f"config key {key!r} does not exist: {where} has no {part!r}{hint}")
-            raise KeyError(f"config key {key!r} does not exist: {'.'.join(parts[:i])} is not a mapping")
+            raise KeyError(
+                f"config key {key!r} does not exist: {'.'.join(parts[:i])} is not a mapping"
+            )
 
 
 def load_lazy_config(path: str, overrides: Sequence[str] = (), resolve: bool = True):
@@ -115,7 +121,9 @@ def check_mandatory(cfg, path: str = "the config") -> None:
     from omegaconf import OmegaConf
 
     # unresolved, so that an interpolation of a missing value is not itself an error
-    refuse_missing_values(OmegaConf.to_container(cfg, resolve=False), path, _MANDATORY_HINTS, "{key}=...")
+    refuse_missing_values(
+        OmegaConf.to_container(cfg, resolve=False), path, _MANDATORY_HINTS, "{key}=..."
+    )
 
 
 def refuse_missing_values(tree, path: str, hints: Dict[str, str], form: str) -> None:
@@ -124,8 +132,15 @@ def refuse_missing_values(tree, path: str, hints: Dict[str, str], form: str) -> 
     (a LazyConfig as a container, a yacs ``CfgNode``), each with its hint from
     ``hints`` or ``form`` (``"{key}=..."``) filled in.
     """
+
     def walk(node, prefix):
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
         for k, v in items:
             key = f"{prefix}{k}"
             if v == "???":
@@ -155,7 +170,9 @@ def prepare_datasets(cfg) -> None:
 
     loaders = cfg.get("dataloader") if hasattr(cfg, "get") else None
     for split in ("train", "test"):
-        dataset = loaders.get(split, {}).get("dataset", None) if isinstance(loaders, DictConfig) else None
+        dataset = (
+            loaders.get(split, {}).get("dataset", None) if isinstance(loaders, DictConfig) else None
+        )
         names = dataset.get("names", None) if isinstance(dataset, DictConfig) else None
         if _is_lazy_call(names):
             try:
@@ -186,7 +203,10 @@ def resolve_num_classes(cfg) -> None:
         raise
     cfg.model.num_classes = num_classes
     root = node.get("root", None)
-    logger.info(f"model.num_classes = {num_classes}" + (f", the classes of the dataset in {root}" if root else ""))
+    logger.info(
+        f"model.num_classes = {num_classes}"
+        + (f", the classes of the dataset in {root}" if root else "")
+    )
 
 
 def overridden(overrides: Sequence[str], key: str) -> bool:

@@ -3,6 +3,7 @@ The project's configs as package data, in the manner of ``detectron2.model_zoo``
 ``gfl_d2/configs`` is the repository's ``configs/`` (a link in a checkout, a copy
 in an installed wheel), so that entry points find them in any install.
 """
+
 import os
 
 __all__ = ["get_config_file", "get_config", "DEFAULT_CONFIG"]
@@ -21,8 +22,12 @@ def get_config_file(config_path: str) -> str:
     """
     path = os.path.join(_CONFIG_ROOT, config_path)
     if not os.path.isfile(path):
-        folders = sorted(d for d in os.listdir(_CONFIG_ROOT) if os.path.isdir(os.path.join(_CONFIG_ROOT, d)))
-        raise FileNotFoundError(f"gfl-d2 has no config {config_path!r} (its configs are under {folders})")
+        folders = sorted(
+            d for d in os.listdir(_CONFIG_ROOT) if os.path.isdir(os.path.join(_CONFIG_ROOT, d))
+        )
+        raise FileNotFoundError(
+            f"gfl-d2 has no config {config_path!r} (its configs are under {folders})"
+        )
     return path
 
 

@@ -1,11 +1,11 @@
 """A predictor for LazyConfig models, the counterpart of detectron2's ``DefaultPredictor``."""
+
 import glob
 import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
@@ -15,8 +15,13 @@ from detectron2.structures import Instances
 from .data.folder_dataset import IMAGE_EXTENSIONS
 from .devices import resolve_device
 
-__all__ = ["LazyPredictor", "dataset_metadata", "list_images", "test_time_augmentations", "to_model_input"]
-
+__all__ = [
+    "LazyPredictor",
+    "dataset_metadata",
+    "list_images",
+    "test_time_augmentations",
+    "to_model_input",
+]
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
@@ -24,7 +29,11 @@ def list_images(inputs: Sequence[str]) -> List[str]:
     files = []
     for path in inputs:
         if os.path.isdir(path):
-            files += sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTENSIONS))
+            files += sorted(
+                f
+                for f in glob.glob(os.path.join(path, "*"))
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
         elif os.path.isfile(path):
             files.append(path)
         else:
@@ -47,7 +56,9 @@ def dataset_metadata(cfg, split: str = "test"):
 def test_time_augmentations(cfg) -> Tuple[T.AugmentationList, str]:
     """The test-time transforms of ``cfg.dataloader.test.mapper`` and the image format it reads."""
     mapper = cfg.dataloader.test.mapper
-    return T.AugmentationList([instantiate(a) for a in mapper.get("augmentations", [])]), mapper.get("image_format", "BGR")
+    return T.AugmentationList(
+        [instantiate(a) for a in mapper.get("augmentations", [])]
+    ), mapper.get("image_format", "BGR")
 
 
 def to_model_input(image: np.ndarray, augmentations: T.AugmentationList) -> torch.Tensor:
@@ -77,5 +88,7 @@ class LazyPredictor:
     def __call__(self, image: np.ndarray) -> Instances:
         """(H, W, 3) uint8 image in ``self.input_format`` -> its Instances, on the CPU."""
         h, w = image.shape[:2]
-        (out,) = self.model([{"image": to_model_input(image, self.augmentations), "height": h, "width": w}])
+        (out,) = self.model(
+            [{"image": to_model_input(image, self.augmentations), "height": h, "width": w}]
+        )
         return out["instances"].to("cpu")

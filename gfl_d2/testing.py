@@ -4,6 +4,7 @@ Small models, inputs and runners for tests, in the manner of
 synthetic images with their ground truth, one training step, and a runner of
 the repository's tools (``ROOT`` is the checkout of an editable install).
 """
+
 import json
 import os
 import subprocess
@@ -11,7 +12,6 @@ import sys
 
 import numpy as np
 import torch
-
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
@@ -20,7 +20,6 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from .modeling import GFL, GFLHead, LastLevelP6P7FromP5
-
 
 # the repository checkout (an editable install): its tools/ and configs/
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +86,9 @@ def shapes_image(boxes, classes, size=(128, 128), seed=0):
     img = rng.integers(0, 40, size=(3, h, w)).astype(np.float32)
     colours = [(230, 40, 40), (40, 230, 40), (40, 40, 230), (230, 230, 40)]
     for (x0, y0, x1, y1), c in zip(boxes, classes):
-        img[:, int(y0):int(y1), int(x0):int(x1)] = np.array(colours[c], dtype=np.float32)[:, None, None]
+        img[:, int(y0) : int(y1), int(x0) : int(x1)] = np.array(colours[c], dtype=np.float32)[
+            :, None, None
+        ]
     return torch.from_numpy(img)
 
 
@@ -107,9 +108,14 @@ CLASSES = [0, 1, 2]
 
 def two_image_batch(size=(128, 128)):
     return [
-        {"image": shapes_image(BOXES, CLASSES, size=size, seed=0), "instances": make_instances(BOXES, CLASSES, size)},
-        {"image": shapes_image(BOXES[:1], CLASSES[:1], size=size, seed=1),
-         "instances": make_instances(BOXES[:1], CLASSES[:1], size)},
+        {
+            "image": shapes_image(BOXES, CLASSES, size=size, seed=0),
+            "instances": make_instances(BOXES, CLASSES, size),
+        },
+        {
+            "image": shapes_image(BOXES[:1], CLASSES[:1], size=size, seed=1),
+            "instances": make_instances(BOXES[:1], CLASSES[:1], size),
+        },
     ]
 
 
@@ -127,8 +133,14 @@ def run_tool(args, datasets=None, timeout=600, check=True):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if datasets is not None:
         env["DETECTRON2_DATASETS"] = str(datasets)
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return proc

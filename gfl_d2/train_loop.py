@@ -2,10 +2,10 @@
 detectron2's trainers, naming the loss terms that are not finite when they
 stop on one, and gradient clipping for an optimizer built from a LazyConfig.
 """
+
 import math
 
 import torch
-
 from detectron2.engine import train_loop
 from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 
@@ -19,7 +19,11 @@ class _NameNonFiniteLosses:
         try:
             super()._write_metrics(loss_dict, data_time, prefix, iter)
         except FloatingPointError as e:
-            bad = [k for k, v in loss_dict.items() if not math.isfinite(float(v.detach() if hasattr(v, "detach") else v))]
+            bad = [
+                k
+                for k, v in loss_dict.items()
+                if not math.isfinite(float(v.detach() if hasattr(v, "detach") else v))
+            ]
             where = ", ".join(bad) if bad else "none on this worker (another worker's)"
             raise FloatingPointError(f"{e}\nnon-finite loss terms: {where}") from None
 
@@ -32,17 +36,23 @@ class AMPTrainer(_NameNonFiniteLosses, train_loop.AMPTrainer):
     """detectron2's ``AMPTrainer`` naming the non-finite loss terms when it stops on one."""
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, clip_type: str = "norm", clip_value: float = 35.0,
-                   norm_type: float = 2.0) -> torch.optim.Optimizer:
+def clip_gradients(
+    optimizer: torch.optim.Optimizer,
+    clip_type: str = "norm",
+    clip_value: float = 35.0,
+    norm_type: float = 2.0,
+) -> torch.optim.Optimizer:
     """
     Make ``optimizer`` clip the gradients of all its parameters before each
     step: by global norm (``clip_type="norm"``) or by value (``"value"``), with
     detectron2's optimizer wrapper.
     """
     if clip_type == "norm":
+
         def clipper(params):
             torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type)
     elif clip_type == "value":
+
         def clipper(params):
             torch.nn.utils.clip_grad_value_(params, clip_value)
     else:

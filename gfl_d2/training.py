@@ -5,12 +5,11 @@ training data checked before training starts and the fit of GFL's bins to it
 logged. ``--eval-only`` refuses weights that would leave the head untrained.
 ``tools/train_net.py`` and ``python -m gfl_d2.training`` run :func:`invoke_main`.
 """
+
 import logging
 import os
 
 import torch
-from omegaconf import DictConfig, ListConfig
-
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks, launch
@@ -18,9 +17,15 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig
 
 from .bins import log_bin_fit
-from .checkpoint import CheckedCheckpointer, holds_layer, refuse_untrained_evaluation, require_trained_head
+from .checkpoint import (
+    CheckedCheckpointer,
+    holds_layer,
+    refuse_untrained_evaluation,
+    require_trained_head,
+)
 from .data import check_dataset_dicts
 from .devices import create_ddp_model, describe_device, resolve_device
 from .evaluation import CountIterations
@@ -28,8 +33,16 @@ from .lazy_config import load_lazy_config, overridden, prepare_datasets, resolve
 from .model_zoo import DEFAULT_CONFIG
 from .train_loop import AMPTrainer, SimpleTrainer, clip_gradients
 
-__all__ = ["do_test", "do_train", "build_train_loader", "dataset_names",
-           "starting_weights", "setup", "main", "invoke_main"]
+__all__ = [
+    "do_test",
+    "do_train",
+    "build_train_loader",
+    "dataset_names",
+    "starting_weights",
+    "setup",
+    "main",
+    "invoke_main",
+]
 
 # the layer whose output channels fix n: a checkpoint holding it trained fixes the bins of the run
 BOX_LAYER = "head.bbox_pred.weight"
@@ -71,21 +84,36 @@ def build_train_loader(cfg, model=None, weights: str = ""):
         if "dataset" not in loader_cfg:
             return instantiate(loader_cfg)
         num_classes = cfg.model.get("num_classes", None)
-        dataset = check_dataset_dicts(instantiate(loader_cfg.dataset), num_classes if isinstance(num_classes, int) else None)
-        kwargs = {k: instantiate(loader_cfg[k]) for k in loader_cfg if k not in ("_target_", "dataset")}
+        dataset = check_dataset_dicts(
+            instantiate(loader_cfg.dataset), num_classes if isinstance(num_classes, int) else None
+        )
+        kwargs = {
+            k: instantiate(loader_cfg[k]) for k in loader_cfg if k not in ("_target_", "dataset")
+        }
         sample = cfg.train.get("check_bins", 200)
         # the bins of a model with edge distributions (not FCOS, RetinaNet, ...)
         checks_bins = kwargs.get("mapper") is not None and getattr(
-            getattr(model, "box2box_transform", None), "has_distributions", False)
+            getattr(model, "box2box_transform", None), "has_distributions", False
+        )
         if sample and checks_bins and comm.is_main_process():
             fixed_by = weights if holds_layer(weights, model, BOX_LAYER) else None
             log_bin_fit(model, dataset, kwargs["mapper"], sample, fixed_by)
         target = loader_cfg._target_
         return (locate(target) if isinstance(target, str) else target)(dataset=dataset, **kwargs)
     except Exception as e:
-        files = [MetadataCatalog.get(n).get("json_file", None) for n in names if n in MetadataCatalog.list()]
-        where = f" {names}" + (f" (annotations: {[f for f in files if f]})" if any(files) else "") if names else ""
-        raise RuntimeError(f"Could not build the training data{where}: {type(e).__name__}: {e}") from e
+        files = [
+            MetadataCatalog.get(n).get("json_file", None)
+            for n in names
+            if n in MetadataCatalog.list()
+        ]
+        where = (
+            f" {names}" + (f" (annotations: {[f for f in files if f]})" if any(files) else "")
+            if names
+            else ""
+        )
+        raise RuntimeError(
+            f"Could not build the training data{where}: {type(e).__name__}: {e}"
+        ) from e
 
 
 def starting_weights(cfg, resume: bool) -> str:
@@ -106,7 +134,12 @@ def do_train(cfg, resume: bool = False):
     optim = instantiate(cfg.optimizer)
     clip = cfg.train.get("clip_grad", None)
     if clip is not None and clip.get("enabled", False):
-        clip_gradients(optim, clip.get("clip_type", "norm"), clip.get("clip_value", 35.0), clip.get("norm_type", 2.0))
+        clip_gradients(
+            optim,
+            clip.get("clip_type", "norm"),
+            clip.get("clip_value", 35.0),
+            clip.get("norm_type", 2.0),
+        )
     train_loader = build_train_loader(cfg, model, starting_weights(cfg, resume))
 
     model = create_ddp_model(model, **cfg.train.ddp)
@@ -128,7 +161,9 @@ def do_train(cfg, resume: bool = False):
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             # evaluating periodically: keep the best weights by bbox AP as model_best.pth
             hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", mode="max")
-            if comm.is_main_process() and cfg.train.eval_period > 0 and cfg.dataloader.get("evaluator") is not None
+            if comm.is_main_process()
+            and cfg.train.eval_period > 0
+            and cfg.dataloader.get("evaluator") is not None
             else None,
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
@@ -151,7 +186,9 @@ def setup(args):
     cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
     if args.eval_only:
         weights = cfg.train.get("init_checkpoint", "")
-        refuse_untrained_evaluation(weights, overridden(args.opts, "train.init_checkpoint"), "train.init_checkpoint=")
+        refuse_untrained_evaluation(
+            weights, overridden(args.opts, "train.init_checkpoint"), "train.init_checkpoint="
+        )
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     # gfl_d2's own log lines (dataset checks, bins) go where detectron2's go
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="gfl_d2")

@@ -34,7 +34,7 @@ def pytest_xdist_auto_num_workers(config):
         return None  # pytest-xdist's own hook reads it
     workers = _usable_cpus()
     try:
-        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         workers = min(workers, max(1, int(gib // _GIB_PER_WORKER)))
     except (AttributeError, ValueError, OSError):
         pass

@@ -2,24 +2,30 @@
 Run by test_engine.py as ``python -m tests.dist_equivalence OUT``: the same two images as 1 process x 2 images and as
 2 processes (gloo, CPU) x 1 image; prints the losses as JSON.
 """
+
 import json
 import os
 import sys
 
 import torch
-
 from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.testing import make_instances, shapes_image, tiny_gfl
 
-SPECS = [([[10, 12, 60, 70], [70, 20, 120, 60]], [0, 1]), ([[30, 30, 100, 110], [5, 80, 40, 120]], [2, 1])]
+SPECS = [
+    ([[10, 12, 60, 70], [70, 20, 120, 60]], [0, 1]),
+    ([[30, 30, 100, 110], [5, 80, 40, 120]], [2, 1]),
+]
 
 
 def batch(indices):
     return [
-        {"image": shapes_image(*SPECS[i], seed=i), "instances": make_instances(*SPECS[i], (128, 128))}
+        {
+            "image": shapes_image(*SPECS[i], seed=i),
+            "instances": make_instances(*SPECS[i], (128, 128)),
+        }
         for i in indices
     ]
 

@@ -4,13 +4,13 @@ by tests/fixtures/make_gfocalv2_fixture.py): a small ``GFocalHead``'s weights,
 inputs, outputs, losses and a gradient (gfocalv2_head_reference.pt), and
 gfl-d2's model carrying the same weights, for the head and loss parity tests.
 """
+
 import os
 
 import torch
-from torch import nn
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
+from torch import nn
 
 from gfl_d2 import GFL
 from gfl_d2.convert import _rename
@@ -36,7 +36,10 @@ class FixedFeatures(Backbone):
         return {f"p{i + 3}": f for i, f in enumerate(self.feats)}
 
     def output_shape(self):
-        return {f"p{i + 3}": ShapeSpec(channels=self.feats[0].shape[1], stride=2 ** (i + 3)) for i in range(5)}
+        return {
+            f"p{i + 3}": ShapeSpec(channels=self.feats[0].shape[1], stride=2 ** (i + 3))
+            for i in range(5)
+        }
 
 
 def authors_model(ref):
@@ -46,9 +49,25 @@ def authors_model(ref):
     class that no ground truth has, so that the whole head and loss compare.
     """
     channels = ref["config"]["cls_out_channels"]
-    head = GFLHead(input_shape=[ShapeSpec(channels=8)] * 5, num_classes=channels, conv_dims=[8],
-                   norm=lambda c: nn.GroupNorm(4, c), quality="dgqp")
-    state = {_rename("bbox_head." + k)[len("head."):]: v for k, v in ref["state_dict"].items() if k != "integral.project"}
+    head = GFLHead(
+        input_shape=[ShapeSpec(channels=8)] * 5,
+        num_classes=channels,
+        conv_dims=[8],
+        norm=lambda c: nn.GroupNorm(4, c),
+        quality="dgqp",
+    )
+    state = {
+        _rename("bbox_head." + k)[len("head.") :]: v
+        for k, v in ref["state_dict"].items()
+        if k != "integral.project"
+    }
     head.load_state_dict(state, strict=True)
-    return GFL(backbone=FixedFeatures(ref["feats"]), head=head, head_in_features=[f"p{i}" for i in range(3, 8)],
-               num_classes=channels, quality="dgqp", pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    return GFL(
+        backbone=FixedFeatures(ref["feats"]),
+        head=head,
+        head_in_features=[f"p{i}" for i in range(3, 8)],
+        num_classes=channels,
+        quality="dgqp",
+        pixel_mean=[0.0] * 3,
+        pixel_std=[1.0] * 3,
+    )

@@ -4,10 +4,10 @@ seeds and a fixed batch: the behaviour the core refactor must keep.
 ``tests/fixtures/make_reference_outputs.py`` records them (before a refactor),
 ``test_reference_outputs.py`` compares the current code with the record.
 """
+
 import os
 
 import torch
-
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
@@ -44,9 +44,14 @@ TOP_DETECTIONS = 30
 
 def batch(size=(128, 128)):
     return [
-        {"image": shapes_image(BOXES, CLASSES, size=size, seed=0), "instances": make_instances(BOXES, CLASSES, size)},
-        {"image": shapes_image(BOXES[:1], CLASSES[:1], size=size, seed=1),
-         "instances": make_instances(BOXES[:1], CLASSES[:1], size)},
+        {
+            "image": shapes_image(BOXES, CLASSES, size=size, seed=0),
+            "instances": make_instances(BOXES, CLASSES, size),
+        },
+        {
+            "image": shapes_image(BOXES[:1], CLASSES[:1], size=size, seed=1),
+            "instances": make_instances(BOXES[:1], CLASSES[:1], size),
+        },
     ]
 
 
@@ -62,7 +67,10 @@ def build(name, extra_overrides=()):
             if p.dim() == 4:
                 p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
             elif pname.endswith("bias"):
-                p.copy_(0.5 * torch.randn(p.shape, generator=g) - (1.0 if pname.startswith("cls_score") else 0.0))
+                p.copy_(
+                    0.5 * torch.randn(p.shape, generator=g)
+                    - (1.0 if pname.startswith("cls_score") else 0.0)
+                )
     model.test_score_thresh = 0.01  # (the attribute of GFL, RetinaNet and FCOS)
     return model
 
@@ -102,8 +110,8 @@ def outputs(name, extra_overrides=(), top=TOP_DETECTIONS):
 # A value may differ by that many units of float32 roundoff at the scale it is computed
 # at: the image side for boxes and their std (anchor centres plus stride x distance),
 # 1 for scores (probabilities), the value itself for a loss.
-FLOAT32_ROUNDOFF = 2.0 ** -24
-ROUNDINGS = 2 ** 11
+FLOAT32_ROUNDOFF = 2.0**-24
+ROUNDINGS = 2**11
 IMAGE_SIDE = 128.0
 
 
@@ -153,13 +161,26 @@ def _compare_detections(got, want):
     unmatched = _rows(got)
     problems = []
     for cls, score, box, std in _rows(want):
-        match = next((r for r in unmatched if r[0] == cls and abs(r[1] - score) <= score_tol
-                      and _close(r[2], box, box_tol) and (std is None or _close(r[3], std, box_tol))), None)
+        match = next(
+            (
+                r
+                for r in unmatched
+                if r[0] == cls
+                and abs(r[1] - score) <= score_tol
+                and _close(r[2], box, box_tol)
+                and (std is None or _close(r[3], std, box_tol))
+            ),
+            None,
+        )
         if match is None:
             problems.append(f"no detection of class {cls}, score {score:.6f}, box {box}")
         else:
             unmatched.remove(match)
     # a detection the record lacks is a change, unless it competes with the record's last one
     cutoff = min(want["scores"]) + score_tol
-    problems += [f"new detection of class {r[0]}, score {r[1]:.6f}, box {r[2]}" for r in unmatched if r[1] > cutoff]
+    problems += [
+        f"new detection of class {r[0]}, score {r[1]:.6f}, box {r[2]}"
+        for r in unmatched
+        if r[1] > cutoff
+    ]
     return problems

@@ -1,4 +1,5 @@
 """The bins' fit to the data (gfl_d2.bins), the edge-uncertainty study (gfl_studies.edge_uncertainty), their tools."""
+
 import json
 import math
 import os
@@ -7,7 +8,6 @@ import sys
 
 import numpy as np
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
@@ -32,10 +32,25 @@ def test_visualize_distributions_tool(tmp_path):
 
     write_split(str(tmp_path / "imgs"), "x", 1, seed=5, progress=False)
     proc = subprocess.run(
-        [sys.executable, "tools/visualize_distributions.py", "--input", str(tmp_path / "imgs" / "x"),
-         "--output", str(tmp_path / "vis"), "--confidence-threshold", "0", "--analyze-targets",
-         "--max-images", "6"] + overrides,
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tools/visualize_distributions.py",
+            "--input",
+            str(tmp_path / "imgs" / "x"),
+            "--output",
+            str(tmp_path / "vis"),
+            "--confidence-threshold",
+            "0",
+            "--analyze-targets",
+            "--max-images",
+            "6",
+        ]
+        + overrides,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = tmp_path / "vis" / "000000_dists.png"
@@ -49,7 +64,9 @@ def test_visualize_distributions_tool(tmp_path):
 
 
 def test_uncertainty_summary_groups_edges():
-    rows = np.array([[0, 1.0, 0.1, 0.5], [0, 3.0, 0.3, 1.5], [1, 4.0, 0.4, 2.0], [2, 6.0, 0.5, 3.0]])
+    rows = np.array(
+        [[0, 1.0, 0.1, 0.5], [0, 3.0, 0.3, 1.5], [1, 4.0, 0.4, 2.0], [2, 6.0, 0.5, 3.0]]
+    )
     s = summarize_edge_uncertainty(rows)
     assert s["sharp, free"]["edges"] == 2 and s["sharp, free"]["mean_std_px"] == 2.0
     assert s["blurred"]["mean_relative_std"] == 0.4 and s["occluded"]["mean_abs_error_px"] == 3.0
@@ -81,14 +98,22 @@ def test_bin_fit_advises_more_bins_when_targets_are_clamped_and_fewer_when_far_t
     assert narrow["share_clamped"] == 0 and narrow["recommended_reg_max"] == 4
     assert "far inside" in narrow["advice"] and "model.reg_max=4" in narrow["advice"]
     # targets that use the range: no advice; Δ counts (bins 0.5 stride apart cover 8 strides with n = 16)
-    assert bin_fit(np.linspace(0.0, 12.0, 1000), strides, reg_max=16, bin_width=1.0)["advice"] is None
+    assert (
+        bin_fit(np.linspace(0.0, 12.0, 1000), strides, reg_max=16, bin_width=1.0)["advice"] is None
+    )
     half = bin_fit(np.linspace(0.0, 12.0, 1000), strides, reg_max=16, bin_width=0.5)
     assert half["share_clamped"] > 0.3 and "clamped" in half["advice"]
     # yacs spells the setting its own way
-    assert bin_fit(np.linspace(0.0, 3.0, 1000), strides, 16, 1.0, setting="MODEL.GFL.REG_MAX {n}")["advice"].count(
-        "MODEL.GFL.REG_MAX 4 concentrates") == 1
+    assert (
+        bin_fit(np.linspace(0.0, 3.0, 1000), strides, 16, 1.0, setting="MODEL.GFL.REG_MAX {n}")[
+            "advice"
+        ].count("MODEL.GFL.REG_MAX 4 concentrates")
+        == 1
+    )
     # per-level 99th percentiles
-    levels = bin_fit(np.array([1.0, 2.0, 9.0, 10.0]), np.array([8.0, 8.0, 16.0, 16.0]), reg_max=16, bin_width=1.0)
+    levels = bin_fit(
+        np.array([1.0, 2.0, 9.0, 10.0]), np.array([8.0, 8.0, 16.0, 16.0]), reg_max=16, bin_width=1.0
+    )
     assert set(levels["p99_per_stride"]) == {8, 16} and levels["p99_per_stride"][16] > 9.9
 
 
@@ -100,19 +125,31 @@ def test_bin_advice_never_asks_to_change_n_fixed_by_a_checkpoint():
     assert narrow["recommended_reg_max"] == 4  # still reported
     wide = bin_fit(np.linspace(0.0, 20.0, 1000), strides, 16, 1.0, fixed_by="coco.pth")
     assert "clamped" in wide["advice"] and "model.reg_max" not in wide["advice"]
-    assert "n = 16 is fixed by the trained box layer of coco.pth" in wide["advice"] and "input size" in wide["advice"]
+    assert (
+        "n = 16 is fixed by the trained box layer of coco.pth" in wide["advice"]
+        and "input size" in wide["advice"]
+    )
 
 
 def test_edge_uncertainty_report_renders_again_from_its_json(tmp_path):
     """--report: the Markdown comes from the JSON alone, nothing is measured."""
     rows = np.array([[0, 1.0, 0.1, 0.5], [0, 3.0, 0.3, 1.5], [3, 4.0, 0.4, 2.0]])
-    data = dict(setup=dict(date="2026-01-01", device="CPU", config="c.py", weights="w.pth", min_iou=0.5),
-                summary=summarize_edge_uncertainty(rows))
+    data = dict(
+        setup=dict(date="2026-01-01", device="CPU", config="c.py", weights="w.pth", min_iou=0.5),
+        summary=summarize_edge_uncertainty(rows),
+    )
     (tmp_path / "edges.json").write_text(json.dumps(data))
-    proc = run_tool(["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "edges"])
+    proc = run_tool(
+        ["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "edges"]
+    )
     md = (tmp_path / "edges.md").read_text()
-    assert "| blurred + occluded | 1 | 4.00 | 0.400 | 2.00 |" in md and "| blurred | 0 | - | - | - |" in md
+    assert (
+        "| blurred + occluded | 1 | 4.00 | 0.400 | 2.00 |" in md
+        and "| blurred | 0 | - | - | - |" in md
+    )
     assert "c.py with w.pth" in md and md.strip() == proc.stdout.strip()
-    missing = run_tool(["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "x"],
-                       check=False)
+    missing = run_tool(
+        ["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "x"],
+        check=False,
+    )
     assert missing.returncode != 0 and f"{tmp_path / 'x.json'} not found" in missing.stderr

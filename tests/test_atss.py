@@ -1,7 +1,6 @@
 import math
 
 import torch
-
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
 from gfl_d2.modeling.atss import ATSSMatcher
@@ -10,7 +9,9 @@ STRIDES = [8, 16, 32]
 
 
 def level_anchors(image=128):
-    gen = DefaultAnchorGenerator(sizes=[[8 * s] for s in STRIDES], aspect_ratios=[1.0], strides=STRIDES, offset=0.0)
+    gen = DefaultAnchorGenerator(
+        sizes=[[8 * s] for s in STRIDES], aspect_ratios=[1.0], strides=STRIDES, offset=0.0
+    )
     feats = [torch.zeros(1, 1, math.ceil(image / s), math.ceil(image / s)) for s in STRIDES]
     return [b.tensor for b in gen(feats)]
 
@@ -38,7 +39,9 @@ def atss_naive(gt, anchors, topk=9):
         cands, start = [], 0
         for lvl in levels:
             d = [math.dist(_center(a), gc) for a in lvl]
-            cands += [start + i for i in sorted(range(len(lvl)), key=d.__getitem__)[: min(topk, len(lvl))]]
+            cands += [
+                start + i for i in sorted(range(len(lvl)), key=d.__getitem__)[: min(topk, len(lvl))]
+            ]
             start += len(lvl)
         ious = [_iou(flat[c], box) for c in cands]
         mean = sum(ious) / len(ious)

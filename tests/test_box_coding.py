@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from gfl_d2.modeling.box_coding import DistributionBox2BoxTransform, box2distance, distance2box, integral
+from gfl_d2.modeling.box_coding import (
+    DistributionBox2BoxTransform,
+    box2distance,
+    distance2box,
+    integral,
+)
 from gfl_d2.testing import two_bin_logits
 
 
@@ -66,7 +71,9 @@ def test_encode_decode_round_trip():
     torch.testing.assert_close(targets, dists / stride)
     decoded = t.decode(two_bin_logits(targets, 17).reshape(40, -1))
     _, strides = t.centers_and_strides(anchors)
-    torch.testing.assert_close(distance2box(centers, decoded.distances * strides), gt, atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        distance2box(centers, decoded.distances * strides), gt, atol=1e-3, rtol=0
+    )
     # the two-bin distributions: mass on the bins either side of the target, std below one bin
     assert decoded.probs.shape == (40, 4, 17) and (decoded.std < 0.5 + 1e-4).all()
 
@@ -91,7 +98,9 @@ def test_bin_width_scales_targets(bin_width):
     anchors = anchors_at(c, 8.0)
     gt = distance2box(c, torch.tensor([[8.0, 16.0, 24.0, 4.0]]))
     targets = t.encode(anchors, gt)
-    torch.testing.assert_close(targets, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9))
+    torch.testing.assert_close(
+        targets, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9)
+    )
 
 
 def test_invalid_parameters_are_rejected():

@@ -1,9 +1,9 @@
 """Per-edge distributions and uncertainty in the inference outputs (pred_box_dists, pred_box_std)."""
+
 import math
 
 import pytest
 import torch
-
 from detectron2.structures import Boxes
 
 from gfl_d2.modeling.box_coding import distribution_mean_std
@@ -32,9 +32,13 @@ def test_decoded_distributions_std_and_boxes():
     torch.testing.assert_close(inst.pred_boxes.tensor, expected)
     # std: 0 for a one-hot edge, sqrt(p (1 - p)) bins for a two-bin one, times the stride
     frac = targets - targets.floor()
-    torch.testing.assert_close(inst.pred_box_std, (frac * (1 - frac)).sqrt() * stride, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        inst.pred_box_std, (frac * (1 - frac)).sqrt() * stride, atol=1e-4, rtol=0
+    )
     assert inst.pred_box_std[0, 0] == 0 and inst.pred_box_std[2].abs().max() == 0
-    torch.testing.assert_close(inst.pred_box_std[0, 2], torch.tensor(math.sqrt(0.25 * 0.75) * stride))
+    torch.testing.assert_close(
+        inst.pred_box_std[0, 2], torch.tensor(math.sqrt(0.25 * 0.75) * stride)
+    )
 
 
 def run_model(model, image, **size):
@@ -67,13 +71,19 @@ def test_outputs_are_consistent_and_scale_with_resize():
     torch.testing.assert_close(stride_x[inside], stride_y[inside], rtol=1e-4, atol=1e-3)
     for s in stride_x[inside].tolist():
         assert min(abs(s - k) for k in (8, 16, 32, 64, 128)) < 1e-2 * s
-    torch.testing.assert_close(std[inside], std_bins[inside] * stride_x[inside, None], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        std[inside], std_bins[inside] * stride_x[inside, None], rtol=1e-4, atol=1e-4
+    )
 
     # asking for a 2x wide, 3x high output scales x-edges by 2 and y-edges by 3
     scaled = run_model(model, image, height=288, width=256)
     torch.testing.assert_close(scaled.pred_box_dists, dists)
-    torch.testing.assert_close(scaled.pred_box_std, std * torch.tensor([2.0, 3.0, 2.0, 3.0]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(scaled.pred_boxes.tensor, b * torch.tensor([2.0, 3.0, 2.0, 3.0]), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(
+        scaled.pred_box_std, std * torch.tensor([2.0, 3.0, 2.0, 3.0]), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        scaled.pred_boxes.tensor, b * torch.tensor([2.0, 3.0, 2.0, 3.0]), rtol=1e-5, atol=1e-3
+    )
 
 
 def test_a_dirac_model_has_no_distributions_to_output():
@@ -81,7 +91,9 @@ def test_a_dirac_model_has_no_distributions_to_output():
 
     cfg = tiny_gfl_config()
     cfg.box_representation = "dirac"
-    model = instantiate(cfg)  # the config's default output_box_distributions=True is dropped, with a log line
+    model = instantiate(
+        cfg
+    )  # the config's default output_box_distributions=True is dropped, with a log line
     assert model.output_box_distributions is False
     with pytest.raises(ValueError, match="no edge distributions to output"):
         model.output_box_distributions = True

@@ -4,18 +4,18 @@ input and RNG state, on generated shapes data read by detectron2's COCO loader
 and on hand-made records covering every kind of box the fast path takes and
 the ones it hands back to detectron2.
 """
+
 import copy
 import os
 
+import detectron2.data.transforms as T
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import detectron2.data.transforms as T
 from detectron2.data import DatasetMapper
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
+from PIL import Image
 
 from gfl_d2.data import BoxDatasetMapper, write_split
 from gfl_d2.data.box_policy import box_xyxy
@@ -23,7 +23,10 @@ from gfl_d2.data.box_policy import box_xyxy
 AUGMENTATION_SETS = {
     "flip": [T.RandomFlip(horizontal=True)],
     "vflip": [T.RandomFlip(horizontal=False, vertical=True)],
-    "resize+flip": [T.ResizeShortestEdge([96, 160], max_size=200, sample_style="range"), T.RandomFlip()],
+    "resize+flip": [
+        T.ResizeShortestEdge([96, 160], max_size=200, sample_style="range"),
+        T.RandomFlip(),
+    ],
     "crop+flip": [T.RandomCrop("relative_range", (0.5, 0.5)), T.RandomFlip()],
     "none": [],
 }
@@ -71,9 +74,13 @@ def unchanged(a, b):
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(unchanged(a[k], b[k]) for k in a)
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(unchanged(a[k], b[k]) for k in a)
+        )
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(unchanged(x, y) for x, y in zip(a, b))
+        return (
+            type(a) is type(b) and len(a) == len(b) and all(unchanged(x, y) for x, y in zip(a, b))
+        )
     return type(a) is type(b) and a == b
 
 
@@ -97,7 +104,9 @@ def test_same_output_at_inference(shapes_records):
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("img") / "a.png")
-    Image.fromarray(np.random.RandomState(0).randint(0, 255, (60, 80, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (60, 80, 3), dtype=np.uint8)).save(
+        path
+    )
     return path
 
 
@@ -133,7 +142,9 @@ def test_same_output_for_every_kind_of_box(image_file, augs):
 @pytest.mark.parametrize(
     "odd",
     [
-        ann(np.array([1.5, 2.5, 30.5, 40.5], dtype=np.float32)),  # ndarray: detectron2's float32 flip
+        ann(
+            np.array([1.5, 2.5, 30.5, 40.5], dtype=np.float32)
+        ),  # ndarray: detectron2's float32 flip
         ann([np.float32(1.5), 2.5, 30.5, 40.5]),  # numpy scalars
         ann([30.0, 30.0, 20.0, 10.0, 30.0], BoxMode.XYWHA_ABS),  # rotated box
         ann([True, 2, 30, 40]),
@@ -148,16 +159,30 @@ def test_masks_go_through_detectron2(image_file):
         ann([10.0, 10.0, 40.0, 50.0], segmentation=[[10, 10, 40, 10, 40, 50, 10, 50]])
     ]
     records = [record(image_file, with_masks)]
-    map_both(records, AUGMENTATION_SETS["resize+flip"], use_instance_mask=True, recompute_boxes=True)
-    out = BoxDatasetMapper(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)(records[0])
+    map_both(
+        records, AUGMENTATION_SETS["resize+flip"], use_instance_mask=True, recompute_boxes=True
+    )
+    out = BoxDatasetMapper(
+        is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True
+    )(records[0])
     assert out["instances"].has("gt_masks")
 
 
 def test_box_xyxy_equals_boxmode_convert():
     rng = np.random.RandomState(0)
-    values = list(rng.uniform(-2000, 2000, 4000)) + [0.1, 1e-8, 3.4e38, 1e39, float("inf"), float("nan")]
+    values = list(rng.uniform(-2000, 2000, 4000)) + [
+        0.1,
+        1e-8,
+        3.4e38,
+        1e39,
+        float("inf"),
+        float("nan"),
+    ]
     values += [int(v) for v in rng.randint(-5000, 5000, 400)]
-    boxes = [values[i:i + 4] for i in range(0, len(values) - 3, 4)] + [[1e39, 0.0, 1e39, 1.0], [2**25 + 1, 1, 3, 4]]
+    boxes = [values[i : i + 4] for i in range(0, len(values) - 3, 4)] + [
+        [1e39, 0.0, 1e39, 1.0],
+        [2**25 + 1, 1, 3, 4],
+    ]
     for box in boxes:
         for mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS):
             ours = box_xyxy({"bbox": box, "bbox_mode": mode})

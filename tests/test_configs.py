@@ -1,19 +1,18 @@
 """Every config under configs/ loads and builds the model it describes."""
+
 import glob
 import os
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from omegaconf import OmegaConf
 
 from gfl_d2 import GFL, add_gfl_config
 from gfl_d2.model_zoo import get_config_file
 from gfl_d2.testing import ROOT
-
 
 LAZY = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 LAZY = [p for p in LAZY if os.sep + "common" + os.sep not in p]
@@ -42,8 +41,13 @@ def dataset_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")
     small = BarsConfig(min_width=64, max_width=96, min_height=48, max_height=80, max_objects=3)
     for split, seed in (("train", 0), ("val", 1)):
-        write_layout("yolo", str(root), split, generate_bars_split(str(root / "r" / split), split, 3, seed, small),
-                     BARS_CLASSES)
+        write_layout(
+            "yolo",
+            str(root),
+            split,
+            generate_bars_split(str(root / "r" / split), split, 3, seed, small),
+            BARS_CLASSES,
+        )
     return root
 
 
@@ -124,7 +128,9 @@ def test_yacs_config_builds_the_same_model_as_lazy():
     cfg.merge_from_file(os.path.join(ROOT, "configs", "gfl_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     yacs_model = build_model(cfg)
-    lazy_model = instantiate(LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py")).model)
+    lazy_model = instantiate(
+        LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py")).model
+    )
     assert isinstance(yacs_model, GFL)
     a = {k: v.shape for k, v in yacs_model.state_dict().items()}
     b = {k: v.shape for k, v in lazy_model.state_dict().items()}
@@ -133,7 +139,9 @@ def test_yacs_config_builds_the_same_model_as_lazy():
     assert yacs_model.test_nms_thresh == 0.6 and yacs_model.max_detections_per_image == 100
 
 
-@pytest.mark.parametrize("name", ["gflv2_R_50_FPN_1x", "gflv2_R_50_FPN_ms2x", "gflv2_R_101_FPN_ms2x"])
+@pytest.mark.parametrize(
+    "name", ["gflv2_R_50_FPN_1x", "gflv2_R_50_FPN_ms2x", "gflv2_R_101_FPN_ms2x"]
+)
 def test_yacs_and_lazy_v2_configs_build_the_same_model(name):
     cfg = add_gfl_config(get_cfg())
     cfg.merge_from_file(os.path.join(ROOT, "configs", f"{name}.yaml"))
@@ -146,8 +154,12 @@ def test_yacs_and_lazy_v2_configs_build_the_same_model(name):
     assert {k: v.shape for k, v in yacs_model.state_dict().items()} == {
         k: v.shape for k, v in lazy_model.state_dict().items()
     }
-    assert yacs_model.head.dgqp.layers[0].in_channels == 20 and yacs_model.head.dgqp.layers[0].out_channels == 64
+    assert (
+        yacs_model.head.dgqp.layers[0].in_channels == 20
+        and yacs_model.head.dgqp.layers[0].out_channels == 64
+    )
     if "ms2x" in name:
-        assert cfg.INPUT.MIN_SIZE_TRAIN == (480, 960) and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range"
+        assert (
+            cfg.INPUT.MIN_SIZE_TRAIN == (480, 960) and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range"
+        )
         assert cfg.SOLVER.MAX_ITER == lazy.train.max_iter == 180000
-

@@ -5,6 +5,7 @@ The state dicts have exactly the keys, shapes and dtypes MMDetection 3.3 saves
 (tests/fixtures/mmdet_gfl_state_dicts.json, made by MMDetection itself);
 test_convert_mmdet_e2e.py compares with the real library where it is installed.
 """
+
 import argparse
 import logging
 import os
@@ -13,14 +14,18 @@ import sys
 
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
-from gfl_d2.convert import ConversionError, convert_checkpoint, convert_mmdet_state_dict, load_mmdet_checkpoint
+from gfl_d2.convert import (
+    ConversionError,
+    convert_checkpoint,
+    convert_mmdet_state_dict,
+    load_mmdet_checkpoint,
+)
 from gfl_d2.testing import ROOT, run_tool
-from .mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
 
+from .mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
 
 
 def build(config):
@@ -54,7 +59,12 @@ def test_r50_converts_and_loads_strictly_tensor_by_tensor(r50):
     "name, config, depth, groups",
     [
         ("R-50 1x", "COCO-Detection/gfl_R_50_FPN_1x.py", 50, 1),
-        ("R-50 ms2x", "COCO-Detection/gfl_R_50_FPN_1x.py", 50, 1),  # same weights layout: any R-50 config
+        (
+            "R-50 ms2x",
+            "COCO-Detection/gfl_R_50_FPN_1x.py",
+            50,
+            1,
+        ),  # same weights layout: any R-50 config
         ("R-101 ms2x", "COCO-Detection/gfl_R_101_FPN_ms2x.py", 101, 1),
         ("X-101-32x4d ms2x", "COCO-Detection/gfl_X_101_32x4d_FPN_ms2x.py", 101, 32),
     ],
@@ -128,7 +138,11 @@ def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50):
     assert "dropped bbox_head.integral.project: the integral's bins 0..16" in printed
     model = build("COCO-Detection/gfl_R_50_FPN_1x.py")
     incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    assert (
+        not incompatible.missing_keys
+        and not incompatible.unexpected_keys
+        and not incompatible.incorrect_shapes
+    )
     # a refusal: exit status 1, the reason on stderr, no output file
     src.write_bytes(b"\x00garbage")
     proc = run_tool(["tools/convert_mmdet_checkpoint.py", src, tmp_path / "other.pth"], check=False)
@@ -139,12 +153,26 @@ def test_tool_writes_a_checkpoint_detectron2_loads(tmp_path, r50):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda sd: sd.update({"backbone.layer2.0.conv2.conv_offset.weight": torch.zeros(1)}), "deformable convolutions"),
-        (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("bbox_head.gfl_")] and
-         sd.update({"bbox_head.retina_cls.weight": torch.zeros(1)}), "not a GFL checkpoint"),
-        (lambda sd: sd.update({"neck.fpn_convs.5.conv.weight": torch.zeros(1)}), "has 6 output convs"),
+        (
+            lambda sd: sd.update({"backbone.layer2.0.conv2.conv_offset.weight": torch.zeros(1)}),
+            "deformable convolutions",
+        ),
+        (
+            lambda sd: (
+                [sd.pop(k) for k in list(sd) if k.startswith("bbox_head.gfl_")]
+                and sd.update({"bbox_head.retina_cls.weight": torch.zeros(1)})
+            ),
+            "not a GFL checkpoint",
+        ),
+        (
+            lambda sd: sd.update({"neck.fpn_convs.5.conv.weight": torch.zeros(1)}),
+            "has 6 output convs",
+        ),
         (lambda sd: sd.update({"bbox_head.extra.weight": torch.zeros(1)}), "has no counterpart"),
-        (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("backbone.")], "not an MMDetection detector"),
+        (
+            lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("backbone.")],
+            "not an MMDetection detector",
+        ),
     ],
 )
 def test_refuses_what_it_does_not_understand(tmp_path, r50, edit, message):
@@ -172,12 +200,20 @@ def test_checkpoint_that_pickles_objects_needs_allow_pickle(tmp_path, r50, caplo
     torch.save({"state_dict": r50, "meta": {"args": argparse.Namespace(lr=0.01)}}, src)
     with pytest.raises(ConversionError) as e:
         convert_checkpoint(str(src), str(dst))
-    assert "argparse.Namespace" in str(e.value) and "--allow-pickle" in str(e.value) and "runs code" in str(e.value)
+    assert (
+        "argparse.Namespace" in str(e.value)
+        and "--allow-pickle" in str(e.value)
+        and "runs code" in str(e.value)
+    )
     assert not dst.exists()
     with caplog.at_level(logging.WARNING, logger="gfl_d2.convert"):
         convert_checkpoint(str(src), str(dst), allow_pickle=True)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "arbitrary code" in warnings[0] and "argparse.Namespace" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and "arbitrary code" in warnings[0]
+        and "argparse.Namespace" in warnings[0]
+    )
     model = build("COCO-Detection/gfl_R_50_FPN_1x.py")
     model.load_state_dict(torch.load(dst, weights_only=True)["model"], strict=True)
 
@@ -197,9 +233,15 @@ def test_allow_pickle_names_a_missing_package(tmp_path, r50):
     weights, src = tmp_path / "weights.pth", tmp_path / "epoch_12.pth"
     torch.save(r50, weights)
     # saved by another process, where the framework is installed; this one does not have it
-    save = ("import sys, torch, trainingframework; "
-            "torch.save({'state_dict': torch.load(sys.argv[1]), 'message_hub': trainingframework.LogHistory()}, sys.argv[2])")
+    save = (
+        "import sys, torch, trainingframework; "
+        "torch.save({'state_dict': torch.load(sys.argv[1]), 'message_hub': trainingframework.LogHistory()}, sys.argv[2])"
+    )
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    subprocess.run([sys.executable, "-c", save, str(weights), str(src)], env=env, check=True, timeout=120)
-    with pytest.raises(ConversionError, match="objects of the package 'trainingframework', which is not installed"):
+    subprocess.run(
+        [sys.executable, "-c", save, str(weights), str(src)], env=env, check=True, timeout=120
+    )
+    with pytest.raises(
+        ConversionError, match="objects of the package 'trainingframework', which is not installed"
+    ):
         convert_checkpoint(str(src), str(tmp_path / "out.pth"), allow_pickle=True)

@@ -8,20 +8,29 @@ tools/install.sh); run before touching the converter:
     pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0
     python -m pytest tests/test_convert_mmdet_e2e.py
 """
+
 import os
 
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint
 from gfl_d2.testing import ROOT
-from gfl_studies.mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available, mmdet_sample, save_as_mmdet
-from gfl_studies.mmdet_runtime import trained_like
+from gfl_studies.mmdet_runtime import (
+    MMDET_CONFIGS,
+    build_mmdet_gfl,
+    mmdet_available,
+    mmdet_sample,
+    save_as_mmdet,
+    trained_like,
+)
 
-pytestmark = pytest.mark.skipif(not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed")
+pytestmark = pytest.mark.skipif(
+    not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed"
+)
+
 
 def mmdet_detections(model, image_bgr):
     h, w = image_bgr.shape[1:]
@@ -42,7 +51,11 @@ def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name
     config = report[-1].rsplit("use it with configs/", 1)[1].split()[0]
     model = instantiate(LazyConfig.load(os.path.join(ROOT, "configs", config)).model).eval()
     incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    assert (
+        not incompatible.missing_keys
+        and not incompatible.unexpected_keys
+        and not incompatible.incorrect_shapes
+    )
 
     g = torch.Generator().manual_seed(1)
     h, w = 300, 450  # not a multiple of 32: both pad to 320x480 and clip to 300x450
@@ -53,7 +66,9 @@ def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name
     for mode in ("eager", "frozen"):  # cpu_inference: both ways give MMDetection's detections
         model.cpu_inference = mode
         with torch.no_grad():
-            ours = model([{"image": image_bgr.flip(0).float(), "height": h, "width": w}])[0]["instances"]
+            ours = model([{"image": image_bgr.flip(0).float(), "height": h, "width": w}])[0][
+                "instances"
+            ]
         assert len(ours) == len(scores)
         torch.testing.assert_close(ours.scores, scores, rtol=1e-4, atol=1e-5)
         assert torch.equal(ours.pred_classes, labels)
@@ -72,7 +87,9 @@ def test_checkpoint_saved_during_training_needs_allow_pickle(tmp_path):
 
     with pytest.raises(ConversionError) as e:
         convert_checkpoint(str(src), str(dst))
-    assert "mmengine.logging.history_buffer.HistoryBuffer" in str(e.value) and "--allow-pickle" in str(e.value)
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in str(
+        e.value
+    ) and "--allow-pickle" in str(e.value)
     assert not dst.exists()
     convert_checkpoint(str(src), str(dst), allow_pickle=True)
     assert dst.exists()

@@ -1,16 +1,16 @@
 """The dataset check before training (gfl_d2.data.check_dataset_dicts) and unreadable annotation files."""
+
 import logging
 import os
 
 import pytest
 import torch
+from detectron2.config import LazyConfig
 from PIL import Image
 
-from detectron2.config import LazyConfig
-
 from gfl_d2.data import DatasetError, check_dataset_dicts
-from gfl_d2.training import build_train_loader
 from gfl_d2.testing import ROOT
+from gfl_d2.training import build_train_loader
 
 
 # ---------------------------------------------------------------- bad datasets and files
@@ -37,7 +37,10 @@ def test_dataset_check_errors_name_the_files(tmp_path):
         (record(corrupt, []), "corrupt.png: cannot be read as an image"),
         (record(good, [], h=64), "good.png: image is 48x32 but its record says 48x64"),
         (record(good, [ann([1, float("nan"), 10, 10])]), "good.png: annotation 0: non-finite box"),
-        (record(good, [ann([1, 1, 10, 10]), ann([1, 1, 5, 5], cls=7)]), "good.png: annotation 1: class id 7 outside"),
+        (
+            record(good, [ann([1, 1, 10, 10]), ann([1, 1, 5, 5], cls=7)]),
+            "good.png: annotation 1: class id 7 outside",
+        ),
         (record(good, [ann([1, 1, 10])]), "good.png: annotation 0: malformed bbox"),
     ]
     for rec, message in cases:
@@ -69,7 +72,9 @@ def test_missing_and_malformed_annotation_json(tmp_path):
     for name, path in [("robustness_missing", "nope.json"), ("robustness_malformed", "bad.json")]:
         cfg = LazyConfig.load(os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py"))
         cfg.dataloader.train.dataset.names = name
-        with pytest.raises(RuntimeError, match=rf"Could not build the training data \['{name}'\] .*{path}"):
+        with pytest.raises(
+            RuntimeError, match=rf"Could not build the training data \['{name}'\] .*{path}"
+        ):
             build_train_loader(cfg)
 
 
@@ -77,8 +82,13 @@ def test_missing_and_malformed_annotation_json(tmp_path):
 def test_bbox_mode_is_required_not_guessed(tmp_path):
     img = tmp_path / "a.png"
     write_image(img)
-    with pytest.raises(DatasetError, match=r"a.png: annotation 0: malformed bbox \(the annotation has no 'bbox_mode'"):
-        check_dataset_dicts([record(img, [{"bbox": [1, 1, 10, 10], "category_id": 0}])], num_classes=1)
+    with pytest.raises(
+        DatasetError,
+        match=r"a.png: annotation 0: malformed bbox \(the annotation has no 'bbox_mode'",
+    ):
+        check_dataset_dicts(
+            [record(img, [{"bbox": [1, 1, 10, 10], "category_id": 0}])], num_classes=1
+        )
 
 
 def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, caplog):
@@ -89,14 +99,20 @@ def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, c
     from gfl_d2.modeling.input_checks import sanitize_gt_instances
     from gfl_d2.testing import make_instances
 
-    boxes = [[10, 10, 40, 30], [60, 10, 130, 45], [20, 10, 20, 30]]  # inside; partly outside; zero width
+    boxes = [
+        [10, 10, 40, 30],
+        [60, 10, 130, 45],
+        [20, 10, 20, 30],
+    ]  # inside; partly outside; zero width
     root = tmp_path / "voc"
     for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / d).mkdir(parents=True)
     Image.new("RGB", (100, 50)).save(root / "JPEGImages" / "a.jpg")
     objects = "".join(  # VOC's corners are 1-based
         f"<object><name>cat</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax>"
-        f"<ymax>{y1}</ymax></bndbox></object>" for x0, y0, x1, y1 in boxes)
+        f"<ymax>{y1}</ymax></bndbox></object>"
+        for x0, y0, x1, y1 in boxes
+    )
     (root / "Annotations" / "a.xml").write_text(f"<annotation>{objects}</annotation>")
     (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
     (root / "labels.txt").write_text("cat\n")
@@ -125,14 +141,29 @@ def test_the_policy_on_floats_and_on_tensors_agrees():
     from gfl_d2.data.box_policy import BoxFate, box_fate, box_fates
 
     g = torch.Generator().manual_seed(0)
-    boxes = (torch.rand(2000, 4, generator=g, dtype=torch.float64) * 160 - 30).round()  # many on the edges
-    boxes[:5] = torch.tensor([[1, 2, float("nan"), 4], [0, 0, float("inf"), 5], [5, 5, 5, 9], [9, 1, 5, 5],
-                              [100, 1, 120, 9]], dtype=torch.float64)
+    boxes = (
+        torch.rand(2000, 4, generator=g, dtype=torch.float64) * 160 - 30
+    ).round()  # many on the edges
+    boxes[:5] = torch.tensor(
+        [
+            [1, 2, float("nan"), 4],
+            [0, 0, float("inf"), 5],
+            [5, 5, 5, 9],
+            [9, 1, 5, 5],
+            [100, 1, 120, 9],
+        ],
+        dtype=torch.float64,
+    )
     clipped, fates = box_fates(boxes, 100, 80)
     scalar = [box_fate(b, 100, 80) for b in boxes.tolist()]
     assert fates.tolist() == [int(f) for f, _ in scalar]
-    assert fates[:5].tolist() == [BoxFate.NONFINITE, BoxFate.NONFINITE, BoxFate.EMPTY, BoxFate.INVERTED,
-                                  BoxFate.OUTSIDE]
+    assert fates[:5].tolist() == [
+        BoxFate.NONFINITE,
+        BoxFate.NONFINITE,
+        BoxFate.EMPTY,
+        BoxFate.INVERTED,
+        BoxFate.OUTSIDE,
+    ]
     assert set(fates.tolist()) == set(BoxFate)  # every fate occurs
     finite = fates != BoxFate.NONFINITE
     assert clipped[finite].tolist() == [c for (f, c) in scalar if f != BoxFate.NONFINITE]

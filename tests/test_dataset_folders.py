@@ -4,13 +4,13 @@ objects written in each read back to the same detectron2 dataset dicts, the
 layout is detected, and bad data fails with the file and line named (or is
 counted in the log when it is handled).
 """
+
 import json
 import logging
 import os
 
 import numpy as np
 import pytest
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -76,7 +76,11 @@ def folders(objects):
 
 
 def _boxes(record, crowd=False):
-    return [(a["category_id"], a["bbox"]) for a in record["annotations"] if bool(a.get("iscrowd", 0)) == crowd]
+    return [
+        (a["category_id"], a["bbox"])
+        for a in record["annotations"]
+        if bool(a.get("iscrowd", 0)) == crowd
+    ]
 
 
 def test_three_layouts_read_to_the_same_dataset_dicts(objects, folders):
@@ -97,10 +101,16 @@ def test_three_layouts_read_to_the_same_dataset_dicts(objects, folders):
     # COCO keeps its own (non-contiguous) ids for the evaluator; VOC/YOLO number the classes
     assert read["coco"].dataset_ids == BARS_IDS and read["voc"].dataset_ids == [0, 1, 2, 3]
     # an ignored region: COCO iscrowd and VOC difficult both read as iscrowd; YOLO cannot express it
-    crowd = {layout: sum(len(_boxes(r, crowd=True)) for r in read[layout].records) for layout in LAYOUTS}
+    crowd = {
+        layout: sum(len(_boxes(r, crowd=True)) for r in read[layout].records) for layout in LAYOUTS
+    }
     assert crowd == {"coco": 1, "voc": 1, "yolo": 0}
-    assert any(not r["annotations"] for r in read["voc"].records), "some generated images have no objects"
-    assert len({(r["width"], r["height"]) for r in records}) > 3 and any(r["width"] != r["height"] for r in records)
+    assert any(not r["annotations"] for r in read["voc"].records), (
+        "some generated images have no objects"
+    )
+    assert len({(r["width"], r["height"]) for r in records}) > 3 and any(
+        r["width"] != r["height"] for r in records
+    )
 
 
 def test_registration_sets_classes_and_evaluator_metadata(folders):
@@ -138,10 +148,14 @@ def test_format_registry_is_the_one_dispatch_point(tmp_path, objects):
     for name, fmt in DATASET_FORMATS.items():
         assert fmt.name == name and get_format(name.upper()) is fmt
         assert all(callable(f) for f in (fmt.detect, fmt.class_names, fmt.read, fmt.write))
-    with pytest.raises(DatasetError, match=r"unknown dataset layout 'pascal': one of coco, voc, yolo$"):
+    with pytest.raises(
+        DatasetError, match=r"unknown dataset layout 'pascal': one of coco, voc, yolo$"
+    ):
         get_format("pascal")
     _, records = objects
-    with pytest.raises(DatasetError, match=r"unknown dataset layout 'kitti': one of coco, voc, yolo$"):
+    with pytest.raises(
+        DatasetError, match=r"unknown dataset layout 'kitti': one of coco, voc, yolo$"
+    ):
         write_layout("kitti", str(tmp_path / "k"), "train", records, BARS_CLASSES)
     assert not (tmp_path / "k").exists()
 
@@ -160,6 +174,7 @@ def test_each_format_detects_and_names_the_classes_of_what_it_writes(tmp_path, o
 
 # ---- bad data: the file and line are named; handled cases are counted ----
 
+
 def _yolo(tmp_path, labels, names="a\nb\n", images=("x.png",)):
     from PIL import Image
 
@@ -176,7 +191,10 @@ def _yolo(tmp_path, labels, names="a\nb\n", images=("x.png",)):
 
 
 def test_yolo_bad_lines_are_named(tmp_path):
-    root = _yolo(tmp_path, {"x": "0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2\n2 0.5 0.5 0.1 0.1\n0 50 25 10 10\n0 a b c d\n"})
+    root = _yolo(
+        tmp_path,
+        {"x": "0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2\n2 0.5 0.5 0.1 0.1\n0 50 25 10 10\n0 a b c d\n"},
+    )
     with pytest.raises(DatasetError) as e:
         read_dataset_folder(str(root), "train")
     msg = str(e.value)
@@ -189,7 +207,9 @@ def test_yolo_bad_lines_are_named(tmp_path):
 
 
 def test_yolo_counts_empty_and_missing_label_files_and_floats_fine(tmp_path, gfl_log):
-    root = _yolo(tmp_path, {"x": "1 0.25 0.5 0.1 0.3\n", "y": ""}, images=("x.png", "y.png", "z.png"))
+    root = _yolo(
+        tmp_path, {"x": "1 0.25 0.5 0.1 0.3\n", "y": ""}, images=("x.png", "y.png", "z.png")
+    )
     data = read_dataset_folder(str(root), "train")
     assert [len(r["annotations"]) for r in data.records] == [1, 0, 0]
     np.testing.assert_allclose(data.records[0]["annotations"][0]["bbox"], [20.0, 17.5, 30.0, 32.5])
@@ -202,10 +222,15 @@ def test_yolo_missing_class_names_and_duplicate_listing(tmp_path):
     with pytest.raises(DatasetError, match="no class names .*data.yaml.*classes.txt"):
         read_dataset_folder(str(root), "train", layout="yolo")
     (root / "data.yaml").write_text("names: [a, b]\ntrain: train.txt\n")
-    (root / "train.txt").write_text("images/train/x.png\nimages/train/x.png\nimages/train/gone.png\n")
+    (root / "train.txt").write_text(
+        "images/train/x.png\nimages/train/x.png\nimages/train/gone.png\n"
+    )
     with pytest.raises(DatasetError) as e:
         read_dataset_folder(str(root), "train")
-    assert f"{root / 'train.txt'}:2: image {root / 'images' / 'train' / 'x.png'} listed twice" in str(e.value)
+    assert (
+        f"{root / 'train.txt'}:2: image {root / 'images' / 'train' / 'x.png'} listed twice"
+        in str(e.value)
+    )
     assert "gone.png: image file not found" in str(e.value)
 
 
@@ -228,34 +253,52 @@ def _voc(tmp_path, objects_xml, size=(100, 50), classes="cat\ndog\n", ids=("a",)
 
 def _obj(name, box, difficult=0):
     x0, y0, x1, y1 = box
-    return (f"<object>\n<name>{name}</name>\n<difficult>{difficult}</difficult>\n<bndbox>\n<xmin>{x0}</xmin>\n"
-            f"<ymin>{y0}</ymin>\n<xmax>{x1}</xmax>\n<ymax>{y1}</ymax>\n</bndbox>\n</object>\n")
+    return (
+        f"<object>\n<name>{name}</name>\n<difficult>{difficult}</difficult>\n<bndbox>\n<xmin>{x0}</xmin>\n"
+        f"<ymin>{y0}</ymin>\n<xmax>{x1}</xmax>\n<ymax>{y1}</ymax>\n</bndbox>\n</object>\n"
+    )
 
 
 def test_voc_floats_difficult_and_clipping(tmp_path, gfl_log):
-    xml = _obj("cat", ("10.5", "5.25", "40.5", "30")) + _obj("dog", (1, 1, 20, 20), difficult=1) \
+    xml = (
+        _obj("cat", ("10.5", "5.25", "40.5", "30"))
+        + _obj("dog", (1, 1, 20, 20), difficult=1)
         + _obj("cat", (60, 10, 130, 45))
+    )
     root = _voc(tmp_path, xml)
     (record,) = read_dataset_folder(str(root), "train").records
     anns = record["annotations"]
     np.testing.assert_allclose(anns[0]["bbox"], [9.5, 4.25, 40.5, 30.0])  # VOC's 1-based corners
     assert [a["iscrowd"] for a in anns] == [0, 1, 0]
-    np.testing.assert_allclose(anns[2]["bbox"], [59.0, 9.0, 100.0, 45.0])  # clipped to the 100 px image
+    np.testing.assert_allclose(
+        anns[2]["bbox"], [59.0, 9.0, 100.0, 45.0]
+    )  # clipped to the 100 px image
     log = "\n".join(gfl_log)
     assert "1 boxes reaching outside their image (clipped to it)" in log and "a.xml:" in log
     assert "1 'difficult' objects (ignored regions" in log
 
 
 def test_voc_bad_objects_are_named_with_their_line(tmp_path):
-    xml = _obj("cat", (1, 1, 5, 5)) + _obj("horse", (1, 1, 5, 5)) + _obj("cat", (200, 100, 300, 120)) \
-        + _obj("dog", ("x1", 1, 5, 5)) + _obj("dog", (9, 1, 5, 5))
+    xml = (
+        _obj("cat", (1, 1, 5, 5))
+        + _obj("horse", (1, 1, 5, 5))
+        + _obj("cat", (200, 100, 300, 120))
+        + _obj("dog", ("x1", 1, 5, 5))
+        + _obj("dog", (9, 1, 5, 5))
+    )
     root = _voc(tmp_path, xml, ids=("a", "a"))
     with pytest.raises(DatasetError) as e:
         read_dataset_folder(str(root), "train")
     msg, xml_path = str(e.value), root / "Annotations" / "a.xml"
-    assert f"{root / 'ImageSets' / 'Main' / 'train.txt'}:2: image 'a' listed twice (also line 1)" in msg
+    assert (
+        f"{root / 'ImageSets' / 'Main' / 'train.txt'}:2: image 'a' listed twice (also line 1)"
+        in msg
+    )
     # each object is 10 lines, after 2 lines of header
-    assert f"{xml_path}:13: unknown class name 'horse' (the classes, from {root / 'labels.txt'}: ['cat', 'dog'])" in msg
+    assert (
+        f"{xml_path}:13: unknown class name 'horse' (the classes, from {root / 'labels.txt'}: ['cat', 'dog'])"
+        in msg
+    )
     assert f"{xml_path}:23: box [200.0, 100.0, 300.0, 120.0] lies outside its 100x50 image" in msg
     assert f"{xml_path}:37: <xmin> is not a number: 'x1'" in msg
     assert f"{xml_path}:43: xmax/ymax below xmin/ymin" in msg
@@ -294,9 +337,15 @@ def test_coco_bad_entries_are_named(tmp_path, objects):
     with pytest.raises(DatasetError) as e:
         read_dataset_folder(str(root), "train")
     msg = str(e.value)
-    assert f"{json_file}: annotations[0] (id 1): category_id 5 is not in 'categories' ([3, 7, 11, 20])" in msg
+    assert (
+        f"{json_file}: annotations[0] (id 1): category_id 5 is not in 'categories' ([3, 7, 11, 20])"
+        in msg
+    )
     assert f"{json_file}: annotations[1] (id 2): bbox must be 4 numbers" in msg
-    assert f"{json_file}: images[3]: image {content['images'][0]['file_name']!r} listed twice (also images[0])" in msg
+    assert (
+        f"{json_file}: images[3]: image {content['images'][0]['file_name']!r} listed twice (also images[0])"
+        in msg
+    )
     assert "missing.png: image file not found" in msg
     with open(json_file, "w") as f:
         f.write('{"images": [],\n "annotations": [,]}')
@@ -324,9 +373,8 @@ def test_own_data_image_size_setting_scales_down_only_unless_asked():
 
 def test_voc_reader_agrees_with_detectron2s_own_voc_loader(tmp_path, objects):
     """The VOC convention (1-based corners, ids from ImageSets) as detectron2's load_voc_instances reads it."""
-    from PIL import Image
-
     from detectron2.data.datasets.pascal_voc import load_voc_instances
+    from PIL import Image
 
     _, records = objects
     jpeg = []
@@ -341,20 +389,30 @@ def test_voc_reader_agrees_with_detectron2s_own_voc_loader(tmp_path, objects):
     theirs = load_voc_instances(str(root), "train", BARS_CLASSES)
     assert len(ours) == len(theirs) == len(records)
     for a, b, want in zip(ours, theirs, records):
-        assert (a["file_name"], a["image_id"], a["height"], a["width"]) == \
-            (b["file_name"], b["image_id"], b["height"], b["width"])
-        assert [x["category_id"] for x in a["annotations"]] == [x["category_id"] for x in b["annotations"]]
+        assert (a["file_name"], a["image_id"], a["height"], a["width"]) == (
+            b["file_name"],
+            b["image_id"],
+            b["height"],
+            b["width"],
+        )
+        assert [x["category_id"] for x in a["annotations"]] == [
+            x["category_id"] for x in b["annotations"]
+        ]
         if a["annotations"]:
-            np.testing.assert_allclose([x["bbox"] for x in a["annotations"]], [x["bbox"] for x in b["annotations"]],
-                                       atol=1e-4)
+            np.testing.assert_allclose(
+                [x["bbox"] for x in a["annotations"]],
+                [x["bbox"] for x in b["annotations"]],
+                atol=1e-4,
+            )
         # the one deliberate difference: detectron2 trains on 'difficult' objects, VOC (and this reader) ignore them
-        assert [x["iscrowd"] for x in a["annotations"]] == [x.get("iscrowd", 0) for x in want["annotations"]]
+        assert [x["iscrowd"] for x in a["annotations"]] == [
+            x.get("iscrowd", 0) for x in want["annotations"]
+        ]
 
 
 def test_exif_rotated_images_read_and_check_at_the_size_detectron2_loads(tmp_path):
-    from PIL import Image
-
     from detectron2.data.detection_utils import read_image
+    from PIL import Image
 
     from gfl_d2.data import check_dataset_dicts
 

@@ -4,11 +4,11 @@ checkpoints, optimizer and module tree, the checks that refuse a teacher
 that cannot teach, and a distilled student's checkpoint loaded into a plain
 GFL.
 """
+
 import copy
 
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
@@ -17,8 +17,15 @@ from gfl_d2.model_zoo import get_config_file
 from gfl_d2.modeling import GFL
 from gfl_d2.modeling.distillation import build_teacher, check_teacher
 from gfl_d2.modeling.losses import localization_distillation_loss
-from gfl_d2.testing import TINY_OVERRIDES, read_metrics, run_tool, tiny_gfl, tiny_gfl_config, train_step
-from gfl_d2.testing import two_image_batch
+from gfl_d2.testing import (
+    TINY_OVERRIDES,
+    read_metrics,
+    run_tool,
+    tiny_gfl,
+    tiny_gfl_config,
+    train_step,
+    two_image_batch,
+)
 
 
 def test_loss_is_the_softened_kl_times_t_squared():
@@ -60,10 +67,12 @@ def test_teacher_is_outside_the_students_checkpoint_optimizer_and_module_tree():
     assert student.teacher is teacher
     assert list(student.state_dict()) == list(plain.state_dict())
     assert {id(p) for p in student.parameters()}.isdisjoint(id(p) for p in teacher.parameters())
-    assert all(not m is teacher for m in student.modules())
+    assert all(m is not teacher for m in student.modules())
     assert not any(p.requires_grad for p in teacher.parameters())
     student.train()
-    assert student.training and not teacher.training  # frozen in eval mode, BatchNorm/GN statistics fixed
+    assert (
+        student.training and not teacher.training
+    )  # frozen in eval mode, BatchNorm/GN statistics fixed
     student.to(torch.float64)
     assert next(teacher.parameters()).dtype == torch.float64  # moved with the student
     student.to(torch.float32)
@@ -109,11 +118,14 @@ def test_ld_loss_follows_mmdetections_reduction():
     losses, _ = train_step(student, two_image_batch())
     pos, teacher_pos = captured["pos"], captured["teacher_pos"]
     weights = captured["pred_logits"].detach()[pos.img, pos.anchor].sigmoid().max(dim=1).values
-    kl = localization_distillation_loss(pos.box_regs.detach().unflatten(-1, (4, -1)),
-                                        teacher_pos.unflatten(-1, (4, -1)), 10.0)  # (P, 4), tested above
+    kl = localization_distillation_loss(
+        pos.box_regs.detach().unflatten(-1, (4, -1)), teacher_pos.unflatten(-1, (4, -1)), 10.0
+    )  # (P, 4), tested above
     expected = (kl.double() * weights.double()[:, None]).sum() / 4 * 0.25
     # a float32 sum of 4P non-negative terms: relative error at most 4P * 2^-24
-    torch.testing.assert_close(losses["loss_ld"].double(), expected, rtol=kl.numel() * 2.0 ** -24, atol=0)
+    torch.testing.assert_close(
+        losses["loss_ld"].double(), expected, rtol=kl.numel() * 2.0**-24, atol=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,7 +135,9 @@ def test_ld_loss_follows_mmdetections_reduction():
         (dict(num_classes=3), dict(num_classes=5), "num_classes.*student 3, teacher 5"),
     ],
 )
-def test_a_teacher_that_cannot_teach_is_refused_naming_both_values(student_kwargs, teacher_kwargs, what):
+def test_a_teacher_that_cannot_teach_is_refused_naming_both_values(
+    student_kwargs, teacher_kwargs, what
+):
     teacher = tiny_gfl(**teacher_kwargs)
     with pytest.raises(ValueError, match=what):
         student_with(teacher, **student_kwargs)
@@ -169,8 +183,14 @@ def test_a_distilled_students_checkpoint_loads_into_a_plain_gfl(tmp_path):
     DetectionCheckpointer(student, save_dir=str(tmp_path)).save("model_final")
     plain = tiny_gfl()
     assert isinstance(plain, GFL) and plain.teacher is None
-    incompatible = DetectionCheckpointer(plain)._load_model(torch.load(tmp_path / "model_final.pth", weights_only=True))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    incompatible = DetectionCheckpointer(plain)._load_model(
+        torch.load(tmp_path / "model_final.pth", weights_only=True)
+    )
+    assert (
+        not incompatible.missing_keys
+        and not incompatible.unexpected_keys
+        and not incompatible.incorrect_shapes
+    )
     for k, v in student.state_dict().items():
         assert torch.equal(plain.state_dict()[k], v)
 
@@ -185,7 +205,9 @@ def test_autocast_keeps_the_ld_loss_in_float32():
     assert student.head.bbox_pred.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="2 processes need 2 GPUs, or none (CPU processes)")
+@pytest.mark.skipif(
+    0 < torch.cuda.device_count() < 2, reason="2 processes need 2 GPUs, or none (CPU processes)"
+)
 def test_distillation_config_trains_in_two_processes_and_saves_a_plain_student(tmp_path):
     from detectron2.config import LazyConfig
 
@@ -193,17 +215,33 @@ def test_distillation_config_trains_in_two_processes_and_saves_a_plain_student(t
     torch.manual_seed(0)
     torch.save({"model": instantiate(teacher_cfg.model).state_dict()}, tmp_path / "teacher.pth")
     out = tmp_path / "out"
-    run_tool(["tools/train_net.py", "--num-gpus", "2",
-              "--config-file", "configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py",
-              f"model.teacher.checkpoint={tmp_path / 'teacher.pth'}", "train.max_iter=3", "train.log_period=1",
-              "train.check_bins=0", f"train.output_dir={out}", "train.eval_period=0"] + TINY_OVERRIDES,
-             datasets=tmp_path / "datasets")
+    run_tool(
+        [
+            "tools/train_net.py",
+            "--num-gpus",
+            "2",
+            "--config-file",
+            "configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py",
+            f"model.teacher.checkpoint={tmp_path / 'teacher.pth'}",
+            "train.max_iter=3",
+            "train.log_period=1",
+            "train.check_bins=0",
+            f"train.output_dir={out}",
+            "train.eval_period=0",
+        ]
+        + TINY_OVERRIDES,
+        datasets=tmp_path / "datasets",
+    )
     records = [r for r in read_metrics(out / "metrics.json") if "loss_ld" in r]
     assert len(records) == 3 and all(r["loss_ld"] > 0 for r in records)
-    student_cfg = LazyConfig.load(get_config_file("Synthetic/Distillation/gfl_R_18_half_FPN_shapes.py"))
+    student_cfg = LazyConfig.load(
+        get_config_file("Synthetic/Distillation/gfl_R_18_half_FPN_shapes.py")
+    )
     plain = instantiate(student_cfg.model)
     state = torch.load(out / "model_final.pth", weights_only=False)["model"]
-    assert sorted(state) == sorted(plain.state_dict())  # no teacher weights in the student's checkpoint
+    assert sorted(state) == sorted(
+        plain.state_dict()
+    )  # no teacher weights in the student's checkpoint
 
 
 def test_yacs_and_lazy_ld_configs_build_the_same_student_and_teacher(tmp_path):
@@ -212,7 +250,9 @@ def test_yacs_and_lazy_ld_configs_build_the_same_student_and_teacher(tmp_path):
 
     from gfl_d2 import add_gfl_config
 
-    lazy = LazyConfig.load(get_config_file("COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py"))
+    lazy = LazyConfig.load(
+        get_config_file("COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py")
+    )
     torch.manual_seed(0)
     teacher = instantiate(LazyConfig.load(get_config_file(lazy.model.teacher.config_file)).model)
     torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
@@ -229,14 +269,19 @@ def test_yacs_and_lazy_ld_configs_build_the_same_student_and_teacher(tmp_path):
         assert m.loss_ld_weight == 0.25 and m.ld_temperature == 10.0
         assert m.teacher is not None and not m.teacher.training
     assert {k: v.shape for k, v in yacs_model.state_dict().items()} == {
-        k: v.shape for k, v in lazy_model.state_dict().items()}
+        k: v.shape for k, v in lazy_model.state_dict().items()
+    }
     for a, b in ((yacs_model.teacher, lazy_model.teacher), (yacs_model.teacher, teacher)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
     # a yacs teacher config (here the R-50 student's own yaml, with the student's weights)
     torch.save({"model": yacs_model.state_dict()}, tmp_path / "r50.pth")
-    from_yaml = build_teacher("gfl_R_50_FPN_1x.yaml", str(tmp_path / "r50.pth"), ["MODEL.GFL.LD.LOSS_WEIGHT", "0.5"])
-    assert isinstance(from_yaml, GFL) and from_yaml.teacher is None and from_yaml.loss_ld_weight == 0.5
+    from_yaml = build_teacher(
+        "gfl_R_50_FPN_1x.yaml", str(tmp_path / "r50.pth"), ["MODEL.GFL.LD.LOSS_WEIGHT", "0.5"]
+    )
+    assert (
+        isinstance(from_yaml, GFL) and from_yaml.teacher is None and from_yaml.loss_ld_weight == 0.5
+    )
     sa, sb = from_yaml.state_dict(), yacs_model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

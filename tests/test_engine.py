@@ -1,4 +1,5 @@
 """Training that can be trusted: checked checkpoints and overrides, named non-finite losses, clipping, resume, determinism, several workers."""
+
 import json
 import os
 import signal
@@ -8,13 +9,19 @@ import time
 
 import pytest
 import torch
-
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
-from gfl_d2.train_loop import SimpleTrainer, clip_gradients
 from gfl_d2.model_zoo import DEFAULT_CONFIG
-from gfl_d2.testing import ROOT, TINY_OVERRIDES, make_instances, read_metrics, shapes_image, tiny_gfl
+from gfl_d2.testing import (
+    ROOT,
+    TINY_OVERRIDES,
+    make_instances,
+    read_metrics,
+    shapes_image,
+    tiny_gfl,
+)
+from gfl_d2.train_loop import SimpleTrainer, clip_gradients
 
 
 def test_truncated_and_foreign_checkpoints(tmp_path):
@@ -31,7 +38,9 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
     fresh = tiny_gfl()
     with pytest.raises(RuntimeError, match="Cannot read checkpoint .*truncated.pth"):
         CheckedCheckpointer(fresh).load(str(tmp_path / "truncated.pth"))
-    with pytest.raises(RuntimeError, match="None of the checkpoint's 2 tensors fits this GFL model"):
+    with pytest.raises(
+        RuntimeError, match="None of the checkpoint's 2 tensors fits this GFL model"
+    ):
         CheckedCheckpointer(fresh).load(str(tmp_path / "foreign.pth"))
     with pytest.raises(RuntimeError, match="no model weights"):
         CheckedCheckpointer(fresh).load(str(tmp_path / "nomodel.pth"))
@@ -50,15 +59,21 @@ def test_weights_without_the_head_are_refused_for_evaluation(tmp_path):
 
     checkpointer = CheckedCheckpointer(tiny_gfl())
     checkpointer.load(str(tmp_path / "backbone.pth"))
-    with pytest.raises(SystemExit, match=r"error: .*backbone.pth holds no trained weights for \d+ tensor\(s\) of the "
-                                         r"detector's head \(head\.bbox_pred\.bias, head\.bbox_pred\.weight, .*"
-                                         r"train.init_checkpoint=/path/to/model_final.pth"):
+    with pytest.raises(
+        SystemExit,
+        match=r"error: .*backbone.pth holds no trained weights for \d+ tensor\(s\) of the "
+        r"detector's head \(head\.bbox_pred\.bias, head\.bbox_pred\.weight, .*"
+        r"train.init_checkpoint=/path/to/model_final.pth",
+    ):
         require_trained_head(checkpointer, str(tmp_path / "backbone.pth"))
     # another number of classes: the classification layer is not loaded, so it is not trained either
     other = tiny_gfl(num_classes=5)
     checkpointer = CheckedCheckpointer(other)
     checkpointer.load(str(tmp_path / "trained.pth"))
-    with pytest.raises(SystemExit, match=r"2 tensor\(s\) of the detector's head \(head.cls_score.bias, head.cls_score.weight\)"):
+    with pytest.raises(
+        SystemExit,
+        match=r"2 tensor\(s\) of the detector's head \(head.cls_score.bias, head.cls_score.weight\)",
+    ):
         require_trained_head(checkpointer, "trained.pth")
     checkpointer = CheckedCheckpointer(tiny_gfl())
     checkpointer.load(str(tmp_path / "trained.pth"))
@@ -70,31 +85,50 @@ def test_a_checkpoint_holding_the_box_layer_fixes_n(tmp_path):
     CheckedCheckpointer(model, save_dir=str(tmp_path)).save("n8")
     path = str(tmp_path / "n8.pth")
     assert holds_layer(path, tiny_gfl(reg_max=8), "head.bbox_pred.weight")
-    assert not holds_layer(path, tiny_gfl(reg_max=16), "head.bbox_pred.weight")  # another n: re-initialised
+    assert not holds_layer(
+        path, tiny_gfl(reg_max=16), "head.bbox_pred.weight"
+    )  # another n: re-initialised
     assert not holds_layer("", model, "head.bbox_pred.weight")
-    assert not holds_layer("detectron2://ImageNetPretrained/torchvision/R-50.pkl", model, "head.bbox_pred.weight")
+    assert not holds_layer(
+        "detectron2://ImageNetPretrained/torchvision/R-50.pkl", model, "head.bbox_pred.weight"
+    )
     assert not holds_layer(str(tmp_path / "missing.pth"), model, "head.bbox_pred.weight")
 
 
 def test_unknown_config_key_is_refused_before_training(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "tools/train_net.py", "train.max_itr=5"], cwd=ROOT, capture_output=True, text=True,
-        timeout=120, env=dict(os.environ, DETECTRON2_DATASETS=str(tmp_path)),
+        [sys.executable, "tools/train_net.py", "train.max_itr=5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, DETECTRON2_DATASETS=str(tmp_path)),
     )
     assert proc.returncode != 0
-    assert "config key 'train.max_itr' does not exist: train has no 'max_itr'; did you mean 'train.max_iter'?" in proc.stderr
+    assert (
+        "config key 'train.max_itr' does not exist: train has no 'max_itr'; did you mean 'train.max_iter'?"
+        in proc.stderr
+    )
     assert not (tmp_path / "shapes").exists()  # nothing was generated or trained
 
 
 # ---------------------------------------------------------------- non-finite losses, clipping
 def test_non_finite_loss_stops_with_the_term_and_iteration():
     model = tiny_gfl()
-    data = [{"image": shapes_image([], []), "instances": make_instances([[10, 10, 50, 60]], [1], (128, 128))}]
+    data = [
+        {
+            "image": shapes_image([], []),
+            "instances": make_instances([[10, 10, 50, 60]], [1], (128, 128)),
+        }
+    ]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     trainer = SimpleTrainer(model, iter([data] * 10), optimizer)
     with torch.no_grad():
         model.head.cls_score.bias[1] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"iteration=3!\nloss_dict = (.|\n)*non-finite loss terms: loss_qfl"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"iteration=3!\nloss_dict = (.|\n)*non-finite loss terms: loss_qfl",
+    ):
         trainer.train(3, 5)
 
 
@@ -116,16 +150,36 @@ def test_gradient_clipping_bounds_the_update():
 
 
 def train_cmd(out_dir, *extra):
-    return [sys.executable, "tools/train_net.py", f"train.output_dir={out_dir}", *TINY_OVERRIDES, *extra]
+    return [
+        sys.executable,
+        "tools/train_net.py",
+        f"train.output_dir={out_dir}",
+        *TINY_OVERRIDES,
+        *extra,
+    ]
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONWARNINGS="ignore")
     out = tmp_path / "out"
-    args = ["train.max_iter=40", "train.checkpointer.period=10", "train.log_period=1", "train.eval_period=0"]
-    proc = subprocess.Popen(train_cmd(out, *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "train.max_iter=40",
+        "train.checkpointer.period=10",
+        "train.log_period=1",
+        "train.eval_period=0",
+    ]
+    proc = subprocess.Popen(
+        train_cmd(out, *args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
-    while not (out / "last_checkpoint").is_file() or "0000009" not in (out / "last_checkpoint").read_text():
+    while (
+        not (out / "last_checkpoint").is_file()
+        or "0000009" not in (out / "last_checkpoint").read_text()
+    ):
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
@@ -134,8 +188,19 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     killed_at = max(m["iteration"] for m in read_metrics(out / "metrics.json"))
     assert killed_at < 39
     resumed = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--resume", f"train.output_dir={out}", *TINY_OVERRIDES, *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tools/train_net.py",
+            "--resume",
+            f"train.output_dir={out}",
+            *TINY_OVERRIDES,
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     text = resumed.stdout + resumed.stderr
@@ -160,13 +225,29 @@ def test_fixed_seed_runs_are_identical(tmp_path):
     for run in range(2):
         out = tmp_path / f"out{run}"
         proc = subprocess.run(
-            train_cmd(out, "train.seed=7", "train.max_iter=4", "train.log_period=1", "train.eval_period=0",
-                      "dataloader.train.num_workers=2", "dataloader.test.dataset.names.num_images=2"),
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+            train_cmd(
+                out,
+                "train.seed=7",
+                "train.max_iter=4",
+                "train.log_period=1",
+                "train.eval_period=0",
+                "dataloader.train.num_workers=2",
+                "dataloader.test.dataset.names.num_images=2",
+            ),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        losses.append([(m["iteration"], m["loss_qfl"], m["loss_bbox"], m["loss_dfl"])
-                       for m in read_metrics(out / "metrics.json") if "loss_qfl" in m])
+        losses.append(
+            [
+                (m["iteration"], m["loss_qfl"], m["loss_bbox"], m["loss_dfl"])
+                for m in read_metrics(out / "metrics.json")
+                if "loss_qfl" in m
+            ]
+        )
     assert len(losses[0]) == 4
     assert losses[0] == losses[1]
 
@@ -175,7 +256,11 @@ def test_two_workers_one_image_each_equal_one_worker_two_images(tmp_path):
     out = tmp_path / "losses.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.dist_equivalence", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -1,10 +1,10 @@
 """GFL's cpu_inference='frozen': the backbone and head through a frozen oneDNN trace, equal to eager up to rounding."""
+
 import logging
 
 import pytest
 import torch
 import torchvision
-
 from detectron2.config import get_cfg, instantiate
 
 from gfl_d2.config import add_gfl_config
@@ -24,7 +24,6 @@ def confident(model):
     return model.eval()
 
 
-
 def assert_same_detections(actual, expected, model):
     """
     The same detections as a set, up to rounding. Where a score lies within
@@ -38,15 +37,28 @@ def assert_same_detections(actual, expected, model):
         if len(side) >= model.max_detections_per_image:
             cutoff = max(cutoff, side.scores.min().item())
     unmatched = list(range(len(actual)))
-    for cls, score, box in zip(expected.pred_classes.tolist(), expected.scores.tolist(), expected.pred_boxes.tensor):
-        hit = next((i for i in unmatched if actual.pred_classes[i].item() == cls
-                    and abs(actual.scores[i].item() - score) <= score_tol
-                    and (actual.pred_boxes.tensor[i] - box).abs().max().item() <= box_tol), None)
+    for cls, score, box in zip(
+        expected.pred_classes.tolist(), expected.scores.tolist(), expected.pred_boxes.tensor
+    ):
+        hit = next(
+            (
+                i
+                for i in unmatched
+                if actual.pred_classes[i].item() == cls
+                and abs(actual.scores[i].item() - score) <= score_tol
+                and (actual.pred_boxes.tensor[i] - box).abs().max().item() <= box_tol
+            ),
+            None,
+        )
         if hit is None:
-            assert score <= cutoff + score_tol, f"no detection of class {cls}, score {score}, box {box.tolist()}"
+            assert score <= cutoff + score_tol, (
+                f"no detection of class {cls}, score {score}, box {box.tolist()}"
+            )
         else:
             unmatched.remove(hit)
-    extra = [actual.scores[i].item() for i in unmatched if actual.scores[i].item() > cutoff + score_tol]
+    extra = [
+        actual.scores[i].item() for i in unmatched if actual.scores[i].item() > cutoff + score_tol
+    ]
     assert not extra, f"detections the other side lacks, scores {extra}"
 
 
@@ -68,7 +80,9 @@ def head_outputs_both_ways(model, images):
 
 def test_frozen_backbone_and_head_equal_eager_up_to_rounding_at_any_size():
     model = confident(tiny_gfl())
-    (features, predictions), (f2, p2), frozen = head_outputs_both_ways(model, torch.randn(2, 3, 128, 160))
+    (features, predictions), (f2, p2), frozen = head_outputs_both_ways(
+        model, torch.randn(2, 3, 128, 160)
+    )
     assert_close_to_rounding(f2, features)
     assert [len(kind) for kind in p2] == [len(kind) for kind in predictions]
     for kind, kind2 in zip(predictions, p2):
@@ -98,14 +112,19 @@ def test_detections_equal_eager_and_the_graph_follows_new_weights():
         assert_same_detections(f, e, model)
 
     # new weights loaded in place (load_state_dict copies into the tensors): the frozen graph is rebuilt
-    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {
+        k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
     model.load_state_dict(state)
     with torch.no_grad():
         frozen = model(data)
         model.cpu_inference = "eager"
         eager = model(data)
     for e, f in zip(eager, frozen):
-        torch.testing.assert_close(f["instances"].scores, e["instances"].scores, rtol=0, atol=ROUNDINGS)
+        torch.testing.assert_close(
+            f["instances"].scores, e["instances"].scores, rtol=0, atol=ROUNDINGS
+        )
 
 
 def test_frozen_runs_only_for_cpu_inference_without_gradients_or_autocast():

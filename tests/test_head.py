@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from detectron2.layers import ShapeSpec
 
 from gfl_d2.modeling import DistributionGuidedQualityPredictor, distribution_statistics
@@ -12,7 +11,13 @@ from .gfocalv2_reference import authors_model, load_authors_reference
 
 
 def make_head(**kw):
-    args = dict(input_shape=[ShapeSpec(channels=32)] * 5, num_classes=7, conv_dims=[32, 32], norm="GN", reg_max=16)
+    args = dict(
+        input_shape=[ShapeSpec(channels=32)] * 5,
+        num_classes=7,
+        conv_dims=[32, 32],
+        norm="GN",
+        reg_max=16,
+    )
     args.update(kw)
     torch.manual_seed(0)
     return GFLHead(**args)
@@ -44,14 +49,18 @@ def test_initialisation():
         assert abs(conv.weight.std().item() - 0.01) < 0.002
     # tower convs followed by GroupNorm carry no bias, like the released models
     assert head.cls_subnet[0].bias is None
-    assert isinstance(head.cls_subnet[1], torch.nn.GroupNorm) and head.cls_subnet[1].num_groups == 32
+    assert (
+        isinstance(head.cls_subnet[1], torch.nn.GroupNorm) and head.cls_subnet[1].num_groups == 32
+    )
     assert len(head.scales) == 5 and all(s.scale.item() == 1.0 for s in head.scales)
 
 
 def test_zero_input_gives_the_prior():
     head = make_head()
     cls, _ = head([torch.zeros(1, 32, 3, 3)] * 5)
-    torch.testing.assert_close(cls[0].sigmoid(), torch.full_like(cls[0], 0.01), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        cls[0].sigmoid(), torch.full_like(cls[0], 0.01), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_per_level_scales_multiply_only_their_level():
@@ -87,7 +96,14 @@ def test_bad_configuration_is_rejected():
 
 # ---------------------------------------------------------------- GFL V2's distribution-guided quality predictor
 def test_statistics_are_each_edges_topk_then_their_mean():
-    probs = torch.tensor([[0.1, 0.5, 0.2, 0.15, 0.05], [0.2] * 5, [0.0, 0.0, 0.0, 0.0, 1.0], [0.3, 0.3, 0.2, 0.1, 0.1]])
+    probs = torch.tensor(
+        [
+            [0.1, 0.5, 0.2, 0.15, 0.05],
+            [0.2] * 5,
+            [0.0, 0.0, 0.0, 0.0, 1.0],
+            [0.3, 0.3, 0.2, 0.1, 0.1],
+        ]
+    )
     stats = distribution_statistics(probs[None], topk=4)  # (1, 4 edges, 5)
     expected = [[0.5, 0.2, 0.15, 0.1], [0.2] * 4, [1.0, 0.0, 0.0, 0.0], [0.3, 0.3, 0.2, 0.1]]
     expected = torch.tensor([row + [sum(row) / 4] for row in expected])
@@ -112,7 +128,9 @@ def test_predictor_reads_the_distributions_of_the_head_layout():
         n, _, h, w = logits.shape
         probs = logits.reshape(n, 4, 17, h, w).softmax(dim=2)
         top = probs.sort(dim=2, descending=True).values[:, :, :4]
-        stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(n, 20, h, w)  # conv layout
+        stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(
+            n, 20, h, w
+        )  # conv layout
         torch.testing.assert_close(q, predictor.layers(stats), rtol=1e-5, atol=1e-6)
     stats = predictor.statistics(levels)
     assert stats.shape == (2, 15 + 2, 20)
@@ -121,7 +139,6 @@ def test_predictor_reads_the_distributions_of_the_head_layout():
     # an untrained predictor says 0.5 everywhere: the fused score starts at half the prior
     fresh = DistributionGuidedQualityPredictor()(levels)
     assert all(torch.allclose(q.sigmoid(), torch.full_like(q, 0.5), atol=1e-3) for q in fresh)
-
 
 
 @pytest.fixture(scope="module")
@@ -137,4 +154,3 @@ def test_fused_score_and_box_outputs_equal_the_authors_head(authors):
         torch.testing.assert_close(c.sigmoid() * q.sigmoid(), ref, rtol=1e-6, atol=1e-7)
     for b, ref in zip(box, authors["bbox_preds"]):
         torch.testing.assert_close(b, ref, rtol=1e-6, atol=1e-7)
-

@@ -1,4 +1,5 @@
 """The ground truth that reaches the model in training: errors that name the image, clean-up that is counted."""
+
 import pytest
 import torch
 
@@ -6,21 +7,30 @@ from gfl_d2.testing import make_instances, shapes_image, tiny_gfl, train_step
 
 
 def item(boxes, classes, size=(128, 128), name="img_7.png"):
-    return {"image": shapes_image([], [], size=size), "instances": make_instances(boxes, classes, size), "file_name": name}
+    return {
+        "image": shapes_image([], [], size=size),
+        "instances": make_instances(boxes, classes, size),
+        "file_name": name,
+    }
 
 
 # ---------------------------------------------------------------- bad annotations at the model
 def test_nan_box_is_an_error_naming_the_image():
     model = tiny_gfl()
     with pytest.raises(ValueError, match=r"img_7.png: ground-truth box with NaN/Inf"):
-        train_step(model, [item([[1, 2, 30, 40]], [0], name="ok.png"), item([[1, float("nan"), 30, 40]], [0])])
+        train_step(
+            model,
+            [item([[1, 2, 30, 40]], [0], name="ok.png"), item([[1, float("nan"), 30, 40]], [0])],
+        )
     with pytest.raises(ValueError, match=r"img_7.png: .*NaN/Inf"):
         train_step(model, [item([[1, 2, float("inf"), 40]], [0])])
 
 
 def test_class_out_of_range_is_an_error_naming_the_image():
     model = tiny_gfl(num_classes=3)
-    with pytest.raises(ValueError, match=r"img_7.png: ground-truth class ids \[3, 9\] outside \[0, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"img_7.png: ground-truth class ids \[3, 9\] outside \[0, 3\)"
+    ):
         train_step(model, [item([[1, 2, 30, 40], [5, 5, 20, 20], [3, 3, 9, 9]], [3, 9, 0])])
     with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
         train_step(model, [item([[1, 2, 30, 40]], [-1])])

@@ -3,12 +3,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from torch import Tensor
 
-from gfl_d2.modeling.losses import distribution_focal_loss, fused_quality_focal_loss, quality_focal_loss
+from gfl_d2.modeling.losses import (
+    distribution_focal_loss,
+    fused_quality_focal_loss,
+    quality_focal_loss,
+)
 
 from .gfocalv2_reference import authors_model, load_authors_reference
 
@@ -92,7 +95,9 @@ def test_qfl_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = quality_focal_loss(logits, y)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
-    torch.testing.assert_close(got.double(), qfl_direct(logits.float(), y, 2.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        got.double(), qfl_direct(logits.float(), y, 2.0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_dfl_equals_formula():
@@ -173,13 +178,14 @@ def generalized_focal_loss(
     ``beta=0`` with ``p`` the softmax over bins.
     """
     log_p_left, log_p_right = log_p_left.float(), log_p_right.float()
-    y_left, y_right, y = (torch.as_tensor(t, device=log_p_left.device).float() for t in (y_left, y_right, y))
+    y_left, y_right, y = (
+        torch.as_tensor(t, device=log_p_left.device).float() for t in (y_left, y_right, y)
+    )
     ce = -((y_right - y) * log_p_left + (y - y_left) * log_p_right)
     if beta == 0:
         return ce
     expectation = y_left * log_p_left.exp() + y_right * log_p_right.exp()
     return (y - expectation).abs().pow(beta) * ce
-
 
 
 def test_gfl_general_form_equals_formula_and_specialises():
@@ -190,7 +196,9 @@ def test_gfl_general_form_equals_formula_and_specialises():
     yr = yl + 1
     y = yl + torch.rand(20)
     direct = -((y - (yl * pl + yr * pr)).abs() ** 2) * ((yr - y) * pl.log() + (y - yl) * pr.log())
-    torch.testing.assert_close(generalized_focal_loss(pl.log(), pr.log(), yl, yr, y, beta=2.0), direct)
+    torch.testing.assert_close(
+        generalized_focal_loss(pl.log(), pr.log(), yl, yr, y, beta=2.0), direct
+    )
 
     # QFL: y_l = 0, y_r = 1, p_r = sigmoid(x)
     x = torch.randn(20) * 3
@@ -206,8 +214,12 @@ def test_gfl_general_form_equals_formula_and_specialises():
     left = yy.floor().long()
     torch.testing.assert_close(
         generalized_focal_loss(
-            logp.gather(1, left[:, None])[:, 0], logp.gather(1, left[:, None] + 1)[:, 0],
-            left.float(), left.float() + 1, yy, beta=0.0,
+            logp.gather(1, left[:, None])[:, 0],
+            logp.gather(1, left[:, None] + 1)[:, 0],
+            left.float(),
+            left.float() + 1,
+            yy,
+            beta=0.0,
         ),
         distribution_focal_loss(logits, yy),
     )
@@ -227,12 +239,17 @@ def test_fused_qfl_is_bce_on_the_product_probability():
     for beta in (0.0, 1.0, 2.0):
         got = fused_quality_focal_loss(a, b, y, beta)
         assert got.dtype == torch.float32 and got.shape == (64, 5)
-        torch.testing.assert_close(got.double(), bce_on_probabilities(p, y.double(), beta), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            got.double(), bce_on_probabilities(p, y.double(), beta), rtol=1e-5, atol=1e-7
+        )
 
 
 def test_fused_qfl_gradient_is_the_formulas():
     torch.manual_seed(1)
-    a, b = (torch.randn(32, 4, dtype=torch.float64) * 2).requires_grad_(), torch.randn(32, 1, dtype=torch.float64).requires_grad_()
+    a, b = (
+        (torch.randn(32, 4, dtype=torch.float64) * 2).requires_grad_(),
+        torch.randn(32, 1, dtype=torch.float64).requires_grad_(),
+    )
     y = torch.rand(32, 4, dtype=torch.float64) * (torch.rand(32, 4) < 0.5)
     fused_quality_focal_loss(a, b, y).sum().backward()
     a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
@@ -248,8 +265,12 @@ def test_fused_qfl_is_finite_at_extreme_logits_and_in_half_precision():
     y = torch.tensor([[0.0, 0.0, 1.0, 0.7, 0.3]])
     loss = fused_quality_focal_loss(a, b, y)
     loss.sum().backward()
-    assert torch.isfinite(loss).all() and torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
-    assert loss[0, 0].item() == pytest.approx(100.0)  # p = 1 for a negative: the log floor, as binary_cross_entropy's
+    assert (
+        torch.isfinite(loss).all() and torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    )
+    assert loss[0, 0].item() == pytest.approx(
+        100.0
+    )  # p = 1 for a negative: the log floor, as binary_cross_entropy's
     assert loss[0, 2].item() == pytest.approx(0.0, abs=1e-12)  # p = 1 for a target of 1
     # fp16 / bf16 logits (autocast) give the float32 loss of the same values
     torch.manual_seed(2)
@@ -258,7 +279,6 @@ def test_fused_qfl_is_finite_at_extreme_logits_and_in_half_precision():
     got = fused_quality_focal_loss(a16, b16, y)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, fused_quality_focal_loss(a16.float(), b16.float(), y))
-
 
 
 @pytest.fixture(scope="module")
@@ -270,13 +290,23 @@ def test_losses_and_gradient_equal_the_authors(authors):
     model = authors_model(authors).train()
     h, w, _ = authors["img_metas"][0]["img_shape"]
     inputs = [
-        {"image": torch.zeros(3, h, w), "instances": Instances((h, w), gt_boxes=Boxes(b), gt_classes=l)}
+        {
+            "image": torch.zeros(3, h, w),
+            "instances": Instances((h, w), gt_boxes=Boxes(b), gt_classes=l),
+        }
         for b, l in zip(authors["gt_bboxes"], authors["gt_labels"])
     ]
     with EventStorage():
         losses = model(inputs)
-    for ours, theirs in (("loss_qfl", "loss_cls"), ("loss_bbox", "loss_bbox"), ("loss_dfl", "loss_dfl")):
-        assert losses[ours].item() == pytest.approx(float(authors["loss_totals"][theirs]), rel=1e-5), ours
+    for ours, theirs in (
+        ("loss_qfl", "loss_cls"),
+        ("loss_bbox", "loss_bbox"),
+        ("loss_dfl", "loss_dfl"),
+    ):
+        assert losses[ours].item() == pytest.approx(
+            float(authors["loss_totals"][theirs]), rel=1e-5
+        ), ours
     sum(losses.values()).backward()
-    torch.testing.assert_close(model.head.bbox_pred.weight.grad, authors["grad_gfl_reg_weight"], rtol=1e-4, atol=1e-7)
-
+    torch.testing.assert_close(
+        model.head.bbox_pred.weight.grad, authors["grad_gfl_reg_weight"], rtol=1e-4, atol=1e-7
+    )

@@ -1,13 +1,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from detectron2.config import instantiate
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.modeling.box_coding import integral
-from gfl_d2.testing import make_instances, shapes_image, tiny_gfl, tiny_gfl_config, train_step, two_image_batch
+from gfl_d2.testing import (
+    make_instances,
+    shapes_image,
+    tiny_gfl,
+    tiny_gfl_config,
+    train_step,
+    two_image_batch,
+)
 
 SPECS = [
     ([[10, 12, 60, 70], [70, 20, 120, 60]], [0, 1]),
@@ -56,7 +62,9 @@ def test_overfits_a_few_images_and_detects_them():
 def test_image_without_boxes_in_batch_trains_without_nan():
     model = tiny_gfl()
     data = training_batch(SPECS[:2])
-    data.append({"image": shapes_image([], [], seed=9), "instances": make_instances([], [], (128, 128))})
+    data.append(
+        {"image": shapes_image([], [], seed=9), "instances": make_instances([], [], (128, 128))}
+    )
     model.train()
     with EventStorage():
         losses = model(data)
@@ -67,7 +75,10 @@ def test_image_without_boxes_in_batch_trains_without_nan():
 
 def test_batch_without_any_box():
     model = tiny_gfl()
-    data = [{"image": shapes_image([], [], seed=i), "instances": make_instances([], [], (128, 128))} for i in range(2)]
+    data = [
+        {"image": shapes_image([], [], seed=i), "instances": make_instances([], [], (128, 128))}
+        for i in range(2)
+    ]
     model.train()
     with EventStorage():
         losses = model(data)
@@ -93,7 +104,9 @@ def test_losses_follow_the_spec_normalisation():
 
     n = model.box2box_transform.reg_max
     logits = torch.cat([p.permute(0, 2, 3, 1).reshape(len(data), -1, 3) for p in preds[0]], 1)
-    dists = torch.cat([p.permute(0, 2, 3, 1).reshape(len(data), -1, 4 * (n + 1)) for p in preds[1]], 1)
+    dists = torch.cat(
+        [p.permute(0, 2, 3, 1).reshape(len(data), -1, 4 * (n + 1)) for p in preds[1]], 1
+    )
     anchors = Boxes.cat(model.anchor_generator(feats)).tensor
     labels, boxes = model.label_anchors(model.anchor_generator(feats), gt_instances)
     labels, boxes = torch.stack(labels), torch.stack(boxes)
@@ -118,16 +131,32 @@ def test_losses_follow_the_spec_normalisation():
     inter = (rb - lt).clamp(min=0).prod(1)
     area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
     union = area(pred_boxes) + area(gt_boxes) - inter
-    hull = (torch.max(pred_boxes[:, 2:], gt_boxes[:, 2:]) - torch.min(pred_boxes[:, :2], gt_boxes[:, :2])).prod(1)
+    hull = (
+        torch.max(pred_boxes[:, 2:], gt_boxes[:, 2:])
+        - torch.min(pred_boxes[:, :2], gt_boxes[:, :2])
+    ).prod(1)
     giou = inter / union - (hull - union) / hull
-    torch.testing.assert_close(losses["loss_bbox"], 2.0 * ((1 - giou) * w).sum() / w.sum().clamp(min=1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        losses["loss_bbox"],
+        2.0 * ((1 - giou) * w).sum() / w.sum().clamp(min=1),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
     tgt = torch.cat([centers - gt_boxes[:, :2], gt_boxes[:, 2:] - centers], 1) / stride
     tgt = tgt.clamp(0, n - 0.1)
     logp = torch.log_softmax(dists[pos].reshape(-1, 4, n + 1), -1)
     left = tgt.floor().long()
-    dfl = -((left + 1 - tgt) * logp.gather(2, left[..., None])[..., 0] + (tgt - left) * logp.gather(2, left[..., None] + 1)[..., 0])
-    torch.testing.assert_close(losses["loss_dfl"], 0.25 * (dfl.mean(1) * w).sum() / w.sum().clamp(min=1), rtol=1e-4, atol=1e-6)
+    dfl = -(
+        (left + 1 - tgt) * logp.gather(2, left[..., None])[..., 0]
+        + (tgt - left) * logp.gather(2, left[..., None] + 1)[..., 0]
+    )
+    torch.testing.assert_close(
+        losses["loss_dfl"],
+        0.25 * (dfl.mean(1) * w).sum() / w.sum().clamp(min=1),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_inference_output_format():
@@ -136,15 +165,30 @@ def test_inference_output_format():
     model.test_nms_thresh = 0.99
     model.eval()
     with torch.no_grad():
-        out = model([{"image": shapes_image(*SPECS[0], size=(100, 130)), "height": 200, "width": 260},
-                     {"image": shapes_image(*SPECS[1], size=(64, 64))}])
+        out = model(
+            [
+                {"image": shapes_image(*SPECS[0], size=(100, 130)), "height": 200, "width": 260},
+                {"image": shapes_image(*SPECS[1], size=(64, 64))},
+            ]
+        )
     for o, (h, w) in zip(out, [(200, 260), (64, 64)]):
         inst = o["instances"]
         assert inst.image_size == (h, w)
-        assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_box_dists", "pred_box_std"}
+        assert set(inst.get_fields()) == {
+            "pred_boxes",
+            "scores",
+            "pred_classes",
+            "pred_box_dists",
+            "pred_box_std",
+        }
         assert len(inst) == 100
         b = inst.pred_boxes.tensor
-        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert (
+            (b[:, 0] >= 0).all()
+            and (b[:, 1] >= 0).all()
+            and (b[:, 2] <= w).all()
+            and (b[:, 3] <= h).all()
+        )
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         assert (inst.scores[:-1] >= inst.scores[1:]).all()
         assert inst.pred_classes.dtype == torch.long and inst.pred_classes.max() < 3
@@ -215,8 +259,12 @@ def test_full_inference_with_non_finite_head_outputs_returns_no_detections(caplo
     model.eval()
     head_forward = model.head.forward
     for value in (float("inf"), float("nan"), -float("inf")):
+
         def broken_head(features, value=value):
-            return [[torch.full_like(x, value) for x in per_level] for per_level in head_forward(features)]
+            return [
+                [torch.full_like(x, value) for x in per_level]
+                for per_level in head_forward(features)
+            ]
 
         model.head.forward = broken_head
         model.test_score_thresh = -1.0
@@ -248,7 +296,12 @@ def test_odd_image_sizes_align_anchors_with_features():
     model.train()
     specs = [([[5, 5, 40, 50]], [1])]
     for size in [(70, 90), (33, 47), (160, 96)]:
-        data = [{"image": shapes_image(*specs[0], size=size), "instances": make_instances(*specs[0], size)}]
+        data = [
+            {
+                "image": shapes_image(*specs[0], size=size),
+                "instances": make_instances(*specs[0], size),
+            }
+        ]
         with EventStorage():
             losses = model(data)
         assert all(torch.isfinite(v) for v in losses.values())
@@ -290,8 +343,12 @@ def test_box_loss_weights_are_the_fused_score():
         # the same positives and predictions, independently
         images = model.preprocess_image(data)
         features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
-        cls, _, quality = model._transpose_dense_predictions(model.head(features), model._prediction_channels)
-        labels, _ = model.label_anchors(model.anchor_generator(features), [d["instances"] for d in data])
+        cls, _, quality = model._transpose_dense_predictions(
+            model.head(features), model._prediction_channels
+        )
+        labels, _ = model.label_anchors(
+            model.anchor_generator(features), [d["instances"] for d in data]
+        )
     labels = torch.stack(labels)
     positive = (labels >= 0) & (labels != model.num_classes)
     fused = torch.cat(cls, dim=1).sigmoid() * torch.cat(quality, dim=1).sigmoid()
@@ -333,4 +390,3 @@ def test_v2_trains_under_autocast():
         losses, _ = train_step(model, two_image_batch())
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
     assert torch.isfinite(model.head.dgqp.layers[0].weight.grad).all()
-

@@ -7,6 +7,7 @@ every kind of head the ablation variants build (a centerness or IoU
 branch, Dirac or distribution boxes) and the QFL drop-ins. Where detectron2 only checks CUDA
 autocast, the same checks also run under CPU autocast (bfloat16).
 """
+
 import itertools
 import os
 import unittest
@@ -14,13 +15,11 @@ from contextlib import contextmanager
 from copy import deepcopy
 
 import torch
-
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.testing import ROOT
-
 
 
 def get_model_no_weights(config_path, overrides=()):
@@ -51,10 +50,14 @@ def typecheck_hook(model, *, in_dtype=None, out_dtype=None):
     def hook(module, input, output):
         if in_dtype is not None:
             dtypes = {x.dtype for x in flatten(input)}
-            assert dtypes == in_dtype, f"Expected input dtype of {type(module)} is {in_dtype}. Got {dtypes} instead!"
+            assert dtypes == in_dtype, (
+                f"Expected input dtype of {type(module)} is {in_dtype}. Got {dtypes} instead!"
+            )
         if out_dtype is not None:
             dtypes = {x.dtype for x in flatten(output)}
-            assert dtypes == out_dtype, f"Expected output dtype of {type(module)} is {out_dtype}. Got {dtypes} instead!"
+            assert dtypes == out_dtype, (
+                f"Expected output dtype of {type(module)} is {out_dtype}. Got {dtypes} instead!"
+            )
 
     with model.register_forward_hook(hook):
         yield
@@ -76,7 +79,9 @@ def get_regular_bitmask_instances(h, w):
     inst = Instances((h, w))
     inst.gt_boxes = Boxes(torch.rand(3, 4))
     inst.gt_boxes.tensor[:, 2:] += inst.gt_boxes.tensor[:, :2]
-    inst.gt_classes = torch.tensor([3, 4, 5]).to(dtype=torch.int64) % 5  # the embedded configs have 5 classes
+    inst.gt_classes = (
+        torch.tensor([3, 4, 5]).to(dtype=torch.int64) % 5
+    )  # the embedded configs have 5 classes
     inst.gt_masks = BitMasks((torch.rand(3, h, w) > 0.5))
     return inst
 
@@ -97,7 +102,10 @@ class DenseDetectorE2ETest:
 
     def _test_train(self, input_sizes, instances):
         assert len(input_sizes) == len(instances)
-        inputs = [create_model_input(torch.rand(3, s[0], s[1]), inst) for s, inst in zip(input_sizes, instances)]
+        inputs = [
+            create_model_input(torch.rand(3, s[0], s[1]), inst)
+            for s, inst in zip(input_sizes, instances)
+        ]
         self.model.train()
         with EventStorage():
             losses = self.model(inputs)
@@ -136,27 +144,42 @@ class DenseDetectorE2ETest:
         (the QFL drop-ins) return them, all non-finite, as upstream asserts.
         """
         self.model.eval()
-        self.model.score_threshold = -999999999  # as upstream (an attribute no dense detector reads) ...
+        self.model.score_threshold = (
+            -999999999
+        )  # as upstream (an attribute no dense detector reads) ...
         self.model.test_score_thresh = -999999999  # ... and the threshold the models do read
         channels = self.model.backbone.output_shape()[self.model.head_in_features[0]].channels
         images = ImageList(torch.rand(1, 3, 512, 512, device=self.model.device), [(510, 510)])
-        features = [torch.rand(1, channels, 512 // s, 512 // s, device=self.model.device) for s in (4, 8, 16, 32, 64)]
+        features = [
+            torch.rand(1, channels, 512 // s, 512 // s, device=self.model.device)
+            for s in (4, 8, 16, 32, 64)
+        ]
         with torch.no_grad():
             predictions = self.model.head(features)
             finite = self.model.forward_inference(images, features, predictions)
-            self.assertGreater(len(finite[0]), 0)  # the same candidates with finite boxes are detections
+            self.assertGreater(
+                len(finite[0]), 0
+            )  # the same candidates with finite boxes are detections
             for tensor in [self._inf_tensor, self._nan_tensor]:
                 poisoned = list(predictions)
-                poisoned[1] = [tensor(*x.shape) for x in predictions[1]]  # the box outputs (index 1 in every head)
+                poisoned[1] = [
+                    tensor(*x.shape) for x in predictions[1]
+                ]  # the box outputs (index 1 in every head)
                 det = self.model.forward_inference(images, features, poisoned)
                 if self.DROPS_NON_FINITE_BOXES:
                     self.assertEqual(len(det[0]), 0)
                 else:
                     self.assertGreater(len(det[0]), 0)
                     self.assertTrue(torch.isfinite(det[0].pred_boxes.tensor).sum() == 0)
-            if self.DROPS_NON_FINITE_BOXES:  # upstream's case: every output Inf (scores 1, boxes Inf or NaN)
-                everything = [[self._inf_tensor(*x.shape) for x in per_level] for per_level in predictions]
-                self.assertEqual(len(self.model.forward_inference(images, features, everything)[0]), 0)
+            if (
+                self.DROPS_NON_FINITE_BOXES
+            ):  # upstream's case: every output Inf (scores 1, boxes Inf or NaN)
+                everything = [
+                    [self._inf_tensor(*x.shape) for x in per_level] for per_level in predictions
+                ]
+                self.assertEqual(
+                    len(self.model.forward_inference(images, features, everything)[0]), 0
+                )
 
     def _check_autocast(self, device_type, dtype):
         inputs = [{"image": torch.rand(3, 100, 100)}]

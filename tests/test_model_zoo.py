@@ -1,4 +1,5 @@
 """gfl_d2.model_zoo finds the configs in any install: from a non-editable install, the copies it ships."""
+
 import json
 import os
 import subprocess
@@ -18,18 +19,43 @@ print(json.dumps(dict(module=z.__file__, default=z.DEFAULT_CONFIG, reg_max=cfg.m
 def test_configs_from_a_non_editable_install(tmp_path):
     site = tmp_path / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-compile", "-q",
-         "--target", str(site), ROOT], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-compile",
+            "-q",
+            "--target",
+            str(site),
+            ROOT,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert pip.returncode == 0, pip.stderr[-3000:]
     env = dict(os.environ, PYTHONPATH=str(site), PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-c", LOOKUP], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOKUP],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found["module"] == str(site / "gfl_d2" / "model_zoo.py")  # the installed copy, not the checkout
+    assert found["module"] == str(
+        site / "gfl_d2" / "model_zoo.py"
+    )  # the installed copy, not the checkout
     for key in ("default", "coco", "yacs"):
         assert found[key].startswith(str(site)) and os.path.isfile(found[key]), found[key]
-    assert found["default"].endswith("Synthetic/gfl_R_18_FPN_shapes_quickstart.py") and found["reg_max"] == 12
+    assert (
+        found["default"].endswith("Synthetic/gfl_R_18_FPN_shapes_quickstart.py")
+        and found["reg_max"] == 12
+    )
     # the studies are installed beside the library
     assert (site / "gfl_studies" / "reports.py").is_file()

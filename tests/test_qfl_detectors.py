@@ -1,9 +1,9 @@
 """QFL as a drop-in for detectron2's RetinaNet and FCOS (QFLRetinaNet, QFLFCOS): only the classification term changes."""
+
 import os
 
 import pytest
 import torch
-
 from detectron2.config import instantiate
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
@@ -16,16 +16,22 @@ from gfl_d2.testing import ROOT, two_image_batch
 def perfect_deltas(model, anchors, gt_boxes, n):
     """Per-level box predictions that reproduce each anchor's matched box exactly."""
     all_anchors = Boxes.cat(anchors).tensor
-    deltas = torch.stack([model.box2box_transform.get_deltas(all_anchors, g) for g in gt_boxes])  # (N, R, 4)
+    deltas = torch.stack(
+        [model.box2box_transform.get_deltas(all_anchors, g) for g in gt_boxes]
+    )  # (N, R, 4)
     return list(deltas.split([len(a) for a in anchors], dim=1))
 
 
 @pytest.mark.parametrize("config", ["retinanet", "fcos"])
 def test_qfl_drop_in_equals_focal_loss_without_alpha_when_boxes_are_perfect(config):
     """With IoU = 1 at every positive, QFL's target is the hard label and |y - σ|^2 is FL's (1 - p_t)^2."""
-    base = load_lazy_config(os.path.join(ROOT, f"configs/Synthetic/{config}_R_18_FPN_shapes.py")).model
+    base = load_lazy_config(
+        os.path.join(ROOT, f"configs/Synthetic/{config}_R_18_FPN_shapes.py")
+    ).model
     base.focal_loss_alpha = -1  # QFL has no α
-    qfl = load_lazy_config(os.path.join(ROOT, f"configs/Synthetic/{config}_qfl_R_18_FPN_shapes.py")).model
+    qfl = load_lazy_config(
+        os.path.join(ROOT, f"configs/Synthetic/{config}_qfl_R_18_FPN_shapes.py")
+    ).model
     qfl.focal_loss_alpha = -1
     torch.manual_seed(0)
     base, qfl = instantiate(base), instantiate(qfl)
@@ -66,10 +72,27 @@ def test_yacs_builds_qfl_retinanet():
 
     cfg = get_cfg()
     add_gfl_config(cfg)
-    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "QFLRetinaNet", "MODEL.RETINANET.QFL_BETA", "1.5",
-                         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18",
-                         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone",
-                         "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4', 'res5']", "MODEL.FPN.IN_FEATURES",
-                         "['res3', 'res4', 'res5']"])
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE",
+            "QFLRetinaNet",
+            "MODEL.RETINANET.QFL_BETA",
+            "1.5",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.BACKBONE.NAME",
+            "build_retinanet_resnet_fpn_backbone",
+            "MODEL.RESNETS.OUT_FEATURES",
+            "['res3', 'res4', 'res5']",
+            "MODEL.FPN.IN_FEATURES",
+            "['res3', 'res4', 'res5']",
+        ]
+    )
     model = build_model(cfg)
     assert isinstance(model, QFLRetinaNet) and model.qfl_beta == 1.5

@@ -1,11 +1,11 @@
 """tools/quickstart_check.py: the quick start run in a fresh clone, timed, its AP and seed read from detectron2's log."""
+
 import io
 import json
 import logging
 from collections import OrderedDict
 
 import pytest
-
 from detectron2.evaluation.testing import print_csv_format
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, EventStorage
@@ -18,7 +18,9 @@ def detectron2_log_lines(results):
     """What detectron2's own seed and result logging writes, captured from the functions themselves."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    loggers = [logging.getLogger(n) for n in ("detectron2.utils.env", "detectron2.evaluation.testing")]
+    loggers = [
+        logging.getLogger(n) for n in ("detectron2.utils.env", "detectron2.evaluation.testing")
+    ]
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
@@ -37,8 +39,12 @@ def test_reads_the_seed_and_the_bbox_result_that_detectron2_logs():
     parsed = parse_log(lines)
     seed_line = next(line for line in lines if "random seed" in line)
     assert parsed["seed"] == int(seed_line.split()[-1])
-    assert parsed["bbox"]["AP"] == 42.125 and parsed["bbox"]["AP75"] == 44.0  # not the segm task's numbers
-    assert parse_log(["no result here\n"]) == dict(seed=None, bbox=None, iteration_seconds=None, data_seconds=None)
+    assert (
+        parsed["bbox"]["AP"] == 42.125 and parsed["bbox"]["AP75"] == 44.0
+    )  # not the segm task's numbers
+    assert parse_log(["no result here\n"]) == dict(
+        seed=None, bbox=None, iteration_seconds=None, data_seconds=None
+    )
 
 
 def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
@@ -53,8 +59,12 @@ def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
             for it in range(60):
                 storage.iter = it
                 # iteration times 0.25 + 0.001 * it, loading 0.01 s then 0.03 s
-                storage.put_scalars(time=0.25 + 0.001 * it, data_time=0.01 if it < 40 else 0.03,
-                                    total_loss=1.0, smoothing_hint=False)
+                storage.put_scalars(
+                    time=0.25 + 0.001 * it,
+                    data_time=0.01 if it < 40 else 0.03,
+                    total_loss=1.0,
+                    smoothing_hint=False,
+                )
                 if (it + 1) % 20 == 0:
                     printer.write()
     finally:
@@ -70,8 +80,15 @@ def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
 
 def test_summary_and_targets():
     def run(ap, seconds, rc=0):
-        return dict(returncode=rc, seconds=seconds, bbox=dict(AP=ap, AP50=60.0, AP75=40.0), seed=1, phases=None,
-                    load_before=0.1)
+        return dict(
+            returncode=rc,
+            seconds=seconds,
+            bbox=dict(AP=ap, AP50=60.0, AP75=40.0),
+            seed=1,
+            phases=None,
+            load_before=0.1,
+        )
+
     met = summarize([run(42.5, 590), run(42.0, 600)])
     assert met["ap_target_met"] and met["time_target_met"] and met["finished"] == 2
     assert not summarize([run(42.5, 590), run(41.9, 500)])["ap_target_met"]
@@ -82,7 +99,11 @@ def test_summary_and_targets():
 
 def test_a_failing_run_is_recorded_with_its_log_tail(tmp_path):
     record = run_once(ROOT, str(tmp_path / "run"), ["no_such_key_anywhere=1"], log=lambda *a: None)
-    assert record["returncode"] != 0 and record["bbox"] is None and "no_such_key_anywhere" in record["log_tail"]
+    assert (
+        record["returncode"] != 0
+        and record["bbox"] is None
+        and "no_such_key_anywhere" in record["log_tail"]
+    )
     assert not (tmp_path / "run" / "clone").exists()  # removed unless --keep
     # a run past its time limit is killed even while it prints nothing (here: still importing)
     slow = run_once(ROOT, str(tmp_path / "slow"), [], timeout=0.5, log=lambda *a: None)
@@ -93,14 +114,37 @@ def test_a_failing_run_is_recorded_with_its_log_tail(tmp_path):
 
 
 def test_tool_runs_the_command_in_a_clone_and_writes_the_report(tmp_path):
-    tiny = [*TINY_OVERRIDES, "train.max_iter=3", "train.check_bins=0", "train.output_dir=./output/tiny"]
-    run_tool(["tools/quickstart_check.py", "--runs", "1", "--workdir", tmp_path / "work", "--keep",
-              "--results", tmp_path, "--name", "qs", "--", *tiny])
+    tiny = [
+        *TINY_OVERRIDES,
+        "train.max_iter=3",
+        "train.check_bins=0",
+        "train.output_dir=./output/tiny",
+    ]
+    run_tool(
+        [
+            "tools/quickstart_check.py",
+            "--runs",
+            "1",
+            "--workdir",
+            tmp_path / "work",
+            "--keep",
+            "--results",
+            tmp_path,
+            "--name",
+            "qs",
+            "--",
+            *tiny,
+        ]
+    )
     data = json.loads((tmp_path / "qs.json").read_text())
     (run,) = data["runs"]
-    assert run["returncode"] == 0 and run["command"] == "python tools/train_net.py " + " ".join(tiny)
+    assert run["returncode"] == 0 and run["command"] == "python tools/train_net.py " + " ".join(
+        tiny
+    )
     assert isinstance(run["seed"], int) and 0.0 <= run["bbox"]["AP"] <= 100.0
-    assert run["cpu_seconds"] > 1.0 and run["other_cpu_seconds"] >= 0.0  # the training's CPU time is its own
+    assert (
+        run["cpu_seconds"] > 1.0 and run["other_cpu_seconds"] >= 0.0
+    )  # the training's CPU time is its own
     ph = run["phases"]
     assert min(ph.values()) >= 0 and abs(sum(ph.values()) - run["seconds"]) < 1e-6
     # the data was generated inside the clone, not in a shared $DETECTRON2_DATASETS

@@ -3,6 +3,7 @@ The behaviour lock: the code computes the losses and detections recorded in
 ``fixtures/reference_outputs.json``, within float32 noise across CPUs
 (``reference_outputs.tolerance``), and a real change of behaviour breaks it.
 """
+
 import json
 
 import pytest
@@ -42,17 +43,27 @@ def test_lock_holds_with_another_convolution_kernel_and_thread_split(recorded, n
     finally:
         torch.set_num_threads(threads)
     default = outputs(name)
-    moved = max(abs(a - b) for g, w in zip(other["detections"], default["detections"])
-                for ga, wa in zip(g["boxes"], w["boxes"]) for a, b in zip(ga, wa))
+    moved = max(
+        abs(a - b)
+        for g, w in zip(other["detections"], default["detections"])
+        for ga, wa in zip(g["boxes"], w["boxes"])
+        for a, b in zip(ga, wa)
+    )
     assert moved > 0  # the arithmetic did change
     assert compare(other, recorded[name]) == []
 
 
-@pytest.mark.parametrize("change, what", [
-    (["model.bin_width=1.001"], "boxes"),  # every distance 0.1% longer: boxes move by up to a few 0.01 px
-    (["model.qfl_beta=2.01"], "loss_qfl"),  # QFL's exponent by 0.5%
-    (["model.loss_dfl_weight=0.2501"], "loss_dfl"),  # a weight in its fourth digit
-])
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        (
+            ["model.bin_width=1.001"],
+            "boxes",
+        ),  # every distance 0.1% longer: boxes move by up to a few 0.01 px
+        (["model.qfl_beta=2.01"], "loss_qfl"),  # QFL's exponent by 0.5%
+        (["model.loss_dfl_weight=0.2501"], "loss_dfl"),  # a weight in its fourth digit
+    ],
+)
 def test_lock_catches_a_small_real_change(recorded, change, what):
     problems = compare(outputs("GFL", change, top=TOP_DETECTIONS + SPARE), recorded["GFL"])
     assert problems, f"{change} went unnoticed"

@@ -2,14 +2,25 @@
 The measured results under projects/GFL/results: every Markdown report is what its tool renders from the JSON
 beside it, so a number has one source; the renderers are the ones behind each tool's --report.
 """
+
 import json
 import os
 
 import pytest
 
 from gfl_d2.testing import ROOT
-from gfl_studies import ablation, benchmark, edge_uncertainty, fcos_collapse, gpu_check, mmdet_peer, own_data_study
-from gfl_studies import ld_agreement, quality_study, quickstart
+from gfl_studies import (
+    ablation,
+    benchmark,
+    edge_uncertainty,
+    fcos_collapse,
+    gpu_check,
+    ld_agreement,
+    mmdet_peer,
+    own_data_study,
+    quality_study,
+    quickstart,
+)
 
 RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
 # report name prefix -> the renderer of the tool that writes it
@@ -41,7 +52,9 @@ REPORTS = sorted(f[:-3] for f in os.listdir(RESULTS) if f.endswith(".md") and f 
 def test_every_report_has_its_json_and_a_tool():
     assert REPORTS, RESULTS
     for name in REPORTS:
-        assert os.path.isfile(os.path.join(RESULTS, f"{name}.json")), f"{name}.md has no {name}.json"
+        assert os.path.isfile(os.path.join(RESULTS, f"{name}.json")), (
+            f"{name}.md has no {name}.json"
+        )
         _renderer(name)  # StopIteration: no tool writes this report
 
 
@@ -50,4 +63,6 @@ def test_report_is_rendered_from_its_json(name):
     with open(os.path.join(RESULTS, f"{name}.json")) as f:
         data = json.load(f)
     with open(os.path.join(RESULTS, f"{name}.md")) as f:
-        assert f.read() == _renderer(name)(data).rstrip("\n") + "\n", f"re-render: tools/... --report --name {name}"
+        assert f.read() == _renderer(name)(data).rstrip("\n") + "\n", (
+            f"re-render: tools/... --report --name {name}"
+        )

@@ -48,7 +48,12 @@ def test_valid_coco(tmp_path):
         counts.append(len(anns))
         for a in anns:
             x, y, w, h = a["bbox"]
-            assert x >= 0 and y >= 0 and x + w <= info["width"] + 1e-6 and y + h <= info["height"] + 1e-6
+            assert (
+                x >= 0
+                and y >= 0
+                and x + w <= info["width"] + 1e-6
+                and y + h <= info["height"] + 1e-6
+            )
             assert w >= cfg.min_size - 1e-6 and h >= cfg.min_size - 1e-6
             assert max(w, h) <= cfg.max_size_frac * cfg.image_size + 1e-6
             assert a["category_id"] in coco.cats and a["iscrowd"] == 0
@@ -107,7 +112,9 @@ def test_difficulty_knobs():
 
 def test_bad_settings_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="min_objects"):
-        write_split(str(tmp_path), "x", 1, 0, ShapesConfig(min_objects=5, max_objects=2), progress=False)
+        write_split(
+            str(tmp_path), "x", 1, 0, ShapesConfig(min_objects=5, max_objects=2), progress=False
+        )
     with pytest.raises(ValueError, match="blur_prob"):
         ShapesConfig(blur_prob=2.0).validate()
 
@@ -129,7 +136,9 @@ def test_drawing_in_windows_equals_drawing_on_the_whole_image(monkeypatch, image
     """Each object is drawn in a window around its box; a window as large as the image is the plain way."""
     import gfl_d2.data.shapes as shapes
 
-    cfg = ShapesConfig(image_size=image_size, blur_prob=0.5, fade_edge_prob=0.5)  # blurs spread the furthest
+    cfg = ShapesConfig(
+        image_size=image_size, blur_prob=0.5, fade_edge_prob=0.5
+    )  # blurs spread the furthest
     windowed = [render_image(i, 3, cfg) for i in range(40)]
     monkeypatch.setattr(shapes, "WINDOW_MARGIN", 10 * image_size)
     for i, (img, anns) in enumerate(windowed):

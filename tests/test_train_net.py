@@ -1,4 +1,5 @@
 """End to end: the entry points train, checkpoint and evaluate on a tiny generated dataset, on CPU."""
+
 import os
 import subprocess
 import sys
@@ -10,7 +11,6 @@ from gfl_d2.data import ShapesConfig, write_split
 from gfl_d2.testing import ROOT, TINY_OVERRIDES, read_metrics, run_tool
 
 
-
 def run(cmd, datasets, timeout=600):
     proc = run_tool(cmd, datasets=datasets, timeout=timeout)
     return proc.stdout + proc.stderr
@@ -19,8 +19,14 @@ def run(cmd, datasets, timeout=600):
 def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     out_dir = tmp_path / "out"
     log = run(
-        ["tools/train_net.py", "train.max_iter=10", "train.checkpointer.period=5", "train.log_period=2",
-         f"train.output_dir={out_dir}"] + TINY_OVERRIDES,
+        [
+            "tools/train_net.py",
+            "train.max_iter=10",
+            "train.checkpointer.period=5",
+            "train.log_period=2",
+            f"train.output_dir={out_dir}",
+        ]
+        + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
@@ -28,11 +34,17 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     # targets within ~5 strides, n = 16)
     assert "GFL bins: " in log and "99% within" in log
     # the embedded config trains on CUDA where there is one, and says so
-    assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
+    assert (
+        "running on cuda: "
+        if torch.cuda.is_available()
+        else "running on cpu (no CUDA device available)"
+    ) in log
     assert (out_dir / "model_final.pth").is_file() and (out_dir / "model_0000004.pth").is_file()
     metrics = read_metrics(out_dir / "metrics.json")
     losses = [m for m in metrics if "loss_qfl" in m]
-    assert losses and all(k in losses[-1] for k in ("loss_qfl", "loss_bbox", "loss_dfl", "num_pos_anchors", "lr"))
+    assert losses and all(
+        k in losses[-1] for k in ("loss_qfl", "loss_bbox", "loss_dfl", "num_pos_anchors", "lr")
+    )
     assert any("bbox/AP" in m for m in metrics)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(out_dir))
     # the dataset was generated as COCO json + images
@@ -40,8 +52,13 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
 
     # --eval-only on the checkpoint just written
     log = run(
-        ["tools/train_net.py", "--eval-only", f"train.init_checkpoint={out_dir / 'model_final.pth'}",
-         f"train.output_dir={tmp_path / 'eval'}"] + TINY_OVERRIDES,
+        [
+            "tools/train_net.py",
+            "--eval-only",
+            f"train.init_checkpoint={out_dir / 'model_final.pth'}",
+            f"train.output_dir={tmp_path / 'eval'}",
+        ]
+        + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
@@ -50,8 +67,18 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
     val_dir = tmp_path / "datasets" / "shapes" / "val"
     demo_out = tmp_path / "demo"
     run(
-        ["tools/demo.py", "--input", str(val_dir / "000000.png"), str(val_dir), "--output", str(demo_out),
-         "--confidence-threshold", "0.0", f"train.init_checkpoint={out_dir / 'model_final.pth'}"] + TINY_OVERRIDES,
+        [
+            "tools/demo.py",
+            "--input",
+            str(val_dir / "000000.png"),
+            str(val_dir),
+            "--output",
+            str(demo_out),
+            "--confidence-threshold",
+            "0.0",
+            f"train.init_checkpoint={out_dir / 'model_final.pth'}",
+        ]
+        + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     written = sorted(os.listdir(demo_out))
@@ -62,12 +89,22 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
         assert im.size[0] >= 128 and im.getbbox() is not None
 
 
-@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="2 processes need 2 GPUs, or none (CPU processes)")
+@pytest.mark.skipif(
+    0 < torch.cuda.device_count() < 2, reason="2 processes need 2 GPUs, or none (CPU processes)"
+)
 def test_lazy_train_net_two_cpu_processes(tmp_path):
     out_dir = tmp_path / "out"
     log = run(
-        ["tools/train_net.py", "--num-gpus", "2", "train.max_iter=3", "train.log_period=1",
-         f"train.output_dir={out_dir}", "train.eval_period=0"] + TINY_OVERRIDES,
+        [
+            "tools/train_net.py",
+            "--num-gpus",
+            "2",
+            "train.max_iter=3",
+            "train.log_period=1",
+            f"train.output_dir={out_dir}",
+            "train.eval_period=0",
+        ]
+        + TINY_OVERRIDES,
         tmp_path / "datasets",
     )
     assert "copypaste: AP" in log
@@ -78,9 +115,16 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, "tools/train_net.py", "--config-file", "configs/nope.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert proc.returncode != 0 and "config file not found: configs/nope.py" in proc.stderr + proc.stdout
+    assert (
+        proc.returncode != 0
+        and "config file not found: configs/nope.py" in proc.stderr + proc.stdout
+    )
 
 
 def test_yacs_train_net(tmp_path):
@@ -90,17 +134,44 @@ def test_yacs_train_net(tmp_path):
     write_split(str(root), "val", 4, seed=1, cfg=cfg, progress=False)
     out_dir = tmp_path / "out"
     log = run(
-        ["projects/GFL/train_net.py", "--config-file", "configs/gfl_R_50_FPN_1x.yaml",
-         "MODEL.WEIGHTS", "", "MODEL.GFL.NUM_CLASSES", "5",
-         "DATASETS.TRAIN", "('shapes_train',)", "DATASETS.TEST", "('shapes_val',)",
-         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
-         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1",
-         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out_dir)],
+        [
+            "projects/GFL/train_net.py",
+            "--config-file",
+            "configs/gfl_R_50_FPN_1x.yaml",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.GFL.NUM_CLASSES",
+            "5",
+            "DATASETS.TRAIN",
+            "('shapes_train',)",
+            "DATASETS.TEST",
+            "('shapes_val',)",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MIN_SIZE_TEST",
+            "96",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.STEPS",
+            "(2,)",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(out_dir),
+        ],
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
     # detectron2's default MODEL.DEVICE 'cuda' falls back to the CPU without a GPU, and the log says so
-    assert ("running on cuda: " if torch.cuda.is_available() else "running on cpu (no CUDA device available)") in log
+    assert (
+        "running on cuda: "
+        if torch.cuda.is_available()
+        else "running on cpu (no CUDA device available)"
+    ) in log
     assert (out_dir / "model_final.pth").is_file()
 
 
@@ -108,27 +179,54 @@ def test_yacs_train_net(tmp_path):
 def test_eval_only_with_the_imagenet_backbone_stops_before_anything_runs(tmp_path, weights):
     """The COCO configs start from an ImageNet backbone: evaluating that would measure an untrained head."""
     cache = tmp_path / "cache"
-    cmd = ["tools/train_net.py", "--config-file", "configs/COCO-Detection/gfl_R_50_FPN_1x.py", "--eval-only",
-           f"train.output_dir={tmp_path / 'out'}"] + ([f"train.init_checkpoint={weights}"] if weights else [])
+    cmd = [
+        "tools/train_net.py",
+        "--config-file",
+        "configs/COCO-Detection/gfl_R_50_FPN_1x.py",
+        "--eval-only",
+        f"train.output_dir={tmp_path / 'out'}",
+    ] + ([f"train.init_checkpoint={weights}"] if weights else [])
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), FVCORE_CACHE=str(cache))
-    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0
-    assert ("error: --eval-only with train.init_checkpoint=detectron2://ImageNetPretrained/torchvision/R-50.pkl, the "
-            "weights this config trains from (an ImageNet backbone), would evaluate a detector whose head is "
-            "untrained: pass the weights of a trained model: train.init_checkpoint=/path/to/model_final.pth") in proc.stderr
+    assert (
+        "error: --eval-only with train.init_checkpoint=detectron2://ImageNetPretrained/torchvision/R-50.pkl, the "
+        "weights this config trains from (an ImageNet backbone), would evaluate a detector whose head is "
+        "untrained: pass the weights of a trained model: train.init_checkpoint=/path/to/model_final.pth"
+    ) in proc.stderr
     assert "Traceback" not in proc.stderr
     # stopped before anything was downloaded, built or written
-    assert not cache.exists() and not (tmp_path / "out").exists() and not (tmp_path / "datasets").exists()
+    assert (
+        not cache.exists()
+        and not (tmp_path / "out").exists()
+        and not (tmp_path / "datasets").exists()
+    )
 
 
 def test_yacs_eval_only_with_the_imagenet_backbone_stops_before_anything_runs(tmp_path):
     env = dict(os.environ, FVCORE_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
-        [sys.executable, "projects/GFL/train_net.py", "--config-file", "configs/gfl_R_50_FPN_1x.yaml", "--eval-only",
-         "OUTPUT_DIR", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "projects/GFL/train_net.py",
+            "--config-file",
+            "configs/gfl_R_50_FPN_1x.yaml",
+            "--eval-only",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert ("error: --eval-only with MODEL.WEIGHTS detectron2://ImageNetPretrained/torchvision/R-50.pkl, the weights "
-            "this config trains from (an ImageNet backbone), would evaluate a detector whose head is untrained: pass "
-            "the weights of a trained model: MODEL.WEIGHTS /path/to/model_final.pth") in proc.stderr
+    assert (
+        "error: --eval-only with MODEL.WEIGHTS detectron2://ImageNetPretrained/torchvision/R-50.pkl, the weights "
+        "this config trains from (an ImageNet backbone), would evaluate a detector whose head is untrained: pass "
+        "the weights of a trained model: MODEL.WEIGHTS /path/to/model_final.pth"
+    ) in proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -27,37 +27,86 @@ with ``--tune-seed``, the best rate on shapes_val is chosen per variant, and
 the variant trains again at it with ``--seeds`` (gfl_studies.lr_tuning); the
 runs of rate r go to ``<output>/lr<r>``.
 """
+
 import argparse
 
-from gfl_studies.ablation import DEFAULT_TABLES, TABLES, VARIANTS, list_variants, render_report, run_lr_tuning, run_study
+from gfl_studies.ablation import (
+    DEFAULT_TABLES,
+    TABLES,
+    VARIANTS,
+    list_variants,
+    render_report,
+    run_lr_tuning,
+    run_study,
+)
 from gfl_studies.reports import add_report_arguments, render_again
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tables", nargs="+", default=DEFAULT_TABLES, choices=list(TABLES))
-    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="NAME",
-                   help="run these variants only (default: the rows of --tables)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(VARIANTS),
+        metavar="NAME",
+        help="run these variants only (default: the rows of --tables)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the main rows")
-    p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0], help="seeds of the sweep rows")
+    p.add_argument(
+        "--sweep-seeds", nargs="+", type=int, default=[0], help="seeds of the sweep rows"
+    )
     p.add_argument("--iters", type=int, default=500, help="training iterations of every run")
     p.add_argument("--batch", type=int, default=8, help="images per iteration")
     p.add_argument("--jobs", type=int, default=1, help="training processes at a time")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: 2 / jobs, at least 1)")
-    p.add_argument("--timing-images", type=int, default=100, help="val images per model in the timing pass")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads per process (0: 2 / jobs, at least 1)"
+    )
+    p.add_argument(
+        "--timing-images", type=int, default=100, help="val images per model in the timing pass"
+    )
     p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--output", default="output/ablation", help="folder of the runs (checkpoints, logs, result.json)")
-    p.add_argument("--list", action="store_true", help="print the variants and the runs planned, and exit")
-    p.add_argument("--lrs", nargs="+", type=float, default=None,
-                   help="tune the learning rate over these values (see above) instead of running --tables")
-    p.add_argument("--tune-seed", type=int, default=10, help="with --lrs: the seed of the tuning runs")
-    p.add_argument("--opts", nargs="*", default=[], help="extra overrides for every run (e.g. smaller data)")
-    p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
-                   help="the LD rows' teacher (a trained configs/Synthetic/gfl_R_18_FPN_shapes.py); default: "
-                        "trained into <output>/teacher on that config's own schedule")
-    p.add_argument("--teacher-seed", type=int, default=0, help="seed of the teacher this study trains")
-    p.add_argument("--teacher-opts", nargs="*", default=[], help="extra overrides of the teacher's training run")
+    p.add_argument(
+        "--output",
+        default="output/ablation",
+        help="folder of the runs (checkpoints, logs, result.json)",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="print the variants and the runs planned, and exit"
+    )
+    p.add_argument(
+        "--lrs",
+        nargs="+",
+        type=float,
+        default=None,
+        help="tune the learning rate over these values (see above) instead of running --tables",
+    )
+    p.add_argument(
+        "--tune-seed", type=int, default=10, help="with --lrs: the seed of the tuning runs"
+    )
+    p.add_argument(
+        "--opts", nargs="*", default=[], help="extra overrides for every run (e.g. smaller data)"
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="CHECKPOINT",
+        help="the LD rows' teacher (a trained configs/Synthetic/gfl_R_18_FPN_shapes.py); default: "
+        "trained into <output>/teacher on that config's own schedule",
+    )
+    p.add_argument(
+        "--teacher-seed", type=int, default=0, help="seed of the teacher this study trains"
+    )
+    p.add_argument(
+        "--teacher-opts",
+        nargs="*",
+        default=[],
+        help="extra overrides of the teacher's training run",
+    )
     add_report_arguments(p, "ablation")
     return p.parse_args(argv)
 

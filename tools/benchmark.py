@@ -33,6 +33,7 @@ mmdet is not importable.
 ``--mode gpu_check`` is the GPU check's plan (COCO size, batch 1 and 8,
 inference and training, fp32 and fp16 autocast, GPU memory of every line).
 """
+
 import argparse
 import sys
 
@@ -44,17 +45,43 @@ from gfl_studies.reports import add_report_arguments, render_again, write_report
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--mode", choices=list(PLANS), default=None, help="what to measure (default: full)")
-    p.add_argument("--quick", action="store_true", help="--mode quick: small sizes and batches (CPU: under 3 minutes)")
-    p.add_argument("--smoke", action="store_true", help="--mode smoke: tiny sizes, one repeat: every path runs")
-    p.add_argument("--models", nargs="+", default=None, choices=MODELS, help="default: all (gpu_check: gfl gflv2 fcos)")
-    p.add_argument("--repeat", type=int, default=None, help="timed runs per line (default: the mode's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: the mode's)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
-    p.add_argument("--peer", choices=("mmdet",), default=None,
-                   help="measure against MMDetection's GFL instead of detectron2's detectors (see above)")
+    p.add_argument(
+        "--mode", choices=list(PLANS), default=None, help="what to measure (default: full)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="--mode quick: small sizes and batches (CPU: under 3 minutes)",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="--mode smoke: tiny sizes, one repeat: every path runs"
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=MODELS,
+        help="default: all (gpu_check: gfl gflv2 fcos)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=None, help="timed runs per line (default: the mode's)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs first (default: the mode's)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)"
+    )
+    p.add_argument(
+        "--peer",
+        choices=("mmdet",),
+        default=None,
+        help="measure against MMDetection's GFL instead of detectron2's detectors (see above)",
+    )
     add_report_arguments(p, "benchmark")
     args = p.parse_args(argv)
     args.mode = args.mode or ("smoke" if args.smoke else "quick" if args.quick else "full")
@@ -65,24 +92,43 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.report:
-        print(render_again(args.results, args.name, lambda data: (
-            mmdet_peer.render(data) if "profile" in data or "note" in data else render(data))))
+        print(
+            render_again(
+                args.results,
+                args.name,
+                lambda data: (
+                    mmdet_peer.render(data) if "profile" in data or "note" in data else render(data)
+                ),
+            )
+        )
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available")
     if args.peer:
-        result = mmdet_peer.run_peer_benchmark(args.mode, args.device, args.repeat, args.warmup,
-                                               log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        result = mmdet_peer.run_peer_benchmark(
+            args.mode,
+            args.device,
+            args.repeat,
+            args.warmup,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
         if "note" in result:
             print(result["note"])  # nothing measured: no report is written
             return result
         print(write_report(args.results, args.name, result, mmdet_peer.render))
         print(f"\nwritten to {args.results}/{args.name}.json and .md")
         return result
-    result = run_benchmark(args.models, args.device, args.mode, args.threads, args.repeat, args.warmup,
-                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_benchmark(
+        args.models,
+        args.device,
+        args.mode,
+        args.threads,
+        args.repeat,
+        args.warmup,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     print(write_report(args.results, args.name, result, render))
     print(f"\nwritten to {args.results}/{args.name}.json and .md")
     return result

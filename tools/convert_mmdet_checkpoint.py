@@ -13,6 +13,7 @@ Prints what it mapped. Refuses, with the reason, a checkpoint it does not
 understand (DCN backbones, other architectures) and never leaves a
 half-written output file.
 """
+
 import argparse
 import logging
 import sys
@@ -21,7 +22,9 @@ from gfl_d2.convert import ConversionError, convert_checkpoint
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("src", help="MMDetection GFL checkpoint (.pth)")
     p.add_argument("dst", help="output checkpoint for gfl-d2 (.pth)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every mapped key")
@@ -35,7 +38,9 @@ def main(argv=None):
     if args.allow_pickle:
         logging.basicConfig(format="%(levelname)s: %(message)s")
     try:
-        report = convert_checkpoint(args.src, args.dst, allow_pickle=args.allow_pickle, verbose=args.verbose)
+        report = convert_checkpoint(
+            args.src, args.dst, allow_pickle=args.allow_pickle, verbose=args.verbose
+        )
     except ConversionError as e:
         print(f"error: cannot convert {args.src}: {e}", file=sys.stderr)
         return 1

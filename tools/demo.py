@@ -10,18 +10,17 @@ With no ``--config-file`` the embedded shapes config is used. Trailing
 ``key=value`` pairs override the config (``train.init_checkpoint`` picks the
 weights).
 """
+
 import logging
 import os
 
-from PIL import Image
-
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
+from PIL import Image
 
 import gfl_d2  # noqa: F401,E402
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images
-
 
 
 def parse_args(argv=None):

@@ -18,7 +18,6 @@ input format (RGB for the GFL configs) already resized as the test mapper does
 ``--keep-box-distributions``). Height and width are dynamic.
 """
 
-
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.export import export
 
@@ -28,9 +27,17 @@ def parse_args(argv=None):
     p.add_argument("--export-method", choices=["tracing", "scripting"], default="tracing")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--sample-image", default=None, help="an image to trace with and to check the export on")
-    p.add_argument("--keep-box-distributions", action="store_true", help="also export pred_box_dists/pred_box_std")
-    p.add_argument("--device", default="cpu", help="device to trace and check on (e.g. cuda); default cpu")
+    p.add_argument(
+        "--sample-image", default=None, help="an image to trace with and to check the export on"
+    )
+    p.add_argument(
+        "--keep-box-distributions",
+        action="store_true",
+        help="also export pred_box_dists/pred_box_std",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="device to trace and check on (e.g. cuda); default cpu"
+    )
     return parse_with_overrides(p, argv)
 
 
@@ -38,8 +45,16 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = setup_config(args)
     try:
-        return export(cfg, args.output, args.format, args.export_method, args.device, args.sample_image,
-                      args.keep_box_distributions, args.config_file)
+        return export(
+            cfg,
+            args.output,
+            args.format,
+            args.export_method,
+            args.device,
+            args.sample_image,
+            args.keep_box_distributions,
+            args.config_file,
+        )
     except ValueError as e:
         raise SystemExit(f"error: {e}")
 

@@ -12,6 +12,7 @@ projects/GFL/results, and to --output with --smoke.
     python tools/gpu_check.py --smoke --output /tmp/gc          # tiny sizes, on the CPU too: checks the script
     python tools/gpu_check.py --report --name gpu_check_h100   # the .md again from the .json
 """
+
 import argparse
 import sys
 
@@ -20,11 +21,19 @@ from gfl_studies.reports import DEFAULT_RESULTS, add_report_arguments, render_ag
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output", default="gpu_check", help="folder for logs, checkpoints and exports")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and few iterations; allowed without a GPU")
-    p.add_argument("--iters", type=int, default=None, help="training iterations per precision (default 300)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "peer", "export"])
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and few iterations; allowed without a GPU"
+    )
+    p.add_argument(
+        "--iters", type=int, default=None, help="training iterations per precision (default 300)"
+    )
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "peer", "export"]
+    )
     add_report_arguments(p, "gpu_check", results=None)
     args = p.parse_args(argv)
     # a smoke run checks the script, it measures nothing: its report stays with its logs

@@ -17,6 +17,7 @@ one. Writes ``<results>/<name>.json`` and ``<name>.md``.
 
 See ``gfl_studies/ld_agreement.py`` for the columns.
 """
+
 import argparse
 import os
 
@@ -29,18 +30,33 @@ from gfl_studies.reports import add_report_arguments, machine, render_again, wri
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", nargs=2, metavar=("CONFIG", "WEIGHTS"),
-                   help="the teacher: its LazyConfig and checkpoint ('' for the config's own init)")
-    p.add_argument("--model", nargs=3, action="append", metavar=("NAME", "CONFIG", "WEIGHTS"),
-                   help="a student: its name, LazyConfig (without a teacher) and checkpoint")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--teacher",
+        nargs=2,
+        metavar=("CONFIG", "WEIGHTS"),
+        help="the teacher: its LazyConfig and checkpoint ('' for the config's own init)",
+    )
+    p.add_argument(
+        "--model",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "CONFIG", "WEIGHTS"),
+        help="a student: its name, LazyConfig (without a teacher) and checkpoint",
+    )
     p.add_argument("--num-images", type=int, default=None, help="validation images (default: all)")
-    p.add_argument("--temperature", type=float, default=10.0, help="T of the LD loss column (default: 10)")
+    p.add_argument(
+        "--temperature", type=float, default=10.0, help="T of the LD loss column (default: 10)"
+    )
     p.add_argument("--opts", nargs="*", default=[], help="overrides for every config")
     add_report_arguments(p, "ld_agreement")
     args = p.parse_args(argv)
     if not args.report and (not args.model or not args.teacher):
-        p.error("give --teacher CONFIG WEIGHTS and at least one --model NAME CONFIG WEIGHTS (or --report)")
+        p.error(
+            "give --teacher CONFIG WEIGHTS and at least one --model NAME CONFIG WEIGHTS (or --report)"
+        )
     if args.model and any(name == "teacher" for name, _, _ in args.model):
         p.error("--model: 'teacher' names the teacher's row; give the student another name")
     return args
@@ -65,12 +81,19 @@ def main(argv=None):
         print(render_again(args.results, args.name, render))
         return None
     cfg, teacher = _load("teacher", *args.teacher, args.opts)
-    models = {name: _load(name, config, weights, args.opts)[1] for name, config, weights in args.model}
+    models = {
+        name: _load(name, config, weights, args.opts)[1] for name, config, weights in args.model
+    }
     dataset = instantiate(cfg.dataloader.test.dataset)
     mapper = instantiate(cfg.dataloader.test.mapper)
     table = collect_agreement(models, teacher, dataset, mapper, args.temperature, args.num_images)
-    setup = dict(machine("cpu"), images=len(dataset[:args.num_images]), temperature=args.temperature,
-                 teacher=dict(config=args.teacher[0], weights=args.teacher[1]), models=model_specs(args.model))
+    setup = dict(
+        machine("cpu"),
+        images=len(dataset[: args.num_images]),
+        temperature=args.temperature,
+        teacher=dict(config=args.teacher[0], weights=args.teacher[1]),
+        models=model_specs(args.model),
+    )
     text = write_report(args.results, args.name, dict(setup=setup, table=table), render)
     print(text)
     return table

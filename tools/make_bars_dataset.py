@@ -8,13 +8,16 @@ layout: something to try configs/OwnData on.
     python tools/make_bars_dataset.py --layout voc --output datasets/bars_voc
     python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py dataset.root=datasets/bars_voc
 """
+
 import argparse
 
 from gfl_d2.data import LAYOUTS, write_bars_dataset
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--layout", required=True, choices=LAYOUTS)
     p.add_argument("--output", required=True, help="the dataset folder to write")
     p.add_argument("--num-train", type=int, default=1500)
@@ -25,7 +28,9 @@ def main(argv=None):
     written = write_bars_dataset(args.output, args.layout, splits=splits)
     for split, records in written.items():
         boxes = sum(len(r["annotations"]) for r in records)
-        print(f"{args.output}: {split}, {len(records)} images, {boxes} objects ({args.layout} layout)")
+        print(
+            f"{args.output}: {split}, {len(records)} images, {boxes} objects ({args.layout} layout)"
+        )
 
 
 if __name__ == "__main__":

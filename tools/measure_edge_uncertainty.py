@@ -15,6 +15,7 @@ Writes the report: ``<results>/<name>.json`` (the summary per group of
 edges) and ``<name>.md`` (its table, also printed). The relative std (std /
 box side along the edge's axis) controls for object size.
 """
+
 from pycocotools.coco import COCO
 
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
@@ -44,8 +45,13 @@ def main(argv=None):
     if len(rows) == 0:
         raise SystemExit("no ground-truth box was matched by a detection: is the model trained?")
     summary = summarize_edge_uncertainty(rows)
-    setup = dict(machine(cfg.train.get("device", "cpu")), config=args.config_file, weights=cfg.train.init_checkpoint,
-                 min_iou=args.min_iou, max_images=args.max_images)
+    setup = dict(
+        machine(cfg.train.get("device", "cpu")),
+        config=args.config_file,
+        weights=cfg.train.init_checkpoint,
+        min_iou=args.min_iou,
+        max_images=args.max_images,
+    )
     print(write_report(args.results, args.name, dict(setup=setup, summary=summary), render))
     return summary
 

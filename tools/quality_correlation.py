@@ -18,26 +18,44 @@ detection's values (``detections.json``) and a scatter picture.
 
 See ``gfl_studies/quality_study.py`` for the candidates.
 """
+
 import argparse
 import json
 import os
 
 import numpy as np
-
 from detectron2.config import instantiate
 
 from gfl_d2.checkpoint import CheckedCheckpointer
 from gfl_d2.lazy_config import load_lazy_config
-from gfl_studies.quality_study import CANDIDATES, collect, correlations, held_quality, render, scatter_plot
+from gfl_studies.quality_study import (
+    CANDIDATES,
+    collect,
+    correlations,
+    held_quality,
+    render,
+    scatter_plot,
+)
 from gfl_studies.reports import add_report_arguments, machine, render_again, write_report
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs=3, action="append", metavar=("NAME", "CONFIG", "WEIGHTS"),
-                   help="a model: its name, LazyConfig and checkpoint ('' for the config's own init)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "CONFIG", "WEIGHTS"),
+        help="a model: its name, LazyConfig and checkpoint ('' for the config's own init)",
+    )
     p.add_argument("--num-images", type=int, default=None, help="validation images (default: all)")
-    p.add_argument("--output", default="output/quality_correlation", help="folder of the detections and the picture")
+    p.add_argument(
+        "--output",
+        default="output/quality_correlation",
+        help="folder of the detections and the picture",
+    )
     p.add_argument("--opts", nargs="*", default=[], help="overrides for every model's config")
     add_report_arguments(p, "quality_correlation")
     args = p.parse_args(argv)
@@ -68,8 +86,11 @@ def measure(args):
         evaluator.reset()
         results[name] = collect(model, dataset, mapper, args.num_images, evaluator)
         aps[name] = _bbox_ap(evaluator)
-        images = len(dataset[:args.num_images])
-        print(f"{name}: {len(results[name]['iou'])} detections on {images} images, AP {aps[name]['AP']}", flush=True)
+        images = len(dataset[: args.num_images])
+        print(
+            f"{name}: {len(results[name]['iou'])} detections on {images} images, AP {aps[name]['AP']}",
+            flush=True,
+        )
         quality = results[name].get("quality")
         if getattr(model.head, "dgqp", None) is not None and quality is not None and len(quality):
             mean = float(quality.astype(np.float64).mean())
@@ -92,8 +113,19 @@ def main(argv=None):
                 raise SystemExit(f"error: model {name!r}: {what} {path} not found")
     os.makedirs(args.output, exist_ok=True)
     results, aps, images = measure(args)
-    setup = dict(machine("cpu"), images=images, models=[dict(name=n, config=c, weights=w) for n, c, w in args.model])
-    print(write_report(args.results, args.name, dict(setup=setup, correlations=correlations(results), ap=aps), render))
+    setup = dict(
+        machine("cpu"),
+        images=images,
+        models=[dict(name=n, config=c, weights=w) for n, c, w in args.model],
+    )
+    print(
+        write_report(
+            args.results,
+            args.name,
+            dict(setup=setup, correlations=correlations(results), ap=aps),
+            render,
+        )
+    )
     with open(os.path.join(args.output, "detections.json"), "w") as f:
         json.dump({n: {k: v.tolist() for k, v in r.items()} for n, r in results.items()}, f)
     # the score of each model, then each model's quality and its best distribution statistic
@@ -101,7 +133,9 @@ def main(argv=None):
     panels += [(n, "quality") for n, r in results.items() if "quality" in r]
     panels += [(n, "top-1") for n, r in results.items() if "top-1" in r][:1]
     scatter_plot(results, panels, os.path.join(args.output, "quality_vs_iou.png"))
-    print(f"written to {args.results}/{args.name}.json, .md and {args.output}/ (candidates: {', '.join(CANDIDATES)})")
+    print(
+        f"written to {args.results}/{args.name}.json, .md and {args.output}/ (candidates: {', '.join(CANDIDATES)})"
+    )
     return results
 
 

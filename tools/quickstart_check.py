@@ -14,6 +14,7 @@ before each run is recorded.
 Arguments after ``--`` are appended to the command (a study of the quick
 start's settings; the report shows the command measured).
 """
+
 import argparse
 import os
 import tempfile
@@ -25,12 +26,20 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--repo", default=REPOSITORY, help="the repository to clone (default: this one)")
-    p.add_argument("--workdir", default="", help="where the clones go (default: a temporary folder)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="OMP_NUM_THREADS of the runs (0: unset, as for a user)")
+    p.add_argument(
+        "--workdir", default="", help="where the clones go (default: a temporary folder)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS of the runs (0: unset, as for a user)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
     p.add_argument("--keep", action="store_true", help="keep the clones (outputs, datasets)")
     add_report_arguments(p, "quickstart")
@@ -43,14 +52,24 @@ def main(argv=None):
         p.error(f"--runs must be at least 1, got {args.runs}")
     state = quickstart.repository_state(args.repo)
     if state["dirty"]:
-        print(f"note: {args.repo} has uncommitted changes; the clone measures commit {state['commit'][:7]}")
+        print(
+            f"note: {args.repo} has uncommitted changes; the clone measures commit {state['commit'][:7]}"
+        )
     workdir = args.workdir or tempfile.mkdtemp(prefix="gfl_quickstart_")
     runs = []
     command = "python " + " ".join(["tools/train_net.py", *args.args])
     for i in range(args.runs):
         print(f"[{i + 1}/{args.runs}] {command} in a fresh clone of {state['commit'][:7]}")
-        runs.append(quickstart.run_once(args.repo, os.path.join(workdir, f"run{i + 1}"), args.args,
-                                        threads=args.threads, timeout=args.timeout, keep=args.keep))
+        runs.append(
+            quickstart.run_once(
+                args.repo,
+                os.path.join(workdir, f"run{i + 1}"),
+                args.args,
+                threads=args.threads,
+                timeout=args.timeout,
+                keep=args.keep,
+            )
+        )
         quickstart.write(args.results, args.name, runs, command, state)
     print(render_again(args.results, args.name, quickstart.render))
 

@@ -12,6 +12,7 @@ Multi-node: add ``--num-machines N --machine-rank R --dist-url tcp://HOST:PORT``
 Without a GPU the model runs on the CPU (``--num-gpus K`` then starts K CPU
 processes that communicate with gloo).
 """
+
 from gfl_d2.training import invoke_main
 
 if __name__ == "__main__":

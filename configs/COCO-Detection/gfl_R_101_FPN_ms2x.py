@@ -11,7 +11,8 @@ docs/configs.md ("ImageNet weights for R-101 and X-101"):
     python -c "import torch, torchvision; torch.save(torchvision.models.resnet101(weights='IMAGENET1K_V1').state_dict(), 'resnet101.pth')"
     python convert-torchvision-to-d2.py resnet101.pth pretrained/R-101.pkl
 """
-from .gfl_R_50_FPN_ms2x import dataloader, lr_multiplier, model, optimizer, train
+
+from .gfl_R_50_FPN_ms2x import model, train
 
 model.backbone.bottom_up.stages.depth = 101
 train.init_checkpoint = "pretrained/R-101.pkl"

@@ -4,11 +4,10 @@ scale (shorter side 800, longer <= 1333). Published: 40.2 AP on COCO minival.
 
     python tools/train_net.py --config-file configs/COCO-Detection/gfl_R_50_FPN_1x.py --num-gpus 8
 """
+
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
-
-from ..common.models.gfl import model
 
 dataloader = get_config("common/data/coco.py").dataloader
 optimizer = get_config("common/optim.py").SGD
@@ -22,7 +21,9 @@ dataloader.train.mapper.augmentations = [
     L(T.RandomFlip)(horizontal=True),
 ]
 dataloader.train.total_batch_size = 16
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)
+]
 
 optimizer.lr = 0.01
 optimizer.momentum = 0.9

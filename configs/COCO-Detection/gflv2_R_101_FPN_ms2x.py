@@ -8,6 +8,7 @@ The release starts from torchvision's ImageNet ResNet-101, expected at
 ``tools/convert-torchvision-to-d2.py`` as that file's docstring shows, see
 docs/configs.md ("ImageNet weights for R-101 and X-101").
 """
-from .gfl_R_101_FPN_ms2x import dataloader, lr_multiplier, model, optimizer, train
+
+from .gfl_R_101_FPN_ms2x import model
 
 model.quality = "dgqp"

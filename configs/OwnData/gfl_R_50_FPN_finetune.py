@@ -22,6 +22,7 @@ steps at 75% and 90% of train.max_iter and 10% warm-up, all fractions of
 train.max_iter, so that train.max_iter=N alone rescales it (about 20-30 epochs
 of the training set is a good start).
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 
@@ -29,10 +30,13 @@ from gfl_d2.data.folders import dataset_num_classes
 
 from .gfl_R_18_FPN_scratch import dataloader, dataset, lr_multiplier
 
-model, optimizer, train = LazyConfig.load_rel("../COCO-Detection/gfl_R_50_FPN_1x.py", ("model", "optimizer", "train"))
+model, optimizer, train = LazyConfig.load_rel(
+    "../COCO-Detection/gfl_R_50_FPN_1x.py", ("model", "optimizer", "train")
+)
 
-model.num_classes = L(dataset_num_classes)(root="${dataset.root}", split="${dataset.train_split}",
-                                           layout="${dataset.layout}")
+model.num_classes = L(dataset_num_classes)(
+    root="${dataset.root}", split="${dataset.train_split}", layout="${dataset.layout}"
+)
 # the COCO model's input size; smaller objects than COCO's may want more (dataset.min_size=1024)
 dataset.min_size = 800
 dataset.max_size = 1333
@@ -41,7 +45,9 @@ dataloader.train.total_batch_size = 4
 
 optimizer.lr = 0.01 * 4 / 16  # linear scaling rule from the COCO schedule (0.01 at 16 images)
 
-train.init_checkpoint = "???"  # the converted COCO weights: train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
+train.init_checkpoint = (
+    "???"  # the converted COCO weights: train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
+)
 train.max_iter = 3000
 train.eval_period = 500  # and the best checkpoint by bbox AP is kept as model_best.pth
 train.checkpointer.period = 500

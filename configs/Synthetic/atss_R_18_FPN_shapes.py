@@ -4,7 +4,8 @@ ATSS, the paper's baseline, on the embedded dataset: the GFL model of
 centerness branch (multiplied into the score at test time) and plain distance
 regression (Dirac delta) with GIoU, weighted by the centerness target.
 """
-from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
+
+from .gfl_R_18_FPN_shapes import model, train
 
 model.quality = "centerness"
 model.box_representation = "dirac"

@@ -8,12 +8,15 @@ detectors on this data and of the ablation study.
 The dataset is generated on first use into $DETECTRON2_DATASETS/shapes
 (default ./datasets/shapes) and registered as shapes_train / shapes_val.
 """
-import torch
 
 import detectron2.data.transforms as T
+import torch
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.data import get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
@@ -82,7 +85,9 @@ train.check_bins = 200  # images sampled to measure the bins' fit to the regress
 train.clip_grad = dict(enabled=False, clip_type="norm", clip_value=35.0, norm_type=2.0)
 
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[1700, 2000], num_updates=2200),
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1, 0.01], milestones=[1700, 2000], num_updates=2200
+    ),
     warmup_length=100 / 2200,
     warmup_method="linear",
     warmup_factor=0.001,

@@ -21,6 +21,7 @@ with few cores would compete with the training threads for them; the images
 go through the base's ``BoxDatasetMapper`` (detectron2's ``DatasetMapper``,
 same output, all boxes of an image transformed at once).
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
@@ -44,7 +45,9 @@ train.output_dir = "./output/gfl_R_18_FPN_shapes"
 
 lr_multiplier = L(WarmupParamScheduler)(
     # fractions of train.max_iter: steps at 77% and 91%, 100 warm-up iterations
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[77, 91], num_updates=100),
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1, 0.01], milestones=[77, 91], num_updates=100
+    ),
     warmup_length=100 / 1600,
     warmup_method="linear",
     warmup_factor=0.001,

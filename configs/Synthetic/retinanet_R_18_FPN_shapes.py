@@ -6,11 +6,12 @@ uses GroupNorm like GFL's (detectron2's default RetinaNet head has none); the
 rest (9 anchors per location, IoU matcher, smooth-L1 deltas, Focal Loss) is
 detectron2's default.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
 
-from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, optimizer, train
 from .gfl_R_18_FPN_shapes import model as _gfl
+from .gfl_R_18_FPN_shapes import train
 
 model = get_config("common/models/retinanet.py").model
 model.backbone = _gfl.backbone

@@ -1,7 +1,8 @@
 """detectron2's RetinaNet with Quality Focal Loss in place of Focal Loss (paper Table 1b)."""
+
 from gfl_d2.modeling import QFLRetinaNet
 
-from .retinanet_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
+from .retinanet_R_18_FPN_shapes import model, train
 
 model._target_ = QFLRetinaNet
 model.qfl_beta = 2.0

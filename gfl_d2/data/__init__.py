@@ -6,20 +6,9 @@ for boxes that do not fit their image (:mod:`gfl_d2.data.box_policy`), the
 dataset check before training, detectron2's ``DatasetMapper`` made faster for
 boxes (:mod:`gfl_d2.data.mapper`), and two generated datasets (shapes, bars).
 """
-from .problems import DatasetError, DatasetProblems
-from .validation import check_dataset_dicts
-from .mapper import BoxDatasetMapper
-from .shapes import (
-    CATEGORIES,
-    ShapesConfig,
-    build_shapes_dataset,
-    prepare_shapes,
-    register_shapes,
-    render_image,
-    write_split,
-)
+
+from .bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split, write_bars_dataset
 from .folder_dataset import FolderDataset, image_size
-from .formats import DATASET_FORMATS, get_format
 from .folders import (
     LAYOUTS,
     dataset_classes,
@@ -29,7 +18,19 @@ from .folders import (
     register_dataset,
     write_layout,
 )
-from .bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split, write_bars_dataset
+from .formats import DATASET_FORMATS, get_format
+from .mapper import BoxDatasetMapper
+from .problems import DatasetError, DatasetProblems
+from .shapes import (
+    CATEGORIES,
+    ShapesConfig,
+    build_shapes_dataset,
+    prepare_shapes,
+    register_shapes,
+    render_image,
+    write_split,
+)
+from .validation import check_dataset_dicts
 
 __all__ = [
     "CATEGORIES",

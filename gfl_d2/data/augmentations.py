@@ -1,4 +1,5 @@
 """Augmentation lists for configs whose image size is a setting (``configs/OwnData``)."""
+
 from typing import List
 
 import detectron2.data.transforms as T
@@ -27,7 +28,9 @@ class ShrinkToSize(T.Augmentation):
         return T.ResizeTransform(h, w, new_h, new_w, Image.BILINEAR)
 
 
-def resize_and_flip(min_size: int, max_size: int, flip: bool = True, enlarge: bool = False) -> List[T.Augmentation]:
+def resize_and_flip(
+    min_size: int, max_size: int, flip: bool = True, enlarge: bool = False
+) -> List[T.Augmentation]:
     """
     Shorter side to ``min_size`` and longer side at most ``max_size``; with
     ``enlarge=False`` only images larger than that are scaled (down); then a
@@ -37,7 +40,11 @@ def resize_and_flip(min_size: int, max_size: int, flip: bool = True, enlarge: bo
         raise ValueError(f"need min_size >= 0 and max_size >= min_size, got {min_size}, {max_size}")
     augs: List[T.Augmentation] = []
     if min_size:
-        augs.append(T.ResizeShortestEdge(min_size, max_size) if enlarge else ShrinkToSize(min_size, max_size))
+        augs.append(
+            T.ResizeShortestEdge(min_size, max_size)
+            if enlarge
+            else ShrinkToSize(min_size, max_size)
+        )
     if flip:
         augs.append(T.RandomFlip(horizontal=True))
     return augs

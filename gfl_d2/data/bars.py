@@ -7,18 +7,25 @@ backgrounds, and some images without objects. It exists to measure how GFL, its 
 and detectron2's FCOS behave on data the project was not tuned on, and to
 exercise the three folder layouts (:func:`write_bars_dataset`).
 """
+
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from detectron2.structures import BoxMode
+from PIL import Image, ImageDraw
 
 from .folders import write_layout
 
-__all__ = ["BarsConfig", "BARS_CLASSES", "BARS_IDS", "render_bars_image", "generate_bars_split", "write_bars_dataset"]
+__all__ = [
+    "BarsConfig",
+    "BARS_CLASSES",
+    "BARS_IDS",
+    "render_bars_image",
+    "generate_bars_split",
+    "write_bars_dataset",
+]
 
 BARS_CLASSES = ["bar", "ellipse", "cross", "frame"]
 BARS_IDS = [3, 7, 11, 20]
@@ -39,7 +46,9 @@ class BarsConfig:
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     coarse = rng.uniform(20, 130, size=(3, 4, 3)).astype(np.float32)
-    img = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    img = np.asarray(
+        Image.fromarray(coarse.astype(np.uint8)).resize((w, h), Image.BICUBIC), dtype=np.float32
+    )
     return img
 
 
@@ -48,14 +57,18 @@ def _object(rng: np.random.Generator, w: int, h: int, cfg: BarsConfig) -> Tuple[
     cls = int(rng.integers(len(BARS_CLASSES)))
     side = min(w, h)
     if cls == 0:  # bar: long and thin, horizontal or vertical
-        length_limit = (w if rng.random() < 0.5 else h)
+        length_limit = w if rng.random() < 0.5 else h
         horizontal = length_limit == w
         length = float(np.exp(rng.uniform(np.log(4 * cfg.min_side), np.log(0.95 * length_limit))))
         thick = max(cfg.min_side * 0.5, length / float(rng.uniform(3, 12)))
         bw, bh = (length, thick) if horizontal else (thick, length)
     else:
         size = float(np.exp(rng.uniform(np.log(cfg.min_side), np.log(0.8 * side))))
-        aspect = float(np.exp(rng.uniform(-1.0, 1.0))) if cls == 1 else float(np.exp(rng.uniform(-0.35, 0.35)))
+        aspect = (
+            float(np.exp(rng.uniform(-1.0, 1.0)))
+            if cls == 1
+            else float(np.exp(rng.uniform(-0.35, 0.35)))
+        )
         if cls == 3:
             aspect = float(np.exp(rng.uniform(-0.7, 0.7)))
         bw, bh = size * aspect, size / aspect
@@ -64,7 +77,9 @@ def _object(rng: np.random.Generator, w: int, h: int, cfg: BarsConfig) -> Tuple[
     return cls, [x0, y0, x0 + bw, y0 + bh]
 
 
-def _draw(draw: ImageDraw.ImageDraw, cls: int, box: List[float], colour: Tuple[int, int, int]) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw, cls: int, box: List[float], colour: Tuple[int, int, int]
+) -> None:
     x0, y0, x1, y1 = box
     if cls == 0:
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=colour)
@@ -100,7 +115,9 @@ def render_bars_image(index: int, seed: int, cfg: BarsConfig) -> Tuple[np.ndarra
     return np.clip(out, 0, 255).astype(np.uint8), anns
 
 
-def generate_bars_split(image_dir: str, split: str, num_images: int, seed: int, cfg: BarsConfig = None) -> List[Dict]:
+def generate_bars_split(
+    image_dir: str, split: str, num_images: int, seed: int, cfg: BarsConfig = None
+) -> List[Dict]:
     """Render ``num_images`` PNGs into ``image_dir``; return their detectron2 records."""
     cfg = cfg or BarsConfig()
     os.makedirs(image_dir, exist_ok=True)
@@ -109,17 +126,27 @@ def generate_bars_split(image_dir: str, split: str, num_images: int, seed: int, 
         img, anns = render_bars_image(i, seed, cfg)
         path = os.path.join(image_dir, f"{split}_{i:06d}.png")
         Image.fromarray(img).save(path)
-        records.append({"file_name": path, "image_id": i, "height": img.shape[0], "width": img.shape[1],
-                        "annotations": anns})
+        records.append(
+            {
+                "file_name": path,
+                "image_id": i,
+                "height": img.shape[0],
+                "width": img.shape[1],
+                "annotations": anns,
+            }
+        )
     return records
 
 
-def write_bars_dataset(root: str, layout: str, splits=(("train", 1500, 0), ("val", 300, 1)),
-                       cfg: BarsConfig = None) -> Dict[str, List[Dict]]:
+def write_bars_dataset(
+    root: str, layout: str, splits=(("train", 1500, 0), ("val", 300, 1)), cfg: BarsConfig = None
+) -> Dict[str, List[Dict]]:
     """Generate the bars splits ``(name, num_images, seed)`` and write them under ``root`` in ``layout``."""
     out = {}
     for split, num_images, seed in splits:
-        records = generate_bars_split(os.path.join(root, ".rendered", split), split, num_images, seed, cfg)
+        records = generate_bars_split(
+            os.path.join(root, ".rendered", split), split, num_images, seed, cfg
+        )
         write_layout(layout, root, split, records, BARS_CLASSES, BARS_IDS)
         out[split] = records
     return out

@@ -20,15 +20,15 @@ operators that Python floats and torch tensors share, so that the readers
 (float lists, no torch overhead per box) and the model (tensors, no host
 synchronisation) judge a box identically.
 """
+
 import enum
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from detectron2.structures import BoxMode
+from torch import Tensor
 
 from .problems import DatasetError, DatasetProblems
 
@@ -57,7 +57,9 @@ def box_xyxy(ann: Mapping) -> List[float]:
     if len(box) != 4:
         raise DatasetError(f"a bbox has {len(box)} values instead of 4: {ann['bbox']}")
     if "bbox_mode" not in ann:
-        raise DatasetError("the annotation has no 'bbox_mode' (detectron2's BoxMode of its bbox, e.g. XYXY_ABS)")
+        raise DatasetError(
+            "the annotation has no 'bbox_mode' (detectron2's BoxMode of its bbox, e.g. XYXY_ABS)"
+        )
     if ann["bbox_mode"] == BoxMode.XYWH_ABS:
         # BoxMode.convert's float32 sum, without building a tensor per box (~25x faster)
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, as in torch
@@ -70,7 +72,9 @@ def _conditions(x0, y0, x1, y1, width, height, tol_x, tol_y) -> Tuple[Tuple[BoxF
     """``(fate, condition)`` from the highest precedence down; conditions are bools, or bool tensors of boxes."""
     # v - v is 0 for a finite v and NaN for NaN or +-Inf
     nonfinite = ((x0 - x0) != 0) | ((y0 - y0) != 0) | ((x1 - x1) != 0) | ((y1 - y1) != 0)
-    if width is None or height is None:  # the image size is unknown: only the box itself can be judged
+    if (
+        width is None or height is None
+    ):  # the image size is unknown: only the box itself can be judged
         return (
             (BoxFate.NONFINITE, nonfinite),
             (BoxFate.INVERTED, (x1 < x0) | (y1 < y0)),
@@ -81,12 +85,18 @@ def _conditions(x0, y0, x1, y1, width, height, tol_x, tol_y) -> Tuple[Tuple[BoxF
         (BoxFate.INVERTED, (x1 < x0) | (y1 < y0)),
         (BoxFate.OUTSIDE, (x0 >= width) | (y0 >= height) | (x1 <= 0) | (y1 <= 0)),
         (BoxFate.EMPTY, (x1 == x0) | (y1 == y0)),
-        (BoxFate.CLIPPED, (x0 < -tol_x) | (y0 < -tol_y) | (x1 > width + tol_x) | (y1 > height + tol_y)),
+        (
+            BoxFate.CLIPPED,
+            (x0 < -tol_x) | (y0 < -tol_y) | (x1 > width + tol_x) | (y1 > height + tol_y),
+        ),
     )
 
 
 def box_fate(
-    box: Sequence[float], width: Optional[float], height: Optional[float], tolerance: Tuple[float, float] = (0.0, 0.0)
+    box: Sequence[float],
+    width: Optional[float],
+    height: Optional[float],
+    tolerance: Tuple[float, float] = (0.0, 0.0),
 ) -> Tuple[BoxFate, List[float]]:
     """
     The fate of one XYXY_ABS box in a ``width`` x ``height`` image (None:
@@ -95,11 +105,19 @@ def box_fate(
     before it counts as ``CLIPPED`` (it is clipped all the same).
     """
     x0, y0, x1, y1 = map(float, box)
-    fate = next((f for f, hit in _conditions(x0, y0, x1, y1, width, height, *tolerance) if hit), BoxFate.KEPT)
+    fate = next(
+        (f for f, hit in _conditions(x0, y0, x1, y1, width, height, *tolerance) if hit),
+        BoxFate.KEPT,
+    )
     if width is None or height is None:
         return fate, [x0, y0, x1, y1]
     w, h = float(width), float(height)
-    return fate, [min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h)]
+    return fate, [
+        min(max(x0, 0.0), w),
+        min(max(y0, 0.0), h),
+        min(max(x1, 0.0), w),
+        min(max(y1, 0.0), h),
+    ]
 
 
 def box_fates(boxes: Tensor, width: int, height: int) -> Tuple[Tensor, Tensor]:
@@ -110,7 +128,9 @@ def box_fates(boxes: Tensor, width: int, height: int) -> Tuple[Tensor, Tensor]:
     fates (N,) as int64 :class:`BoxFate` values.
     """
     x0, y0, x1, y1 = boxes.unbind(dim=1)
-    clipped = torch.stack([x0.clamp(0, width), y0.clamp(0, height), x1.clamp(0, width), y1.clamp(0, height)], dim=1)
+    clipped = torch.stack(
+        [x0.clamp(0, width), y0.clamp(0, height), x1.clamp(0, width), y1.clamp(0, height)], dim=1
+    )
     fates = torch.full_like(x0, int(BoxFate.KEPT), dtype=torch.long)
     for fate, hit in reversed(_conditions(x0, y0, x1, y1, width, height, 0.0, 0.0)):
         fates = fates.masked_fill(hit, int(fate))  # a higher precedence overwrites a lower one
@@ -133,20 +153,33 @@ class BoxRules:
     tolerance: float = 0.0
     relative: bool = False
 
-    def apply(self, box: Sequence[float], width: Optional[float], height: Optional[float], where: str,
-              problems: DatasetProblems, shown: Optional[object] = None) -> Tuple[BoxFate, Optional[List[float]]]:
+    def apply(
+        self,
+        box: Sequence[float],
+        width: Optional[float],
+        height: Optional[float],
+        where: str,
+        problems: DatasetProblems,
+        shown: Optional[object] = None,
+    ) -> Tuple[BoxFate, Optional[List[float]]]:
         """
         The fate of the XYXY_ABS ``box`` (reported at ``where`` as an error or
         a note; ``shown``: the box as the file has it, for the message,
         default ``box``) and the box clipped to its image, None if it is
         dropped or an error.
         """
-        tolerance = (self.tolerance * (width or 0.0), self.tolerance * (height or 0.0)) if self.relative \
+        tolerance = (
+            (self.tolerance * (width or 0.0), self.tolerance * (height or 0.0))
+            if self.relative
             else (self.tolerance, self.tolerance)
+        )
         fate, clipped = box_fate(box, width, height, tolerance)
         if fate in self.errors or fate == BoxFate.NONFINITE:
             message = self.errors.get(fate, "non-finite box coordinates {box}")
-            problems.error(where, message.format(box=box if shown is None else shown, width=width, height=height))
+            problems.error(
+                where,
+                message.format(box=box if shown is None else shown, width=width, height=height),
+            )
             return fate, None
         if fate in self.notes:
             problems.note(self.notes[fate], where)

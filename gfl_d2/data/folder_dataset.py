@@ -3,6 +3,7 @@ What the dataset-folder formats (COCO, Pascal VOC, YOLO) read into:
 detectron2's dataset dicts with contiguous class ids, the class names, and the
 ids the files use for them; and an image's size as detectron2 will load it.
 """
+
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple

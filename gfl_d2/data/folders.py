@@ -16,6 +16,7 @@ before training with every problem named (file and line), and what was
 handled (clipped boxes, images without objects, ``difficult`` objects) is
 counted in the log.
 """
+
 import copy
 import logging
 import os
@@ -27,8 +28,15 @@ from .folder_dataset import FolderDataset
 from .formats import DATASET_FORMATS, LAYOUTS, get_format
 from .problems import DatasetError
 
-__all__ = ["LAYOUTS", "detect_layout", "read_dataset_folder", "register_dataset", "dataset_num_classes",
-           "dataset_classes", "write_layout"]
+__all__ = [
+    "LAYOUTS",
+    "detect_layout",
+    "read_dataset_folder",
+    "register_dataset",
+    "dataset_num_classes",
+    "dataset_classes",
+    "write_layout",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +45,21 @@ _REGISTERED: Dict[Tuple[str, str, str], str] = {}
 
 
 def detect_layout(root: str) -> str:
-    """"coco", "voc" or "yolo", from what ``root`` holds; DatasetError naming what was looked for."""
+    """ "coco", "voc" or "yolo", from what ``root`` holds; DatasetError naming what was looked for."""
     if not os.path.isdir(root):
         raise DatasetError(f"dataset folder not found: {root}")
     found = [name for name, fmt in DATASET_FORMATS.items() if fmt.detect(root)]
     if len(found) == 1:
         return found[0]
     if found:
-        raise DatasetError(f"{root} looks like more than one layout ({', '.join(found)}): name it with "
-                           f"dataset.layout={found[0]} (yacs: DATASETS.FOLDER.LAYOUT {found[0]})")
+        raise DatasetError(
+            f"{root} looks like more than one layout ({', '.join(found)}): name it with "
+            f"dataset.layout={found[0]} (yacs: DATASETS.FOLDER.LAYOUT {found[0]})"
+        )
     expected = [fmt.expected for fmt in DATASET_FORMATS.values()]
-    raise DatasetError(f"cannot tell the layout of {root}: expected {', '.join(expected[:-1])} or {expected[-1]}")
+    raise DatasetError(
+        f"cannot tell the layout of {root}: expected {', '.join(expected[:-1])} or {expected[-1]}"
+    )
 
 
 def _resolve(root: str, layout: str) -> Tuple[str, str]:
@@ -68,8 +80,14 @@ def read_dataset_folder(root: str, split: str, layout: str = "auto") -> FolderDa
     return get_format(layout).read(root, split)
 
 
-def write_layout(layout: str, root: str, split: str, records: Sequence[Dict], classes: Sequence[str],
-                 dataset_ids: Optional[Sequence[int]] = None) -> str:
+def write_layout(
+    layout: str,
+    root: str,
+    split: str,
+    records: Sequence[Dict],
+    classes: Sequence[str],
+    dataset_ids: Optional[Sequence[int]] = None,
+) -> str:
     """
     Write detectron2 dataset dicts as one split of a dataset folder in
     ``layout`` ("coco", "voc", "yolo"): for tests and generated datasets, and
@@ -88,7 +106,9 @@ def _default_name(root: str, split: str) -> str:
     return name
 
 
-def register_dataset(root: str, split: str = "train", layout: str = "auto", name: Optional[str] = None) -> str:
+def register_dataset(
+    root: str, split: str = "train", layout: str = "auto", name: Optional[str] = None
+) -> str:
     """
     Read ``split`` of the dataset under ``root`` and register it; return its
     name (default ``<folder>_<split>``). Registering the same folder and split
@@ -105,11 +125,19 @@ def register_dataset(root: str, split: str = "train", layout: str = "auto", name
     records = data.records
     DatasetCatalog.register(name, lambda: copy.deepcopy(records))
     meta = dict(
-        thing_classes=data.classes, dataset_root=root, layout=layout, split=split, evaluator_type="coco",
+        thing_classes=data.classes,
+        dataset_root=root,
+        layout=layout,
+        split=split,
+        evaluator_type="coco",
     )
-    if data.json_file is not None:  # COCOEvaluator reads the ground truth (and the original ids) from it
-        meta.update(json_file=data.json_file,
-                    thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(data.dataset_ids)})
+    if (
+        data.json_file is not None
+    ):  # COCOEvaluator reads the ground truth (and the original ids) from it
+        meta.update(
+            json_file=data.json_file,
+            thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(data.dataset_ids)},
+        )
     MetadataCatalog.get(name).set(**meta)
     _REGISTERED[key] = name
     num_boxes = sum(len(r["annotations"]) for r in records)
@@ -127,13 +155,16 @@ def dataset_classes(names: Sequence[str]) -> List[str]:
     classes = [list(MetadataCatalog.get(n).get("thing_classes", None) or []) for n in names]
     for n, c in zip(names[1:], classes[1:]):
         if c != classes[0]:
-            raise DatasetError(f"datasets {names[0]!r} and {n!r} name different classes: {classes[0]} vs {c}")
+            raise DatasetError(
+                f"datasets {names[0]!r} and {n!r} name different classes: {classes[0]} vs {c}"
+            )
     if not classes or not classes[0]:
-        raise DatasetError(f"dataset {names[0] if names else None!r} has no class names (thing_classes)")
+        raise DatasetError(
+            f"dataset {names[0] if names else None!r} has no class names (thing_classes)"
+        )
     return classes[0]
 
 
 def dataset_num_classes(root: str, split: str = "train", layout: str = "auto") -> int:
     """The number of classes of the dataset under ``root`` (registering ``split`` if needed)."""
     return len(dataset_classes([register_dataset(root, split, layout)]))
-

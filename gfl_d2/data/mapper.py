@@ -13,12 +13,12 @@ without copying annotations it does not change. Whatever it does not handle
 (masks, keypoints, recomputed boxes, boxes that are not lists of Python
 numbers, other box modes) goes through detectron2's own code unchanged.
 """
+
 import copy
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -38,7 +38,7 @@ class _SharedAnnotations(list):
 
 
 def _box_kind(box) -> Optional[str]:
-    """"int" or "float" for a 4-list/tuple of Python numbers (the dtype detectron2's
+    """ "int" or "float" for a 4-list/tuple of Python numbers (the dtype detectron2's
     per-box code would give it), None for anything it treats otherwise."""
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         return None
@@ -67,7 +67,9 @@ class BoxDatasetMapper(DatasetMapper):
     on boxes only (no masks, keypoints or box recomputation)."""
 
     def _boxes_only(self) -> bool:
-        return self.is_train and not (self.use_instance_mask or self.use_keypoint or self.recompute_boxes)
+        return self.is_train and not (
+            self.use_instance_mask or self.use_keypoint or self.recompute_boxes
+        )
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         annos = dataset_dict.get("annotations")
@@ -106,5 +108,7 @@ class BoxDatasetMapper(DatasetMapper):
 
         instances = Instances(image_shape)
         instances.gt_boxes = Boxes(boxes)
-        instances.gt_classes = torch.tensor([int(obj["category_id"]) for obj in kept], dtype=torch.int64)
+        instances.gt_classes = torch.tensor(
+            [int(obj["category_id"]) for obj in kept], dtype=torch.int64
+        )
         dataset_dict["instances"] = utils.filter_empty_instances(instances)

@@ -5,6 +5,7 @@ together, so that one run lists them all; what was handled (a clipped box, an
 image without objects) is counted and logged, so that nothing is dropped or
 changed silently.
 """
+
 import logging
 from collections import Counter
 from typing import Dict, Hashable, List, Optional
@@ -43,7 +44,9 @@ class DatasetProblems:
             if len(listed) < 3:
                 listed.append(where)
 
-    def listed_once(self, seen: Dict[Hashable, str], key: Hashable, where: str, what: str, place: str) -> bool:
+    def listed_once(
+        self, seen: Dict[Hashable, str], key: Hashable, where: str, what: str, place: str
+    ) -> bool:
         """
         Whether ``key`` (an image, an id) is new to ``seen``; if it was listed
         before, an error "<what> listed twice (also <earlier place>)" at
@@ -59,18 +62,27 @@ class DatasetProblems:
         if not self.errors:
             return
         listed = "\n  ".join(self.errors[: self.max_listed])
-        more = f"\n  ... and {len(self.errors) - self.max_listed} more" if len(self.errors) > self.max_listed else ""
+        more = (
+            f"\n  ... and {len(self.errors) - self.max_listed} more"
+            if len(self.errors) > self.max_listed
+            else ""
+        )
         raise DatasetError(f"{len(self.errors)} problem(s) in {self.what}:\n  {listed}{more}")
 
     def log_notes(self, heading: Optional[str] = None) -> None:
         """One warning per kind of note, with examples; or, given ``heading``, all counts in one warning after it."""
         if heading is not None:
             if self.notes:
-                logger.warning(f"{heading}: " + "; ".join(f"{n} {kind}" for kind, n in sorted(self.notes.items())))
+                logger.warning(
+                    f"{heading}: "
+                    + "; ".join(f"{n} {kind}" for kind, n in sorted(self.notes.items()))
+                )
             return
         for kind, count in sorted(self.notes.items()):
             where = self.examples.get(kind)
-            logger.warning(f"{self.what}: {count} {kind}" + (f" (e.g. {'; '.join(where)})" if where else ""))
+            logger.warning(
+                f"{self.what}: {count} {kind}" + (f" (e.g. {'; '.join(where)})" if where else "")
+            )
 
     def finish(self) -> None:
         """Raise the errors (all in one :class:`DatasetError`), else log the notes."""

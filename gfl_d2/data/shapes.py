@@ -15,6 +15,7 @@ tools ignore the extra field).
 Generation is deterministic: image ``i`` of a split depends only on the seed
 and ``i``.
 """
+
 import json
 import logging
 import multiprocessing
@@ -25,7 +26,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["ShapesConfig", "CATEGORIES", "render_image", "write_split", "build_shapes_dataset", "register_shapes", "prepare_shapes"]
+__all__ = [
+    "ShapesConfig",
+    "CATEGORIES",
+    "render_image",
+    "write_split",
+    "build_shapes_dataset",
+    "register_shapes",
+    "prepare_shapes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +57,12 @@ WINDOW_MARGIN = 16
 def _window(box: np.ndarray, size: int) -> Tuple[slice, slice]:
     """The (rows, columns) of the image an object with ``box`` (x0, y0, x1, y1) can change."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    rows = slice(max(int(np.floor(y0)) - WINDOW_MARGIN, 0), min(int(np.ceil(y1)) + WINDOW_MARGIN, size))
-    cols = slice(max(int(np.floor(x0)) - WINDOW_MARGIN, 0), min(int(np.ceil(x1)) + WINDOW_MARGIN, size))
+    rows = slice(
+        max(int(np.floor(y0)) - WINDOW_MARGIN, 0), min(int(np.ceil(y1)) + WINDOW_MARGIN, size)
+    )
+    cols = slice(
+        max(int(np.floor(x0)) - WINDOW_MARGIN, 0), min(int(np.ceil(x1)) + WINDOW_MARGIN, size)
+    )
     return rows, cols
 
 
@@ -74,7 +87,9 @@ class ShapesConfig:
         if not (16 <= self.image_size <= 4096):
             raise ValueError(f"image_size must be in [16, 4096], got {self.image_size}")
         if not (0 <= self.min_objects <= self.max_objects):
-            raise ValueError(f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+            raise ValueError(
+                f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
+            )
         if not (1 <= self.min_size <= self.max_size_frac * self.image_size):
             raise ValueError("need 1 <= min_size <= max_size_frac * image_size")
         for name in ("blur_prob", "fade_edge_prob", "low_contrast_prob", "max_occluded_frac"):
@@ -152,7 +167,11 @@ def _place_object(rng, cfg: ShapesConfig, grid, owner, visible_px, area_px, num_
         cover = _shape_mask(CATEGORIES[cat][1], box, yy[win], xx[win])
         solid = cover > 0.5
         lost = np.bincount(owner[win][solid] + 1, minlength=num_objects + 1)[1:]
-        ok = bool(np.all(visible_px - lost >= (1 - cfg.max_occluded_frac) * area_px)) if num_objects else True
+        ok = (
+            bool(np.all(visible_px - lost >= (1 - cfg.max_occluded_frac) * area_px))
+            if num_objects
+            else True
+        )
         if ok and solid.sum() >= 4:
             return box, (w, h), cat, cover, win
     return None
@@ -166,7 +185,9 @@ def _edge_effects(rng, cfg: ShapesConfig, cover, box, size, grid):
     alpha = cover
     if blurred:
         sigma = float(rng.uniform(1.0, 2.5))
-        pil = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(sigma))
+        pil = Image.fromarray((alpha * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(sigma)
+        )
         alpha = np.asarray(pil, dtype=np.float32) / 255.0
     ramp = max(3.0, 0.35 * min(size))
     for e, on in enumerate(fade):
@@ -222,7 +243,9 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
         wgrid = (grid[0][win], grid[1][win])
         solid = cover > 0.5
         alpha, blurred, fade = _edge_effects(rng, cfg, cover, box, size, wgrid)
-        colour = np.array(CATEGORIES[cat][2], dtype=np.float32) + rng.normal(0, cfg.colour_jitter, 3)
+        colour = np.array(CATEGORIES[cat][2], dtype=np.float32) + rng.normal(
+            0, cfg.colour_jitter, 3
+        )
         if rng.random() < cfg.low_contrast_prob:
             local = img[win][solid].mean(axis=0) if solid.any() else img.mean(axis=(0, 1))
             colour = local + (colour - local) * float(rng.uniform(0.25, 0.45))
@@ -233,8 +256,17 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
         owner_win[solid] = len(objects)
         visible_px = np.append(visible_px, solid.sum())
         area_px = np.append(area_px, solid.sum())
-        objects.append(dict(box=box, category_id=CATEGORIES[cat][0], solid=solid, window=win,
-                            area_px=int(solid.sum()), blurred=blurred, fade=fade))
+        objects.append(
+            dict(
+                box=box,
+                category_id=CATEGORIES[cat][0],
+                solid=solid,
+                window=win,
+                area_px=int(solid.sum()),
+                blurred=blurred,
+                fade=fade,
+            )
+        )
 
     img = np.clip(img + rng.normal(0, cfg.noise_std, size=img.shape), 0, 255).astype(np.uint8)
     return img, [_annotation(j, o, owner, grid) for j, o in enumerate(objects)]
@@ -254,7 +286,12 @@ _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else
 
 
 def write_split(
-    root: str, split: str, num_images: int, seed: int, cfg: Optional[ShapesConfig] = None, progress: bool = True
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    cfg: Optional[ShapesConfig] = None,
+    progress: bool = True,
 ) -> str:
     """Write ``root/split/*.png`` and ``root/annotations/instances_{split}.json``; return the json path."""
     cfg = cfg or ShapesConfig()
@@ -269,13 +306,19 @@ def write_split(
     workers = min(os.cpu_count() or 1, 8) if num_images >= 64 else 1
     pool = multiprocessing.get_context(_START_METHOD).Pool(workers) if workers > 1 else None
     try:
-        rendered = pool.imap(_render_and_save, jobs, chunksize=16) if pool else map(_render_and_save, jobs)
+        rendered = (
+            pool.imap(_render_and_save, jobs, chunksize=16) if pool else map(_render_and_save, jobs)
+        )
         if progress:
             from tqdm import tqdm
 
-            rendered = tqdm(rendered, total=num_images, desc=f"generating shapes/{split}", unit="img")
+            rendered = tqdm(
+                rendered, total=num_images, desc=f"generating shapes/{split}", unit="img"
+            )
         for i, (file_name, anns) in enumerate(rendered):
-            images.append(dict(id=i + 1, file_name=file_name, height=cfg.image_size, width=cfg.image_size))
+            images.append(
+                dict(id=i + 1, file_name=file_name, height=cfg.image_size, width=cfg.image_size)
+            )
             for a in anns:
                 annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **a))
     finally:
@@ -283,7 +326,12 @@ def write_split(
             pool.close()
             pool.join()
     data = dict(
-        info=dict(description="gfl-d2 generated shapes", seed=seed, num_images=num_images, config=asdict(cfg)),
+        info=dict(
+            description="gfl-d2 generated shapes",
+            seed=seed,
+            num_images=num_images,
+            config=asdict(cfg),
+        ),
         images=images,
         annotations=annotations,
         categories=[dict(id=c, name=n, supercategory="shape") for c, n, _ in CATEGORIES],
@@ -304,7 +352,11 @@ def _split_is_current(json_path: str, seed: int, num_images: int, cfg: ShapesCon
             info = json.load(f).get("info", {})
     except (OSError, ValueError):
         return False
-    return info.get("seed") == seed and info.get("config") == asdict(cfg) and info.get("num_images") == num_images
+    return (
+        info.get("seed") == seed
+        and info.get("config") == asdict(cfg)
+        and info.get("num_images") == num_images
+    )
 
 
 def build_shapes_dataset(
@@ -349,13 +401,18 @@ def register_shapes(
         if name in DatasetCatalog.list():
             continue
         register_coco_instances(
-            name, {}, os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)
+            name,
+            {},
+            os.path.join(root, "annotations", f"instances_{split}.json"),
+            os.path.join(root, split),
         )
         MetadataCatalog.get(name).set(thing_classes=[n for _, n, _ in CATEGORIES])
     return names
 
 
-def prepare_shapes(split: str, num_images: int, seed: int, root: Optional[str] = None, image_size: int = 128) -> str:
+def prepare_shapes(
+    split: str, num_images: int, seed: int, root: Optional[str] = None, image_size: int = 128
+) -> str:
     """
     Make sure split ``split`` of the shapes dataset exists (generating it if
     needed) and is registered; return its dataset name (``shapes_{split}``).
@@ -374,5 +431,7 @@ def prepare_shapes(split: str, num_images: int, seed: int, root: Optional[str] =
     (name,) = register_shapes(root, splits=[split])
     registered = MetadataCatalog.get(name).json_file
     if os.path.abspath(registered) != os.path.abspath(paths[split]):
-        raise ValueError(f"dataset {name!r} is already registered with {registered}, not {paths[split]}")
+        raise ValueError(
+            f"dataset {name!r} is already registered with {registered}, not {paths[split]}"
+        )
     return name

@@ -3,6 +3,7 @@ Checks of a detection dataset (detectron2's list of dicts) before training, so
 that a broken dataset fails at once with the file and the problem named,
 rather than hours later or silently.
 """
+
 import logging
 from typing import Dict, List, Optional
 
@@ -16,11 +17,14 @@ logger = logging.getLogger(__name__)
 
 _DEGENERATE = "boxes with zero or negative width/height (dropped)"
 # detectron2's mapper and the model clip and drop these boxes (the same policy): the check only counts them
-BOX_RULES = BoxRules(notes={
-    BoxFate.EMPTY: _DEGENERATE, BoxFate.INVERTED: _DEGENERATE,
-    BoxFate.CLIPPED: "boxes partly outside their image (clipped)",
-    BoxFate.OUTSIDE: "boxes wholly outside their image (dropped)",
-})
+BOX_RULES = BoxRules(
+    notes={
+        BoxFate.EMPTY: _DEGENERATE,
+        BoxFate.INVERTED: _DEGENERATE,
+        BoxFate.CLIPPED: "boxes partly outside their image (clipped)",
+        BoxFate.OUTSIDE: "boxes wholly outside their image (dropped)",
+    }
+)
 
 
 def _image_file_problem(path: str, height: Optional[int], width: Optional[int]) -> Optional[str]:
@@ -34,7 +38,9 @@ def _image_file_problem(path: str, height: Optional[int], width: Optional[int]) 
     return None
 
 
-def _check_annotations(record: Dict, name: str, num_classes: Optional[int], problems: DatasetProblems) -> None:
+def _check_annotations(
+    record: Dict, name: str, num_classes: Optional[int], problems: DatasetProblems
+) -> None:
     """Errors for malformed or non-finite boxes and unknown class ids; notes for boxes the training drops or clips."""
     height, width = record.get("height"), record.get("width")
     for i, ann in enumerate(record.get("annotations", [])):
@@ -80,7 +86,9 @@ def check_dataset_dicts(
     for record in dataset_dicts:
         name = record.get("file_name", f"image_id={record.get('image_id')}")
         if check_files and "file_name" in record:
-            problem = _image_file_problem(record["file_name"], record.get("height"), record.get("width"))
+            problem = _image_file_problem(
+                record["file_name"], record.get("height"), record.get("width")
+            )
             if problem:
                 problems.error(name, problem)
         num_boxes += len(record.get("annotations", []))
@@ -88,5 +96,7 @@ def check_dataset_dicts(
         _check_annotations(record, name, num_classes, problems)
     problems.raise_errors()
     problems.log_notes(heading=f"Dataset check ({num_boxes} boxes)")
-    logger.info(f"Dataset check passed: {len(dataset_dicts)} images, {num_boxes} boxes, at most {max_boxes} in one image")
+    logger.info(
+        f"Dataset check passed: {len(dataset_dicts)} images, {num_boxes} boxes, at most {max_boxes} in one image"
+    )
     return dataset_dicts

@@ -2,12 +2,12 @@
 Adaptive Training Sample Selection (ATSS, Zhang et al. 2020), the label
 assignment GFL trains with.
 """
+
 from typing import List
 
 import torch
-from torch import Tensor
-
 from detectron2.structures import Boxes, Instances
+from torch import Tensor
 
 from .box_coding import aligned_iou
 
@@ -32,7 +32,10 @@ def _nearest_anchors(anchors: List[Tensor], points: Tensor, topk: int) -> Tensor
         cx = (level_anchors[:, 0] + level_anchors[:, 2]) * 0.5  # (R_l,)
         cy = (level_anchors[:, 1] + level_anchors[:, 3]) * 0.5
         # dx^2 + dy^2 without an (R_l, M, 2) intermediate; the same float32 operations, so the same values
-        dist = ((cx[:, None] - points[None, :, 0]).square_() + (cy[:, None] - points[None, :, 1]).square_()).sqrt_()
+        dist = (
+            (cx[:, None] - points[None, :, 0]).square_()
+            + (cy[:, None] - points[None, :, 1]).square_()
+        ).sqrt_()
         k = min(topk, len(level_anchors))
         if k > 0:
             candidates.append(dist.topk(k, dim=0, largest=False).indices + start)  # (k, M)
@@ -110,7 +113,9 @@ class ATSSMatcher:
 
 
 @torch.no_grad()
-def atss_labels(matcher: ATSSMatcher, anchors: List[Boxes], gt_instances: List[Instances], num_classes: int):
+def atss_labels(
+    matcher: ATSSMatcher, anchors: List[Boxes], gt_instances: List[Instances], num_classes: int
+):
     """
     Per image, the class of each anchor's matched box (``num_classes`` for
     background) and the matched box.
@@ -129,11 +134,15 @@ def atss_labels(matcher: ATSSMatcher, anchors: List[Boxes], gt_instances: List[I
     for inst in gt_instances:
         gt = inst.gt_boxes.tensor
         if len(inst) == 0:
-            gt_labels.append(torch.full((num_anchors,), num_classes, dtype=torch.long, device=gt.device))
+            gt_labels.append(
+                torch.full((num_anchors,), num_classes, dtype=torch.long, device=gt.device)
+            )
             matched_gt_boxes.append(gt.new_zeros((num_anchors, 4)))
             continue
         matched_idxs = matcher(gt, anchor_tensors)
         labels = inst.gt_classes[matched_idxs.clamp(min=0)]
-        gt_labels.append(torch.where(matched_idxs >= 0, labels, torch.full_like(labels, num_classes)))
+        gt_labels.append(
+            torch.where(matched_idxs >= 0, labels, torch.full_like(labels, num_classes))
+        )
         matched_gt_boxes.append(gt[matched_idxs.clamp(min=0)])
     return gt_labels, matched_gt_boxes

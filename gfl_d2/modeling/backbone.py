@@ -1,12 +1,17 @@
 """ResNet-FPN with P6/P7 computed from P5, as in the released GFL models."""
-import torch.nn.functional as F
 
+import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet, build_resnet_backbone
-from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
-__all__ = ["LastLevelP6P7FromP5", "make_basic_stages", "make_resnext_stages", "build_gfl_resnet_fpn_backbone"]
+__all__ = [
+    "LastLevelP6P7FromP5",
+    "make_basic_stages",
+    "make_resnext_stages",
+    "build_gfl_resnet_fpn_backbone",
+]
 
 
 class LastLevelP6P7FromP5(LastLevelP6P7):
@@ -16,7 +21,13 @@ class LastLevelP6P7FromP5(LastLevelP6P7):
     not; ``relu_before_p7=False`` reproduces them exactly.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, in_feature: str = "p5", relu_before_p7: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        in_feature: str = "p5",
+        relu_before_p7: bool = False,
+    ):
         super().__init__(in_channels, out_channels, in_feature=in_feature)
         self.relu_before_p7 = relu_before_p7
 
@@ -35,9 +46,15 @@ def make_resnext_stages(depth: int = 101, num_groups: int = 32, width_per_group:
     """
     num_blocks = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
     bottleneck = num_groups * width_per_group
-    return _stages(BottleneckBlock, num_blocks, 64, [256 * 2**i for i in range(4)],
-                   per_stage=dict(bottleneck_channels=[bottleneck * 2**i for i in range(4)]),
-                   num_groups=num_groups, **kwargs)
+    return _stages(
+        BottleneckBlock,
+        num_blocks,
+        64,
+        [256 * 2**i for i in range(4)],
+        per_stage=dict(bottleneck_channels=[bottleneck * 2**i for i in range(4)]),
+        num_groups=num_groups,
+        **kwargs,
+    )
 
 
 def make_basic_stages(depth: int = 18, width: int = 64, **kwargs):

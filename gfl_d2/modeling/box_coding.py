@@ -6,6 +6,7 @@ from an anchor centre in units of the level's stride, is a discrete
 distribution over ``n + 1`` bins at values ``0, Δ, ..., nΔ`` (``n = reg_max``);
 the distance is its expectation (the paper's "integral").
 """
+
 from typing import NamedTuple, Optional, Tuple
 
 import torch

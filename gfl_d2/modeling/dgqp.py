@@ -4,6 +4,7 @@ shape of each edge distribution (its top-k probabilities and their mean)
 predicts the localisation quality of the box, which multiplies the
 classification score.
 """
+
 from typing import List
 
 import torch
@@ -13,7 +14,9 @@ from torch.nn import functional as F
 __all__ = ["distribution_statistics", "DistributionGuidedQualityPredictor"]
 
 
-def distribution_statistics(probs: Tensor, topk: int = 4, add_mean: bool = True, dim: int = -1) -> Tensor:
+def distribution_statistics(
+    probs: Tensor, topk: int = 4, add_mean: bool = True, dim: int = -1
+) -> Tensor:
     """
     Each distribution's ``topk`` largest probabilities, descending, and (with
     ``add_mean``) their mean: a sharp distribution has one large value, a flat
@@ -27,7 +30,9 @@ def distribution_statistics(probs: Tensor, topk: int = 4, add_mean: bool = True,
         the same shape with ``topk (+ 1)`` values along ``dim``.
     """
     if topk > probs.shape[dim]:
-        raise ValueError(f"topk={topk} is larger than the {probs.shape[dim]} bins of each distribution")
+        raise ValueError(
+            f"topk={topk} is larger than the {probs.shape[dim]} bins of each distribution"
+        )
     top = probs.topk(topk, dim=dim).values
     if add_mean:
         top = torch.cat([top, top.mean(dim=dim, keepdim=True)], dim=dim)
@@ -49,7 +54,9 @@ class DistributionGuidedQualityPredictor(nn.Module):
     a GPU at batch 1).
     """
 
-    def __init__(self, topk: int = 4, channels: int = 64, add_mean: bool = True, init_std: float = 0.01):
+    def __init__(
+        self, topk: int = 4, channels: int = 64, add_mean: bool = True, init_std: float = 0.01
+    ):
         """
         Args:
             topk: k, probabilities kept per edge (GFL V2: 4).
@@ -62,7 +69,9 @@ class DistributionGuidedQualityPredictor(nn.Module):
         """
         super().__init__()
         if topk < 1 or channels < 1:
-            raise ValueError(f"DistributionGuidedQualityPredictor needs topk >= 1 and channels >= 1, got {topk}, {channels}")
+            raise ValueError(
+                f"DistributionGuidedQualityPredictor needs topk >= 1 and channels >= 1, got {topk}, {channels}"
+            )
         self.topk, self.add_mean = int(topk), bool(add_mean)
         self.in_channels = 4 * (self.topk + int(self.add_mean))
         # 1x1 convs (the released models' layout), applied as linear maps on channels-last statistics
@@ -80,8 +89,12 @@ class DistributionGuidedQualityPredictor(nn.Module):
         """Per level (N, 4(n+1), Hi, Wi) distribution logits -> (N, sum Hi*Wi, 4 (k + 1)) float32 statistics."""
         n, c = box_regs[0].shape[:2]
         if c % 4:
-            raise ValueError(f"the box outputs have {c} channels, not 4 * (n + 1) distribution logits")
-        flat = torch.cat([x.permute(0, 2, 3, 1).reshape(n, -1, c) for x in box_regs], dim=1)  # (N, R, 4(n+1))
+            raise ValueError(
+                f"the box outputs have {c} channels, not 4 * (n + 1) distribution logits"
+            )
+        flat = torch.cat(
+            [x.permute(0, 2, 3, 1).reshape(n, -1, c) for x in box_regs], dim=1
+        )  # (N, R, 4(n+1))
         # fp32: softmax of half-precision logits loses the small probabilities
         probs = F.softmax(flat.float().unflatten(-1, (4, c // 4)), dim=-1)  # (N, R, 4, n+1)
         return distribution_statistics(probs, self.topk, self.add_mean).flatten(2)

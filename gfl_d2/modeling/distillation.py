@@ -13,6 +13,7 @@ student (:class:`~gfl_d2.modeling.meta_arch.GFL` with ``teacher=``) keeps the
 teacher outside its module tree, so that it is in no checkpoint, no optimizer
 and no DDP gradient sync.
 """
+
 import logging
 import os
 from typing import List, Sequence
@@ -45,7 +46,9 @@ def _load_model_config(config_file: str, opts: Sequence[str]):
         cfg.merge_from_list(list(opts))
         cfg.MODEL.DEVICE = "cpu"  # moved with the student
         return build_model(cfg)
-    raise ValueError(f"teacher config {config_file!r}: expected a LazyConfig .py or a yacs .yaml file")
+    raise ValueError(
+        f"teacher config {config_file!r}: expected a LazyConfig .py or a yacs .yaml file"
+    )
 
 
 def _config_path(config_file: str) -> str:
@@ -57,8 +60,9 @@ def _config_path(config_file: str) -> str:
     try:
         return get_config_file(config_file)
     except FileNotFoundError:
-        raise FileNotFoundError(f"teacher config not found: {config_file} (neither a file nor one of "
-                                "gfl-d2's configs)") from None
+        raise FileNotFoundError(
+            f"teacher config not found: {config_file} (neither a file nor one of gfl-d2's configs)"
+        ) from None
 
 
 def build_teacher(config_file: str, checkpoint: str, opts: Sequence[str] = ()) -> nn.Module:
@@ -78,8 +82,10 @@ def build_teacher(config_file: str, checkpoint: str, opts: Sequence[str] = ()) -
     if not checkpoint:
         raise ValueError("the teacher needs its checkpoint (its trained weights); none given")
     if "://" not in checkpoint and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"teacher checkpoint not found: {checkpoint} (train the teacher first: "
-                                f"python tools/train_net.py --config-file {config_file})")
+        raise FileNotFoundError(
+            f"teacher checkpoint not found: {checkpoint} (train the teacher first: "
+            f"python tools/train_net.py --config-file {config_file})"
+        )
     model = _load_model_config(config_file, opts)
     checkpointer = CheckedCheckpointer(model)
     checkpointer.load(checkpoint, checkpointables=[])
@@ -88,13 +94,22 @@ def build_teacher(config_file: str, checkpoint: str, opts: Sequence[str] = ()) -
     if incompatible.missing_keys:
         problems.append(f"missing weights: {', '.join(incompatible.missing_keys[:8])}")
     if incompatible.unexpected_keys:
-        problems.append(f"weights the model does not have: {', '.join(incompatible.unexpected_keys[:8])}")
+        problems.append(
+            f"weights the model does not have: {', '.join(incompatible.unexpected_keys[:8])}"
+        )
     if incompatible.incorrect_shapes:
-        problems.append("weights of another shape: " + ", ".join(
-            f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes[:8]))
+        problems.append(
+            "weights of another shape: "
+            + ", ".join(
+                f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model"
+                for k, a, b in incompatible.incorrect_shapes[:8]
+            )
+        )
     if problems:
-        raise ValueError(f"the teacher checkpoint {checkpoint} does not fit the model of {config_file}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"the teacher checkpoint {checkpoint} does not fit the model of {config_file}: "
+            + "; ".join(problems)
+        )
     model.eval()
     model.requires_grad_(False)
     logger.info(f"LD teacher: {config_file} with {checkpoint}")
@@ -115,8 +130,10 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
     name = type(teacher).__name__
     t_coding = getattr(teacher, "box2box_transform", None)
     if t_coding is None or not getattr(t_coding, "has_distributions", False):
-        raise ValueError(f"the LD teacher must be a GFL model with edge distributions; got {name}"
-                         + ("" if t_coding is None else " with box_representation='dirac'"))
+        raise ValueError(
+            f"the LD teacher must be a GFL model with edge distributions; got {name}"
+            + ("" if t_coding is None else " with box_representation='dirac'")
+        )
     s_coding = student.box2box_transform
     if not s_coding.has_distributions:
         raise ValueError("LD trains edge distributions: the student has box_representation='dirac'")
@@ -129,7 +146,9 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
     ]
     for what, s_value, t_value in pairs:
         if s_value != t_value:
-            raise ValueError(f"LD needs the same {what} in student and teacher: student {s_value}, teacher {t_value}")
+            raise ValueError(
+                f"LD needs the same {what} in student and teacher: student {s_value}, teacher {t_value}"
+            )
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -152,7 +171,9 @@ def teacher_box_outputs(teacher: nn.Module, images: Tensor, student: nn.Module) 
         the layout of the student's ``_transpose_dense_predictions``.
     """
     x = images
-    same_norm = _same(student.pixel_mean, teacher.pixel_mean) and _same(student.pixel_std, teacher.pixel_std)
+    same_norm = _same(student.pixel_mean, teacher.pixel_mean) and _same(
+        student.pixel_std, teacher.pixel_std
+    )
     same_order = student.input_format == teacher.input_format
     if not (same_norm and same_order):
         x = x * student.pixel_std + student.pixel_mean

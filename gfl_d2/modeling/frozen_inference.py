@@ -12,6 +12,7 @@ order of the multiplications). The traced graph holds no shapes, so one
 build serves every image size and batch; it is rebuilt when any parameter or
 buffer changes (an optimizer step, ``load_state_dict``, ``.to()``).
 """
+
 import logging
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -73,7 +74,9 @@ class FrozenCPUInference:
         self._unit.flat = True
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the tracer's and TorchScript's deprecation warnings
+                warnings.simplefilter(
+                    "ignore"
+                )  # the tracer's and TorchScript's deprecation warnings
                 traced = torch.jit.trace(self._unit, example, check_trace=False)
                 frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         finally:
@@ -96,10 +99,14 @@ class FrozenCPUInference:
             try:
                 self._frozen = self._build(x)
                 self._key = key
-            except Exception as e:  # a backbone or head the tracer cannot follow: eager, as without the option
+            except (
+                Exception
+            ) as e:  # a backbone or head the tracer cannot follow: eager, as without the option
                 self._failed_key = key
-                logger.warning(f"GFL: cpu_inference='frozen' fell back to eager execution: could not trace the "
-                               f"backbone and head ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                logger.warning(
+                    f"GFL: cpu_inference='frozen' fell back to eager execution: could not trace the "
+                    f"backbone and head ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                )
         if self._frozen is None or key != self._key:
             return self._unit(x)
         return self._frozen(x)

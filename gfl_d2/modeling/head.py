@@ -1,12 +1,12 @@
 """The GFL head: shared classification and regression towers over FPN levels."""
+
 import math
 from typing import List
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
+from torch import Tensor, nn
 
 from .box_coding import DiracBox2BoxTransform, DistributionBox2BoxTransform
 from .dgqp import DistributionGuidedQualityPredictor
@@ -53,7 +53,9 @@ def _box_channels(reg_max: int, box_representation: str) -> int:
     ``4 * (n + 1)`` edge-distribution logits, or 4 distances ("dirac").
     """
     if box_representation not in BOX_REPRESENTATIONS:
-        raise ValueError(f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}")
+        raise ValueError(
+            f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}"
+        )
     if box_representation == "dirac":
         return DiracBox2BoxTransform().num_outputs
     return DistributionBox2BoxTransform(reg_max).num_outputs
@@ -66,11 +68,15 @@ def _check_quality(quality: str, box_representation: str, reg_max: int, dgqp_top
     if quality != "dgqp":
         return
     if box_representation != "distribution":
-        raise ValueError("quality='dgqp' predicts the quality from the edge distributions: it needs "
-                         "box_representation='distribution'")
+        raise ValueError(
+            "quality='dgqp' predicts the quality from the edge distributions: it needs "
+            "box_representation='distribution'"
+        )
     if reg_max + 1 < dgqp_topk:
-        raise ValueError(f"quality='dgqp' reads the top {dgqp_topk} of each edge's n + 1 bins, but reg_max={reg_max} "
-                         f"gives {reg_max + 1}")
+        raise ValueError(
+            f"quality='dgqp' reads the top {dgqp_topk} of each edge's n + 1 bins, but reg_max={reg_max} "
+            f"gives {reg_max + 1}"
+        )
 
 
 class GFLHead(nn.Module):
@@ -124,7 +130,11 @@ class GFLHead(nn.Module):
         super().__init__()
         in_channels = _shared_in_channels(input_shape, norm)
         self.num_classes = num_classes
-        self.reg_max, self.box_representation, self.quality = int(reg_max), box_representation, quality
+        self.reg_max, self.box_representation, self.quality = (
+            int(reg_max),
+            box_representation,
+            quality,
+        )
         self.box_channels = _box_channels(self.reg_max, box_representation)
         _check_quality(quality, box_representation, self.reg_max, dgqp_topk)
         self.has_quality_branch = quality in SEPARATE_QUALITIES
@@ -142,7 +152,9 @@ class GFLHead(nn.Module):
         self._init_weights(prior_prob)
         # built after the towers' initialisation, so that V1's parameters draw the same random numbers
         if self.has_quality_predictor:
-            self.dgqp = DistributionGuidedQualityPredictor(dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std)
+            self.dgqp = DistributionGuidedQualityPredictor(
+                dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std
+            )
 
     def _init_weights(self, prior_prob: float) -> None:
         """Convs normal(0, 0.01), biases 0; the classifier's bias gives every class ``prior_prob``."""

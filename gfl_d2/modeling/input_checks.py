@@ -4,15 +4,15 @@ policy of the datasets (:mod:`gfl_d2.data.box_policy`) in tensor form, so
 that a box the dataset check counts as clipped or dropped is clipped or
 dropped here, by the same rule.
 """
+
 import logging
 from typing import Dict, List, Tuple
 
 import torch
-from torch import Tensor
-
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
+from torch import Tensor
 
 from ..data.box_policy import BoxFate, box_fates
 
@@ -20,21 +20,32 @@ __all__ = ["sanitize_gt_instances", "with_checked_ground_truth"]
 
 
 def _name(inp: Dict, index: int) -> str:
-    return inp.get("file_name") or (f"image_id={inp['image_id']}" if "image_id" in inp else f"batch item {index}")
+    return inp.get("file_name") or (
+        f"image_id={inp['image_id']}" if "image_id" in inp else f"batch item {index}"
+    )
 
 
-def _raise_if_wrong(batched_inputs: List[Dict], boxes: List[Tensor], fates: List[Tensor], classes: List[Tensor],
-                    num_classes: int) -> None:
+def _raise_if_wrong(
+    batched_inputs: List[Dict],
+    boxes: List[Tensor],
+    fates: List[Tensor],
+    classes: List[Tensor],
+    num_classes: int,
+) -> None:
     """ValueError naming the first image with a non-finite box or a class id outside ``[0, num_classes)``."""
     # one host synchronisation for the whole batch
-    bad = torch.stack([
-        torch.stack([(f == BoxFate.NONFINITE).any(), ((c < 0) | (c >= num_classes)).any()])
-        for f, c in zip(fates, classes)
-    ]).tolist()
+    bad = torch.stack(
+        [
+            torch.stack([(f == BoxFate.NONFINITE).any(), ((c < 0) | (c >= num_classes)).any()])
+            for f, c in zip(fates, classes)
+        ]
+    ).tolist()
     for i, (nonfinite, bad_class) in enumerate(bad):
         if nonfinite:
             sample = boxes[i][fates[i] == BoxFate.NONFINITE][0].tolist()
-            raise ValueError(f"{_name(batched_inputs[i], i)}: ground-truth box with NaN/Inf coordinates {sample}")
+            raise ValueError(
+                f"{_name(batched_inputs[i], i)}: ground-truth box with NaN/Inf coordinates {sample}"
+            )
         if bad_class:
             ids = sorted(set(classes[i][(classes[i] < 0) | (classes[i] >= num_classes)].tolist()))
             raise ValueError(
@@ -60,8 +71,16 @@ def sanitize_gt_instances(
     """
     instances = [x["instances"].to(device) for x in batched_inputs]
     boxes = [inst.gt_boxes.tensor for inst in instances]
-    judged = [box_fates(b, inst.image_size[1], inst.image_size[0]) for b, inst in zip(boxes, instances)]
-    _raise_if_wrong(batched_inputs, boxes, [f for _, f in judged], [inst.gt_classes for inst in instances], num_classes)
+    judged = [
+        box_fates(b, inst.image_size[1], inst.image_size[0]) for b, inst in zip(boxes, instances)
+    ]
+    _raise_if_wrong(
+        batched_inputs,
+        boxes,
+        [f for _, f in judged],
+        [inst.gt_classes for inst in instances],
+        num_classes,
+    )
     cleaned = []
     num_clipped = torch.zeros((), dtype=torch.long, device=device)
     num_dropped = torch.zeros((), dtype=torch.long, device=device)
@@ -75,7 +94,9 @@ def sanitize_gt_instances(
     return cleaned, num_clipped, num_dropped
 
 
-def with_checked_ground_truth(batched_inputs: List[Dict], num_classes: int, device: torch.device) -> List[Dict]:
+def with_checked_ground_truth(
+    batched_inputs: List[Dict], num_classes: int, device: torch.device
+) -> List[Dict]:
     """
     The training inputs with their ``instances`` checked and cleaned by
     :func:`sanitize_gt_instances`; the numbers of clipped and dropped boxes go

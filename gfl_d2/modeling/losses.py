@@ -9,6 +9,7 @@ All of them compute in float32 whatever the input dtype, so they are safe under
 fp16/bf16 autocast: log-probabilities of confident predictions underflow in
 half precision.
 """
+
 from typing import Optional
 
 import torch
@@ -53,7 +54,9 @@ def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Te
 LOG_FLOOR = -100.0
 
 
-def fused_quality_focal_loss(cls_logits: Tensor, quality_logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+def fused_quality_focal_loss(
+    cls_logits: Tensor, quality_logits: Tensor, targets: Tensor, beta: float = 2.0
+) -> Tensor:
     """
     Quality Focal Loss on the probability ``p = sigmoid(cls) * sigmoid(quality)``
     (GFL V2's score: the classification probability times the
@@ -81,7 +84,10 @@ def fused_quality_focal_loss(cls_logits: Tensor, quality_logits: Tensor, targets
     log_sig_a, log_sig_b = F.logsigmoid(a), F.logsigmoid(b)
     log_p = log_sig_a + log_sig_b
     log_one_minus_p = torch.logaddexp(F.logsigmoid(-a), log_sig_a + F.logsigmoid(-b))
-    bce = -(targets * log_p.clamp(min=LOG_FLOOR) + (1.0 - targets) * log_one_minus_p.clamp(min=LOG_FLOOR))
+    bce = -(
+        targets * log_p.clamp(min=LOG_FLOOR)
+        + (1.0 - targets) * log_one_minus_p.clamp(min=LOG_FLOOR)
+    )
     if beta == 0:
         return bce
     return (targets - log_p.exp()).abs().pow(beta) * bce
@@ -109,7 +115,9 @@ def distribution_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return -(weight_left * log_p_left + (1.0 - weight_left) * log_p_right)
 
 
-def localization_distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 10.0) -> Tensor:
+def localization_distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 10.0
+) -> Tensor:
     """
     Localization Distillation (Zheng et al., CVPR 2022): the KL divergence
     from a teacher's edge distribution to the student's, both softened by the
@@ -127,14 +135,18 @@ def localization_distillation_loss(student_logits: Tensor, teacher_logits: Tenso
         teacher's softened distribution and q the student's.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ in shape")
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape"
+        )
     target = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return F.kl_div(log_q, target, reduction="none").mean(dim=-1) * temperature ** 2
+    return F.kl_div(log_q, target, reduction="none").mean(dim=-1) * temperature**2
 
 
-def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
     """
     Focal Loss on hard (0/1) targets, fvcore's, computed in float32.
 
@@ -144,10 +156,14 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     Returns:
         (..., C) float32 element-wise loss.
     """
-    return _fvcore_sigmoid_focal_loss(logits.float(), targets.float(), alpha=alpha, gamma=gamma, reduction="none")
+    return _fvcore_sigmoid_focal_loss(
+        logits.float(), targets.float(), alpha=alpha, gamma=gamma, reduction="none"
+    )
 
 
-def dense_class_targets(gt_labels: Tensor, num_classes: int, quality: Optional[Tensor] = None) -> Tensor:
+def dense_class_targets(
+    gt_labels: Tensor, num_classes: int, quality: Optional[Tensor] = None
+) -> Tensor:
     """
     Classification targets of a dense detector.
 
@@ -164,7 +180,9 @@ def dense_class_targets(gt_labels: Tensor, num_classes: int, quality: Optional[T
         0 elsewhere (including ignored anchors: mask them out of the loss).
     """
     pos_img, pos_anchor = ((gt_labels >= 0) & (gt_labels != num_classes)).nonzero(as_tuple=True)
-    targets = torch.zeros((*gt_labels.shape, num_classes), dtype=torch.float32, device=gt_labels.device)
+    targets = torch.zeros(
+        (*gt_labels.shape, num_classes), dtype=torch.float32, device=gt_labels.device
+    )
     value = 1.0 if quality is None else quality.float()
     targets[pos_img, pos_anchor, gt_labels[pos_img, pos_anchor]] = value
     return targets

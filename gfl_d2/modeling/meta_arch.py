@@ -1,12 +1,9 @@
 """The GFL meta-architecture: a detectron2 ``DenseDetector``."""
+
 import logging
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-from fvcore.nn import giou_loss
-from torch import Tensor, nn
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
@@ -14,16 +11,25 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
+from fvcore.nn import giou_loss
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..config import GFL_ARGUMENT_KEYS, LD_ARGUMENT_KEYS
 from .atss import ATSSMatcher, atss_labels
 from .box_coding import aligned_iou, box2distance, centerness, distance2box
+from .distillation import build_teacher, check_teacher, teacher_box_outputs
 from .frozen_inference import CPU_INFERENCE_MODES, FrozenCPUInference
 from .head import GFLHead
 from .input_checks import with_checked_ground_truth
-from .distillation import build_teacher, check_teacher, teacher_box_outputs
 from .losses import distribution_focal_loss, localization_distillation_loss
-from .postprocess import class_aware_nms, reduce_mean, rescale_box_std, top_candidates, valid_clipped
+from .postprocess import (
+    class_aware_nms,
+    reduce_mean,
+    rescale_box_std,
+    top_candidates,
+    valid_clipped,
+)
 from .variants import GFLVariant
 
 __all__ = ["GFL"]
@@ -46,11 +52,16 @@ def _check_head_reads_the_model_settings(head: nn.Module, **settings) -> None:
             )
 
 
-def _one_anchor_per_location(anchor_generator: Optional[nn.Module], strides: List[int], anchor_scale: float):
+def _one_anchor_per_location(
+    anchor_generator: Optional[nn.Module], strides: List[int], anchor_scale: float
+):
     """The given anchor generator, or one ``anchor_scale x stride`` square per location; refuses more than one."""
     if anchor_generator is None:
         anchor_generator = DefaultAnchorGenerator(
-            sizes=[[anchor_scale * s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.0
+            sizes=[[anchor_scale * s] for s in strides],
+            aspect_ratios=[1.0],
+            strides=strides,
+            offset=0.0,
         )
     if any(n != 1 for n in anchor_generator.num_cell_anchors):
         raise ValueError("GFL needs exactly one anchor per location (one size, one aspect ratio)")
@@ -143,13 +154,23 @@ class GFL(DenseDetector):
         anchor_generator: Optional[nn.Module] = None,
         anchor_matcher: Optional[ATSSMatcher] = None,
         num_classes: int,
-        reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0,
-        cls_loss: str = "auto", quality: str = "joint", box_representation: str = "distribution",
+        reg_max: int = 16,
+        bin_width: float = 1.0,
+        anchor_scale: float = 8.0,
+        cls_loss: str = "auto",
+        quality: str = "joint",
+        box_representation: str = "distribution",
         box_loss_weighting: str = "auto",
-        qfl_beta: float = 2.0, focal_loss_alpha: float = 0.25, focal_loss_gamma: float = 2.0,
-        loss_cls_weight: float = 1.0, loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25,
+        qfl_beta: float = 2.0,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        loss_cls_weight: float = 1.0,
+        loss_bbox_weight: float = 2.0,
+        loss_dfl_weight: float = 0.25,
         loss_quality_weight: float = 1.0,
-        test_score_thresh: float = 0.05, test_topk_candidates: int = 1000, test_nms_thresh: float = 0.6,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 100,
         output_box_distributions: bool = True,
         size_divisibility: Optional[int] = None,
@@ -161,17 +182,22 @@ class GFL(DenseDetector):
         loss_ld_weight: float = 0.25,
         ld_temperature: float = 10.0,
     ):
-        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
         self.num_classes = num_classes
         self.variant = GFLVariant(cls_loss, quality, box_representation, box_loss_weighting)
         self.box2box_transform = self.variant.box_transform(reg_max, bin_width, anchor_scale)
-        _check_head_reads_the_model_settings(head, reg_max=reg_max, box_representation=box_representation,
-                                             quality=quality)
+        _check_head_reads_the_model_settings(
+            head, reg_max=reg_max, box_representation=box_representation, quality=quality
+        )
         strides = [backbone.output_shape()[k].stride for k in self.head_in_features]
         self.anchor_generator = _one_anchor_per_location(anchor_generator, strides, anchor_scale)
         self.anchor_matcher = anchor_matcher if anchor_matcher is not None else ATSSMatcher(topk=9)
 
-        self.cls_loss = self.variant.classification_loss(num_classes, qfl_beta, focal_loss_alpha, focal_loss_gamma)
+        self.cls_loss = self.variant.classification_loss(
+            num_classes, qfl_beta, focal_loss_alpha, focal_loss_gamma
+        )
         self.box_loss_weights = self.variant.box_loss_weights()
         self.quality_target = self.variant.quality_target()
         self.loss_cls_weight, self.loss_bbox_weight = loss_cls_weight, loss_bbox_weight
@@ -180,14 +206,19 @@ class GFL(DenseDetector):
         self.loss_quality_weight = loss_quality_weight
 
         self.test_score_thresh, self.test_topk_candidates = test_score_thresh, test_topk_candidates
-        self.test_nms_thresh, self.max_detections_per_image = test_nms_thresh, max_detections_per_image
+        self.test_nms_thresh, self.max_detections_per_image = (
+            test_nms_thresh,
+            max_detections_per_image,
+        )
         if output_box_distributions and not self.box2box_transform.has_distributions:
             logger.info("GFL: box_representation='dirac' has no edge distributions to output")
             output_box_distributions = False
         self.output_box_distributions = output_box_distributions
         self.size_divisibility, self.input_format = size_divisibility, input_format
         if cpu_inference not in CPU_INFERENCE_MODES:
-            raise ValueError(f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {cpu_inference!r}")
+            raise ValueError(
+                f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {cpu_inference!r}"
+            )
         self.cpu_inference = cpu_inference
         self._frozen_cpu = FrozenCPUInference(self.backbone, self.head, self.head_in_features)
         if teacher is not None:
@@ -218,7 +249,9 @@ class GFL(DenseDetector):
     @output_box_distributions.setter
     def output_box_distributions(self, value: bool):
         if value and not self.box2box_transform.has_distributions:
-            raise ValueError("this GFL model (box_representation='dirac') has no edge distributions to output")
+            raise ValueError(
+                "this GFL model (box_representation='dirac') has no edge distributions to output"
+            )
         self._output_box_distributions = bool(value)
 
     @property
@@ -245,32 +278,53 @@ class GFL(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
-            "teacher": (build_teacher(g.LD.TEACHER_CONFIG, g.LD.TEACHER_WEIGHTS, g.LD.TEACHER_OPTS)
-                        if g.LD.TEACHER_CONFIG else None),
+            "teacher": (
+                build_teacher(g.LD.TEACHER_CONFIG, g.LD.TEACHER_WEIGHTS, g.LD.TEACHER_OPTS)
+                if g.LD.TEACHER_CONFIG
+                else None
+            ),
             **{arg: g.LD[key] for arg, key in LD_ARGUMENT_KEYS.items()},
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         if self.training and not torch.jit.is_scripting():
-            batched_inputs = with_checked_ground_truth(batched_inputs, self.num_classes, self.device)
-        outputs = self._frozen_forward(batched_inputs) if self._runs_frozen() else super().forward(batched_inputs)
+            batched_inputs = with_checked_ground_truth(
+                batched_inputs, self.num_classes, self.device
+            )
+        outputs = (
+            self._frozen_forward(batched_inputs)
+            if self._runs_frozen()
+            else super().forward(batched_inputs)
+        )
         if self.training or torch.jit.is_scripting() or not self.output_box_distributions:
             return outputs
         return rescale_box_std(outputs, batched_inputs)
 
     def _runs_frozen(self) -> bool:
         """Whether this call runs the frozen backbone and head (``cpu_inference="frozen"``, see the class)."""
-        return (self.cpu_inference == "frozen" and not self.training and self.device.type == "cpu"
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and not torch.jit.is_scripting() and not torch.jit.is_tracing())
+        return (
+            self.cpu_inference == "frozen"
+            and not self.training
+            and self.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing()
+        )
 
-    def _frozen_forward(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Instances]]:
+    def _frozen_forward(
+        self, batched_inputs: List[Dict[str, Tensor]]
+    ) -> List[Dict[str, Instances]]:
         """DenseDetector's inference, with the backbone and head run by :class:`FrozenCPUInference`."""
         images = self.preprocess_image(batched_inputs)
         features, predictions = self._frozen_cpu(images.tensor)
         results = self.forward_inference(images, features, predictions)
         return [
-            {"instances": detector_postprocess(r, x.get("height", size[0]), x.get("width", size[1]))}
+            {
+                "instances": detector_postprocess(
+                    r, x.get("height", size[0]), x.get("width", size[1])
+                )
+            }
             for r, x, size in zip(results, batched_inputs, images.image_sizes)
         ]
 
@@ -293,8 +347,15 @@ class GFL(DenseDetector):
         teacher_box_regs = None
         if self._teacher is not None:
             teacher_box_regs = teacher_box_outputs(self._teacher, images.tensor, self)
-        return self.losses(anchors, pred_logits, gt_labels, pred_box_regs, gt_boxes, *pred_quality_logits,
-                           teacher_box_regs=teacher_box_regs)
+        return self.losses(
+            anchors,
+            pred_logits,
+            gt_labels,
+            pred_box_regs,
+            gt_boxes,
+            *pred_quality_logits,
+            teacher_box_regs=teacher_box_regs,
+        )
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
@@ -339,7 +400,9 @@ class GFL(DenseDetector):
         pos_normalizer = reduce_mean(num_pos.float()).clamp(min=1.0)
 
         pred_logits = torch.cat(pred_logits, dim=1)  # (N, R, C)
-        quality_logits = None if pred_quality_logits is None else torch.cat(pred_quality_logits, dim=1)  # (N, R, 1)
+        quality_logits = (
+            None if pred_quality_logits is None else torch.cat(pred_quality_logits, dim=1)
+        )  # (N, R, 1)
         pos = self.decode_positives(pos_mask, anchors, pred_box_regs, gt_boxes)
         # V2: QFL on the fused score also reaches the distributions, through the quality predictor
         fused = quality_logits if self.variant.has_quality_predictor else None
@@ -349,12 +412,20 @@ class GFL(DenseDetector):
         if fused is not None and len(pos.img):
             # V2's predicted quality at the positives: its spread shows whether the predictor has learned yet
             quality = quality_logits[pos.img, pos.anchor, 0].detach().float().sigmoid()
-            get_event_storage().put_scalars(dgqp_quality_mean=quality.mean().item(),
-                                            dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0)
+            get_event_storage().put_scalars(
+                dgqp_quality_mean=quality.mean().item(),
+                dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0,
+            )
         ctr_targets = centerness(box2distance(pos.centers, pos.gt_boxes))  # (P,)
-        teacher_pos = None if teacher_box_regs is None else torch.cat(teacher_box_regs, dim=1)[pos.img, pos.anchor]
+        teacher_pos = (
+            None
+            if teacher_box_regs is None
+            else torch.cat(teacher_box_regs, dim=1)[pos.img, pos.anchor]
+        )
         losses.update(self.box_losses(pos, pred_logits, fused, ctr_targets, teacher_pos))
-        if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
+        if (
+            self.variant.has_quality_branch
+        ):  # a separate centerness / IoU branch, BCE on the positives
             pos_quality = quality_logits[pos.img, pos.anchor, 0].float()  # (P,)
             targets = self.quality_target(pos.ious, ctr_targets)
             loss_quality = F.binary_cross_entropy_with_logits(pos_quality, targets, reduction="sum")
@@ -362,7 +433,11 @@ class GFL(DenseDetector):
         return losses
 
     def decode_positives(
-        self, pos_mask: Tensor, anchors: List[Boxes], pred_box_regs: List[Tensor], gt_boxes: List[Tensor]
+        self,
+        pos_mask: Tensor,
+        anchors: List[Boxes],
+        pred_box_regs: List[Tensor],
+        gt_boxes: List[Tensor],
     ) -> _Positives:
         """
         Args:
@@ -378,14 +453,29 @@ class GFL(DenseDetector):
         pos_anchors = Boxes.cat(anchors).tensor[pos_anchor].float()  # (P, 4)
         pos_gt_boxes = torch.stack(gt_boxes)[pos_img, pos_anchor].float()  # (P, 4)
         centers, strides = self.box2box_transform.centers_and_strides(pos_anchors)
-        pred_boxes = distance2box(centers / strides, self.box2box_transform.decode(pos_box_regs).distances)
+        pred_boxes = distance2box(
+            centers / strides, self.box2box_transform.decode(pos_box_regs).distances
+        )
         target_boxes = pos_gt_boxes / strides
         ious = aligned_iou(pred_boxes.detach(), target_boxes)  # (P,)
-        return _Positives(pos_img, pos_anchor, pos_box_regs, pos_anchors, pos_gt_boxes, centers, pred_boxes,
-                          target_boxes, ious)
+        return _Positives(
+            pos_img,
+            pos_anchor,
+            pos_box_regs,
+            pos_anchors,
+            pos_gt_boxes,
+            centers,
+            pred_boxes,
+            target_boxes,
+            ious,
+        )
 
     def box_losses(
-        self, pos: _Positives, pred_logits: Tensor, fused: Optional[Tensor], ctr_targets: Tensor,
+        self,
+        pos: _Positives,
+        pred_logits: Tensor,
+        fused: Optional[Tensor],
+        ctr_targets: Tensor,
         teacher_pos: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         """
@@ -413,17 +503,23 @@ class GFL(DenseDetector):
         losses = {"loss_bbox": (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer}
         if self.loss_dfl_weight > 0:
             dfl_targets = self.box2box_transform.encode(pos.anchors, pos.gt_boxes)  # (P, 4) in bins
-            loss_dfl = distribution_focal_loss(pos.box_regs.unflatten(-1, (4, -1)), dfl_targets).mean(dim=1)
+            loss_dfl = distribution_focal_loss(
+                pos.box_regs.unflatten(-1, (4, -1)), dfl_targets
+            ).mean(dim=1)
             losses["loss_dfl"] = (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer
         if teacher_pos is not None:
             loss_ld = localization_distillation_loss(
-                pos.box_regs.unflatten(-1, (4, -1)), teacher_pos.unflatten(-1, (4, -1)), self.ld_temperature
+                pos.box_regs.unflatten(-1, (4, -1)),
+                teacher_pos.unflatten(-1, (4, -1)),
+                self.ld_temperature,
             )  # (P, 4)
             losses["loss_ld"] = (loss_ld * weights[:, None]).sum() * self.loss_ld_weight / 4
         return losses
 
     # ----------------------------------------------------------------- inference
-    def forward_inference(self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]):
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ):
         pred_logits, pred_box_regs, *pred_quality_logits = self._transpose_dense_predictions(
             predictions, self._prediction_channels
         )
@@ -437,7 +533,9 @@ class GFL(DenseDetector):
                 quality = [q[img_idx].sigmoid() for q in pred_quality_logits[0]]
                 scores = [s * q for s, q in zip(scores, quality)]
             box_regs = [x[img_idx] for x in pred_box_regs]
-            results.append(self.inference_single_image(anchors, scores, box_regs, image_size, quality))
+            results.append(
+                self.inference_single_image(anchors, scores, box_regs, image_size, quality)
+            )
         return results
 
     def _decode_per_level_predictions(
@@ -461,9 +559,13 @@ class GFL(DenseDetector):
             pred_box_regs: (R_l, D) box outputs.
             pred_quality: (R_l, 1) the quality factor of the scores, if any.
         """
-        pred_scores, anchor_idxs, classes_idxs = top_candidates(pred_scores, score_thresh, topk_candidates)
+        pred_scores, anchor_idxs, classes_idxs = top_candidates(
+            pred_scores, score_thresh, topk_candidates
+        )
 
-        centers, strides = self.box2box_transform.centers_and_strides(anchors.tensor[anchor_idxs].float())
+        centers, strides = self.box2box_transform.centers_and_strides(
+            anchors.tensor[anchor_idxs].float()
+        )
         decoded = self.box2box_transform.decode(pred_box_regs[anchor_idxs])
         result = Instances(
             image_size,
@@ -500,7 +602,9 @@ class GFL(DenseDetector):
             ``pred_box_dists``, ``pred_box_std`` in input-image pixels if
             ``output_box_distributions``; ``pred_quality`` with a quality).
         """
-        qualities: List[Optional[Tensor]] = [None] * len(anchors) if pred_quality is None else list(pred_quality)
+        qualities: List[Optional[Tensor]] = (
+            [None] * len(anchors) if pred_quality is None else list(pred_quality)
+        )
         levels = [
             self._decode_per_level_predictions(
                 a, s, r, self.test_score_thresh, self.test_topk_candidates, image_size, q
@@ -509,5 +613,7 @@ class GFL(DenseDetector):
         ]
         pred = levels[0].cat(levels)
         pred = valid_clipped(pred, image_size)
-        keep = class_aware_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh, image_size)
+        keep = class_aware_nms(
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh, image_size
+        )
         return pred[keep[: self.max_detections_per_image]]

@@ -1,20 +1,22 @@
 """Small pieces of GFL's loss normalisation and inference shared by the model."""
+
 import logging
 from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
 import torchvision
-from torch import Tensor
-
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
+from torch import Tensor
 
 __all__ = ["reduce_mean", "top_candidates", "valid_clipped", "class_aware_nms", "rescale_box_std"]
 
 
-def top_candidates(pred_scores: Tensor, score_thresh: float, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+def top_candidates(
+    pred_scores: Tensor, score_thresh: float, topk: int
+) -> Tuple[Tensor, Tensor, Tensor]:
     """
     DenseDetector's per-level filtering: (location, class) pairs scoring above
     ``score_thresh``, at most the ``topk`` best.
@@ -58,8 +60,13 @@ def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
     return pred[pred.pred_boxes.nonempty(threshold=0.0)]
 
 
-def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float,
-                    image_size: Tuple[int, int]) -> Tensor:
+def class_aware_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    iou_threshold: float,
+    image_size: Tuple[int, int],
+) -> Tensor:
     """
     NMS within each class; indices of the kept boxes, by decreasing score.
 

@@ -5,17 +5,17 @@ Table 1b): ``QFLRetinaNet`` and ``QFLFCOS`` are detectron2's ``RetinaNet`` and
 classification-IoU target. Everything else (heads, anchors, matching, box
 losses, centerness, inference) is detectron2's, inherited unchanged.
 """
+
 from typing import Dict, List
 
 import torch
-from torch import Tensor
-
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
+from torch import Tensor
 
 from .box_coding import aligned_iou
 from .losses import dense_class_targets, quality_focal_loss
@@ -42,8 +42,15 @@ class _QualityFocalLossMixin:
         super().__init__(**kwargs)
         self.qfl_beta = qfl_beta
 
-    def losses(self, anchors: List[Boxes], pred_logits: List[Tensor], gt_labels: List[Tensor],
-               pred_anchor_deltas: List[Tensor], gt_boxes: List[Tensor], *args) -> Dict[str, Tensor]:
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[Tensor],
+        gt_labels: List[Tensor],
+        pred_anchor_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+        *args,
+    ) -> Dict[str, Tensor]:
         """
         Args:
             anchors: per level, Boxes (R_l, 4).
@@ -59,17 +66,23 @@ class _QualityFocalLossMixin:
             the parent's loss dict with its classification loss (same key)
             replaced by QFL, normalised by the parent's normaliser.
         """
-        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, *args)
+        losses = super().losses(
+            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, *args
+        )
         labels = torch.stack(gt_labels)  # (N, R)
         pos_img, pos_anchor = ((labels >= 0) & (labels != self.num_classes)).nonzero(as_tuple=True)
         with torch.no_grad():
             anchors_pos = Boxes.cat(anchors).tensor[pos_anchor]  # (P, 4)
             deltas_pos = cat(pred_anchor_deltas, dim=1)[pos_img, pos_anchor]  # (P, 4)
-            pred_boxes = self.box2box_transform.apply_deltas(deltas_pos.float(), anchors_pos.float())
+            pred_boxes = self.box2box_transform.apply_deltas(
+                deltas_pos.float(), anchors_pos.float()
+            )
             quality = aligned_iou(pred_boxes, torch.stack(gt_boxes)[pos_img, pos_anchor].float())
         targets = dense_class_targets(labels, self.num_classes, quality)  # (N, R, C)
         valid = labels >= 0  # ignored anchors (RetinaNet's IoU in [0.4, 0.5)) take no loss
-        loss = quality_focal_loss(cat(pred_logits, dim=1)[valid], targets[valid], self.qfl_beta).sum()
+        loss = quality_focal_loss(
+            cat(pred_logits, dim=1)[valid], targets[valid], self.qfl_beta
+        ).sum()
         losses[self.cls_loss_key] = loss / self.loss_normalizer
         return losses
 

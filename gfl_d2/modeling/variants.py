@@ -12,6 +12,7 @@ GFL V2                        "qfl"       "dgqp"        "distribution"
 ATSS (the paper's baseline)   "focal"     "centerness"  "dirac"
 ============================  ==========  ============  ===================
 """
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -19,7 +20,12 @@ import torch
 from torch import Tensor
 
 from .box_coding import DiracBox2BoxTransform, DistributionBox2BoxTransform
-from .losses import dense_class_targets, fused_quality_focal_loss, quality_focal_loss, sigmoid_focal_loss
+from .losses import (
+    dense_class_targets,
+    fused_quality_focal_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+)
 
 __all__ = ["GFLVariant", "QualityFocalLoss", "FusedQualityFocalLoss", "FocalLoss"]
 
@@ -39,7 +45,9 @@ class QualityFocalLoss:
     def __init__(self, num_classes: int, beta: float = 2.0):
         self.num_classes, self.beta = num_classes, beta
 
-    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits=None) -> Tensor:
+    def __call__(
+        self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits=None
+    ) -> Tensor:
         """(N, R, C) logits, (N, R) labels, (P,) IoUs of the positives -> summed loss."""
         targets = dense_class_targets(gt_labels, self.num_classes, ious)
         return quality_focal_loss(pred_logits, targets, self.beta).sum()
@@ -51,7 +59,9 @@ class FusedQualityFocalLoss(QualityFocalLoss):
     ``sigmoid(cls) * sigmoid(quality)`` (the quality from the distributions).
     """
 
-    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits: Tensor) -> Tensor:
+    def __call__(
+        self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits: Tensor
+    ) -> Tensor:
         """(N, R, C) class logits, (N, R) labels, (P,) IoUs, (N, R, 1) quality logits -> summed loss."""
         targets = dense_class_targets(gt_labels, self.num_classes, ious)
         return fused_quality_focal_loss(pred_logits, quality_logits, targets, self.beta).sum()
@@ -65,7 +75,9 @@ class FocalLoss:
     def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 2.0):
         self.num_classes, self.alpha, self.gamma = num_classes, alpha, gamma
 
-    def __call__(self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits=None) -> Tensor:
+    def __call__(
+        self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits=None
+    ) -> Tensor:
         targets = dense_class_targets(gt_labels, self.num_classes)
         return sigmoid_focal_loss(pred_logits, targets, self.alpha, self.gamma).sum()
 
@@ -122,9 +134,12 @@ class GFLVariant:
     box_loss_weighting: str = "auto"
 
     def __post_init__(self):
-        for name, allowed in (("cls_loss", CLS_LOSSES), ("quality", QUALITIES),
-                              ("box_representation", BOX_REPRESENTATIONS),
-                              ("box_loss_weighting", BOX_LOSS_WEIGHTINGS)):
+        for name, allowed in (
+            ("cls_loss", CLS_LOSSES),
+            ("quality", QUALITIES),
+            ("box_representation", BOX_REPRESENTATIONS),
+            ("box_loss_weighting", BOX_LOSS_WEIGHTINGS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         # QFL's target is the localisation quality, so the quality decides the loss
@@ -138,8 +153,10 @@ class GFLVariant:
                 f"or 'none'): leave cls_loss='auto' and set the quality, e.g. quality='none' for Focal Loss alone"
             )
         if self.quality == "dgqp" and self.box_representation != "distribution":
-            raise ValueError("quality='dgqp' predicts the quality from the edge distributions: it needs "
-                             "box_representation='distribution'")
+            raise ValueError(
+                "quality='dgqp' predicts the quality from the edge distributions: it needs "
+                "box_representation='distribution'"
+            )
         if self.box_loss_weighting == "auto":
             weighting = "score" if self.quality in JOINT_QUALITIES else "centerness"
             object.__setattr__(self, "box_loss_weighting", weighting)
@@ -171,7 +188,9 @@ class GFLVariant:
         """Whether the head outputs a quality logit per location, multiplied into the score."""
         return self.has_quality_branch or self.has_quality_predictor
 
-    def classification_loss(self, num_classes: int, qfl_beta: float, focal_alpha: float, focal_gamma: float):
+    def classification_loss(
+        self, num_classes: int, qfl_beta: float, focal_alpha: float, focal_gamma: float
+    ):
         if self.has_quality_predictor:
             return FusedQualityFocalLoss(num_classes, qfl_beta)
         if self.cls_loss == "qfl":

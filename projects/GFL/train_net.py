@@ -12,6 +12,7 @@ leave the head untrained.
     python projects/GFL/train_net.py --config-file configs/OwnData/gfl_R_50_FPN_finetune.yaml \
         DATASETS.FOLDER.ROOT /path/to/data MODEL.WEIGHTS /path/to/converted_coco_gfl.pth
 """
+
 import logging
 import os
 import weakref
@@ -27,12 +28,17 @@ from detectron2.utils.logger import setup_logger
 
 from gfl_d2 import add_gfl_config  # (also registers GFL)
 from gfl_d2.bins import log_bin_fit
-from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, refuse_untrained_evaluation, require_trained_head
+from gfl_d2.checkpoint import (
+    CheckedCheckpointer,
+    holds_layer,
+    refuse_untrained_evaluation,
+    require_trained_head,
+)
 from gfl_d2.config import use_dataset_folder
 from gfl_d2.data import DatasetError, check_dataset_dicts, register_shapes
 from gfl_d2.devices import create_ddp_model, describe_device, resolve_device
-from gfl_d2.lazy_config import refuse_missing_values
 from gfl_d2.evaluation import COCOEvaluatorWithCurves, CountIterations
+from gfl_d2.lazy_config import refuse_missing_values
 from gfl_d2.training import BOX_LAYER, invoke_main
 
 # images sampled by the bin check (the LazyConfig path's train.check_bins)
@@ -47,25 +53,36 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
         # names the tensors a fine-tuning checkpoint does not fit (another number of classes)
-        self.checkpointer = CheckedCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = CheckedCheckpointer(
+            self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
 
     def build_hooks(self):
         hook_list = super().build_hooks()
         at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
         if comm.is_main_process() and self.cfg.TEST.EVAL_PERIOD > 0:
             # after the evaluation: keep the best weights by bbox AP as model_best.pth
-            hook_list.insert(at + 1, hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, "bbox/AP"))
-        hook_list.insert(at, CountIterations())  # names the evaluation's pictures by the iterations done
+            hook_list.insert(
+                at + 1,
+                hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, "bbox/AP"),
+            )
+        hook_list.insert(
+            at, CountIterations()
+        )  # names the evaluation's pictures by the iterations done
         return hook_list
 
     @classmethod
     def build_train_loader(cls, cfg):
         """detectron2's loader, over the training data checked first, and the fit of the bins to that data logged."""
         dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, proposal_files=None
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            proposal_files=None,
         )
         arch = cfg.MODEL.META_ARCHITECTURE
-        num_classes = cfg.MODEL.GFL.NUM_CLASSES if arch == "GFL" else cfg.MODEL.RETINANET.NUM_CLASSES
+        num_classes = (
+            cfg.MODEL.GFL.NUM_CLASSES if arch == "GFL" else cfg.MODEL.RETINANET.NUM_CLASSES
+        )
         try:
             dataset = check_dataset_dicts(dataset, num_classes)
         except DatasetError as e:
@@ -137,7 +154,11 @@ def main(args):
         model = Trainer.build_model(cfg)
         checkpointer = CheckedCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        loaded = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+        loaded = (
+            checkpointer.get_checkpoint_file()
+            if args.resume and checkpointer.has_checkpoint()
+            else cfg.MODEL.WEIGHTS
+        )
         require_trained_head(checkpointer, loaded, how="MODEL.WEIGHTS /path/to/model_final.pth")
         res = Trainer.test(cfg, model)
         if comm.is_main_process():

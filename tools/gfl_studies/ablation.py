@@ -6,6 +6,7 @@ gfl_d2.training``), evaluation, interleaved inference timing, and the report
 (``<name>.json`` with every run, ``<name>.md`` with the tables, see
 :mod:`gfl_studies.reports`). Resumable: a run with a ``result.json`` is done.
 """
+
 import argparse
 import ast
 import json
@@ -76,26 +77,80 @@ def _what(config):
     return " ".join(doc.split()).split(". ")[0].rstrip(".")
 
 
-VARIANTS = OrderedDict((name, (config, [], _what(config))) for name, config in _VARIANT_CONFIGS.items())
+VARIANTS = OrderedDict(
+    (name, (config, [], _what(config))) for name, config in _VARIANT_CONFIGS.items()
+)
 
 # tables: title, rows (a row named like a main variant reuses its runs), whose seeds
 TABLES = OrderedDict(
     [
-        ("main", ("GFL against ATSS, FCOS and RetinaNet (paper Table 3)",
-                  ["RetinaNet", "FCOS", "ATSS", "ATSS+QFL", "ATSS+DFL", "GFL"], "main")),
-        ("qfl", ("QFL as a drop-in for detectron2's detectors (paper Table 1b)",
-                 ["RetinaNet", "RetinaNet+QFL", "FCOS", "FCOS+QFL", "ATSS", "ATSS+QFL"], "main")),
+        (
+            "main",
+            (
+                "GFL against ATSS, FCOS and RetinaNet (paper Table 3)",
+                ["RetinaNet", "FCOS", "ATSS", "ATSS+QFL", "ATSS+DFL", "GFL"],
+                "main",
+            ),
+        ),
+        (
+            "qfl",
+            (
+                "QFL as a drop-in for detectron2's detectors (paper Table 1b)",
+                ["RetinaNet", "RetinaNet+QFL", "FCOS", "FCOS+QFL", "ATSS", "ATSS+QFL"],
+                "main",
+            ),
+        ),
         ("beta", ("QFL β (paper Table 1c)", ["GFL β=0", "GFL β=1", "GFL", "GFL β=3"], "sweep")),
-        ("n", ("number of bins n (paper Table 2b)", ["GFL n=4", "GFL n=8", "GFL", "GFL n=24"], "sweep")),
+        (
+            "n",
+            (
+                "number of bins n (paper Table 2b)",
+                ["GFL n=4", "GFL n=8", "GFL", "GFL n=24"],
+                "sweep",
+            ),
+        ),
         ("delta", ("bin width Δ (paper Table 2c)", ["GFL Δ=0.5", "GFL", "GFL Δ=2"], "sweep")),
-        ("quality", ("quality representation and DFL (paper Tables 1a, 2a)",
-                     ["FL, no quality", "ATSS", "FL+IoU branch", "ATSS+QFL", "ATSS+QFL, ctr-weighted", "GFL no DFL",
-                      "GFL"], "sweep")),
-        ("v2", ("GFL V2 against V1 (the distribution-guided quality predictor)", ["GFL", "GFL V2"], "main")),
-        ("v2init", ("GFL V2's predictor initialisation (a diagnostic of the short schedule)",
-                    ["GFL", "GFL V2", "GFL V2, init 0.1"], "main")),
-        ("ld", ("Localization Distillation: the quick-start architecture with n = 16, alone and taught by the "
-                "paper-settings model", ["Student", "Student + LD"], "main")),
+        (
+            "quality",
+            (
+                "quality representation and DFL (paper Tables 1a, 2a)",
+                [
+                    "FL, no quality",
+                    "ATSS",
+                    "FL+IoU branch",
+                    "ATSS+QFL",
+                    "ATSS+QFL, ctr-weighted",
+                    "GFL no DFL",
+                    "GFL",
+                ],
+                "sweep",
+            ),
+        ),
+        (
+            "v2",
+            (
+                "GFL V2 against V1 (the distribution-guided quality predictor)",
+                ["GFL", "GFL V2"],
+                "main",
+            ),
+        ),
+        (
+            "v2init",
+            (
+                "GFL V2's predictor initialisation (a diagnostic of the short schedule)",
+                ["GFL", "GFL V2", "GFL V2, init 0.1"],
+                "main",
+            ),
+        ),
+        (
+            "ld",
+            (
+                "Localization Distillation: the quick-start architecture with n = 16, alone and taught by the "
+                "paper-settings model",
+                ["Student", "Student + LD"],
+                "main",
+            ),
+        ),
     ]
 )
 DEFAULT_TABLES = ["main", "qfl", "beta", "n", "delta", "v2"]
@@ -141,7 +196,9 @@ def plan_runs(args):
         for name in args.variants:
             wanted.setdefault(name, list(args.sweep_seeds))
     depth = max((len(s) for s in wanted.values()), default=0)
-    return [(name, seeds[i]) for i in range(depth) for name, seeds in wanted.items() if i < len(seeds)]
+    return [
+        (name, seeds[i]) for i in range(depth) for name, seeds in wanted.items() if i < len(seeds)
+    ]
 
 
 def run_dir(args, name, seed):
@@ -155,7 +212,8 @@ def run_overrides(args, name, seed, out):
     return config, (
         schedule_overrides(args.iters, args.batch)
         + [f"train.seed={seed}", f"train.output_dir={out}", "dataloader.evaluator=null"]
-        + list(overrides) + list(args.opts)
+        + list(overrides)
+        + list(args.opts)
     )
 
 
@@ -171,8 +229,16 @@ def teacher_checkpoint(args):
 
 def teacher_overrides(args):
     """The teacher run: its config's own schedule, the study's data options, then ``--teacher-opts``."""
-    return ([f"train.seed={args.teacher_seed}", f"train.output_dir={teacher_dir(args)}", "dataloader.evaluator=null",
-             "train.eval_period=0"] + list(args.opts) + list(args.teacher_opts))
+    return (
+        [
+            f"train.seed={args.teacher_seed}",
+            f"train.output_dir={teacher_dir(args)}",
+            "dataloader.evaluator=null",
+            "train.eval_period=0",
+        ]
+        + list(args.opts)
+        + list(args.teacher_opts)
+    )
 
 
 def ensure_teacher(args):
@@ -195,15 +261,33 @@ def ensure_teacher(args):
     # it trains alone, before the rows: it gets the threads of all the jobs
     threads = (args.threads or max(1, 2 // args.jobs)) * args.jobs
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(TEACHER_CFG), "--resume",
-           *teacher_overrides(args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gfl_d2.training",
+        "--config-file",
+        get_config_file(TEACHER_CFG),
+        "--resume",
+        *teacher_overrides(args),
+    ]
     with open(os.path.join(out, "train_log.txt"), "a") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"LD teacher: training failed (exit {proc.returncode}); see {out}/train_log.txt")
-    record = dict(config=TEACHER_CFG, checkpoint=teacher_checkpoint(args), overrides=teacher_overrides(args),
-                  metrics=_evaluate_config(TEACHER_CFG, teacher_overrides(args), teacher_checkpoint(args),
-                                           os.path.join(out, "eval"), args.jobs))
+        raise RuntimeError(
+            f"LD teacher: training failed (exit {proc.returncode}); see {out}/train_log.txt"
+        )
+    record = dict(
+        config=TEACHER_CFG,
+        checkpoint=teacher_checkpoint(args),
+        overrides=teacher_overrides(args),
+        metrics=_evaluate_config(
+            TEACHER_CFG,
+            teacher_overrides(args),
+            teacher_checkpoint(args),
+            os.path.join(out, "eval"),
+            args.jobs,
+        ),
+    )
     with open(record_path, "w") as f:
         json.dump(record, f, indent=1)
     print(f"LD teacher: AP {record['metrics']['AP']:.2f}", flush=True)
@@ -218,21 +302,36 @@ def train(args, name, seed, log_prefix):
     config, overrides = run_overrides(args, name, seed, out)
     threads = args.threads or max(1, 2 // args.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(config), "--resume", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gfl_d2.training",
+        "--config-file",
+        get_config_file(config),
+        "--resume",
+        *overrides,
+    ]
     start = time.time()
     with open(os.path.join(out, "train_log.txt"), "a") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         for line in proc.stdout:
             log.write(line)
             m = re.search(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)", line)
             if m and args.jobs == 1:
-                print(f"\r{log_prefix} iter {int(m.group(2)) + 1}/{args.iters} loss {m.group(3)} eta {m.group(1)}   ",
-                      end="", flush=True)
+                print(
+                    f"\r{log_prefix} iter {int(m.group(2)) + 1}/{args.iters} loss {m.group(3)} eta {m.group(1)}   ",
+                    end="",
+                    flush=True,
+                )
         proc.wait()
     if args.jobs == 1:
         print()
     if proc.returncode != 0:
-        raise RuntimeError(f"{name} seed {seed}: training failed (exit {proc.returncode}); see {out}/train_log.txt")
+        raise RuntimeError(
+            f"{name} seed {seed}: training failed (exit {proc.returncode}); see {out}/train_log.txt"
+        )
     return time.time() - start
 
 
@@ -243,9 +342,13 @@ def _build(config, overrides, checkpoint):
     from gfl_d2.checkpoint import CheckedCheckpointer
     from gfl_d2.lazy_config import load_lazy_config
 
-    cfg = load_lazy_config(get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")])
+    cfg = load_lazy_config(
+        get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")]
+    )
     if cfg.model.get("teacher") is not None:
-        cfg.model.teacher = None  # a distilled student's checkpoint is a plain GFL's: evaluated without its teacher
+        cfg.model.teacher = (
+            None  # a distilled student's checkpoint is a plain GFL's: evaluated without its teacher
+        )
     model = instantiate(cfg.model)
     CheckedCheckpointer(model).load(checkpoint)
     return cfg, model.eval()
@@ -269,7 +372,9 @@ def _evaluate_config(config, overrides, checkpoint, output_dir, jobs):
         # forking loader workers from a process whose other threads run jobs can deadlock (seen: a worker
         # waiting forever on a lock held at the fork); evaluating in this process's thread needs none
         cfg.dataloader.test.num_workers = 0
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
     return {k: float(v) for k, v in results["bbox"].items()}
 
 
@@ -277,8 +382,13 @@ def evaluate(args, name, seed):
     """COCO metrics of a finished run on shapes_val."""
     out = run_dir(args, name, seed)
     config, overrides = run_overrides(args, name, seed, out)
-    return _evaluate_config(config, overrides, os.path.join(out, "model_final.pth"), os.path.join(out, "eval"),
-                            args.jobs)
+    return _evaluate_config(
+        config,
+        overrides,
+        os.path.join(out, "model_final.pth"),
+        os.path.join(out, "eval"),
+        args.jobs,
+    )
 
 
 def do_run(args, name, seed, index, total):
@@ -288,8 +398,16 @@ def do_run(args, name, seed, index, total):
     seconds = train(args, name, seed, prefix)
     metrics = evaluate(args, name, seed)
     config, overrides = run_overrides(args, name, seed, out)
-    result = dict(variant=name, seed=seed, config=config, overrides=overrides, metrics=metrics,
-                  train_seconds=round(seconds, 1), iters=args.iters, batch=args.batch)
+    result = dict(
+        variant=name,
+        seed=seed,
+        config=config,
+        overrides=overrides,
+        metrics=metrics,
+        train_seconds=round(seconds, 1),
+        iters=args.iters,
+        batch=args.batch,
+    )
     quality = read_metrics_series(out, QUALITY_SERIES)
     if quality:  # a V2: how its predictor's output moved over training
         result["quality_series"] = quality
@@ -297,7 +415,10 @@ def do_run(args, name, seed, index, total):
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     os.replace(tmp, os.path.join(out, "result.json"))  # a run counts as done only once this exists
-    print(f"{prefix} AP {metrics['AP']:.2f} (AP50 {metrics['AP50']:.2f}), {seconds / 60:.1f} min", flush=True)
+    print(
+        f"{prefix} AP {metrics['AP']:.2f} (AP50 {metrics['AP50']:.2f}), {seconds / 60:.1f} min",
+        flush=True,
+    )
     return result
 
 
@@ -305,7 +426,6 @@ def do_run(args, name, seed, index, total):
 def measure_inference(args, names):
     """Median seconds per image (batch 1) of each variant's first trained model."""
     import torch
-
     from detectron2.config import instantiate
 
     models = {}
@@ -349,7 +469,6 @@ def measure_training_steps(args, names, warmup=2):
     """
     steps = 4 * args.timing_rounds
     import torch
-
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
@@ -358,7 +477,10 @@ def measure_training_steps(args, names, warmup=2):
     models, batches = {}, []
     for name in names:
         config, overrides = run_overrides(args, name, 0, os.path.join(args.output, "timing"))
-        cfg = load_lazy_config(get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")])
+        cfg = load_lazy_config(
+            get_config_file(config),
+            [o for o in overrides if not o.startswith("dataloader.evaluator")],
+        )
         torch.manual_seed(0)
         models[name] = instantiate(cfg.model).train()
         if not batches:
@@ -386,8 +508,11 @@ def finished_seeds(args, name):
     base = os.path.join(args.output, slug(name))
     if not os.path.isdir(base):
         return []
-    return sorted(int(d[4:]) for d in os.listdir(base)
-                  if d.startswith("seed") and os.path.isfile(os.path.join(base, d, "result.json")))
+    return sorted(
+        int(d[4:])
+        for d in os.listdir(base)
+        if d.startswith("seed") and os.path.isfile(os.path.join(base, d, "result.json"))
+    )
 
 
 def load_results(args, name):
@@ -406,10 +531,19 @@ def collect_results(args):
     steps_file = os.path.join(args.output, "training_steps.json")
     steps = json.load(open(steps_file)) if os.path.isfile(steps_file) else {}
     runs = [r for name in names for r in load_results(args, name)]
-    setup = dict(dataset="shapes: 3000 train / 300 val images, 128 px", backbone=BACKBONE, iters=args.iters,
-                 batch=args.batch, **machine("cpu"))
-    data = dict(setup=setup, tables=list(args.tables), runs=runs,
-                timing=dict(iters=args.iters, seconds_per_image=timing) if timing else {})
+    setup = dict(
+        dataset="shapes: 3000 train / 300 val images, 128 px",
+        backbone=BACKBONE,
+        iters=args.iters,
+        batch=args.batch,
+        **machine("cpu"),
+    )
+    data = dict(
+        setup=setup,
+        tables=list(args.tables),
+        runs=runs,
+        timing=dict(iters=args.iters, seconds_per_image=timing) if timing else {},
+    )
     if any(name in LD_VARIANTS for name in names):
         record = os.path.join(teacher_dir(args), "result.json")
         teacher = json.load(open(record)) if os.path.isfile(record) else None
@@ -422,8 +556,12 @@ def collect_results(args):
 
 
 def _table(title, rows, runs, relative_time):
-    lines = [f"### {title}", "", "| variant | " + " | ".join(METRICS) + " | seeds | collapsed | time |",
-             "|---|" + "---:|" * (len(METRICS) + 3)]
+    lines = [
+        f"### {title}",
+        "",
+        "| variant | " + " | ".join(METRICS) + " | seeds | collapsed | time |",
+        "|---|" + "---:|" * (len(METRICS) + 3),
+    ]
     for row in rows:
         results = [r for r in runs if r["variant"] == row]
         if not results:
@@ -431,7 +569,11 @@ def _table(title, rows, runs, relative_time):
             continue
         cells = [mean_std([r["metrics"].get(m, float("nan")) for r in results]) for m in METRICS]
         time_cell = f"{relative_time[row]:.2f}" if row in relative_time else ""
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {len(results)} | {collapsed(results)} | {time_cell} |")
+        lines.append(
+            f"| {row} | "
+            + " | ".join(cells)
+            + f" | {len(results)} | {collapsed(results)} | {time_cell} |"
+        )
     return lines + [""]
 
 
@@ -440,7 +582,12 @@ def _per_seed(runs, iters):
     names = [n for n in VARIANTS if sum(r["variant"] == n for r in runs) > 1]
     if not names:
         return []
-    aps = ["{} {}".format(n, " / ".join(f"{r['metrics']['AP']:.2f}" for r in runs if r["variant"] == n)) for n in names]
+    aps = [
+        "{} {}".format(
+            n, " / ".join(f"{r['metrics']['AP']:.2f}" for r in runs if r["variant"] == n)
+        )
+        for n in names
+    ]
     return [f"AP per seed at {iters} iterations: " + "; ".join(aps) + ".", ""]
 
 
@@ -454,11 +601,17 @@ def _quality_spread(runs, iters, at=(0.1, 0.25, 0.5, 0.75, 1.0)):
     if not rows:
         return []
     points = sorted({max(1, round(iters * f)) for f in at})
-    lines = [f"GFL V2's quality predictor at the positives over {iters} iterations: mean / std over the "
-             "positives of the logged iteration, each averaged over seeds.", "",
-             "| variant | " + " | ".join(f"iteration {p}" for p in points) + " |", "|---|" + "---:|" * len(points)]
+    lines = [
+        f"GFL V2's quality predictor at the positives over {iters} iterations: mean / std over the "
+        "positives of the logged iteration, each averaged over seeds.",
+        "",
+        "| variant | " + " | ".join(f"iteration {p}" for p in points) + " |",
+        "|---|" + "---:|" * len(points),
+    ]
     for name in rows:
-        series = [r["quality_series"] for r in runs if r["variant"] == name and r.get("quality_series")]
+        series = [
+            r["quality_series"] for r in runs if r["variant"] == name and r.get("quality_series")
+        ]
         cells = []
         for p in points:
             near = [min(s, key=lambda row: abs(row["iteration"] - p)) for s in series]
@@ -478,18 +631,31 @@ def _distillation(data):
             lines.append("LD teacher: not trained yet.")
         else:
             ap = teacher.get("metrics") and teacher["metrics"].get("AP")
-            lines.append(f"LD teacher: configs/{teacher['config']} on its own schedule"
-                         + (f" ({' '.join(o for o in teacher.get('overrides', []) if o.startswith('train.seed'))})"
-                            if teacher.get("overrides") else "")
-                         + (f", {ap:.1f} AP on shapes_val." if ap is not None else f", checkpoint {teacher['checkpoint']}."))
+            lines.append(
+                f"LD teacher: configs/{teacher['config']} on its own schedule"
+                + (
+                    f" ({' '.join(o for o in teacher.get('overrides', []) if o.startswith('train.seed'))})"
+                    if teacher.get("overrides")
+                    else ""
+                )
+                + (
+                    f", {ap:.1f} AP on shapes_val."
+                    if ap is not None
+                    else f", checkpoint {teacher['checkpoint']}."
+                )
+            )
     steps = data.get("training_step_seconds")
     if steps:
         names = list(steps)
         base = steps[names[0]]
-        cells = "; ".join(f"{n} {steps[n]:.3f} s" + ("" if n == names[0] else f" ({steps[n] / base:.2f}x)")
-                          for n in names)
-        lines.append("Training step (forward, assignment, losses, backward; one batch, the variants alternating, "
-                     f"median): {cells}.")
+        cells = "; ".join(
+            f"{n} {steps[n]:.3f} s" + ("" if n == names[0] else f" ({steps[n] / base:.2f}x)")
+            for n in names
+        )
+        lines.append(
+            "Training step (forward, assignment, losses, backward; one batch, the variants alternating, "
+            f"median): {cells}."
+        )
     return lines + [""] if lines else []
 
 
@@ -500,20 +666,29 @@ def render(data):
     seconds = data.get("timing", {}).get("seconds_per_image", {})
     relative = {k: v / seconds["GFL"] for k, v in seconds.items()} if "GFL" in seconds else {}
     main_iters = setup.get("iters") or statistics.mode(r["iters"] for r in runs)
-    where = setup.get("device", setup.get("machine", "?")) + (f", torch {setup['torch']}" if "torch" in setup else "")
-    lines = [f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
-             f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per image "
-             "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP < 1.", ""]
+    where = setup.get("device", setup.get("machine", "?")) + (
+        f", torch {setup['torch']}" if "torch" in setup else ""
+    )
+    lines = [
+        f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
+        f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per image "
+        "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP < 1.",
+        "",
+    ]
     at_main = [r for r in runs if r["iters"] == main_iters]
     lines += [f"## {main_iters} iterations", ""]
     for table in data["tables"]:
         title, rows, _ = TABLES[table]
         lines += _table(title, rows, at_main, relative)
-    lines += _per_seed(at_main, main_iters) + _quality_spread(at_main, main_iters) + _distillation(data)
+    lines += (
+        _per_seed(at_main, main_iters) + _quality_spread(at_main, main_iters) + _distillation(data)
+    )
     for iters in sorted({r["iters"] for r in runs} - {main_iters}):
         at = [r for r in runs if r["iters"] == iters]
         rows = [name for name in VARIANTS if any(r["variant"] == name for r in at)]
-        lines += [f"## {iters} iterations", ""] + _table(f"the variants trained for {iters} iterations", rows, at, {})
+        lines += [f"## {iters} iterations", ""] + _table(
+            f"the variants trained for {iters} iterations", rows, at, {}
+        )
         lines += _per_seed(at, iters) + _quality_spread(at, iters)
     return "\n".join(lines)
 
@@ -533,7 +708,9 @@ def list_variants(args=None):
         print(f"{name:16s} {what}\n{'':16s} configs/{config} {' '.join(overrides)}")
     if args is not None:
         runs = plan_runs(args)
-        print(f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} variants)")
+        print(
+            f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} variants)"
+        )
 
 
 def run_all(args, todo, after_each=None):
@@ -548,8 +725,11 @@ def run_all(args, todo, after_each=None):
         with lock:
             finished.append(index)
             done, elapsed = len(finished), time.time() - start
-            print(f"    {done}/{len(todo)} runs in {elapsed / 60:.1f} min; "
-                  f"about {elapsed / done * (len(todo) - done) / 60:.0f} min to go", flush=True)
+            print(
+                f"    {done}/{len(todo)} runs in {elapsed / 60:.1f} min; "
+                f"about {elapsed / done * (len(todo) - done) / 60:.0f} min to go",
+                flush=True,
+            )
             after_each()
 
     in_parallel(args.jobs, list(enumerate(todo, 1)), one)
@@ -566,13 +746,18 @@ def run_study(args):
     if any(n in LD_VARIANTS for n, _ in runs):
         ensure_teacher(args)
     todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
-          f"report {os.path.join(args.results, args.name)}.md", flush=True)
+    print(
+        f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
+        f"report {os.path.join(args.results, args.name)}.md",
+        flush=True,
+    )
     run_all(args, todo)
     if not args.skip_timing:
         names = list(OrderedDict.fromkeys(r for t in args.tables for r in TABLES[t][1]))
-        print(f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
-              flush=True)
+        print(
+            f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
+            flush=True,
+        )
         timing = measure_inference(args, names)
         with open(os.path.join(args.output, "timing.json"), "w") as f:
             json.dump(timing, f, indent=1)
@@ -590,8 +775,13 @@ TUNED_VARIANTS = ("RetinaNet", "FCOS", "ATSS", "GFL")  # the detectors of the ma
 
 def lr_args(args, lr):
     """The options of the runs at learning rate ``lr``: their own folder ``<output>/lr<lr>``, the rate as an override."""
-    return argparse.Namespace(**dict(vars(args), output=os.path.join(args.output, f"lr{lr:g}"),
-                                     opts=list(args.opts) + [f"optimizer.lr={lr:g}"]))
+    return argparse.Namespace(
+        **dict(
+            vars(args),
+            output=os.path.join(args.output, f"lr{lr:g}"),
+            opts=list(args.opts) + [f"optimizer.lr={lr:g}"],
+        )
+    )
 
 
 def run_lr_tuning(args):
@@ -601,17 +791,25 @@ def run_lr_tuning(args):
     ``--seeds`` (:mod:`gfl_studies.lr_tuning`); the report after every run.
     """
     names = args.variants or list(TUNED_VARIANTS)
-    setup = dict(what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, batch "
-                      f"{args.batch}, the schedule of the ablation; validation AP on shapes_val.",
-                 lrs=list(args.lrs), tune_seed=args.tune_seed, seeds=list(args.seeds), iters=args.iters,
-                 batch=args.batch, **machine("cpu"))
+    setup = dict(
+        what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, batch "
+        f"{args.batch}, the schedule of the ablation; validation AP on shapes_val.",
+        lrs=list(args.lrs),
+        tune_seed=args.tune_seed,
+        seeds=list(args.seeds),
+        iters=args.iters,
+        batch=args.batch,
+        **machine("cpu"),
+    )
     counter = iter(range(1, 10**6))
 
     def run_one(name, lr, seed):
         sub = lr_args(args, lr)
         if seed in finished_seeds(sub, name):
             return next(r for r in load_results(sub, name) if r["seed"] == seed)["metrics"]
-        return do_run(sub, name, seed, next(counter), len(names) * (len(args.lrs) + len(args.seeds)))["metrics"]
+        return do_run(
+            sub, name, seed, next(counter), len(names) * (len(args.lrs) + len(args.seeds))
+        )["metrics"]
 
     def report(runs):
         write_report(args.results, args.name, dict(setup=setup, runs=runs), render_lr_tuning)

@@ -18,6 +18,7 @@ call for label assignment; memory lines are MiB.
 
     python -m gfl_studies.benchmark --memory gfl --device cpu --mode quick   # (internal) one model's peak memory
 """
+
 import argparse
 import json
 import os
@@ -34,8 +35,23 @@ import torch
 from gfl_d2.bins import anchors_for_image_size
 from gfl_d2.model_zoo import get_config_file
 
-__all__ = ["MODELS", "RATIOS", "PLANS", "Line", "build_model", "coco_like_boxes", "batch_inputs", "interleaved",
-           "inference_fn", "training_fn", "assignment_fn", "peak_rss_mib", "measure", "run_benchmark", "render"]
+__all__ = [
+    "MODELS",
+    "RATIOS",
+    "PLANS",
+    "Line",
+    "build_model",
+    "coco_like_boxes",
+    "batch_inputs",
+    "interleaved",
+    "inference_fn",
+    "training_fn",
+    "assignment_fn",
+    "peak_rss_mib",
+    "measure",
+    "run_benchmark",
+    "render",
+]
 
 MODELS = ("gfl", "gflv2", "fcos", "retinanet")
 # (numerator, denominator) of the ratios
@@ -58,7 +74,9 @@ class Line:
         h, w = self.size
         if self.kind == "assign":
             return f"assign {self.batch}x{self.boxes} boxes {h}x{w}"
-        return f"{self.kind} {h}x{w} b{self.batch}" + (f" {self.precision} AMP" if self.precision else "")
+        return f"{self.kind} {h}x{w} b{self.batch}" + (
+            f" {self.precision} AMP" if self.precision else ""
+        )
 
     @property
     def label(self) -> str:
@@ -66,26 +84,62 @@ class Line:
 
 
 def _lines(infer, train, precisions=(None,)):
-    return [Line(kind, s, b, p) for p in precisions for kind, sizes in (("infer", infer), ("train", train))
-            for s, b in sizes]
+    return [
+        Line(kind, s, b, p)
+        for p in precisions
+        for kind, sizes in (("infer", infer), ("train", train))
+        for s, b in sizes
+    ]
 
 
 # the modes: what is measured, how often; ``memory``: "process" (a fresh process per model at the largest
 # training line: CPU peak RSS, GPU max allocated) or "line" (GPU memory of one run of every line)
 PLANS = {
-    "smoke": dict(lines=_lines([((96, 128), 1), ((64, 96), 2)], [((64, 96), 2)])
-                  + [Line("assign", (256, 384), 2, boxes=20)], repeat=1, warmup=0, memory="process"),
-    "quick": dict(lines=_lines([((800, 1333), 1), ((320, 512), 1), ((320, 512), 4)], [((320, 512), 2)])
-                  + [Line("assign", (800, 1333), 16, boxes=100)], repeat=3, warmup=1, memory="process"),
-    "full": dict(lines=_lines([((800, 1333), 1), ((800, 1333), 8), ((320, 512), 1), ((320, 512), 8)],
-                              [((800, 1333), 2), ((800, 1333), 8)])
-                 + [Line("assign", (800, 1333), 16, boxes=100)], repeat=5, warmup=2, memory="process"),
+    "smoke": dict(
+        lines=_lines([((96, 128), 1), ((64, 96), 2)], [((64, 96), 2)])
+        + [Line("assign", (256, 384), 2, boxes=20)],
+        repeat=1,
+        warmup=0,
+        memory="process",
+    ),
+    "quick": dict(
+        lines=_lines([((800, 1333), 1), ((320, 512), 1), ((320, 512), 4)], [((320, 512), 2)])
+        + [Line("assign", (800, 1333), 16, boxes=100)],
+        repeat=3,
+        warmup=1,
+        memory="process",
+    ),
+    "full": dict(
+        lines=_lines(
+            [((800, 1333), 1), ((800, 1333), 8), ((320, 512), 1), ((320, 512), 8)],
+            [((800, 1333), 2), ((800, 1333), 8)],
+        )
+        + [Line("assign", (800, 1333), 16, boxes=100)],
+        repeat=5,
+        warmup=2,
+        memory="process",
+    ),
     # the GPU check: COCO size, batch 1 and 8, fp32 and fp16 AMP (bf16 on the CPU, where fp16 autocast is slow)
-    "gpu_check": dict(lines=_lines([((800, 1333), 1), ((800, 1333), 8)], [((800, 1333), 1), ((800, 1333), 8)],
-                                   (None, "fp16")), repeat=10, warmup=3, memory="line", models=("gfl", "gflv2", "fcos")),
-    "gpu_check_smoke": dict(lines=_lines([((64, 96), 1), ((64, 96), 2)], [((64, 96), 1), ((64, 96), 2)],
-                                         (None, "fp16")), repeat=1, warmup=0, memory="line",
-                            models=("gfl", "gflv2", "fcos")),
+    "gpu_check": dict(
+        lines=_lines(
+            [((800, 1333), 1), ((800, 1333), 8)],
+            [((800, 1333), 1), ((800, 1333), 8)],
+            (None, "fp16"),
+        ),
+        repeat=10,
+        warmup=3,
+        memory="line",
+        models=("gfl", "gflv2", "fcos"),
+    ),
+    "gpu_check_smoke": dict(
+        lines=_lines(
+            [((64, 96), 1), ((64, 96), 2)], [((64, 96), 1), ((64, 96), 2)], (None, "fp16")
+        ),
+        repeat=1,
+        warmup=0,
+        memory="line",
+        models=("gfl", "gflv2", "fcos"),
+    ),
 }
 
 
@@ -125,7 +179,9 @@ def coco_like_boxes(n_images, size, seed, mean_boxes=7, crowded_every=8):
             k = int(torch.poisson(torch.tensor(float(mean_boxes - 1)), generator=g)) + 1
         else:
             k = mean_boxes  # exactly this many
-        side = torch.exp(torch.empty(k, 2).uniform_(2.0, 6.4, generator=g)).clamp(max=min(h, w) * 0.9)  # 7-600 px
+        side = torch.exp(torch.empty(k, 2).uniform_(2.0, 6.4, generator=g)).clamp(
+            max=min(h, w) * 0.9
+        )  # 7-600 px
         xy = torch.rand(k, 2, generator=g) * (torch.tensor([w, h]) - side)
         inst = Instances(size)
         inst.gt_boxes = Boxes(torch.cat([xy, xy + side], 1))
@@ -156,6 +212,7 @@ def inference_fn(model, inputs):
     def run():
         with torch.no_grad():
             model(inputs)
+
     return run
 
 
@@ -167,17 +224,22 @@ def training_fn(model, inputs):
             losses = model(inputs)
             sum(losses.values()).backward()
         model.zero_grad(set_to_none=True)
+
     return run
 
 
 def assignment_fn(model, size, n_images, n_boxes, device):
     """Label assignment alone: the anchors of the model's padded feature maps, its label_anchors."""
-    gts = [inst.to(device) for inst in coco_like_boxes(n_images, size, seed=2, mean_boxes=n_boxes, crowded_every=0)]
+    gts = [
+        inst.to(device)
+        for inst in coco_like_boxes(n_images, size, seed=2, mean_boxes=n_boxes, crowded_every=0)
+    ]
     anchors = anchors_for_image_size(model, size, device)
 
     def run():
         with torch.no_grad():
             model.label_anchors(anchors, gts)
+
     return run
 
 
@@ -188,6 +250,7 @@ def _autocast(run, device, precision):
     def wrapped():
         with torch.autocast(torch.device(device).type, dtype=_AMP[precision]):
             run()
+
     return wrapped
 
 
@@ -196,7 +259,9 @@ def line_fn(model, line: Line, device):
     if line.kind == "assign":
         return assignment_fn(model, line.size, line.batch, line.boxes, device)
     model.train(line.kind == "train")
-    inputs = batch_inputs(line.batch, line.size, with_gt=line.kind == "train", seed=1 if line.kind == "train" else 0)
+    inputs = batch_inputs(
+        line.batch, line.size, with_gt=line.kind == "train", seed=1 if line.kind == "train" else 0
+    )
     make = training_fn if line.kind == "train" else inference_fn
     return _autocast(make(model, inputs), device, line.precision)
 
@@ -216,7 +281,10 @@ def interleaved(fns, device, repeat, warmup):
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {n: dict(median=statistics.median(t), min=min(t), max=max(t), runs=len(t)) for n, t in times.items()}
+    return {
+        n: dict(median=statistics.median(t), min=min(t), max=max(t), runs=len(t))
+        for n, t in times.items()
+    }
 
 
 def peak_rss_mib():
@@ -255,13 +323,22 @@ def _try_each(fns: Dict, line: Line, results: Dict, device) -> Dict:
             fn()
             ok[name] = fn
         except Exception as e:
-            results[name][line.label] = dict(error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+            results[name][line.label] = dict(
+                error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            )
             _free(device)
     return ok
 
 
-def measure(models: Dict, lines: Sequence[Line], device, repeat: int, warmup: int, line_memory: bool = False,
-            log=print) -> Tuple[Dict, Dict]:
+def measure(
+    models: Dict,
+    lines: Sequence[Line],
+    device,
+    repeat: int,
+    warmup: int,
+    line_memory: bool = False,
+    log=print,
+) -> Tuple[Dict, Dict]:
     """
     Every line, every model (interleaved): ``(results, lines)`` in the format of the module's docstring.
     With ``line_memory`` (CUDA), each line also gets a memory line: what one run allocates.
@@ -270,7 +347,9 @@ def measure(models: Dict, lines: Sequence[Line], device, repeat: int, warmup: in
     meta = {}
     for line in lines:
         log(f"[benchmark] {line.name}")
-        fns = _try_each({n: line_fn(m, line, device) for n, m in models.items()}, line, results, device)
+        fns = _try_each(
+            {n: line_fn(m, line, device) for n, m in models.items()}, line, results, device
+        )
         per = line.batch if line.kind == "infer" else 1
         for name, st in interleaved(fns, device, repeat, warmup).items():
             results[name][line.label] = {k: (v / per if k != "runs" else v) for k, v in st.items()}
@@ -286,7 +365,10 @@ def measure(models: Dict, lines: Sequence[Line], device, repeat: int, warmup: in
 
 
 def _largest_training_line(plan) -> Line:
-    return max((ln for ln in plan["lines"] if ln.kind == "train"), key=lambda ln: ln.batch * ln.size[0] * ln.size[1])
+    return max(
+        (ln for ln in plan["lines"] if ln.kind == "train"),
+        key=lambda ln: ln.batch * ln.size[0] * ln.size[1],
+    )
 
 
 def child_peak_memory(name: str, device: str, mode: str) -> Dict:
@@ -302,12 +384,26 @@ def child_peak_memory(name: str, device: str, mode: str) -> Dict:
     else:
         peak, what = peak_rss_mib(), "peak RSS of the process"
     h, w = line.size
-    return {f"train {h}x{w} b{line.batch} peak memory (MiB, {what})": dict(median=peak, min=peak, max=peak, runs=1)}
+    return {
+        f"train {h}x{w} b{line.batch} peak memory (MiB, {what})": dict(
+            median=peak, min=peak, max=peak, runs=1
+        )
+    }
 
 
 def _fresh_process_memory(name: str, device: str, mode: str, threads: int) -> Dict:
     """:func:`child_peak_memory` in a new Python process (this package importable there however it was found)."""
-    cmd = [sys.executable, "-m", "gfl_studies.benchmark", "--memory", name, "--device", device, "--mode", mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gfl_studies.benchmark",
+        "--memory",
+        name,
+        "--device",
+        device,
+        "--mode",
+        mode,
+    ]
     cmd += ["--threads", str(threads)] if threads else []
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -329,8 +425,15 @@ def ratios(results: Dict, models: Sequence[str]) -> Dict:
     return out
 
 
-def run_benchmark(models: Sequence[str], device: str, mode: str, threads: int = 0,
-                  repeat: Optional[int] = None, warmup: Optional[int] = None, log=print) -> Dict:
+def run_benchmark(
+    models: Sequence[str],
+    device: str,
+    mode: str,
+    threads: int = 0,
+    repeat: Optional[int] = None,
+    warmup: Optional[int] = None,
+    log=print,
+) -> Dict:
     """Measure ``models`` on ``device`` with the plan of ``mode`` (:data:`PLANS`); the result (module docstring)."""
     plan = PLANS[mode]
     repeat = plan["repeat"] if repeat is None else repeat
@@ -344,21 +447,44 @@ def run_benchmark(models: Sequence[str], device: str, mode: str, threads: int = 
         for m in models:
             log(f"[benchmark] peak training memory of {m} (fresh process)")
             memory[m] = _fresh_process_memory(m, device, mode, threads)
-    lines = [ln for ln in plan["lines"] if ln.precision is None or str(device).startswith("cuda")
-             or ln.precision == "bf16"]
+    lines = [
+        ln
+        for ln in plan["lines"]
+        if ln.precision is None or str(device).startswith("cuda") or ln.precision == "bf16"
+    ]
     if not str(device).startswith("cuda") and any(ln.precision == "fp16" for ln in plan["lines"]):
         # fp16 autocast on the CPU is emulated and slow: the CPU's AMP is bf16
-        lines += [Line(ln.kind, ln.size, ln.batch, "bf16", ln.boxes) for ln in plan["lines"] if ln.precision == "fp16"]
+        lines += [
+            Line(ln.kind, ln.size, ln.batch, "bf16", ln.boxes)
+            for ln in plan["lines"]
+            if ln.precision == "fp16"
+        ]
     built = {m: build_model(m, device) for m in models}
-    results, meta = measure(built, lines, device, repeat, warmup, line_memory=plan["memory"] == "line", log=log)
+    results, meta = measure(
+        built, lines, device, repeat, warmup, line_memory=plan["memory"] == "line", log=log
+    )
     for m in models:
         results[m].update(memory.get(m, {}))
-    return dict(date=time.strftime("%Y-%m-%d"), device=_device_name(device), torch=torch.__version__, mode=mode,
-                repeat=repeat, warmup=warmup, lines=meta, results=results, ratios=ratios(results, models), seconds=time.time() - t0)
+    return dict(
+        date=time.strftime("%Y-%m-%d"),
+        device=_device_name(device),
+        torch=torch.__version__,
+        mode=mode,
+        repeat=repeat,
+        warmup=warmup,
+        lines=meta,
+        results=results,
+        ratios=ratios(results, models),
+        seconds=time.time() - t0,
+    )
 
 
 def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name(0) if str(device).startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    return (
+        torch.cuda.get_device_name(0)
+        if str(device).startswith("cuda")
+        else f"CPU ({os.cpu_count()} cores)"
+    )
 
 
 # ------------------------------------------------------------------ report
@@ -377,21 +503,30 @@ def _cell(r):
 def _header(data: Dict, models: Sequence[str]) -> str:
     when = f"measured {data['date']}, " if "date" in data else ""
     took = f", {data['seconds']:.0f} s" if "seconds" in data else ""
-    return (f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; {data['device']}, torch "
-            f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} warm-up{took}. "
-            "Seconds per image (inference), per iteration (training), per call (assignment): median (min-max); "
-            "the ratios are of the medians.")
+    return (
+        f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; {data['device']}, torch "
+        f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} warm-up{took}. "
+        "Seconds per image (inference), per iteration (training), per call (assignment): median (min-max); "
+        "the ratios are of the medians."
+    )
 
 
 def render(data: Dict) -> str:
     """The Markdown of a result: where and how it was measured, one row per line, the ratios."""
     results = data["results"]
     models = [m for m in MODELS if m in results] + [m for m in results if m not in MODELS]
-    labels = sorted({label for m in models for label in results[m]}, key=lambda s: (s.split()[0], s))
+    labels = sorted(
+        {label for m in models for label in results[m]}, key=lambda s: (s.split()[0], s)
+    )
     pairs = [f"{a}/{b}" for a, b in RATIOS if a in models and b in models]
     rows = ([data["note"], ""] if "note" in data else []) + [_header(data, models), ""]
-    rows += ["| measure | " + " | ".join(f"{m} median (min-max)" for m in models) + "".join(f" | {p}" for p in pairs)
-             + " |", "|" + "---|" * (1 + len(models) + len(pairs))]
+    rows += [
+        "| measure | "
+        + " | ".join(f"{m} median (min-max)" for m in models)
+        + "".join(f" | {p}" for p in pairs)
+        + " |",
+        "|" + "---|" * (1 + len(models) + len(pairs)),
+    ]
     for label in labels:
         line_ratios = data["ratios"].get(label, {})
         cells = [_cell(results[m].get(label)) for m in models]

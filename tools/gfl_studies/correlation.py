@@ -1,4 +1,5 @@
 """Spearman's rank correlation, tie-aware: the statistic of the quality and edge-uncertainty studies."""
+
 import numpy as np
 
 __all__ = ["spearman"]

@@ -6,12 +6,12 @@ detection of the same class and its edges are grouped by whether they were
 blurred and whether they are occluded. ``tools/measure_edge_uncertainty.py``
 is the command line.
 """
+
 import os
 from typing import Dict
 
 import numpy as np
 import torch
-
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, pairwise_iou
 
@@ -24,8 +24,15 @@ GROUPS = ("sharp, free", "blurred", "occluded", "blurred + occluded")
 
 def _group(flags: Dict, edge: int) -> int:
     blurred, occluded = bool(flags["blurred"][edge]), bool(flags["occluded"][edge])
-    name = ("blurred + occluded" if blurred and occluded else "blurred" if blurred
-            else "occluded" if occluded else "sharp, free")
+    name = (
+        "blurred + occluded"
+        if blurred and occluded
+        else "blurred"
+        if blurred
+        else "occluded"
+        if occluded
+        else "sharp, free"
+    )
     return GROUPS.index(name)
 
 
@@ -48,11 +55,20 @@ def _image_rows(predictor, anns, image_path, id_map, min_iou):
         for e in range(4):
             std = float(det.pred_box_std[d, e])
             side = gw if e in (0, 2) else gh
-            rows.append((_group(a["edge_flags"], e), std, std / side, abs(float(det.pred_boxes.tensor[d, e] - gt[m, e]))))
+            rows.append(
+                (
+                    _group(a["edge_flags"], e),
+                    std,
+                    std / side,
+                    abs(float(det.pred_boxes.tensor[d, e] - gt[m, e])),
+                )
+            )
     return rows
 
 
-def edge_uncertainty_rows(predictor, coco, image_root: str, max_images: int, min_iou: float) -> np.ndarray:
+def edge_uncertainty_rows(
+    predictor, coco, image_root: str, max_images: int, min_iou: float
+) -> np.ndarray:
     """
     Per edge of each ground-truth box matched by a detection of its class (IoU >= ``min_iou``):
     (group index in GROUPS, predicted std px, std / box side, |edge error| px), as an (E, 4) array.
@@ -89,17 +105,27 @@ def render(data: Dict) -> str:
     setup, summary = data.get("setup", {}), data["summary"]
     lines = []
     if setup:
-        lines += [f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}: {setup.get('config', '?')} with "
-                  f"{setup.get('weights', '?')}, ground-truth boxes matched to detections of their class with IoU >= "
-                  f"{setup.get('min_iou', '?')}.", ""]
-    lines += ["| edges | count | mean std (px) | mean std / box side | mean abs. edge error (px) |", "|---|---|---|---|---|"]
+        lines += [
+            f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}: {setup.get('config', '?')} with "
+            f"{setup.get('weights', '?')}, ground-truth boxes matched to detections of their class with IoU >= "
+            f"{setup.get('min_iou', '?')}.",
+            "",
+        ]
+    lines += [
+        "| edges | count | mean std (px) | mean std / box side | mean abs. edge error (px) |",
+        "|---|---|---|---|---|",
+    ]
     for name in GROUPS:
         s = summary[name]
         if s["edges"]:
-            lines.append(f"| {name} | {s['edges']} | {s['mean_std_px']:.2f} | {s['mean_relative_std']:.3f} | "
-                         f"{s['mean_abs_error_px']:.2f} |")
+            lines.append(
+                f"| {name} | {s['edges']} | {s['mean_std_px']:.2f} | {s['mean_relative_std']:.3f} | "
+                f"{s['mean_abs_error_px']:.2f} |"
+            )
         else:
             lines.append(f"| {name} | 0 | - | - | - |")
     if "spearman_std_vs_error" in summary:
-        lines.append(f"\nSpearman correlation of std with the edge error: {summary['spearman_std_vs_error']:.3f}")
+        lines.append(
+            f"\nSpearman correlation of std with the edge error: {summary['spearman_std_vs_error']:.3f}"
+        )
     return "\n".join(lines)

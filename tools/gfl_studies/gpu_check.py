@@ -7,6 +7,7 @@ which passed. The benchmark step is ``tools/benchmark.py --mode gpu_check``
 (``header``, ``rows``) and ``<name>.md``, and the benchmark's own report
 ``<name>_benchmark.json`` / ``.md`` beside it.
 """
+
 import json
 import math
 import os
@@ -30,20 +31,31 @@ def run_step(name, cmd, log_path, timeout, env=None):
     t0 = time.time()
     env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     # gfl_d2 and gfl_studies from this checkout, installed or not
-    paths = [ROOT, os.path.join(ROOT, "tools")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    paths = [ROOT, os.path.join(ROOT, "tools")] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+    )
     env["PYTHONPATH"] = os.pathsep.join(paths)
     print(f"[gpu_check] {name}: {' '.join(cmd)}", flush=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
         out, ok = proc.stdout + proc.stderr, proc.returncode == 0
     except subprocess.TimeoutExpired as e:
-        out = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""))
+        out = (
+            (e.stdout or b"").decode(errors="replace")
+            if isinstance(e.stdout, bytes)
+            else (e.stdout or "")
+        )
         out += f"\n[gpu_check] {name}: timed out after {timeout} s"
         ok = False
     with open(log_path, "w") as f:
         f.write(out)
     seconds = time.time() - t0
-    print(f"[gpu_check] {name}: {'ok' if ok else 'FAILED'} in {seconds:.0f} s (log: {log_path})", flush=True)
+    print(
+        f"[gpu_check] {name}: {'ok' if ok else 'FAILED'} in {seconds:.0f} s (log: {log_path})",
+        flush=True,
+    )
     if not ok:
         print(out[-3000:], flush=True)
     return ok, seconds, out
@@ -53,13 +65,28 @@ def run_step(name, cmd, log_path, timeout, env=None):
 def step_tests(args, out):
     ok, sec, log = run_step(
         "tests",
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_model_e2e.py",
-         "tests/test_train_net.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_model_e2e.py",
+            "tests/test_train_net.py",
+        ],
         os.path.join(out, "tests.log"),
         timeout=420,
     )
     summary = [line for line in log.splitlines() if " passed" in line or " failed" in line]
-    return [dict(step="tests (e2e models, entry points)", ok=ok, seconds=sec, result=summary[-1] if summary else "")]
+    return [
+        dict(
+            step="tests (e2e models, entry points)",
+            ok=ok,
+            seconds=sec,
+            result=summary[-1] if summary else "",
+        )
+    ]
 
 
 def read_losses(metrics_path):
@@ -68,7 +95,11 @@ def read_losses(metrics_path):
     losses = [r["total_loss"] for r in rows if "total_loss" in r]
     ap = [r["bbox/AP"] for r in rows if "bbox/AP" in r]
     times = [r["time"] for r in rows if "time" in r]
-    return losses, (ap[-1] if ap else float("nan")), (sorted(times)[len(times) // 2] if times else float("nan"))
+    return (
+        losses,
+        (ap[-1] if ap else float("nan")),
+        (sorted(times)[len(times) // 2] if times else float("nan")),
+    )
 
 
 def step_train(args, out):
@@ -90,8 +121,10 @@ def step_train(args, out):
             f"dataloader.test.num_workers={0 if args.smoke else 2}",
         ]
         if precision != "fp32":
-            overrides += ["train.amp.enabled=True",
-                          f"+train.amp.precision={'float16' if precision == 'fp16' else 'bfloat16'}"]
+            overrides += [
+                "train.amp.enabled=True",
+                f"+train.amp.precision={'float16' if precision == 'fp16' else 'bfloat16'}",
+            ]
         ok, sec, _ = run_step(
             f"train {precision}",
             [sys.executable, "tools/train_net.py"] + overrides,
@@ -108,8 +141,10 @@ def step_train(args, out):
             finite = all(math.isfinite(x) for x in losses)
             falls = last < 0.9 * first
             row["ok"] = ok and finite and falls
-            row["result"] = (f"loss {first:.3f} -> {last:.3f} ({'finite' if finite else 'NON-FINITE'}, "
-                             f"{'falls' if falls else 'DOES NOT FALL'}), {it_time:.3f} s/it, AP {ap:.1f}")
+            row["result"] = (
+                f"loss {first:.3f} -> {last:.3f} ({'finite' if finite else 'NON-FINITE'}, "
+                f"{'falls' if falls else 'DOES NOT FALL'}), {it_time:.3f} s/it, AP {ap:.1f}"
+            )
         else:
             row["ok"] = False
             row["result"] = "no metrics.json"
@@ -121,14 +156,31 @@ def step_benchmark(args, out):
     name = f"{args.name}_benchmark"
     ok, sec, _ = run_step(
         "benchmark",
-        [sys.executable, "tools/benchmark.py", "--mode", "gpu_check_smoke" if args.smoke else "gpu_check",
-         "--device", "cuda" if torch.cuda.is_available() else "cpu", "--results", args.results, "--name", name],
+        [
+            sys.executable,
+            "tools/benchmark.py",
+            "--mode",
+            "gpu_check_smoke" if args.smoke else "gpu_check",
+            "--device",
+            "cuda" if torch.cuda.is_available() else "cpu",
+            "--results",
+            args.results,
+            "--name",
+            name,
+        ],
         os.path.join(out, "benchmark.log"),
         timeout=300,
     )
     path = os.path.join(args.results, f"{name}.json")
     if not ok or not os.path.isfile(path):
-        return [dict(step="benchmark GFL vs FCOS", ok=False, seconds=sec, result="failed: see benchmark.log")]
+        return [
+            dict(
+                step="benchmark GFL vs FCOS",
+                ok=False,
+                seconds=sec,
+                result="failed: see benchmark.log",
+            )
+        ]
     with open(path) as f:
         rows = benchmark_rows(json.load(f))
     rows[0]["seconds"] = sec
@@ -140,22 +192,58 @@ def step_peer(args, out):
     name = f"{args.name}_mmdet"
     ok, sec, log = run_step(
         "benchmark against MMDetection",
-        [sys.executable, "tools/benchmark.py", "--peer", "mmdet", "--mode",
-         "gpu_check_smoke" if args.smoke else "gpu_check", "--device", "cuda" if torch.cuda.is_available() else "cpu",
-         "--results", args.results, "--name", name],
+        [
+            sys.executable,
+            "tools/benchmark.py",
+            "--peer",
+            "mmdet",
+            "--mode",
+            "gpu_check_smoke" if args.smoke else "gpu_check",
+            "--device",
+            "cuda" if torch.cuda.is_available() else "cpu",
+            "--results",
+            args.results,
+            "--name",
+            name,
+        ],
         os.path.join(out, "benchmark_mmdet.log"),
         timeout=300,
     )
     if ok and "MMDetection peer skipped" in log:
-        return [dict(step="bench vs MMDetection", ok=True, seconds=sec, result=log.strip().splitlines()[-1])]
+        return [
+            dict(
+                step="bench vs MMDetection",
+                ok=True,
+                seconds=sec,
+                result=log.strip().splitlines()[-1],
+            )
+        ]
     path = os.path.join(args.results, f"{name}.json")
     if not ok or not os.path.isfile(path):
-        return [dict(step="bench vs MMDetection", ok=False, seconds=sec, result="failed: see benchmark_mmdet.log")]
+        return [
+            dict(
+                step="bench vs MMDetection",
+                ok=False,
+                seconds=sec,
+                result="failed: see benchmark_mmdet.log",
+            )
+        ]
     with open(path) as f:
         data = json.load(f)
-    ratios = "; ".join(f"{label.split(' (')[0]} {r:.3f}" for label, line in data["ratios"].items()
-                       for pair, r in line.items() if pair == "gfl/mmdet")
-    return [dict(step="bench vs MMDetection", ok=True, seconds=sec, result=f"gfl-d2/MMDetection time: {ratios}")]
+    ratios = "; ".join(
+        f"{label.split(' (')[0]} {r:.3f}"
+        for label, line in data["ratios"].items()
+        for pair, r in line.items()
+        if pair == "gfl/mmdet"
+    )
+    return [
+        dict(
+            step="bench vs MMDetection",
+            ok=True,
+            seconds=sec,
+            result=f"gfl-d2/MMDetection time: {ratios}",
+        )
+    ]
 
 
 def _line_numbers(data, label, model):
@@ -163,9 +251,13 @@ def _line_numbers(data, label, model):
     meta, r = data["lines"][label], data["results"].get(model, {}).get(label)
     if r is None or "error" in r:
         return dict(error=r["error"] if r else "not measured")
-    per_call = meta["batch"] if meta["kind"] == "train" else 1  # training times an iteration, inference an image
+    per_call = (
+        meta["batch"] if meta["kind"] == "train" else 1
+    )  # training times an iteration, inference an image
     memory = data["results"][model].get(meta["memory"]) if meta.get("memory") else None
-    return dict(images_per_s=per_call / r["median"], peak_mib=memory["median"] if memory else float("nan"))
+    return dict(
+        images_per_s=per_call / r["median"], peak_mib=memory["median"] if memory else float("nan")
+    )
 
 
 def benchmark_rows(data):
@@ -175,22 +267,49 @@ def benchmark_rows(data):
     for label, meta in data["lines"].items():
         if meta["kind"] == "assign":
             continue
-        line = {m: _line_numbers(data, label, m) for m in ("gfl", "fcos", "gflv2") if m in data["results"]}
+        line = {
+            m: _line_numbers(data, label, m)
+            for m in ("gfl", "fcos", "gflv2")
+            if m in data["results"]
+        }
         g, f_ = line["gfl"], line["fcos"]
         h, w = meta["size"]
         precision = f"{meta['precision']} AMP" if meta["precision"] else "fp32"
         step = f"bench {dict(infer='inference', train='training')[meta['kind']]} {h}x{w} b{meta['batch']} {precision}"
         if "error" in g or "error" in f_:
             # what ran is reported beside what failed (detectron2's FCOS fails under fp16 autocast, say)
-            parts = [f"{n.upper()} {line[n]['images_per_s']:.1f} img/s {_mib(line[n])}" for n in ("gfl", "fcos")
-                     if "error" not in line[n]]
-            parts += [f"{n.upper()} FAILED: {line[n]['error'][:200]}" for n in ("gfl", "fcos") if "error" in line[n]]
-            rows.append(dict(step=step, ok="error" not in g, seconds=None, result=" | ".join(parts) + _v2(line)))
+            parts = [
+                f"{n.upper()} {line[n]['images_per_s']:.1f} img/s {_mib(line[n])}"
+                for n in ("gfl", "fcos")
+                if "error" not in line[n]
+            ]
+            parts += [
+                f"{n.upper()} FAILED: {line[n]['error'][:200]}"
+                for n in ("gfl", "fcos")
+                if "error" in line[n]
+            ]
+            rows.append(
+                dict(
+                    step=step,
+                    ok="error" not in g,
+                    seconds=None,
+                    result=" | ".join(parts) + _v2(line),
+                )
+            )
             continue
         memory = f", memory {g['peak_mib'] / f_['peak_mib']:.3f}" if f_["peak_mib"] > 0 else ""
-        rows.append(dict(step=step, ok=True, seconds=None, result=(
-            f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} img/s {_mib(f_)} | "
-            f"speed GFL/FCOS {g['images_per_s'] / f_['images_per_s']:.3f}{memory}" + _v2(line))))
+        rows.append(
+            dict(
+                step=step,
+                ok=True,
+                seconds=None,
+                result=(
+                    f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} img/s {_mib(f_)} | "
+                    f"speed GFL/FCOS {g['images_per_s'] / f_['images_per_s']:.3f}{memory}"
+                    + _v2(line)
+                ),
+            )
+        )
     return rows
 
 
@@ -206,13 +325,24 @@ def _v2(line):
 
 
 def _mib(result):
-    return f"{result['peak_mib']:.0f} MiB" if math.isfinite(result["peak_mib"]) else "(memory: GPU only)"
+    return (
+        f"{result['peak_mib']:.0f} MiB"
+        if math.isfinite(result["peak_mib"])
+        else "(memory: GPU only)"
+    )
 
 
 def step_export(args, out):
     checkpoint = os.path.join(out, "train_fp32", "model_final.pth")
     if not os.path.isfile(checkpoint):
-        return [dict(step="export", ok=False, seconds=0, result="no trained checkpoint (train fp32 failed?)")]
+        return [
+            dict(
+                step="export",
+                ok=False,
+                seconds=0,
+                result="no trained checkpoint (train fp32 failed?)",
+            )
+        ]
     image = os.path.join(out, "datasets", "shapes", "val", "000001.png")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
@@ -220,8 +350,21 @@ def step_export(args, out):
         export_dir = os.path.join(out, f"export_{fmt}")
         ok, sec, _ = run_step(
             f"export {fmt}",
-            [sys.executable, "tools/export_model.py", "--config-file", EMBEDDED, "--format", fmt, "--device", device,
-             "--sample-image", image, "--output", export_dir, f"train.init_checkpoint={checkpoint}"],
+            [
+                sys.executable,
+                "tools/export_model.py",
+                "--config-file",
+                EMBEDDED,
+                "--format",
+                fmt,
+                "--device",
+                device,
+                "--sample-image",
+                image,
+                "--output",
+                export_dir,
+                f"train.init_checkpoint={checkpoint}",
+            ],
             os.path.join(out, f"export_{fmt}.log"),
             timeout=180,
         )
@@ -230,9 +373,11 @@ def step_export(args, out):
         if ok and os.path.isfile(check):
             with open(check) as f:
                 c = json.load(f)
-            result = (f"{c['detections']} detections, max box diff {c['max_box_diff']:.2g} px, max score diff "
-                      f"{c['max_score_diff']:.2g}, classes equal {c['classes_equal']}; other size "
-                      f"{c['other_size']['detections']} detections; runtime {c.get('runtime', '?')}")
+            result = (
+                f"{c['detections']} detections, max box diff {c['max_box_diff']:.2g} px, max score diff "
+                f"{c['max_score_diff']:.2g}, classes equal {c['classes_equal']}; other size "
+                f"{c['other_size']['detections']} detections; runtime {c.get('runtime', '?')}"
+            )
         rows.append(dict(step=f"export {fmt} on {device}", ok=ok, seconds=sec, result=result))
     return rows
 
@@ -242,16 +387,24 @@ def render(data):
     lines = [data["header"], "", "| step | ok | s | result |", "|---|---|---|---|"]
     for r in data["rows"]:
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.0f}"
-        lines.append(f"| {r['step']} | {'yes' if r['ok'] else '**NO**'} | {seconds} | {r['result']} |")
+        lines.append(
+            f"| {r['step']} | {'yes' if r['ok'] else '**NO**'} | {seconds} | {r['result']} |"
+        )
     return "\n".join(lines)
 
 
 def write_summary(args, rows, t0, done):
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    header = (f"GPU check, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}"
-              f"{' (CUDA ' + torch.version.cuda + ')' if torch.version.cuda and torch.cuda.is_available() else ''}, "
-              f"{'smoke mode, ' if args.smoke else ''}{time.time() - t0:.0f} s in all"
-              f"{'' if done else ' (unfinished: later steps did not report)'}")
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores)"
+    )
+    header = (
+        f"GPU check, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}"
+        f"{' (CUDA ' + torch.version.cuda + ')' if torch.version.cuda and torch.cuda.is_available() else ''}, "
+        f"{'smoke mode, ' if args.smoke else ''}{time.time() - t0:.0f} s in all"
+        f"{'' if done else ' (unfinished: later steps did not report)'}"
+    )
     return write_report(args.results, args.name, dict(header=header, rows=rows), render)
 
 
@@ -259,11 +412,22 @@ def run_gpu_check(args):
     """The steps not in ``args.skip``, the report after each; 0 if every row passed, else 1."""
     os.makedirs(args.output, exist_ok=True)
     if not torch.cuda.is_available() and not args.smoke:
-        raise SystemExit("error: no CUDA device: the GPU check needs one (--smoke runs the script on the CPU)")
+        raise SystemExit(
+            "error: no CUDA device: the GPU check needs one (--smoke runs the script on the CPU)"
+        )
     t0 = time.time()
     rows = []
-    steps = [(n, s) for n, s in (("tests", step_tests), ("train", step_train), ("benchmark", step_benchmark),
-                                 ("peer", step_peer), ("export", step_export)) if n not in args.skip]
+    steps = [
+        (n, s)
+        for n, s in (
+            ("tests", step_tests),
+            ("train", step_train),
+            ("benchmark", step_benchmark),
+            ("peer", step_peer),
+            ("export", step_export),
+        )
+        if n not in args.skip
+    ]
     table = write_summary(args, rows, t0, done=not steps)
     for i, (name, step) in enumerate(steps):
         rows.extend(step(args, args.output))

@@ -18,6 +18,7 @@ requires to be the same). At those positives, for each model:
 A teacher whose boxes are barely better than a student's has little to teach
 at the positives, however well LD moves the student's distributions.
 """
+
 import copy
 from typing import Dict, List, Optional, Sequence
 
@@ -59,12 +60,18 @@ def positive_outputs(model, batched_inputs: List[Dict]) -> Dict[str, torch.Tenso
     gt_labels = torch.stack(gt_labels)
     pos_mask = (gt_labels >= 0) & (gt_labels != model.num_classes)
     pos = model.decode_positives(pos_mask, anchors, box_regs, gt_boxes)
-    return dict(logits=pos.box_regs.unflatten(-1, (4, -1)).float(), edges=pos.pred_boxes.float(),
-                targets=pos.target_boxes.float(), iou=pos.ious.float(),
-                index=torch.stack([pos.img, pos.anchor], dim=1))
+    return dict(
+        logits=pos.box_regs.unflatten(-1, (4, -1)).float(),
+        edges=pos.pred_boxes.float(),
+        targets=pos.target_boxes.float(),
+        iou=pos.ious.float(),
+        index=torch.stack([pos.img, pos.anchor], dim=1),
+    )
 
 
-def agreement(model: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], temperature: float) -> Dict:
+def agreement(
+    model: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], temperature: float
+) -> Dict:
     """
     Per-positive values of one model against the teacher, at the same positives.
 
@@ -77,22 +84,32 @@ def agreement(model: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], 
         and ``teacher closer`` (each a mean over the 4 edges).
     """
     if not torch.equal(model["index"], teacher["index"]):
-        raise ValueError("model and teacher have different positives on the same batch: "
-                         "their anchors differ (LD needs the same strides and anchor scale)")
+        raise ValueError(
+            "model and teacher have different positives on the same batch: "
+            "their anchors differ (LD needs the same strides and anchor scale)"
+        )
     if model["logits"].shape != teacher["logits"].shape:
-        raise ValueError(f"model edge logits {tuple(model['logits'].shape)} and teacher's "
-                         f"{tuple(teacher['logits'].shape)} differ: LD needs the same n")
+        raise ValueError(
+            f"model edge logits {tuple(model['logits'].shape)} and teacher's "
+            f"{tuple(teacher['logits'].shape)} differ: LD needs the same n"
+        )
     log_p = torch.log_softmax(teacher["logits"].double(), dim=-1)
     log_q = torch.log_softmax(model["logits"].double(), dim=-1)
     # both are >= 0; rounding can leave -1e-9 where the distributions agree
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp(min=0)  # (P, 4)
-    ld = localization_distillation_loss(model["logits"], teacher["logits"], temperature).clamp(min=0)  # (P, 4)
+    ld = localization_distillation_loss(model["logits"], teacher["logits"], temperature).clamp(
+        min=0
+    )  # (P, 4)
     err = (model["edges"] - model["targets"]).abs()
     teacher_err = (teacher["edges"] - teacher["targets"]).abs()
     closer = (teacher_err < err).double() + 0.5 * (teacher_err == err).double()
-    return {"iou": model["iou"].double(), "edge error": err.double().mean(dim=1),
-            "KL to teacher": kl.mean(dim=1), "LD loss": ld.double().mean(dim=1),
-            "teacher closer": closer.mean(dim=1)}
+    return {
+        "iou": model["iou"].double(),
+        "edge error": err.double().mean(dim=1),
+        "KL to teacher": kl.mean(dim=1),
+        "LD loss": ld.double().mean(dim=1),
+        "teacher closer": closer.mean(dim=1),
+    }
 
 
 def _with_ground_truth(inputs: Dict, record: Dict) -> Dict:
@@ -109,9 +126,15 @@ def _with_ground_truth(inputs: Dict, record: Dict) -> Dict:
 
 
 @torch.no_grad()
-def collect_agreement(models: Dict[str, torch.nn.Module], teacher: torch.nn.Module, dataset_dicts: List[Dict],
-                      mapper, temperature: float, num_images: Optional[int] = None,
-                      batch_size: int = 8) -> Dict[str, Dict[str, float]]:
+def collect_agreement(
+    models: Dict[str, torch.nn.Module],
+    teacher: torch.nn.Module,
+    dataset_dicts: List[Dict],
+    mapper,
+    temperature: float,
+    num_images: Optional[int] = None,
+    batch_size: int = 8,
+) -> Dict[str, Dict[str, float]]:
     """
     The table of the report: for the teacher and every model, the mean of each
     :data:`COLUMNS` value over all positives of the first ``num_images`` records.
@@ -122,7 +145,10 @@ def collect_agreement(models: Dict[str, torch.nn.Module], teacher: torch.nn.Modu
     parts: Dict[str, Dict[str, List[np.ndarray]]] = {}
     all_models = dict(teacher=teacher, **models)
     for start in range(0, len(records), batch_size):
-        batch = [_with_ground_truth(mapper(copy.deepcopy(r)), r) for r in records[start:start + batch_size]]
+        batch = [
+            _with_ground_truth(mapper(copy.deepcopy(r)), r)
+            for r in records[start : start + batch_size]
+        ]
         outputs = {name: positive_outputs(m, batch) for name, m in all_models.items()}
         for name, out in outputs.items():
             for key, v in agreement(out, outputs["teacher"], temperature).items():
@@ -130,7 +156,9 @@ def collect_agreement(models: Dict[str, torch.nn.Module], teacher: torch.nn.Modu
     table = {}
     for name, cols in parts.items():
         values = {k: np.concatenate(v) for k, v in cols.items()}
-        table[name] = dict(positives=int(len(values["iou"])), **{k: float(v.mean()) for k, v in values.items()})
+        table[name] = dict(
+            positives=int(len(values["iou"])), **{k: float(v.mean()) for k, v in values.items()}
+        )
     return table
 
 
@@ -138,16 +166,21 @@ def render(data: Dict) -> str:
     """The Markdown of a report written by ``tools/ld_agreement.py``."""
     s = data["setup"]
     models = "; ".join(f"{m['name']}: {m['config']} with {m['weights']}" for m in s["models"])
-    lines = [f"Measured {s['date']} on {s['device']}, {s['images']} validation images, at the ATSS positives "
-             f"of their ground truth. Teacher: {s['teacher']['config']} with {s['teacher']['weights']}. "
-             f"Models: {models}. KL to teacher: over the bins at T = 1, mean over edges; LD loss: gfl-d2's, "
-             f"at T = {s['temperature']:g}, per edge; edge error in strides; teacher closer: the share of edges "
-             "whose teacher edge is closer to the ground truth (ties half).", "",
-             "| model | positives | IoU | edge error | KL to teacher | LD loss | teacher closer |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Measured {s['date']} on {s['device']}, {s['images']} validation images, at the ATSS positives "
+        f"of their ground truth. Teacher: {s['teacher']['config']} with {s['teacher']['weights']}. "
+        f"Models: {models}. KL to teacher: over the bins at T = 1, mean over edges; LD loss: gfl-d2's, "
+        f"at T = {s['temperature']:g}, per edge; edge error in strides; teacher closer: the share of edges "
+        "whose teacher edge is closer to the ground truth (ties half).",
+        "",
+        "| model | positives | IoU | edge error | KL to teacher | LD loss | teacher closer |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in data["table"].items():
-        lines.append(f"| {name} | {row['positives']} | {row['iou']:.4f} | {row['edge error']:.4f} | "
-                     f"{row['KL to teacher']:.4f} | {row['LD loss']:.4f} | {row['teacher closer']:.3f} |")
+        lines.append(
+            f"| {name} | {row['positives']} | {row['iou']:.4f} | {row['edge error']:.4f} | "
+            f"{row['KL to teacher']:.4f} | {row['LD loss']:.4f} | {row['teacher closer']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

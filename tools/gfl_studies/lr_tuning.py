@@ -10,6 +10,7 @@ The studies supply how one run is trained and evaluated (``run_one``), so the
 same procedure serves the ablation (``tools/ablation.py --lrs``) and the
 own-data study (``tools/own_data_study.py --lrs``).
 """
+
 import threading
 from typing import Callable, Dict, List, Sequence
 
@@ -17,7 +18,9 @@ from .reports import mean_std
 
 __all__ = ["COLLAPSED_AP", "choose_lrs", "tune_then_seeds", "render", "collapsed", "in_parallel"]
 
-COLLAPSED_AP = 1.0  # below this AP a run counts as collapsed (it returns next to no correct detection)
+COLLAPSED_AP = (
+    1.0  # below this AP a run counts as collapsed (it returns next to no correct detection)
+)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -67,9 +70,15 @@ def in_parallel(jobs: int, todo: List, work: Callable) -> None:
         raise SystemExit(f"{len(errors)} run(s) failed: {errors[0]}")
 
 
-def tune_then_seeds(models: Sequence[str], lrs: Sequence[float], tune_seed: int, seeds: Sequence[int],
-                    run_one: Callable[[str, float, int], Dict], jobs: int = 1,
-                    on_result: Callable[[List[Dict]], None] = lambda runs: None) -> List[Dict]:
+def tune_then_seeds(
+    models: Sequence[str],
+    lrs: Sequence[float],
+    tune_seed: int,
+    seeds: Sequence[int],
+    run_one: Callable[[str, float, int], Dict],
+    jobs: int = 1,
+    on_result: Callable[[List[Dict]], None] = lambda runs: None,
+) -> List[Dict]:
     """
     Phase "tune": every model at every rate of ``lrs`` with ``tune_seed``;
     phase "final": every model at its chosen rate with each of ``seeds``.
@@ -79,7 +88,9 @@ def tune_then_seeds(models: Sequence[str], lrs: Sequence[float], tune_seed: int,
     seed, phase, metrics.
     """
     if tune_seed in seeds:
-        raise SystemExit(f"the tuning seed {tune_seed} is one of the final seeds {list(seeds)}: choose another")
+        raise SystemExit(
+            f"the tuning seed {tune_seed} is one of the final seeds {list(seeds)}: choose another"
+        )
     if len(set(lrs)) < 2:
         raise SystemExit(f"tuning needs at least two learning rates, got {list(lrs)}")
     runs, lock = [], threading.Lock()
@@ -91,6 +102,7 @@ def tune_then_seeds(models: Sequence[str], lrs: Sequence[float], tune_seed: int,
             with lock:
                 runs.append(dict(model=model, lr=lr, seed=seed, phase=phase, metrics=metrics))
                 on_result(sorted(runs, key=_order(models)))
+
         return one
 
     in_parallel(jobs, [(m, lr, tune_seed) for lr in lrs for m in models], work("tune"))
@@ -100,8 +112,12 @@ def tune_then_seeds(models: Sequence[str], lrs: Sequence[float], tune_seed: int,
 
 
 def _order(models):
-    return lambda r: (r["phase"] != "tune", models.index(r["model"]) if r["model"] in models else len(models),
-                      r["lr"], r["seed"])
+    return lambda r: (
+        r["phase"] != "tune",
+        models.index(r["model"]) if r["model"] in models else len(models),
+        r["lr"],
+        r["seed"],
+    )
 
 
 def render(data: Dict) -> str:
@@ -113,26 +129,41 @@ def render(data: Dict) -> str:
     models = list(dict.fromkeys(r["model"] for r in runs))
     chosen = choose_lrs(runs)
     lrs = sorted(setup["lrs"])
-    lines = [f"{setup['what']} Measured {setup['date']} on {setup['device']}, torch {setup['torch']}. "
-             f"A run with AP < {COLLAPSED_AP:g} counts as collapsed.", "",
-             f"### The learning rate, chosen on the validation split (seed {setup['tune_seed']})", "",
-             "| model | " + " | ".join(f"AP at lr {lr:g}" for lr in lrs) + " | chosen lr |",
-             "|---|" + "---:|" * (len(lrs) + 1)]
+    lines = [
+        f"{setup['what']} Measured {setup['date']} on {setup['device']}, torch {setup['torch']}. "
+        f"A run with AP < {COLLAPSED_AP:g} counts as collapsed.",
+        "",
+        f"### The learning rate, chosen on the validation split (seed {setup['tune_seed']})",
+        "",
+        "| model | " + " | ".join(f"AP at lr {lr:g}" for lr in lrs) + " | chosen lr |",
+        "|---|" + "---:|" * (len(lrs) + 1),
+    ]
     for m in models:
         ap = {r["lr"]: r["metrics"]["AP"] for r in runs if r["model"] == m and r["phase"] == "tune"}
         cells = [("–" if ap[lr] != ap[lr] else f"{ap[lr]:.1f}") if lr in ap else "…" for lr in lrs]
         done = m in chosen and len(ap) == len(lrs)  # chosen once the whole grid has run
-        lines.append(f"| {m} | " + " | ".join(cells) + (f" | {chosen[m]:g} |" if done else " | … |"))
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + (f" | {chosen[m]:g} |" if done else " | … |")
+        )
     seeds = ", ".join(map(str, setup["seeds"]))
-    lines += ["", f"### At the chosen learning rate, fresh seeds ({seeds})", "",
-              "| model | lr | " + " | ".join(METRICS) + " | seeds | collapsed | AP per seed |",
-              "|---|---:|" + "---:|" * (len(METRICS) + 3)]
+    lines += [
+        "",
+        f"### At the chosen learning rate, fresh seeds ({seeds})",
+        "",
+        "| model | lr | " + " | ".join(METRICS) + " | seeds | collapsed | AP per seed |",
+        "|---|---:|" + "---:|" * (len(METRICS) + 3),
+    ]
     for m in models:
         final = [r for r in runs if r["model"] == m and r["phase"] == "final"]
         if not final:
             continue
         cells = [mean_std([r["metrics"].get(k, float("nan")) for r in final]) for k in METRICS]
-        per_seed = ", ".join(f"{r['metrics']['AP']:.1f}" for r in sorted(final, key=lambda r: r["seed"]))
-        lines.append(f"| {m} | {final[0]['lr']:g} | " + " | ".join(cells)
-                     + f" | {len(final)} | {collapsed(final)} | {per_seed} |")
+        per_seed = ", ".join(
+            f"{r['metrics']['AP']:.1f}" for r in sorted(final, key=lambda r: r["seed"])
+        )
+        lines.append(
+            f"| {m} | {final[0]['lr']:g} | "
+            + " | ".join(cells)
+            + f" | {len(final)} | {collapsed(final)} | {per_seed} |"
+        )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ What is timed, per framework:
 
 Skipped, with a one-line note, when MMDetection is not importable.
 """
+
 import os
 import statistics
 import tempfile
@@ -30,31 +31,88 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from .benchmark import Line, _cell, coco_like_boxes, interleaved, sync
-from .mmdet_runtime import MMDET_CONFIGS, build_mmdet_gfl, mmdet_available, mmdet_sample, save_as_mmdet, trained_like
+from .mmdet_runtime import (
+    MMDET_CONFIGS,
+    build_mmdet_gfl,
+    mmdet_available,
+    mmdet_sample,
+    save_as_mmdet,
+    trained_like,
+)
 
-__all__ = ["PEER", "FROZEN", "SKIP_NOTE", "PEER_PLANS", "build_pair", "peer_fns", "stage_profile", "conv_share",
-           "run_peer_benchmark", "render"]
+__all__ = [
+    "PEER",
+    "FROZEN",
+    "SKIP_NOTE",
+    "PEER_PLANS",
+    "build_pair",
+    "peer_fns",
+    "stage_profile",
+    "conv_share",
+    "run_peer_benchmark",
+    "render",
+]
 
 PEER = "mmdet"  # the peer's name in a result's models
-SKIP_NOTE = ("MMDetection peer skipped: mmdet is not importable "
-             "(pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0 to measure it)")
-SGD = dict(lr=1e-5, momentum=0.9, weight_decay=1e-4)  # a small rate: the weights stay as converted, near enough
+SKIP_NOTE = (
+    "MMDetection peer skipped: mmdet is not importable "
+    "(pip install mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0 to measure it)"
+)
+SGD = dict(
+    lr=1e-5, momentum=0.9, weight_decay=1e-4
+)  # a small rate: the weights stay as converted, near enough
 
 FROZEN = "gfl_frozen"  # gfl-d2 with cpu_inference="frozen" (CPU inference lines only)
 NAMES = {"gfl": "gfl-d2", FROZEN: "gfl-d2, cpu_inference=frozen", PEER: "MMDetection 3.3"}
 
 PEER_PLANS = {
-    "smoke": dict(lines=[Line("infer", (96, 128), 1), Line("train", (96, 128), 1),
-                         Line("assign", (256, 384), 2, boxes=20)], repeat=1, warmup=0),
-    "quick": dict(lines=[Line("infer", (320, 512), 1), Line("train", (320, 512), 2),
-                         Line("assign", (800, 1333), 16, boxes=100)], repeat=5, warmup=1),
-    "full": dict(lines=[Line("infer", (800, 1333), 1), Line("infer", (320, 512), 1), Line("train", (800, 1333), 2),
-                        Line("train", (320, 512), 2), Line("assign", (800, 1333), 16, boxes=100)],
-                 repeat=5, warmup=1),
-    "gpu_check": dict(lines=[Line("infer", (800, 1333), 1), Line("train", (800, 1333), 2),
-                             Line("assign", (800, 1333), 16, boxes=100)], repeat=10, warmup=3),
-    "gpu_check_smoke": dict(lines=[Line("infer", (64, 96), 1), Line("train", (64, 96), 1),
-                                   Line("assign", (256, 384), 2, boxes=20)], repeat=1, warmup=0),
+    "smoke": dict(
+        lines=[
+            Line("infer", (96, 128), 1),
+            Line("train", (96, 128), 1),
+            Line("assign", (256, 384), 2, boxes=20),
+        ],
+        repeat=1,
+        warmup=0,
+    ),
+    "quick": dict(
+        lines=[
+            Line("infer", (320, 512), 1),
+            Line("train", (320, 512), 2),
+            Line("assign", (800, 1333), 16, boxes=100),
+        ],
+        repeat=5,
+        warmup=1,
+    ),
+    "full": dict(
+        lines=[
+            Line("infer", (800, 1333), 1),
+            Line("infer", (320, 512), 1),
+            Line("train", (800, 1333), 2),
+            Line("train", (320, 512), 2),
+            Line("assign", (800, 1333), 16, boxes=100),
+        ],
+        repeat=5,
+        warmup=1,
+    ),
+    "gpu_check": dict(
+        lines=[
+            Line("infer", (800, 1333), 1),
+            Line("train", (800, 1333), 2),
+            Line("assign", (800, 1333), 16, boxes=100),
+        ],
+        repeat=10,
+        warmup=3,
+    ),
+    "gpu_check_smoke": dict(
+        lines=[
+            Line("infer", (64, 96), 1),
+            Line("train", (64, 96), 1),
+            Line("assign", (256, 384), 2, boxes=20),
+        ],
+        repeat=1,
+        warmup=0,
+    ),
 }
 
 
@@ -83,11 +141,16 @@ def build_pair(device: str = "cpu") -> Tuple[torch.nn.Module, torch.nn.Module]:
 def _images(n: int, size, seed: int, device) -> List[torch.Tensor]:
     """``n`` uint8 BGR images (3, H, W)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8).to(device) for _ in range(n)]
+    return [
+        torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8).to(device)
+        for _ in range(n)
+    ]
 
 
 def _ours_inputs(images, gts=None):
-    items = [{"image": im.flip(0)} for im in images]  # detectron2's loaders give RGB (the config's format)
+    items = [
+        {"image": im.flip(0)} for im in images
+    ]  # detectron2's loaders give RGB (the config's format)
     for item, gt in zip(items, gts or []):
         item["instances"] = gt
     return items
@@ -95,8 +158,10 @@ def _ours_inputs(images, gts=None):
 
 def _theirs_data(images, gts=None):
     h, w = images[0].shape[1:]
-    samples = [mmdet_sample(h, w, *((gt.gt_boxes.tensor, gt.gt_classes) if gt is not None else ()))
-               for gt in (gts or [None] * len(images))]
+    samples = [
+        mmdet_sample(h, w, *((gt.gt_boxes.tensor, gt.gt_classes) if gt is not None else ()))
+        for gt in (gts or [None] * len(images))
+    ]
     return {"inputs": list(images), "data_samples": samples}
 
 
@@ -123,13 +188,14 @@ def _inference(ours, theirs, images) -> Dict[str, Callable]:
 
 
 def _training(ours, theirs, images, gts) -> Dict[str, Callable]:
-    from mmengine.optim import OptimWrapper
-
     from detectron2.utils.events import EventStorage
+    from mmengine.optim import OptimWrapper
 
     ours_in, theirs_data = _ours_inputs(images, gts), _theirs_data(images, gts)
     ours_sgd = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], **SGD)
-    theirs_sgd = OptimWrapper(torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], **SGD))
+    theirs_sgd = OptimWrapper(
+        torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], **SGD)
+    )
 
     def run_ours():
         with EventStorage():
@@ -149,7 +215,10 @@ def _assignment(ours, theirs, size, n_images, n_boxes, device) -> Dict[str, Call
 
     from gfl_d2.bins import anchors_for_image_size
 
-    gts = [g.to(device) for g in coco_like_boxes(n_images, size, seed=2, mean_boxes=n_boxes, crowded_every=0)]
+    gts = [
+        g.to(device)
+        for g in coco_like_boxes(n_images, size, seed=2, mean_boxes=n_boxes, crowded_every=0)
+    ]
     anchors = anchors_for_image_size(ours, size, device)
     priors = InstanceData(priors=torch.cat([a.tensor for a in anchors]))
     per_level = [len(a) for a in anchors]
@@ -253,15 +322,21 @@ def render(data: Dict) -> str:
         return data.get("note", SKIP_NOTE)
     results, names = data["results"], [n for n in ("gfl", FROZEN, PEER) if n in data["results"]]
     ours = [n for n in names if n != PEER]
-    lines = [f"gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, converted by "
-             f"tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside every "
-             f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, {data['mode']} mode, "
-             f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: uint8 image to "
-             "detections), per training step (forward, ATSS, losses, backward, SGD), per call (assignment of all "
-             "the images): median (min-max); the ratios are of the medians.", "",
-             "| measure | " + " | ".join(NAMES[n] for n in names) + " | " + " | ".join(
-                 f"{NAMES[n]} / MMDetection" for n in ours) + " |",
-             "|---|" + "---|" * (len(names) + len(ours))]
+    lines = [
+        f"gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, converted by "
+        f"tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside every "
+        f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, {data['mode']} mode, "
+        f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: uint8 image to "
+        "detections), per training step (forward, ATSS, losses, backward, SGD), per call (assignment of all "
+        "the images): median (min-max); the ratios are of the medians.",
+        "",
+        "| measure | "
+        + " | ".join(NAMES[n] for n in names)
+        + " | "
+        + " | ".join(f"{NAMES[n]} / MMDetection" for n in ours)
+        + " |",
+        "|---|" + "---|" * (len(names) + len(ours)),
+    ]
     for label in data["lines"]:
         ratios = data["ratios"].get(label, {})
         cells = [_cell(results[n].get(label)) for n in names]
@@ -272,20 +347,40 @@ def render(data: Dict) -> str:
         h, w = profile["stages_size"]
         stages = profile["stages"]
         order = list(dict.fromkeys(s for n in names if n in stages for s in stages[n]))
-        lines += ["", f"Where the time goes: inference at {h}x{w}, median seconds per stage (the frameworks "
-                      "alternating):", "", "| stage | " + " | ".join(NAMES[n] for n in names if n in stages) + " |",
-                  "|---|" + "---:|" * len([n for n in names if n in stages])]
+        lines += [
+            "",
+            f"Where the time goes: inference at {h}x{w}, median seconds per stage (the frameworks "
+            "alternating):",
+            "",
+            "| stage | " + " | ".join(NAMES[n] for n in names if n in stages) + " |",
+            "|---|" + "---:|" * len([n for n in names if n in stages]),
+        ]
         for stage in order:
-            lines.append(f"| {stage} | " + " | ".join(
-                f"{stages[n][stage]:.4f}" if stage in stages[n] else "" for n in names if n in stages) + " |")
+            lines.append(
+                f"| {stage} | "
+                + " | ".join(
+                    f"{stages[n][stage]:.4f}" if stage in stages[n] else ""
+                    for n in names
+                    if n in stages
+                )
+                + " |"
+            )
         share = profile["conv_share"]
         kinds = list(dict.fromkeys(k for n in share for k in share[n]))
-        lines += ["", "Convolutions (forward and backward kernels) as a share of the self CPU time of one run "
-                      "(torch.profiler):", "", "| line | " + " | ".join(NAMES[n] for n in share) + " |",
-                  "|---|" + "---:|" * len(share)]
+        lines += [
+            "",
+            "Convolutions (forward and backward kernels) as a share of the self CPU time of one run "
+            "(torch.profiler):",
+            "",
+            "| line | " + " | ".join(NAMES[n] for n in share) + " |",
+            "|---|" + "---:|" * len(share),
+        ]
         for kind in kinds:
-            lines.append(f"| {kind} | " + " | ".join(f"{share[n][kind]:.0%}" if kind in share[n] else ""
-                                                      for n in share) + " |")
+            lines.append(
+                f"| {kind} | "
+                + " | ".join(f"{share[n][kind]:.0%}" if kind in share[n] else "" for n in share)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -297,8 +392,11 @@ def conv_share(fn: Callable) -> float:
         fn()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key and "backward" not in e.key.lower()
-               or "convolution_backward" in e.key)
+    conv = sum(
+        e.self_cpu_time_total
+        for e in events
+        if "conv" in e.key and "backward" not in e.key.lower() or "convolution_backward" in e.key
+    )
     return conv / total if total else float("nan")
 
 
@@ -321,22 +419,52 @@ def run_peer_benchmark(mode: str, device: str, repeat=None, warmup=None, log=pri
         per = line.batch if line.kind == "infer" else 1
         for name, st in interleaved(fns, device, repeat, warmup).items():
             results[name][line.label] = {k: (v / per if k != "runs" else v) for k, v in st.items()}
-        lines[line.label] = dict(kind=line.kind, size=list(line.size), batch=line.batch, boxes=line.boxes)
-    ratios = {label: {f"{name}/{PEER}": results[name][label]["median"] / results[PEER][label]["median"]
-                      for name in ("gfl", FROZEN) if label in results[name]} for label in lines}
+        lines[line.label] = dict(
+            kind=line.kind, size=list(line.size), batch=line.batch, boxes=line.boxes
+        )
+    ratios = {
+        label: {
+            f"{name}/{PEER}": results[name][label]["median"] / results[PEER][label]["median"]
+            for name in ("gfl", FROZEN)
+            if label in results[name]
+        }
+        for label in lines
+    }
     profile = _profile(ours, theirs, plan["lines"], device, log)
-    device_name = torch.cuda.get_device_name(0) if str(device).startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    return dict(date=time.strftime("%Y-%m-%d"), device=device_name, torch=torch.__version__, mode=mode,
-                repeat=repeat, warmup=warmup, lines=lines, results={k: v for k, v in results.items() if v},
-                ratios=ratios, profile=profile)
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if str(device).startswith("cuda")
+        else f"CPU ({os.cpu_count()} cores)"
+    )
+    return dict(
+        date=time.strftime("%Y-%m-%d"),
+        device=device_name,
+        torch=torch.__version__,
+        mode=mode,
+        repeat=repeat,
+        warmup=warmup,
+        lines=lines,
+        results={k: v for k, v in results.items() if v},
+        ratios=ratios,
+        profile=profile,
+    )
 
 
 def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
     """Per framework: inference stages at the largest inference size, the convolutions' share of each kind of line."""
-    largest = max((ln for ln in lines if ln.kind == "infer"), key=lambda ln: ln.size[0] * ln.size[1])
+    largest = max(
+        (ln for ln in lines if ln.kind == "infer"), key=lambda ln: ln.size[0] * ln.size[1]
+    )
     log(f"[benchmark] MMDetection peer: profile at {largest.name}")
-    out = dict(stages_size=list(largest.size), stages=stage_profile(ours, theirs, largest.size, device), conv_share={})
-    for line in (largest, max((ln for ln in lines if ln.kind == "train"), key=lambda ln: ln.size[0] * ln.size[1])):
+    out = dict(
+        stages_size=list(largest.size),
+        stages=stage_profile(ours, theirs, largest.size, device),
+        conv_share={},
+    )
+    for line in (
+        largest,
+        max((ln for ln in lines if ln.kind == "train"), key=lambda ln: ln.size[0] * ln.size[1]),
+    ):
         for name, fn in peer_fns(ours, theirs, line, device).items():
             if name == FROZEN:
                 continue  # the frozen graph's kernels run inside one traced call: the profiler cannot split them

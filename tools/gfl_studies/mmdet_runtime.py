@@ -13,6 +13,7 @@ and whose other ops raise when called.
 Nothing here imports mmdet before a function is called; the tests and the
 benchmark check :func:`mmdet_available` first.
 """
+
 import importlib.util
 import logging
 import os
@@ -22,8 +23,15 @@ import types
 import torch
 import torchvision
 
-__all__ = ["mmdet_available", "import_mmdet", "build_mmdet_gfl", "MMDET_CONFIGS", "trained_like", "save_as_mmdet",
-           "mmdet_sample"]
+__all__ = [
+    "mmdet_available",
+    "import_mmdet",
+    "build_mmdet_gfl",
+    "MMDET_CONFIGS",
+    "trained_like",
+    "save_as_mmdet",
+    "mmdet_sample",
+]
 
 # the released GFL configs of MMDetection 3.3 (without DCN, which needs compiled ops)
 MMDET_CONFIGS = {
@@ -44,7 +52,9 @@ class _CompiledOpsStandIn(types.ModuleType):
     @staticmethod
     def nms(boxes, scores, iou_threshold, offset):
         if offset != 0:
-            raise NotImplementedError("nms with offset=1 is not available without mmcv's compiled ops")
+            raise NotImplementedError(
+                "nms with offset=1 is not available without mmcv's compiled ops"
+            )
         return torchvision.ops.nms(boxes.float(), scores.float(), float(iou_threshold))
 
     def __getattr__(self, name):
@@ -52,7 +62,9 @@ class _CompiledOpsStandIn(types.ModuleType):
             raise AttributeError(name)
 
         def unavailable(*args, **kwargs):
-            raise NotImplementedError(f"mmcv op {name!r} needs mmcv's compiled ops (mmcv-lite has none)")
+            raise NotImplementedError(
+                f"mmcv op {name!r} needs mmcv's compiled ops (mmcv-lite has none)"
+            )
 
         return unavailable
 
@@ -80,11 +92,9 @@ def build_mmdet_gfl(config: str = MMDET_CONFIGS["R-50 1x"], seed: int = 0):
         (model in eval mode, the mmengine Config)
     """
     import_mmdet()
-    from mmengine.config import Config
-
-    from mmdet.registry import MODELS
-
     import mmdet
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
 
     path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", config)
     cfg = Config.fromfile(path)
@@ -118,7 +128,9 @@ def save_as_mmdet(model, path: str, **extra) -> None:
     """Save as MMDetection's runner does (mmengine's save_checkpoint of meta + CPU state dict)."""
     from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
 
-    checkpoint = {"meta": {"dataset_meta": {"classes": tuple(f"c{i}" for i in range(80))}, "epoch": 12}}
+    checkpoint = {
+        "meta": {"dataset_meta": {"classes": tuple(f"c{i}" for i in range(80))}, "epoch": 12}
+    }
     checkpoint["state_dict"] = weights_to_cpu(get_state_dict(model))
     checkpoint.update(extra)
     save_checkpoint(checkpoint, str(path))
@@ -126,13 +138,17 @@ def save_as_mmdet(model, path: str, **extra) -> None:
 
 def mmdet_sample(height: int, width: int, boxes=None, labels=None):
     """A ``DetDataSample`` of an unscaled image; with ``boxes`` (K, 4) and ``labels`` (K,), its ground truth."""
+    from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
-    from mmdet.structures import DetDataSample
-
-    sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width),
-                                         scale_factor=(1.0, 1.0), pad_shape=(height, width)))
+    sample = DetDataSample(
+        metainfo=dict(
+            img_shape=(height, width),
+            ori_shape=(height, width),
+            scale_factor=(1.0, 1.0),
+            pad_shape=(height, width),
+        )
+    )
     if boxes is not None:
         sample.gt_instances = InstanceData(bboxes=boxes, labels=labels)
     return sample
-

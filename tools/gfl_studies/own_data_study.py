@@ -7,6 +7,7 @@ is its command line; by default it generates the second dataset ("bars",
 :mod:`gfl_d2.data.bars`) in the layout asked for. The report
 (``<name>.json``, ``<name>.md``) is written as in :mod:`gfl_studies.reports`.
 """
+
 import json
 import os
 import re
@@ -22,12 +23,21 @@ from .lr_tuning import render as render_lr_tuning
 from .lr_tuning import tune_then_seeds
 from .reports import machine, write_report
 
-__all__ = ["run_own_data_study", "run_own_data_lr_tuning", "final_metrics", "bin_advice", "summarize", "render",
-           "render_report"]
+__all__ = [
+    "run_own_data_study",
+    "run_own_data_lr_tuning",
+    "final_metrics",
+    "bin_advice",
+    "summarize",
+    "render",
+    "render_report",
+]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 CONFIGS = {"GFL": "OwnData/gfl_R_18_FPN_scratch.py", "FCOS": "OwnData/fcos_R_18_FPN_scratch.py"}
-FCOS_LOW_THRESHOLD = "FCOS, test_score_thresh 0.001"  # FCOS evaluated again, keeping nearly every detection
+FCOS_LOW_THRESHOLD = (
+    "FCOS, test_score_thresh 0.001"  # FCOS evaluated again, keeping nearly every detection
+)
 
 
 def final_metrics(output_dir: str) -> Dict[str, float]:
@@ -39,7 +49,7 @@ def final_metrics(output_dir: str) -> Dict[str, float]:
                 last = json.loads(line)
     if last is None:
         raise RuntimeError(f"no evaluation in {output_dir}/metrics.json")
-    return {k[len("bbox/"):]: float(v) for k, v in last.items() if k.startswith("bbox/")}
+    return {k[len("bbox/") :]: float(v) for k, v in last.items() if k.startswith("bbox/")}
 
 
 def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
@@ -75,12 +85,27 @@ def _evaluate(config: str, overrides: List[str], out: str, label: str) -> Dict[s
     log_path = os.path.join(out, "eval_log.txt")
     if not os.path.isfile(log_path):
         os.makedirs(out, exist_ok=True)
-        cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(config), "--eval-only",
-               *overrides, f"train.output_dir={out}"]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        cmd = [
+            sys.executable,
+            "-m",
+            "gfl_d2.training",
+            "--config-file",
+            get_config_file(config),
+            "--eval-only",
+            *overrides,
+            f"train.output_dir={out}",
+        ]
+        proc = subprocess.run(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"{label}: evaluation failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+            raise RuntimeError(
+                f"{label}: evaluation failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+            )
         with open(log_path, "w") as f:
             f.write(proc.stdout)
     with open(log_path) as f:
@@ -104,17 +129,31 @@ def _train(config: str, overrides: List[str], out: str, label: str, threads: int
         with open(log_path) as f:
             return f.read()
     os.makedirs(out, exist_ok=True)
-    cmd = [sys.executable, "-m", "gfl_d2.training", "--config-file", get_config_file(config), *overrides,
-           f"train.output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gfl_d2.training",
+        "--config-file",
+        get_config_file(config),
+        *overrides,
+        f"train.output_dir={out}",
+    ]
     start = time.time()
     print(f"{label}: {' '.join(cmd[3:])}", flush=True)
-    env = dict(os.environ, PYTHONWARNINGS="ignore", **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    env = dict(
+        os.environ,
+        PYTHONWARNINGS="ignore",
+        **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+    )
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     with open(log_path, "w") as f:
         f.write(proc.stdout)
     if proc.returncode != 0:
         raise RuntimeError(f"{label}: training failed (exit {proc.returncode}); see {log_path}")
-    print(f"{label}: {(time.time() - start) / 60:.1f} min, AP {final_metrics(out)['AP']:.2f}", flush=True)
+    print(
+        f"{label}: {(time.time() - start) / 60:.1f} min, AP {final_metrics(out)['AP']:.2f}",
+        flush=True,
+    )
     return proc.stdout
 
 
@@ -124,8 +163,12 @@ def _fcos_low_threshold(config: str, base: List[str], out: str, seed: int) -> Di
     none, so it is also evaluated keeping nearly all (COCO AP ranks the top 100 anyway).
     """
     weights = os.path.join(out, "model_final.pth")
-    return _evaluate(config, base + [f"train.init_checkpoint={weights}", "model.test_score_thresh=0.001"],
-                     os.path.join(out, "eval_thresh_0.001"), f"{FCOS_LOW_THRESHOLD} seed {seed}")
+    return _evaluate(
+        config,
+        base + [f"train.init_checkpoint={weights}", "model.test_score_thresh=0.001"],
+        os.path.join(out, "eval_thresh_0.001"),
+        f"{FCOS_LOW_THRESHOLD} seed {seed}",
+    )
 
 
 def _first_gfl_bins(log: str) -> Tuple[List[str], str, str]:
@@ -133,12 +176,22 @@ def _first_gfl_bins(log: str) -> Tuple[List[str], str, str]:
     warned, recommended = bin_advice(log)
     # the warning's change, else n fitted to 99% of the targets (the check's recommendation)
     advice = warned or ([f"model.reg_max={recommended}"] if recommended else [])
-    return advice, "the warning's advice" if warned else "recommended n, no warning", bin_summary(log)
+    return (
+        advice,
+        "the warning's advice" if warned else "recommended n, no warning",
+        bin_summary(log),
+    )
 
 
-def run_own_data_study(root: str, output: str, seeds: List[int], common: List[str],
-                       bins_seeds: Optional[int] = None, results: Optional[str] = None,
-                       name: str = "own_data_study") -> str:
+def run_own_data_study(
+    root: str,
+    output: str,
+    seeds: List[int],
+    common: List[str],
+    bins_seeds: Optional[int] = None,
+    results: Optional[str] = None,
+    name: str = "own_data_study",
+) -> str:
     """
     For each seed: GFL as configured, FCOS, and (for the first ``bins_seeds``
     seeds, default all) GFL with the bins the check advises, or recommends
@@ -158,21 +211,36 @@ def run_own_data_study(root: str, output: str, seeds: List[int], common: List[st
             runs.setdefault(model, []).append(dict(seed=seed, metrics=final_metrics(out)))
             if model == "FCOS":
                 runs.setdefault(FCOS_LOW_THRESHOLD, []).append(
-                    dict(seed=seed, metrics=_fcos_low_threshold(config, base, out, seed)))
+                    dict(seed=seed, metrics=_fcos_low_threshold(config, base, out, seed))
+                )
         if advice and (bins_seeds is None or i < bins_seeds):
             label = f"GFL, fitted bins ({' '.join(advice)}: {why})"
             out = os.path.join(output, "GFL_fitted_bins", f"seed{seed}")
-            _train(CONFIGS["GFL"], base + advice + [f"train.seed={seed}"], out, f"{label} seed {seed}")
+            _train(
+                CONFIGS["GFL"], base + advice + [f"train.seed={seed}"], out, f"{label} seed {seed}"
+            )
             runs.setdefault(label, []).append(dict(seed=seed, metrics=final_metrics(out)))
     setup = dict(dataset=root, seeds=list(seeds), settings=" ".join(common), **machine("cpu"))
-    data = dict(setup=setup, bin_check=summary, bins_compared=f"{' '.join(advice)} ({why})" if advice else None,
-                models=[dict(name=k, runs=v, summary=summarize(v)) for k, v in runs.items()])
+    data = dict(
+        setup=setup,
+        bin_check=summary,
+        bins_compared=f"{' '.join(advice)} ({why})" if advice else None,
+        models=[dict(name=k, runs=v, summary=summarize(v)) for k, v in runs.items()],
+    )
     return write_report(results or output, name, data, render)
 
 
-def run_own_data_lr_tuning(root: str, output: str, lrs: List[float], tune_seed: int, seeds: List[int],
-                           common: List[str], jobs: int = 1, results: Optional[str] = None,
-                           name: str = "own_data_lr_tuning") -> str:
+def run_own_data_lr_tuning(
+    root: str,
+    output: str,
+    lrs: List[float],
+    tune_seed: int,
+    seeds: List[int],
+    common: List[str],
+    jobs: int = 1,
+    results: Optional[str] = None,
+    name: str = "own_data_lr_tuning",
+) -> str:
     """
     GFL and FCOS (:data:`CONFIGS`) each at its own learning rate
     (:mod:`gfl_studies.lr_tuning`): every rate of ``lrs`` with ``tune_seed``,
@@ -184,13 +252,25 @@ def run_own_data_lr_tuning(root: str, output: str, lrs: List[float], tune_seed: 
 
     def run_one(model, lr, seed):
         out = os.path.join(output, f"lr{lr:g}", model, f"seed{seed}")
-        _train(CONFIGS[model], base + [f"train.seed={seed}", f"optimizer.lr={lr:g}"], out,
-               f"{model} lr {lr:g} seed {seed}", threads)
+        _train(
+            CONFIGS[model],
+            base + [f"train.seed={seed}", f"optimizer.lr={lr:g}"],
+            out,
+            f"{model} lr {lr:g} seed {seed}",
+            threads,
+        )
         return final_metrics(out)
 
-    setup = dict(what=f"GFL and detectron2's FCOS with the configs of configs/OwnData on {root}; settings: "
-                      f"{' '.join(common)}; validation AP.", lrs=list(lrs), tune_seed=tune_seed, seeds=list(seeds),
-                 dataset=root, settings=" ".join(common), **machine("cpu"))
+    setup = dict(
+        what=f"GFL and detectron2's FCOS with the configs of configs/OwnData on {root}; settings: "
+        f"{' '.join(common)}; validation AP.",
+        lrs=list(lrs),
+        tune_seed=tune_seed,
+        seeds=list(seeds),
+        dataset=root,
+        settings=" ".join(common),
+        **machine("cpu"),
+    )
 
     def report(runs):
         return write_report(results or output, name, dict(setup=setup, runs=runs), render_lr_tuning)
@@ -209,31 +289,49 @@ def summarize(runs: List[Dict]) -> Dict:
     for m in METRICS:
         values = [r["metrics"].get(m, float("nan")) for r in runs]
         values = [v for v in values if v == v and v >= 0]  # COCO's -1 / NaN: no object of that size
-        out[m] = dict(mean=statistics.mean(values) if values else None,
-                      std=statistics.stdev(values) if len(values) > 1 else None, n=len(values))
-    return dict(metrics=out, ap_per_seed=[r["metrics"].get("AP", float("nan")) for r in runs], seeds=len(runs))
+        out[m] = dict(
+            mean=statistics.mean(values) if values else None,
+            std=statistics.stdev(values) if len(values) > 1 else None,
+            n=len(values),
+        )
+    return dict(
+        metrics=out,
+        ap_per_seed=[r["metrics"].get("AP", float("nan")) for r in runs],
+        seeds=len(runs),
+    )
 
 
 def _cell(stat: Dict) -> str:
     if stat["mean"] is None:
         return "–"
-    return f"{stat['mean']:.1f}" if stat["std"] is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+    return (
+        f"{stat['mean']:.1f}" if stat["std"] is None else f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+    )
 
 
 def render(data: Dict) -> str:
     """The study's Markdown: its settings, the bin check's line, one row per model."""
     setup = data["setup"]
-    measured = f"Measured {setup['date']} on {setup['device']}, torch {setup['torch']}. " if "date" in setup else ""
+    measured = (
+        f"Measured {setup['date']} on {setup['device']}, torch {setup['torch']}. "
+        if "date" in setup
+        else ""
+    )
     lines = [
         f"{measured}Dataset: {setup['dataset']}; seeds {', '.join(map(str, setup['seeds']))}; settings: "
-        f"{setup['settings']}", "",
+        f"{setup['settings']}",
+        "",
         f"Bin check of the first GFL run: {data['bin_check'] or 'no line found'}",
-        f"Bins compared: {data['bins_compared'] or 'none (n already fits)'}", "",
-        "| model | " + " | ".join(METRICS) + " | seeds | AP per seed |", "|---|" + "---:|" * (len(METRICS) + 2),
+        f"Bins compared: {data['bins_compared'] or 'none (n already fits)'}",
+        "",
+        "| model | " + " | ".join(METRICS) + " | seeds | AP per seed |",
+        "|---|" + "---:|" * (len(METRICS) + 2),
     ]
     for model in data["models"]:
         s = model["summary"]
         cells = [_cell(s["metrics"][m]) for m in METRICS]
         per_seed = ", ".join(f"{ap:.1f}" for ap in s["ap_per_seed"])
-        lines.append(f"| {model['name']} | " + " | ".join(cells) + f" | {s['seeds']} | {per_seed} |")
+        lines.append(
+            f"| {model['name']} | " + " | ".join(cells) + f" | {s['seeds']} | {per_seed} |"
+        )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ as the model runs, and with the predictor's output held at one value (the
 mean quality of its detections), which ranks the detections by their
 classification score alone.
 """
+
 import contextlib
 import copy
 import math
@@ -29,14 +30,21 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from gfl_d2.modeling.dgqp import distribution_statistics
 
 from .correlation import spearman
 
-__all__ = ["detection_candidates", "collect", "held_quality", "correlations", "render", "CANDIDATES", "SUBSETS"]
+__all__ = [
+    "detection_candidates",
+    "collect",
+    "held_quality",
+    "correlations",
+    "render",
+    "CANDIDATES",
+    "SUBSETS",
+]
 
 CANDIDATES = ("score", "quality", "cls", "-std/size", "top-1", "top-4")
 # the detections a correlation is taken over: all, and those on an object of their class
@@ -59,7 +67,9 @@ def detection_candidates(instances) -> Dict[str, np.ndarray]:
         size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-6)  # (K, 2) width, height
         size = size.repeat(1, 2)  # l, t, r, b move along w, h, w, h
         out["-std/size"] = -(instances.pred_box_std.float() / size).mean(dim=1).numpy()
-        stats = distribution_statistics(instances.pred_box_dists.float(), topk=4, add_mean=False)  # (K, 4, 4)
+        stats = distribution_statistics(
+            instances.pred_box_dists.float(), topk=4, add_mean=False
+        )  # (K, 4, 4)
         out["top-1"] = stats[..., 0].mean(dim=1).numpy()
         out["top-4"] = stats.sum(dim=-1).mean(dim=1).numpy()
     return out
@@ -86,8 +96,9 @@ def true_ious(instances, gt_boxes, gt_classes) -> np.ndarray:
 
 
 @torch.no_grad()
-def collect(model, dataset_dicts: List[Dict], mapper, num_images: Optional[int] = None,
-            evaluator=None) -> Dict[str, np.ndarray]:
+def collect(
+    model, dataset_dicts: List[Dict], mapper, num_images: Optional[int] = None, evaluator=None
+) -> Dict[str, np.ndarray]:
     """
     Every detection's candidates and ``iou`` over the first ``num_images``
     records, pooled; the outputs also go to ``evaluator`` (a detectron2
@@ -122,9 +133,13 @@ def held_quality(model, value: float):
         raise ValueError(f"the held quality must lie in (0, 1), got {value}")
     dgqp = getattr(getattr(model, "head", None), "dgqp", None)
     if dgqp is None:
-        raise ValueError(f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to hold")
+        raise ValueError(
+            f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to hold"
+        )
     logit = math.log(value / (1.0 - value))
-    handle = dgqp.register_forward_hook(lambda module, inputs, output: [torch.full_like(q, logit) for q in output])
+    handle = dgqp.register_forward_hook(
+        lambda module, inputs, output: [torch.full_like(q, logit) for q in output]
+    )
     try:
         yield
     finally:
@@ -143,7 +158,12 @@ def correlations(results: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Dict[st
         out[name] = {}
         for subset, keep in zip(SUBSETS, (np.ones_like(iou, dtype=bool), iou > 0)):
             row = {"detections": int(keep.sum())}
-            row.update({c: spearman(values[c][keep], iou[keep]) if c in values else None for c in CANDIDATES})
+            row.update(
+                {
+                    c: spearman(values[c][keep], iou[keep]) if c in values else None
+                    for c in CANDIDATES
+                }
+            )
             out[name][subset] = row
     return out
 
@@ -153,28 +173,43 @@ def render(data: Dict) -> str:
     setup = data.get("setup", {})
     lines = []
     if setup:
-        models = "; ".join(f"{m['name']}: {m['config']} with {m['weights'] or 'its own initialisation'}"
-                           for m in setup.get("models", []))
-        lines += [f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}"
-                  + (f", {setup['images']} validation images" if setup.get("images") else "")
-                  + (f". Models: {models}" if models else "") + ".", ""]
-    lines += ["| model | detections | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
-              "|---|---:|" + "---:|" * len(CANDIDATES)]
+        models = "; ".join(
+            f"{m['name']}: {m['config']} with {m['weights'] or 'its own initialisation'}"
+            for m in setup.get("models", [])
+        )
+        lines += [
+            f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}"
+            + (f", {setup['images']} validation images" if setup.get("images") else "")
+            + (f". Models: {models}" if models else "")
+            + ".",
+            "",
+        ]
+    lines += [
+        "| model | detections | " + " | ".join(f"`{c}`" for c in CANDIDATES) + " |",
+        "|---|---:|" + "---:|" * len(CANDIDATES),
+    ]
     for name, subsets in data["correlations"].items():
         for subset in SUBSETS:
             row = subsets[subset]
             cells = ["–" if row.get(c) is None else f"{row[c]:.3f}" for c in CANDIDATES]
             lines.append(f"| {name} ({subset}) | {row['detections']} | " + " | ".join(cells) + " |")
     if data.get("ap"):
-        lines += ["", "COCO AP of the same detections; for V2, also with its predictor's output held at the mean "
-                  "quality of its detections (q̄), which ranks them by the classification score alone.", "",
-                  "| model | AP | AP50 | AP75 | q̄ | AP, quality held at q̄ | AP50, held | AP75, held |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "COCO AP of the same detections; for V2, also with its predictor's output held at the mean "
+            "quality of its detections (q̄), which ranks them by the classification score alone.",
+            "",
+            "| model | AP | AP50 | AP75 | q̄ | AP, quality held at q̄ | AP50, held | AP75, held |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, row in data["ap"].items():
             held = row.get("held") or {}
             cells = [row.get(k) for k in ("AP", "AP50", "AP75")]
             cells += [held.get("quality")] + [held.get(k) for k in ("AP", "AP50", "AP75")]
-            text = ["–" if v is None else f"{v:.3f}" if i == 3 else f"{v:.1f}" for i, v in enumerate(cells)]
+            text = [
+                "–" if v is None else f"{v:.3f}" if i == 3 else f"{v:.1f}"
+                for i, v in enumerate(cells)
+            ]
             lines.append(f"| {name} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
@@ -192,7 +227,9 @@ def scatter_plot(results: Dict[str, Dict[str, np.ndarray]], panels, path: str) -
         ax.scatter(values[cand], values["iou"], s=3, alpha=0.25, linewidths=0)
         ax.set_xlabel(f"{cand} ({model})")
         ax.set_ylabel("IoU with the ground truth")
-        ax.set_title(f"{model}: {cand}, Spearman {spearman(values[cand], values['iou']):.3f}", fontsize=10)
+        ax.set_title(
+            f"{model}: {cand}, Spearman {spearman(values[cand], values['iou']):.3f}", fontsize=10
+        )
         ax.set_ylim(-0.02, 1.02)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

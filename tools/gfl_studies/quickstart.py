@@ -12,6 +12,7 @@ The report (``<name>.json``, ``<name>.md``) is written as in
 :mod:`gfl_studies.reports`, with the machine's load average before each run,
 since the time depends on a quiet machine.
 """
+
 import math
 import os
 import re
@@ -28,7 +29,16 @@ import torch
 
 from .reports import machine, mean_std, write_report
 
-__all__ = ["TARGET_AP", "TARGET_SECONDS", "parse_log", "run_once", "summarize", "render", "write", "repository_state"]
+__all__ = [
+    "TARGET_AP",
+    "TARGET_SECONDS",
+    "parse_log",
+    "run_once",
+    "summarize",
+    "render",
+    "write",
+    "repository_state",
+]
 
 TARGET_AP = 42.0
 TARGET_SECONDS = 600.0
@@ -68,16 +78,22 @@ def parse_log(lines: Sequence[str]) -> Dict:
             continue
         text = m.group(1).strip()
         if text.startswith("Task: "):
-            task, keys = text[len("Task: "):], None
+            task, keys = text[len("Task: ") :], None
         elif keys is None:
             keys = text.split(",")
         elif task == "bbox":
             values = [float(v) for v in text.split(",")]
             if len(values) != len(keys):
-                raise ValueError(f"a bbox result line with {len(values)} values for {len(keys)} keys: {line!r}")
+                raise ValueError(
+                    f"a bbox result line with {len(values)} values for {len(keys)} keys: {line!r}"
+                )
             bbox = dict(zip(keys, values))
-    return dict(seed=seed, bbox=bbox, iteration_seconds=iteration,
-                data_seconds=statistics.mean(data) if data else None)
+    return dict(
+        seed=seed,
+        bbox=bbox,
+        iteration_seconds=iteration,
+        data_seconds=statistics.mean(data) if data else None,
+    )
 
 
 def busy_cpu_seconds() -> float:
@@ -95,14 +111,30 @@ def _children_cpu() -> float:
 
 def repository_state(repo: str) -> Dict:
     """The commit of ``repo`` and whether its tracked files differ from it (a clone measures the commit only)."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, check=True).stdout.strip())
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     return dict(commit=commit, dirty=dirty)
 
 
-def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0, timeout: float = 3600.0,
-             keep: bool = False, log=print) -> Dict:
+def run_once(
+    repo: str,
+    workdir: str,
+    args: Sequence[str] = (),
+    threads: int = 0,
+    timeout: float = 3600.0,
+    keep: bool = False,
+    log=print,
+) -> Dict:
     """
     Clone ``repo`` into ``workdir``/clone and run ``python tools/train_net.py
     *args`` there with the clone first on ``PYTHONPATH``; the run's record
@@ -115,7 +147,9 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
         raise FileExistsError(f"{clone} exists: the quick start is measured in a fresh clone")
     os.makedirs(workdir, exist_ok=True)
     subprocess.run(["git", "clone", "-q", repo, clone], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("DETECTRON2_DATASETS", "OMP_NUM_THREADS")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DETECTRON2_DATASETS", "OMP_NUM_THREADS")
+    }
     env["PYTHONPATH"] = clone + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -127,9 +161,18 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
     lines: List[str] = []
     start = time.perf_counter()
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
-        watchdog = threading.Timer(timeout, proc.kill)  # a run that hangs without printing is killed too
+        proc = subprocess.Popen(
+            command,
+            cwd=clone,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        watchdog = threading.Timer(
+            timeout, proc.kill
+        )  # a run that hangs without printing is killed too
         watchdog.start()
         try:
             for line in proc.stdout:
@@ -153,17 +196,30 @@ def run_once(repo: str, workdir: str, args: Sequence[str] = (), threads: int = 0
     parsed = parse_log(lines)
     phases = None
     if "training_start" in marks and "training_end" in marks:
-        phases = dict(setup=marks["training_start"], training=marks["training_end"] - marks["training_start"],
-                      evaluation=seconds - marks["training_end"])
+        phases = dict(
+            setup=marks["training_start"],
+            training=marks["training_end"] - marks["training_start"],
+            evaluation=seconds - marks["training_end"],
+        )
     if not keep:
         shutil.rmtree(clone, ignore_errors=True)
-    record = dict(command="python " + " ".join(["tools/train_net.py", *args]), returncode=returncode,
-                  seconds=seconds, phases=phases, load_before=load,
-                  cpu_seconds=own_cpu, other_cpu_seconds=other_cpu, threads=threads or None, **parsed)
+    record = dict(
+        command="python " + " ".join(["tools/train_net.py", *args]),
+        returncode=returncode,
+        seconds=seconds,
+        phases=phases,
+        load_before=load,
+        cpu_seconds=own_cpu,
+        other_cpu_seconds=other_cpu,
+        threads=threads or None,
+        **parsed,
+    )
     if returncode != 0:
         record["log_tail"] = "".join(lines[-20:])
-    log(f"  exit {returncode}, {seconds:.0f} s, seed {parsed['seed']}, "
-        f"AP {parsed['bbox']['AP'] if parsed['bbox'] else None} (log: {log_path})")
+    log(
+        f"  exit {returncode}, {seconds:.0f} s, seed {parsed['seed']}, "
+        f"AP {parsed['bbox']['AP'] if parsed['bbox'] else None} (log: {log_path})"
+    )
     return record
 
 
@@ -174,7 +230,8 @@ def summarize(runs: Sequence[Dict]) -> Dict:
     secs = [r["seconds"] for r in done]
     every = len(done) == len(runs) and bool(done)
     return dict(
-        finished=len(done), runs=len(runs),
+        finished=len(done),
+        runs=len(runs),
         seconds_mean=statistics.mean(secs) if secs else None,
         seconds_max=max(secs) if secs else None,
         ap_target_met=every and min(aps) >= TARGET_AP,
@@ -199,36 +256,53 @@ def _ap(run: Dict, key: str) -> str:
 
 def render(data: Dict) -> str:
     m, s = data["machine"], summarize(data["runs"])
-    head = (f"`{data['command']}` from a fresh clone of commit {data['commit'][:7]}"
-            + (" (the working tree had uncommitted changes, not measured)" if data.get("dirty") else "")
-            + f"; {m['device']}, torch {m['torch']}, {m['date']}. Time: the process's wall time, "
-            "split by the moments detectron2 logs the start and the end of training "
-            "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the run that was "
-            "not the run's own (its loader workers included), per second of the run; load before: the 1-minute load "
-            "average at the start (it still holds the previous run). s/iter: detectron2's mean iteration time at the "
-            "end of training; loading: the part of it spent waiting for data (mean of the logged data_time).")
-    lines = [head, "", "| run | seed | time | setup | training | evaluation | s/iter | loading | AP | AP50 | AP75 "
-             "| other CPU | load before |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        f"`{data['command']}` from a fresh clone of commit {data['commit'][:7]}"
+        + (" (the working tree had uncommitted changes, not measured)" if data.get("dirty") else "")
+        + f"; {m['device']}, torch {m['torch']}, {m['date']}. Time: the process's wall time, "
+        "split by the moments detectron2 logs the start and the end of training "
+        "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the run that was "
+        "not the run's own (its loader workers included), per second of the run; load before: the 1-minute load "
+        "average at the start (it still holds the previous run). s/iter: detectron2's mean iteration time at the "
+        "end of training; loading: the part of it spent waiting for data (mean of the logged data_time)."
+    )
+    lines = [
+        head,
+        "",
+        "| run | seed | time | setup | training | evaluation | s/iter | loading | AP | AP50 | AP75 "
+        "| other CPU | load before |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for i, r in enumerate(data["runs"], 1):
         ph = r.get("phases") or {}
-        lines.append(f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | {_clock(r['seconds'])} | "
-                     f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | {_clock(ph.get('evaluation'))} | "
-                     f"{_seconds(r.get('iteration_seconds'))} | {_seconds(r.get('data_seconds'))} | "
-                     f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | "
-                     f"{r['other_cpu_seconds'] / max(r['seconds'], 1e-9):.2f} | {r['load_before']:.2f} |")
+        lines.append(
+            f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | {_clock(r['seconds'])} | "
+            f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | {_clock(ph.get('evaluation'))} | "
+            f"{_seconds(r.get('iteration_seconds'))} | {_seconds(r.get('data_seconds'))} | "
+            f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | "
+            f"{r['other_cpu_seconds'] / max(r['seconds'], 1e-9):.2f} | {r['load_before']:.2f} |"
+        )
     aps = [r["bbox"]["AP"] for r in data["runs"] if r.get("bbox")]
-    lines += ["", f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time {_clock(s['seconds_mean'])} "
-                  f"on average, {_clock(s['seconds_max'])} at most.",
-              f"Targets: AP ≥ {TARGET_AP:.0f} in every run: {'met' if s['ap_target_met'] else 'not met'}; "
-              f"at most {_clock(TARGET_SECONDS)} per run: {'met' if s['time_target_met'] else 'not met'}."]
+    lines += [
+        "",
+        f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time {_clock(s['seconds_mean'])} "
+        f"on average, {_clock(s['seconds_max'])} at most.",
+        f"Targets: AP ≥ {TARGET_AP:.0f} in every run: {'met' if s['ap_target_met'] else 'not met'}; "
+        f"at most {_clock(TARGET_SECONDS)} per run: {'met' if s['time_target_met'] else 'not met'}.",
+    ]
     failed = [i for i, r in enumerate(data["runs"], 1) if r["returncode"] != 0]
     if failed:
-        lines.append(f"Runs that failed: {', '.join(map(str, failed))} (their log tails are in the JSON).")
+        lines.append(
+            f"Runs that failed: {', '.join(map(str, failed))} (their log tails are in the JSON)."
+        )
     return "\n".join(lines) + "\n"
 
 
 def write(results: str, name: str, runs: Sequence[Dict], command: str, state: Dict) -> str:
-    data = dict(machine=machine("cuda" if torch.cuda.is_available() else "cpu"), command=command, runs=list(runs),
-                **state)
+    data = dict(
+        machine=machine("cuda" if torch.cuda.is_available() else "cpu"),
+        command=command,
+        runs=list(runs),
+        **state,
+    )
     return write_report(results, name, data, render)

@@ -5,6 +5,7 @@ one folder (default ``projects/GFL/results/``), so that a number has one
 source. ``--report`` renders the Markdown again from an existing JSON
 without running anything.
 """
+
 import argparse
 import json
 import math
@@ -16,22 +17,42 @@ from typing import Callable, Dict, Iterable, List, Sequence
 
 import torch
 
-__all__ = ["DEFAULT_RESULTS", "add_report_arguments", "write_report", "render_again", "mean_std", "machine",
-           "read_metrics_series"]
+__all__ = [
+    "DEFAULT_RESULTS",
+    "add_report_arguments",
+    "write_report",
+    "render_again",
+    "mean_std",
+    "machine",
+    "read_metrics_series",
+]
 
 # the repository's projects/GFL/results (this package lives in <repository>/tools/gfl_studies)
 _REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_RESULTS = os.path.join(_REPOSITORY, "projects", "GFL", "results")
 
 
-def add_report_arguments(parser: argparse.ArgumentParser, name: str, results: str = DEFAULT_RESULTS) -> None:
+def add_report_arguments(
+    parser: argparse.ArgumentParser, name: str, results: str = DEFAULT_RESULTS
+) -> None:
     """``--results DIR`` (default ``results``), ``--name NAME`` (the report's file name, default ``name``) and ``--report``."""
     group = parser.add_argument_group("report")
-    group.add_argument("--results", default=results, metavar="DIR",
-                       help=f"folder of the report files <name>.json and <name>.md (default: {results or 'see above'})")
-    group.add_argument("--name", default=name, help="file name of the report, without extension (default: %(default)s)")
-    group.add_argument("--report", action="store_true",
-                       help="only render <name>.md again from an existing <name>.json; runs nothing")
+    group.add_argument(
+        "--results",
+        default=results,
+        metavar="DIR",
+        help=f"folder of the report files <name>.json and <name>.md (default: {results or 'see above'})",
+    )
+    group.add_argument(
+        "--name",
+        default=name,
+        help="file name of the report, without extension (default: %(default)s)",
+    )
+    group.add_argument(
+        "--report",
+        action="store_true",
+        help="only render <name>.md again from an existing <name>.json; runs nothing",
+    )
 
 
 def _paths(results: str, name: str):
@@ -86,14 +107,21 @@ def read_metrics_series(run_dir: str, keys: Sequence[str]) -> List[Dict]:
         for line in f:
             record = json.loads(line)
             if "iteration" in record and any(k in record for k in keys):
-                rows.append(dict(iteration=record["iteration"] + 1, **{k: record[k] for k in keys if k in record}))
+                rows.append(
+                    dict(
+                        iteration=record["iteration"] + 1,
+                        **{k: record[k] for k in keys if k in record},
+                    )
+                )
     return rows
 
 
 def machine(device: str = "cpu") -> Dict:
     """Where a measurement ran: date, device, cores, torch."""
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        what = torch.cuda.get_device_name(0) + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else "")
+        what = torch.cuda.get_device_name(0) + (
+            f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""
+        )
     else:
         what = f"CPU ({os.cpu_count()} cores, {platform.machine()})"
     return dict(date=time.strftime("%Y-%m-%d"), device=what, torch=torch.__version__)

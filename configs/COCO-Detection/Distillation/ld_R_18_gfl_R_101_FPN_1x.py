@@ -11,6 +11,7 @@ format (docs/configs.md, "ImageNet weights"):
     python -c "import torch, torchvision; torch.save(torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')"
     python convert-torchvision-to-d2.py resnet18.pth pretrained/R-18.pkl
 """
+
 from detectron2.config import LazyCall as L
 
 from gfl_d2.modeling.backbone import make_basic_stages

@@ -15,6 +15,7 @@ project's machines).
 The student's checkpoints are a plain GFL R-50's (``gfl_R_50_FPN_1x.py``
 evaluates them); the teacher is in none of them.
 """
+
 from detectron2.config import LazyCall as L
 
 from gfl_d2.modeling.distillation import build_teacher

@@ -3,6 +3,7 @@ ATSS + QFL with ATSS's centerness weights on the GIoU loss (in place of GFL's de
 score).
 One of the ablation variants of tools/ablation.py; see projects/GFL/README.md.
 """
+
 from ..gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 model.box_representation = "dirac"

@@ -6,6 +6,7 @@ with the bins of its teacher, ``gfl_R_18_FPN_shapes.py`` (n = 16 bins one
 stride wide), which Localization Distillation needs.
 ``gfl_R_18_half_FPN_shapes_ld.py`` is the same student taught by that teacher.
 """
+
 from ..gfl_R_18_FPN_shapes_quickstart import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 model.reg_max = 16

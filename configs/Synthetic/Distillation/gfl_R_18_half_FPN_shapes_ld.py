@@ -12,13 +12,16 @@ trained on its default schedule. Train the teacher first:
 frozen and not saved: the student's checkpoints are a plain GFL's, which
 ``gfl_R_18_half_FPN_shapes.py`` evaluates.
 """
+
 from detectron2.config import LazyCall as L
 
 from gfl_d2.modeling.distillation import build_teacher
 
 from .gfl_R_18_half_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-model.teacher = L(build_teacher)(
+model.teacher = L(
+    build_teacher
+)(
     config_file="Synthetic/gfl_R_18_FPN_shapes.py",
     checkpoint="./output/gfl_R_18_FPN_shapes_n16/model_final.pth",  # where training that config writes
 )

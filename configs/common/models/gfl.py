@@ -5,6 +5,7 @@ stride on the 3x3 conv, frozen BN, RGB input normalised with the ImageNet
 mean/std in 0-255 units, P6/P7 from P5's output without a ReLU in between,
 images padded to a multiple of 32).
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
@@ -12,7 +13,9 @@ from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 
 from gfl_d2.modeling import GFL, ATSSMatcher, GFLHead, LastLevelP6P7FromP5
 
-model = L(GFL)(
+model = L(
+    GFL
+)(
     backbone=L(FPN)(
         bottom_up=L(ResNet)(
             stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),

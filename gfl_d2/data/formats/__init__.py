@@ -7,6 +7,7 @@ the project asks the registry (:func:`get_format`).
 A new format is a module with a ``FORMAT`` (see ``coco.py``) added to
 :data:`DATASET_FORMATS`.
 """
+
 from typing import Dict, Sequence
 
 from ..problems import DatasetError
@@ -15,7 +16,9 @@ from .base import DatasetFormat
 
 __all__ = ["DATASET_FORMATS", "LAYOUTS", "DatasetFormat", "get_format"]
 
-DATASET_FORMATS: Dict[str, DatasetFormat] = {f.name: f for f in (coco.FORMAT, voc.FORMAT, yolo.FORMAT)}
+DATASET_FORMATS: Dict[str, DatasetFormat] = {
+    f.name: f for f in (coco.FORMAT, voc.FORMAT, yolo.FORMAT)
+}
 LAYOUTS = tuple(DATASET_FORMATS)
 
 
@@ -26,5 +29,7 @@ def get_format(layout: str, also: Sequence[str] = ()) -> DatasetFormat:
     """
     fmt = DATASET_FORMATS.get(str(layout).lower())
     if fmt is None:
-        raise DatasetError(f"unknown dataset layout {layout!r}: one of {', '.join([*also, *LAYOUTS])}")
+        raise DatasetError(
+            f"unknown dataset layout {layout!r}: one of {', '.join([*also, *LAYOUTS])}"
+        )
     return fmt

@@ -4,6 +4,7 @@ and the file conventions the formats share: the first of several candidate
 files that exists, a class-names file, and placing an image in a folder
 being written.
 """
+
 import os
 import shutil
 from dataclasses import dataclass
@@ -12,7 +13,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 from ..folder_dataset import FolderDataset
 from ..problems import DatasetError
 
-__all__ = ["DatasetFormat", "first_file", "check_class_names", "read_class_file", "place_image", "image_stem"]
+__all__ = [
+    "DatasetFormat",
+    "first_file",
+    "check_class_names",
+    "read_class_file",
+    "place_image",
+    "image_stem",
+]
 
 
 @dataclass(frozen=True)

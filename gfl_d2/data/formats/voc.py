@@ -11,6 +11,7 @@ are those of ``labels.txt`` / ``classes.txt`` in the root, one per line, if
 present (then another name is an error), else every name the split files'
 annotations use, sorted.
 """
+
 import glob
 import os
 import xml.parsers.expat
@@ -24,19 +25,34 @@ from ..folder_dataset import IMAGE_EXTENSIONS, FolderDataset, image_size
 from ..problems import DatasetError, DatasetProblems
 from .base import DatasetFormat, first_file, image_stem, place_image, read_class_file
 
-__all__ = ["FORMAT", "detect", "class_names", "read", "write", "split_ids", "parse_xml_with_lines", "CLASS_FILES"]
+__all__ = [
+    "FORMAT",
+    "detect",
+    "class_names",
+    "read",
+    "write",
+    "split_ids",
+    "parse_xml_with_lines",
+    "CLASS_FILES",
+]
 
 CLASS_FILES = ("labels.txt", "classes.txt")
 # A box outside its image is an error (the file is wrong); one overhanging it by
 # more than a pixel (VOC's corners are whole pixels) is clipped and counted.
 BOX_RULES = BoxRules(
-    errors={BoxFate.INVERTED: "xmax/ymax below xmin/ymin: {box}",
-            BoxFate.OUTSIDE: "box {box} lies outside its {width}x{height} image"},
-    notes={BoxFate.CLIPPED: "boxes reaching outside their image (clipped to it)",
-           BoxFate.EMPTY: "boxes of zero width or height (dropped)"},
+    errors={
+        BoxFate.INVERTED: "xmax/ymax below xmin/ymin: {box}",
+        BoxFate.OUTSIDE: "box {box} lies outside its {width}x{height} image",
+    },
+    notes={
+        BoxFate.CLIPPED: "boxes reaching outside their image (clipped to it)",
+        BoxFate.EMPTY: "boxes of zero width or height (dropped)",
+    },
     tolerance=1.0,
 )
-_DIFFICULT_NOTE = "'difficult' objects (ignored regions: not trained on, not counted by the evaluation)"
+_DIFFICULT_NOTE = (
+    "'difficult' objects (ignored regions: not trained on, not counted by the evaluation)"
+)
 
 
 class _Node:
@@ -74,29 +90,39 @@ def parse_xml_with_lines(path: str) -> _Node:
         if stack:
             stack[-1].text += data
 
-    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = start, end, text
+    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = (
+        start,
+        end,
+        text,
+    )
     with open(path, "rb") as f:
         parser.ParseFile(f)
     return roots[0]
 
 
 def detect(root: str) -> bool:
-    return os.path.isdir(os.path.join(root, "Annotations")) and os.path.isdir(os.path.join(root, "ImageSets", "Main"))
+    return os.path.isdir(os.path.join(root, "Annotations")) and os.path.isdir(
+        os.path.join(root, "ImageSets", "Main")
+    )
 
 
 def split_ids(root: str, split: str, problems: DatasetProblems) -> List[str]:
     """The ids listed in ``ImageSets/Main/<split>.txt``; an id listed twice is an error."""
     path = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(path):
-        have = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(root, "ImageSets", "Main", "*.txt")))
+        have = sorted(
+            os.path.basename(p)[:-4]
+            for p in glob.glob(os.path.join(root, "ImageSets", "Main", "*.txt"))
+        )
         raise DatasetError(f"VOC layout: no {path} (splits there: {have or 'none'})")
     ids: List[str] = []
     seen: Dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
-            if fields and problems.listed_once(seen, fields[0], f"{path}:{lineno}", f"image {fields[0]!r}",
-                                               f"line {lineno}"):
+            if fields and problems.listed_once(
+                seen, fields[0], f"{path}:{lineno}", f"image {fields[0]!r}", f"line {lineno}"
+            ):
                 ids.append(fields[0])
     if not ids:
         raise DatasetError(f"{path}: lists no images")
@@ -129,18 +155,26 @@ def class_names(root: str, split: Optional[str] = None) -> List[str]:
             names |= _object_names(os.path.join(root, "Annotations", f"{image_id}.xml"))
     names.discard("")
     if not names:
-        raise DatasetError(f"VOC layout: no object names in the annotations of {root} and no {' or '.join(CLASS_FILES)}")
+        raise DatasetError(
+            f"VOC layout: no object names in the annotations of {root} and no {' or '.join(CLASS_FILES)}"
+        )
     return sorted(names)
 
 
-def _parse_annotation(xml_path: str, image_id: str, split: str, problems: DatasetProblems) -> Optional[_Node]:
+def _parse_annotation(
+    xml_path: str, image_id: str, split: str, problems: DatasetProblems
+) -> Optional[_Node]:
     if not os.path.isfile(xml_path):
-        problems.error(xml_path, f"annotation file of image {image_id!r} (listed in {split}.txt) not found")
+        problems.error(
+            xml_path, f"annotation file of image {image_id!r} (listed in {split}.txt) not found"
+        )
         return None
     try:
         return parse_xml_with_lines(xml_path)
     except xml.parsers.expat.ExpatError as e:
-        problems.error(f"{xml_path}:{e.lineno}", f"not valid XML ({xml.parsers.expat.ErrorString(e.code)})")
+        problems.error(
+            f"{xml_path}:{e.lineno}", f"not valid XML ({xml.parsers.expat.ErrorString(e.code)})"
+        )
     except OSError as e:
         problems.error(xml_path, f"cannot be read ({e})")
     return None
@@ -157,8 +191,9 @@ def _declared_size(tree: _Node) -> Tuple[Optional[_Node], Optional[Tuple[int, in
         return size, None
 
 
-def _image(root: str, image_id: str, tree: _Node, xml_path: str,
-           problems: DatasetProblems) -> Optional[Tuple[str, int, int]]:
+def _image(
+    root: str, image_id: str, tree: _Node, xml_path: str, problems: DatasetProblems
+) -> Optional[Tuple[str, int, int]]:
     """``(path, width, height)`` of the image of ``xml_path``, checked against its ``<size>``; None if a problem."""
     folder = os.path.join(root, "JPEGImages")
     looked = [os.path.join(folder, image_id + ext) for ext in IMAGE_EXTENSIONS]
@@ -176,7 +211,9 @@ def _image(root: str, image_id: str, tree: _Node, xml_path: str,
         return None
     size, declared = _declared_size(tree)
     if size is not None and declared != (width, height):
-        problems.error(f"{xml_path}:{size.line}", f"<size> says {declared} but {path} is {width}x{height}")
+        problems.error(
+            f"{xml_path}:{size.line}", f"<size> says {declared} but {path} is {width}x{height}"
+        )
         return None
     return path, width, height
 
@@ -202,28 +239,49 @@ def _box_values(obj: _Node, xml_path: str, problems: DatasetProblems) -> Optiona
     return values
 
 
-def _annotations(tree: _Node, xml_path: str, width: int, height: int, index: Dict[str, int], source: str,
-                 problems: DatasetProblems) -> List[Dict]:
+def _annotations(
+    tree: _Node,
+    xml_path: str,
+    width: int,
+    height: int,
+    index: Dict[str, int],
+    source: str,
+    problems: DatasetProblems,
+) -> List[Dict]:
     """The objects of one annotation file as detectron2 annotations (``index``: class name -> contiguous id)."""
     annotations = []
     for obj in tree.findall("object"):
         where, name = f"{xml_path}:{obj.line}", obj.findtext("name", "")
         if name not in index:
-            problems.error(where, f"unknown class name {name!r} (the classes, from {source}: {list(index)})")
+            problems.error(
+                where, f"unknown class name {name!r} (the classes, from {source}: {list(index)})"
+            )
             continue
         values = _box_values(obj, xml_path, problems)
         if values is None:
             continue
         # 1-based pixel indices: (xmin=1, xmax=W) spans the image, (0, W) in coordinates
-        _, box = BOX_RULES.apply([values[0] - 1.0, values[1] - 1.0, values[2], values[3]], width, height, where,
-                                 problems, shown=values)
+        _, box = BOX_RULES.apply(
+            [values[0] - 1.0, values[1] - 1.0, values[2], values[3]],
+            width,
+            height,
+            where,
+            problems,
+            shown=values,
+        )
         if box is None:
             continue
         difficult = obj.findtext("difficult", "0") in ("1", "true", "True")
         if difficult:
             problems.note(_DIFFICULT_NOTE)
-        annotations.append({"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": index[name],
-                            "iscrowd": int(difficult)})
+        annotations.append(
+            {
+                "bbox": box,
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": index[name],
+                "iscrowd": int(difficult),
+            }
+        )
     if not tree.findall("object"):
         problems.note("images without objects")
     return annotations
@@ -244,8 +302,15 @@ def read(root: str, split: str) -> FolderDataset:
             continue
         path, width, height = image
         annotations = _annotations(tree, xml_path, width, height, index, source, problems)
-        records.append({"file_name": path, "image_id": image_id, "height": height, "width": width,
-                        "annotations": annotations})
+        records.append(
+            {
+                "file_name": path,
+                "image_id": image_id,
+                "height": height,
+                "width": width,
+                "annotations": annotations,
+            }
+        )
     problems.finish()
     return FolderDataset("voc", root, split, records, classes, list(range(len(classes))))
 
@@ -268,8 +333,13 @@ def _xml(record: Dict, classes: Sequence[str]) -> str:
     )
 
 
-def write(root: str, split: str, records: Sequence[Dict], classes: Sequence[str],
-          dataset_ids: Optional[Sequence[int]] = None) -> str:
+def write(
+    root: str,
+    split: str,
+    records: Sequence[Dict],
+    classes: Sequence[str],
+    dataset_ids: Optional[Sequence[int]] = None,
+) -> str:
     """
     ``JPEGImages/``, ``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt``
     and ``labels.txt``; returns the split file. VOC numbers the classes by
@@ -277,7 +347,9 @@ def write(root: str, split: str, records: Sequence[Dict], classes: Sequence[str]
     """
     os.makedirs(os.path.join(root, "Annotations"), exist_ok=True)
     for r in records:
-        place_image(r["file_name"], os.path.join(root, "JPEGImages", os.path.basename(r["file_name"])))
+        place_image(
+            r["file_name"], os.path.join(root, "JPEGImages", os.path.basename(r["file_name"]))
+        )
         with open(os.path.join(root, "Annotations", f"{image_stem(r)}.xml"), "w") as f:
             f.write(_xml(r, classes))
     split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
@@ -290,6 +362,10 @@ def write(root: str, split: str, records: Sequence[Dict], classes: Sequence[str]
 
 
 FORMAT = DatasetFormat(
-    name="voc", expected="Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)",
-    detect=detect, class_names=class_names, read=read, write=write,
+    name="voc",
+    expected="Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)",
+    detect=detect,
+    class_names=class_names,
+    read=read,
+    write=write,
 )
