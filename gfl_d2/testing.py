@@ -15,11 +15,18 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from .modeling import GFL, GFLHead, LastLevelP6P7FromP5
+from .modeling import (
+    GFL,
+    ATSSMatcher,
+    DistributionBox2BoxTransform,
+    GFLHead,
+    LastLevelP6P7FromP5,
+)
 
 # the repository checkout (an editable install): its tools/ and configs/
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,17 +57,21 @@ def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
         ),
         head=L(GFLHead)(
             input_shape=[ShapeSpec(channels=channels)] * 5,
-            num_classes=num_classes,
+            num_classes="${..num_classes}",
             conv_dims=[channels] * num_convs,
             norm="GN",
-            reg_max="${..reg_max}",
-            box_representation="${..box_representation}",
-            quality="${..quality}",
+            box2box_transform=L(DistributionBox2BoxTransform)(reg_max=reg_max),
+            quality="joint",
         ),
+        anchor_generator=L(DefaultAnchorGenerator)(
+            sizes=[[64], [128], [256], [512], [1024]],
+            aspect_ratios=[1.0],
+            strides=[8, 16, 32, 64, 128],
+            offset=0.0,
+        ),
+        anchor_matcher=L(ATSSMatcher)(topk=9),
+        head_in_features=["p3", "p4", "p5", "p6", "p7"],
         num_classes=num_classes,
-        reg_max=reg_max,
-        box_representation="distribution",
-        quality="joint",
         size_divisibility=32,
         pixel_mean=[128.0, 128.0, 128.0],
         pixel_std=[64.0, 64.0, 64.0],

@@ -4,7 +4,12 @@ with Focal Loss on hard labels, a separate centerness branch and plain
 distance regression (Dirac delta) trained with GIoU.
 """
 
+from detectron2.config import LazyCall as L
+
+from gfl_d2.modeling import DiracBox2BoxTransform
+
 from .gfl_R_50_FPN_1x import model
 
-model.quality = "centerness"
-model.box_representation = "dirac"
+model.head.quality = "centerness"
+model.head.box2box_transform = L(DiracBox2BoxTransform)(anchor_scale=8.0)
+model.output_box_distributions = False  # a Dirac delta has no distribution

@@ -11,4 +11,4 @@ docs/configs.md ("ImageNet weights for R-101 and X-101").
 
 from .gfl_R_101_FPN_ms2x import model
 
-model.quality = "dgqp"
+model.head.quality = "dgqp"

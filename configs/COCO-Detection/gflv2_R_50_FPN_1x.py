@@ -10,7 +10,7 @@ on the product. Published: 41.0 AP on COCO minival, 41.1 on test-dev
 
 from .gfl_R_50_FPN_1x import model
 
-model.quality = "dgqp"
+model.head.quality = "dgqp"
 model.head.dgqp_topk = 4
 model.head.dgqp_channels = 64
 model.head.dgqp_add_mean = True

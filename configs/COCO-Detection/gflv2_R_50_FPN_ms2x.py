@@ -5,4 +5,4 @@ iterations at 16 images). Published: 43.9 AP on COCO minival, 44.4 on test-dev.
 
 from .gfl_R_50_FPN_ms2x import model
 
-model.quality = "dgqp"
+model.head.quality = "dgqp"

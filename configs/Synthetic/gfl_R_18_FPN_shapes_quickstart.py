@@ -9,7 +9,7 @@ in the training process: aimed at 42 AP within 10 minutes on a 2-core CPU
 
 Bins: the bin check (``train.check_bins``, 200 training images) finds 99% of
 the regression targets within about 5 strides (median 1.8, all on P3), so 12
-bins half a stride wide (``model.reg_max=12``, ``model.bin_width=0.5``: the
+bins half a stride wide (``model.head.box2box_transform.reg_max=12`` and ``.bin_width=0.5``: the
 head's box layer follows, 4 x 13 channels) cover 6 strides at twice the
 paper's resolution, instead of 16 one-stride bins mostly unused (the ablation's
 n and Δ rows, ablation_shapes.md). Backbone: ResNet-18 with 32-64-128-256
@@ -30,8 +30,8 @@ from gfl_d2.modeling.backbone import make_basic_stages
 
 from .gfl_R_18_FPN_shapes import dataloader, model, optimizer, train  # noqa: F401
 
-model.reg_max = 12
-model.bin_width = 0.5
+model.head.box2box_transform.reg_max = 12
+model.head.box2box_transform.bin_width = 0.5
 model.backbone.bottom_up.stem.out_channels = 32
 model.backbone.bottom_up.stages = L(make_basic_stages)(depth=18, width=32, norm="GN")
 

@@ -6,5 +6,5 @@ V2-against-V1 comparison of ``tools/ablation.py``.
 
 from .gfl_R_18_FPN_shapes import model, train
 
-model.quality = "dgqp"
+model.head.quality = "dgqp"
 train.output_dir = "./output/gflv2_R_18_FPN_shapes"

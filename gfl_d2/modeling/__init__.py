@@ -1,4 +1,11 @@
-from .atss import ATSSMatcher
+"""
+GFL's model parts: the meta-architecture, its head, the box representations,
+ATSS, the losses, GFL V2's quality predictor, the Localization Distillation
+wrapper, detectron2's RetinaNet and FCOS with Quality Focal Loss, and the
+backbone pieces of the released models.
+"""
+
+from .atss import ATSSMatcher, atss_labels
 from .backbone import (
     LastLevelP6P7FromP5,
     build_gfl_resnet_fpn_backbone,
@@ -10,21 +17,60 @@ from .box_coding import (
     DistributionBox2BoxTransform,
     EdgeDecoding,
     aligned_iou,
+    anchor_points,
     box2distance,
     centerness,
     distance2box,
     integral,
 )
 from .dgqp import DistributionGuidedQualityPredictor, distribution_statistics
-from .head import GFLHead, Scale
+from .distillation import LocalizationDistiller, check_teacher
+from .head import GFLHead, Scale, build_box2box_transform
 from .losses import (
+    LocalizationTargets,
     distribution_focal_loss,
     fused_quality_focal_loss,
+    localization_distillation_loss,
     quality_focal_loss,
+    reduce_mean,
     sigmoid_focal_loss,
 )
 from .meta_arch import GFL
 from .qfl_detectors import QFLFCOS, QFLRetinaNet
 from .variants import GFLVariant
 
-__all__ = [k for k in globals().keys() if not k.startswith("_")]
+__all__ = [
+    "ATSSMatcher",
+    "atss_labels",
+    "LastLevelP6P7FromP5",
+    "build_gfl_resnet_fpn_backbone",
+    "make_basic_stages",
+    "make_resnext_stages",
+    "DiracBox2BoxTransform",
+    "DistributionBox2BoxTransform",
+    "EdgeDecoding",
+    "aligned_iou",
+    "anchor_points",
+    "box2distance",
+    "centerness",
+    "distance2box",
+    "integral",
+    "DistributionGuidedQualityPredictor",
+    "distribution_statistics",
+    "LocalizationDistiller",
+    "check_teacher",
+    "GFLHead",
+    "Scale",
+    "build_box2box_transform",
+    "LocalizationTargets",
+    "distribution_focal_loss",
+    "fused_quality_focal_loss",
+    "localization_distillation_loss",
+    "quality_focal_loss",
+    "reduce_mean",
+    "sigmoid_focal_loss",
+    "GFL",
+    "QFLFCOS",
+    "QFLRetinaNet",
+    "GFLVariant",
+]

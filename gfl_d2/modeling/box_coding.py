@@ -24,6 +24,7 @@ __all__ = [
     "DistributionBox2BoxTransform",
     "DiracBox2BoxTransform",
     "centerness",
+    "anchor_points",
 ]
 
 
@@ -139,11 +140,30 @@ class EdgeDecoding(NamedTuple):
     std: Optional[Tensor] = None  # (..., 4) each edge's standard deviation, in strides
 
 
-class _AnchorCentreCoding:
+def anchor_points(anchors: Tensor, strides: Tensor) -> Tuple[Tensor, Tensor]:
     """
-    Edge distances measured from the anchor's centre in units of the level's
-    stride; anchors are ``anchor_scale x stride`` squares, so the stride is
-    the anchor side divided by ``anchor_scale``.
+    Args:
+        anchors: (R, 4) anchor boxes.
+        strides: (R,) or (R, 1) the stride of each anchor's level (the anchor
+            generator's, not inferred from the anchor's size).
+
+    Returns:
+        (R, 2) anchor centres and (R, 1) strides, float32.
+    """
+    centers = (anchors[:, :2] + anchors[:, 2:]) * 0.5
+    return centers, strides.reshape(-1, 1).to(centers.dtype)
+
+
+class DiracBox2BoxTransform:
+    """
+    The Dirac-delta box representation (plain distance regression, as in
+    FCOS/ATSS): each edge distance, in strides, is one number. The output is an
+    offset from ``anchor_scale / 2`` strides (the half side of an anchor of
+    ``anchor_scale x stride``), so that an untrained model predicts its anchor
+    box, as ATSS's anchor-based regression does; ``relu`` keeps boxes valid (as
+    detectron2's ``Box2BoxTransformLinear`` does). Starting from empty boxes
+    instead would give QFL all-zero IoU targets and the joint score could
+    collapse before the boxes learn.
     """
 
     has_distributions = False
@@ -152,52 +172,38 @@ class _AnchorCentreCoding:
         if anchor_scale <= 0:
             raise ValueError(f"anchor_scale must be > 0, got {anchor_scale}")
         self.anchor_scale = float(anchor_scale)
-
-    def centers_and_strides(self, anchors: Tensor) -> Tuple[Tensor, Tensor]:
-        """(R, 4) anchor boxes -> (R, 2) centres and (R, 1) strides."""
-        centers = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-        strides = (anchors[:, 2:3] - anchors[:, 0:1]) / self.anchor_scale
-        return centers, strides
-
-
-class DiracBox2BoxTransform(_AnchorCentreCoding):
-    """
-    The Dirac-delta box representation (plain distance regression, as in
-    FCOS/ATSS): each edge distance, in strides, is one number. The output is an
-    offset from the anchor's own half-side (``anchor_scale / 2`` strides), so
-    that an untrained model predicts its anchor box, as ATSS's anchor-based
-    regression does; ``relu`` keeps boxes valid (as detectron2's
-    ``Box2BoxTransformLinear`` does). Starting from empty boxes instead would
-    give QFL all-zero IoU targets and the joint score could collapse before the
-    boxes learn.
-    """
-
-    def __init__(self, anchor_scale: float = 8.0):
-        super().__init__(anchor_scale)
         self.num_outputs = 4
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other.anchor_scale == self.anchor_scale
+
+    def __repr__(self) -> str:
+        return f"DiracBox2BoxTransform(anchor_scale={self.anchor_scale})"
 
     def decode(self, box_regs: Tensor) -> EdgeDecoding:
         """(..., 4) box outputs -> their (..., 4) float32 distances in strides."""
         return EdgeDecoding(F.relu(box_regs.float() + self.anchor_scale / 2))
 
-    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
-        """(R, 4) anchors and (R, 4) boxes -> (R, 4) box outputs that decode to the boxes."""
-        centers, strides = self.centers_and_strides(anchors)
+    def encode(self, centers: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
+        """(R, 2) anchor centres, (R, 1) strides, (R, 4) boxes -> (R, 4) outputs decoding to the boxes."""
         return box2distance(centers, boxes) / strides - self.anchor_scale / 2
 
 
-class DistributionBox2BoxTransform(_AnchorCentreCoding):
+class DistributionBox2BoxTransform:
     """
     GFL's general distribution: the box outputs are ``4 * (n+1)`` logits, one
     distribution over the bins ``0, Δ, ..., nΔ`` (in strides) per edge (l, t,
     r, b; the bins of an edge contiguous); an edge's distance is the
     distribution's expectation (the integral).
+
+    Args:
+        reg_max: n, the largest bin (n + 1 bins per edge).
+        bin_width: Δ, the spacing of the bins in units of stride.
     """
 
     has_distributions = True
 
-    def __init__(self, reg_max: int = 16, bin_width: float = 1.0, anchor_scale: float = 8.0):
-        super().__init__(anchor_scale)
+    def __init__(self, reg_max: int = 16, bin_width: float = 1.0):
         if reg_max < 1:
             raise ValueError(f"reg_max must be >= 1, got {reg_max}")
         if bin_width <= 0:
@@ -206,22 +212,31 @@ class DistributionBox2BoxTransform(_AnchorCentreCoding):
         self.bin_width = float(bin_width)
         self.num_outputs = 4 * (self.reg_max + 1)
 
+    def __eq__(self, other) -> bool:
+        return (
+            type(other) is type(self)
+            and (other.reg_max, other.bin_width) == (self.reg_max, self.bin_width)
+        )
+
+    def __repr__(self) -> str:
+        return f"DistributionBox2BoxTransform(reg_max={self.reg_max}, bin_width={self.bin_width})"
+
     def decode(self, box_regs: Tensor) -> EdgeDecoding:
         """(..., 4(n+1)) logits -> expected distances, the distributions and their std (strides)."""
         probs = edge_distributions(box_regs)
         mean, std = distribution_mean_std(probs, self.bin_width)
         return EdgeDecoding(mean, probs, std)
 
-    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
+    def encode(self, centers: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
         """
         Args:
-            anchors: (R, 4) anchors.
+            centers: (R, 2) anchor centres.
+            strides: (R, 1) their levels' strides.
             boxes: (R, 4) matched ground-truth boxes.
 
         Returns:
             (R, 4) DFL targets: distances in bins, clamped to [0, reg_max - 0.1]
             so that the right neighbour bin always exists.
         """
-        centers, strides = self.centers_and_strides(anchors)
         dist = box2distance(centers, boxes) / (strides * self.bin_width)
         return dist.clamp(min=0.0, max=self.reg_max - 0.1)

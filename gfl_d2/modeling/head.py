@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from .box_coding import DiracBox2BoxTransform, DistributionBox2BoxTransform
 from .dgqp import DistributionGuidedQualityPredictor
-from .variants import BOX_REPRESENTATIONS, QUALITIES, SEPARATE_QUALITIES
+from .variants import BOX_REPRESENTATIONS, SEPARATE_QUALITIES, check_quality
 
-__all__ = ["GFLHead", "Scale"]
+__all__ = ["GFLHead", "Scale", "build_box2box_transform"]
 
 
 class Scale(nn.Module):
@@ -47,54 +47,43 @@ def _shared_in_channels(input_shape: List[ShapeSpec], norm) -> int:
     return channels.pop()
 
 
-def _box_channels(reg_max: int, box_representation: str) -> int:
-    """
-    Box outputs per location, as the model's box transform reads them:
-    ``4 * (n + 1)`` edge-distribution logits, or 4 distances ("dirac").
-    """
-    if box_representation not in BOX_REPRESENTATIONS:
-        raise ValueError(
-            f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}"
-        )
-    if box_representation == "dirac":
-        return DiracBox2BoxTransform().num_outputs
-    return DistributionBox2BoxTransform(reg_max).num_outputs
-
-
-def _check_quality(quality: str, box_representation: str, reg_max: int, dgqp_topk: int) -> None:
+def _check_dgqp_bins(box2box_transform, dgqp_topk: int) -> None:
     """GFL V2's quality reads the top ``dgqp_topk`` bins of each edge distribution: they must exist."""
-    if quality not in QUALITIES:
-        raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
-    if quality != "dgqp":
-        return
-    if box_representation != "distribution":
+    if box2box_transform.num_outputs // 4 < dgqp_topk:
         raise ValueError(
-            "quality='dgqp' predicts the quality from the edge distributions: it needs "
-            "box_representation='distribution'"
+            f"quality='dgqp' reads the top {dgqp_topk} of each edge's n + 1 bins, but "
+            f"{box2box_transform} gives {box2box_transform.num_outputs // 4}"
         )
-    if reg_max + 1 < dgqp_topk:
+
+
+def build_box2box_transform(cfg):
+    """The box representation of a yacs config: ``MODEL.GFL.BOX_REPRESENTATION`` and its settings."""
+    g = cfg.MODEL.GFL
+    if g.BOX_REPRESENTATION not in BOX_REPRESENTATIONS:
         raise ValueError(
-            f"quality='dgqp' reads the top {dgqp_topk} of each edge's n + 1 bins, but reg_max={reg_max} "
-            f"gives {reg_max + 1}"
+            f"MODEL.GFL.BOX_REPRESENTATION must be one of {BOX_REPRESENTATIONS}, "
+            f"got {g.BOX_REPRESENTATION!r}"
         )
+    if g.BOX_REPRESENTATION == "dirac":
+        return DiracBox2BoxTransform(g.ANCHOR_SCALE)
+    return DistributionBox2BoxTransform(g.REG_MAX, g.BIN_WIDTH)
 
 
 class GFLHead(nn.Module):
     """
     Two towers of ``len(conv_dims)`` conv3x3 + norm + ReLU, shared across
     levels; ``cls_score`` predicts one joint classification-IoU logit per
-    class, ``bbox_pred`` the box outputs (the ``4 * (n + 1)`` logits of the
-    four edge distributions, or 4 distances with ``box_representation="dirac"``),
+    class, ``bbox_pred`` the box outputs its ``box2box_transform`` decodes (the
+    ``4 * (n + 1)`` logits of the four edge distributions, or 4 distances),
     multiplied by a learnable scalar per level. A quality of its own adds one
     logit per location: ``quality_pred`` from the regression tower for
     "centerness" / "iou" (FCOS/ATSS's branch), ``dgqp`` from the statistics of
     the edge distributions for "dgqp" (GFL V2's
     :class:`DistributionGuidedQualityPredictor`).
 
-    The layout follows from the model's settings ``reg_max``,
-    ``box_representation`` and ``quality``, which the configs pass down by
-    interpolation (``reg_max="${..reg_max}"``, as ``num_classes``), so that one
-    override of the model's setting changes both.
+    The head is the one source of its output layout: the model
+    (:class:`~gfl_d2.modeling.GFL`) decodes with the head's ``box2box_transform``
+    and trains the head's ``quality``.
 
     Args:
         input_shape: one ShapeSpec per FPN level (all with the same channels).
@@ -103,8 +92,13 @@ class GFLHead(nn.Module):
         norm: normalisation of the tower convs (see ``detectron2.layers.get_norm``);
             GFL uses "GN" (GroupNorm with 32 groups).
         prior_prob: initial foreground probability of the classifier.
-        reg_max, box_representation, quality: the model's settings
-            (:class:`GFL`, :class:`GFLVariant`) that decide the layout.
+        box2box_transform: what the box outputs are
+            (:class:`DistributionBox2BoxTransform`: n and Δ of the bins;
+            :class:`DiracBox2BoxTransform`: one distance per edge); its
+            ``num_outputs`` is the number of box channels.
+        quality: "joint" (in the classification score), "dgqp" (GFL V2),
+            "centerness" / "iou" (a separate branch) or "none"; see
+            :class:`~gfl_d2.modeling.GFLVariant`.
         dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std: GFL V2's
             predictor: top-k per edge (4), hidden width (64), mean statistic
             (on) and initialisation std (0.01).
@@ -119,8 +113,7 @@ class GFLHead(nn.Module):
         conv_dims: List[int],
         norm: str = "GN",
         prior_prob: float = 0.01,
-        reg_max: int = 16,
-        box_representation: str = "distribution",
+        box2box_transform,
         quality: str = "joint",
         dgqp_topk: int = 4,
         dgqp_channels: int = 64,
@@ -130,22 +123,21 @@ class GFLHead(nn.Module):
         super().__init__()
         in_channels = _shared_in_channels(input_shape, norm)
         self.num_classes = num_classes
-        self.reg_max, self.box_representation, self.quality = (
-            int(reg_max),
-            box_representation,
-            quality,
-        )
-        self.box_channels = _box_channels(self.reg_max, box_representation)
-        _check_quality(quality, box_representation, self.reg_max, dgqp_topk)
+        self.box2box_transform, self.quality = box2box_transform, quality
+        representation = "distribution" if box2box_transform.has_distributions else "dirac"
+        check_quality(quality, representation)
         self.has_quality_branch = quality in SEPARATE_QUALITIES
         self.has_quality_predictor = quality == "dgqp"
+        if self.has_quality_predictor:
+            _check_dgqp_bins(box2box_transform, dgqp_topk)
         self._num_levels = len(input_shape)
 
         self.cls_subnet = _tower(in_channels, conv_dims, norm)
         self.bbox_subnet = _tower(in_channels, conv_dims, norm)
         last = conv_dims[-1] if conv_dims else in_channels
         self.cls_score = nn.Conv2d(last, num_classes, kernel_size=3, stride=1, padding=1)
-        self.bbox_pred = nn.Conv2d(last, self.box_channels, kernel_size=3, stride=1, padding=1)
+        box_channels = box2box_transform.num_outputs
+        self.bbox_pred = nn.Conv2d(last, box_channels, kernel_size=3, stride=1, padding=1)
         if self.has_quality_branch:
             self.quality_pred = nn.Conv2d(last, 1, kernel_size=3, stride=1, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(self._num_levels)])
@@ -155,6 +147,12 @@ class GFLHead(nn.Module):
             self.dgqp = DistributionGuidedQualityPredictor(
                 dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std
             )
+
+    @property
+    def output_channels(self) -> List[int]:
+        """Channels of the outputs, in order: class logits, box outputs, (quality logit)."""
+        channels = [self.num_classes, self.box2box_transform.num_outputs]
+        return channels + [1] if self.has_quality_branch or self.has_quality_predictor else channels
 
     def _init_weights(self, prior_prob: float) -> None:
         """Convs normal(0, 0.01), biases 0; the classifier's bias gives every class ``prior_prob``."""
@@ -174,8 +172,7 @@ class GFLHead(nn.Module):
             "conv_dims": [input_shape[0].channels] * g.NUM_CONVS,
             "norm": g.NORM,
             "prior_prob": g.PRIOR_PROB,
-            "reg_max": g.REG_MAX,
-            "box_representation": g.BOX_REPRESENTATION,
+            "box2box_transform": build_box2box_transform(cfg),
             "quality": g.QUALITY,
             "dgqp_topk": g.DGQP_TOPK,
             "dgqp_channels": g.DGQP_CHANNELS,

@@ -10,9 +10,11 @@ fp16/bf16 autocast: log-probabilities of confident predictions underflow in
 half precision.
 """
 
-from typing import Optional
+from typing import List, NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
+from detectron2.utils import comm
 from fvcore.nn import sigmoid_focal_loss as _fvcore_sigmoid_focal_loss
 from torch import Tensor
 from torch.nn import functional as F
@@ -24,7 +26,27 @@ __all__ = [
     "localization_distillation_loss",
     "sigmoid_focal_loss",
     "dense_class_targets",
+    "reduce_mean",
+    "LocalizationTargets",
 ]
+
+
+class LocalizationTargets(NamedTuple):
+    """What Localization Distillation gives a student's losses: a teacher's box outputs."""
+
+    box_regs: List[Tensor]  # per level, (N, R_l, 4(n+1)) the teacher's edge-distribution logits
+    weight: float  # of loss_ld
+    temperature: float  # T of the softened distributions
+
+
+def reduce_mean(tensor: Tensor) -> Tensor:
+    """Average a loss normaliser over all workers (a no-op in a single process)."""
+    world_size = comm.get_world_size()
+    if world_size == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / world_size
 
 
 def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:

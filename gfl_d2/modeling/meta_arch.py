@@ -1,82 +1,54 @@
 """The GFL meta-architecture: a detectron2 ``DenseDetector``."""
 
-import logging
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import GFL_ARGUMENT_KEYS, LD_ARGUMENT_KEYS
 from .atss import ATSSMatcher, atss_labels
-from .box_coding import aligned_iou, box2distance, centerness, distance2box
-from .distillation import build_teacher, check_teacher, teacher_box_outputs
-from .frozen_inference import CPU_INFERENCE_MODES, FrozenCPUInference
+from .box_coding import aligned_iou, anchor_points, box2distance, centerness, distance2box
 from .head import GFLHead
-from .input_checks import with_checked_ground_truth
-from .losses import distribution_focal_loss, localization_distillation_loss
-from .postprocess import (
-    class_aware_nms,
+from .losses import (
+    LocalizationTargets,
+    distribution_focal_loss,
+    localization_distillation_loss,
     reduce_mean,
-    rescale_box_std,
-    top_candidates,
-    valid_clipped,
 )
+from .postprocess import class_aware_nms, rescale_box_std, top_candidates, valid_clipped
 from .variants import GFLVariant
 
 __all__ = ["GFL"]
 
-logger = logging.getLogger(__name__)
 
-
-def _check_head_reads_the_model_settings(head: nn.Module, **settings) -> None:
-    """
-    A head that derives its layout from the model's settings (:class:`GFLHead`)
-    must have been given the same values; the configs pass them down by
-    interpolation, so only an override of the head's own copy can differ.
-    """
-    for name, value in settings.items():
-        head_value = getattr(head, name, value)
-        if head_value != value:
-            raise ValueError(
-                f"the head was built with {name}={head_value!r} but the model has {name}={value!r}: "
-                f"set model.{name} only (the head reads it from the model)"
-            )
-
-
-def _one_anchor_per_location(
-    anchor_generator: Optional[nn.Module], strides: List[int], anchor_scale: float
-):
-    """The given anchor generator, or one ``anchor_scale x stride`` square per location; refuses more than one."""
-    if anchor_generator is None:
-        anchor_generator = DefaultAnchorGenerator(
-            sizes=[[anchor_scale * s] for s in strides],
-            aspect_ratios=[1.0],
-            strides=strides,
-            offset=0.0,
-        )
+def _check_anchors(anchor_generator: nn.Module, feature_strides: List[int]) -> None:
+    """GFL needs one anchor per location, on the levels of the head's features."""
     if any(n != 1 for n in anchor_generator.num_cell_anchors):
         raise ValueError("GFL needs exactly one anchor per location (one size, one aspect ratio)")
-    return anchor_generator
+    strides = list(anchor_generator.strides)
+    if strides != list(feature_strides):
+        raise ValueError(
+            f"the anchor generator's strides {strides} differ from the strides of the head's "
+            f"features {list(feature_strides)}"
+        )
 
 
 class _Positives(NamedTuple):
-    """The positive anchors of a batch, decoded in units of their level's stride as in the reference."""
+    """The positive anchors of a batch, decoded in units of their level's stride."""
 
     img: Tensor  # (P,) image index
     anchor: Tensor  # (P,) anchor index (levels concatenated)
     box_regs: Tensor  # (P, D) box outputs
-    anchors: Tensor  # (P, 4) anchor boxes, pixels
-    gt_boxes: Tensor  # (P, 4) matched boxes, pixels
     centers: Tensor  # (P, 2) anchor centres, pixels
+    strides: Tensor  # (P, 1) their levels' strides
+    gt_boxes: Tensor  # (P, 4) matched boxes, pixels
     pred_boxes: Tensor  # (P, 4) decoded boxes, strides
     target_boxes: Tensor  # (P, 4) matched boxes, strides
     ious: Tensor  # (P,) IoU of the detached predicted boxes with their targets (QFL's targets)
@@ -85,63 +57,40 @@ class _Positives(NamedTuple):
 @META_ARCH_REGISTRY.register()
 class GFL(DenseDetector):
     """
-    Generalized Focal Loss V1 (:paper:`gfl`): a joint classification-IoU score
+    Generalized Focal Loss (:paper:`gfl`): a joint classification-IoU score
     trained with Quality Focal Loss, general edge distributions trained with
     Distribution Focal Loss and GIoU on the integral, and ATSS assignment.
-    With ``quality="dgqp"`` it is GFL V2: the score is multiplied by a quality
-    predicted from the edge distributions' statistics, and QFL trains the
-    product.
+    With a head of quality "dgqp" it is GFL V2: the score is multiplied by a
+    quality predicted from the edge distributions, and QFL trains the product.
 
-    The paper's ablation axes (``cls_loss``, ``quality``, ``box_representation``,
-    ``box_loss_weighting``) are settings of this one model, resolved once into
-    a :class:`GFLVariant`; the variants are config files
-    (``configs/Synthetic/Ablations/``). Each is one setting: the head reads
-    ``reg_max``, ``box_representation`` and ``quality`` from the model.
+    The head is the one source of the output layout: this model decodes with
+    ``head.box2box_transform`` and trains ``head.quality``; with its own
+    ``cls_loss`` and ``box_loss_weighting`` they make the :class:`GFLVariant`
+    (the paper's ablation axes; the variants are config files).
 
     Args:
         backbone: a backbone whose features ``head_in_features`` feed the head.
-        head: a head whose ``forward(features)`` returns ``[cls_logits,
-            box_regs]`` (+ ``[quality_logits]``) per level, e.g. :class:`GFLHead`
-            built with this model's ``reg_max``, ``box_representation`` and
-            ``quality`` (checked).
-        anchor_generator: one ``anchor_scale x stride`` square per location
-            (default: from the backbone's strides).
-        anchor_matcher: label assignment; default ``ATSSMatcher(topk=9)``.
+        head: a head (:class:`GFLHead`) whose ``forward(features)`` returns
+            ``[cls_logits, box_regs]`` (+ ``[quality_logits]``) per level, with
+            ``box2box_transform``, ``quality`` and ``output_channels``.
+        anchor_generator: one anchor per location; its strides are the levels'
+            strides, in which the box outputs are measured.
+        anchor_matcher: label assignment (:class:`ATSSMatcher`).
         num_classes: number of foreground classes.
-        reg_max: n, the largest bin of each edge distribution (n+1 bins).
-        bin_width: Δ, the spacing of the bins in units of stride.
-        anchor_scale: anchor side / stride (GFL's octave base scale, 8).
+        cls_loss, box_loss_weighting: see :class:`GFLVariant`.
         qfl_beta: β of Quality Focal Loss.
-        cls_loss, quality, box_representation, box_loss_weighting: the
-            paper's ablation axes, see :class:`GFLVariant`.
         focal_loss_alpha, focal_loss_gamma: of Focal Loss (``cls_loss="focal"``).
-        loss_*_weight: weights of the losses (classification (QFL or Focal
-            Loss) 1, GIoU 2.0, DFL 0.25, separate quality 1.0).
-            ``loss_dfl_weight=0`` turns DFL off.
+        loss_*_weight: weights of the losses; ``loss_dfl_weight=0`` turns DFL off.
         test_*: inference filtering: score threshold, top-k (location, class)
             pairs per level, NMS IoU; max_detections_per_image after NMS.
-        output_box_distributions: add ``pred_box_dists`` (N, 4, n+1), each
-            edge's distribution over its bins, and ``pred_box_std`` (N, 4),
-            in output-image pixels, to the results (not with "dirac").
-            A model with a quality ("dgqp", "centerness", "iou") always adds
+        output_box_distributions: add ``pred_box_dists`` (N, 4, n+1) and
+            ``pred_box_std`` (N, 4, output-image pixels) to the results; needs
+            edge distributions. A model with a quality always adds
             ``pred_quality`` (N,), the quality that multiplied the score.
-        size_divisibility: pad images to a multiple of this (``None``: the
-            backbone's, 128 with P7; the released models used 32).
-        cpu_inference: "eager" (default) or "frozen": inference on the CPU
-            (eval mode, no gradients, no autocast) runs the backbone and head
-            through a frozen trace for oneDNN, equal to eager up to float32
-            rounding (:mod:`gfl_d2.modeling.frozen_inference`).
+        size_divisibility: pad images to a multiple of this (the released
+            models: 32; ``None``: the backbone's).
         pixel_mean, pixel_std: normalisation, in the channel order of
             ``input_format``.
-        teacher: a trained GFL model (:func:`~gfl_d2.modeling.distillation.build_teacher`)
-            whose edge distributions this model learns by Localization
-            Distillation while training (``loss_ld``); it must have the same
-            n, Δ, anchors, levels and classes (checked). It is frozen, in eval
-            mode, outside this module's tree: in no ``state_dict`` (the
-            checkpoints are a plain GFL's), no ``parameters()`` (the optimizer,
-            DDP), moved by ``.to()`` with the model.
-        loss_ld_weight, ld_temperature: LD's weight (0.25) and temperature T
-            (10), as in MMDetection's ``LDHead``.
     """
 
     @configurable
@@ -150,16 +99,11 @@ class GFL(DenseDetector):
         *,
         backbone: Backbone,
         head: nn.Module,
-        head_in_features: Optional[List[str]] = None,
-        anchor_generator: Optional[nn.Module] = None,
-        anchor_matcher: Optional[ATSSMatcher] = None,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        anchor_matcher: ATSSMatcher,
         num_classes: int,
-        reg_max: int = 16,
-        bin_width: float = 1.0,
-        anchor_scale: float = 8.0,
         cls_loss: str = "auto",
-        quality: str = "joint",
-        box_representation: str = "distribution",
         box_loss_weighting: str = "auto",
         qfl_beta: float = 2.0,
         focal_loss_alpha: float = 0.25,
@@ -173,28 +117,19 @@ class GFL(DenseDetector):
         test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 100,
         output_box_distributions: bool = True,
-        size_divisibility: Optional[int] = None,
-        cpu_inference: str = "eager",
+        size_divisibility: Optional[int] = 32,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "RGB",
-        teacher: Optional[nn.Module] = None,
-        loss_ld_weight: float = 0.25,
-        ld_temperature: float = 10.0,
     ):
-        super().__init__(
-            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
-        )
+        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.num_classes = num_classes
-        self.variant = GFLVariant(cls_loss, quality, box_representation, box_loss_weighting)
-        self.box2box_transform = self.variant.box_transform(reg_max, bin_width, anchor_scale)
-        _check_head_reads_the_model_settings(
-            head, reg_max=reg_max, box_representation=box_representation, quality=quality
-        )
-        strides = [backbone.output_shape()[k].stride for k in self.head_in_features]
-        self.anchor_generator = _one_anchor_per_location(anchor_generator, strides, anchor_scale)
-        self.anchor_matcher = anchor_matcher if anchor_matcher is not None else ATSSMatcher(topk=9)
-
+        self.box2box_transform = head.box2box_transform
+        representation = "distribution" if self.box2box_transform.has_distributions else "dirac"
+        self.variant = GFLVariant(cls_loss, head.quality, representation, box_loss_weighting)
+        shapes = backbone.output_shape()
+        _check_anchors(anchor_generator, [shapes[f].stride for f in self.head_in_features])
+        self.anchor_generator, self.anchor_matcher = anchor_generator, anchor_matcher
         self.cls_loss = self.variant.classification_loss(
             num_classes, qfl_beta, focal_loss_alpha, focal_loss_gamma
         )
@@ -202,44 +137,13 @@ class GFL(DenseDetector):
         self.quality_target = self.variant.quality_target()
         self.loss_cls_weight, self.loss_bbox_weight = loss_cls_weight, loss_bbox_weight
         # DFL trains distributions: a Dirac model has none
-        self.loss_dfl_weight = loss_dfl_weight if self.box2box_transform.has_distributions else 0.0
+        self.loss_dfl_weight = loss_dfl_weight if representation == "distribution" else 0.0
         self.loss_quality_weight = loss_quality_weight
-
         self.test_score_thresh, self.test_topk_candidates = test_score_thresh, test_topk_candidates
-        self.test_nms_thresh, self.max_detections_per_image = (
-            test_nms_thresh,
-            max_detections_per_image,
-        )
-        if output_box_distributions and not self.box2box_transform.has_distributions:
-            logger.info("GFL: box_representation='dirac' has no edge distributions to output")
-            output_box_distributions = False
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
         self.output_box_distributions = output_box_distributions
         self.size_divisibility, self.input_format = size_divisibility, input_format
-        if cpu_inference not in CPU_INFERENCE_MODES:
-            raise ValueError(
-                f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {cpu_inference!r}"
-            )
-        self.cpu_inference = cpu_inference
-        self._frozen_cpu = FrozenCPUInference(self.backbone, self.head, self.head_in_features)
-        if teacher is not None:
-            check_teacher(self, teacher)
-            teacher.eval()
-            teacher.requires_grad_(False)
-        # not a submodule: the teacher stays out of state_dict, parameters() and DDP
-        object.__setattr__(self, "_teacher", teacher)
-        self.loss_ld_weight, self.ld_temperature = loss_ld_weight, ld_temperature
-
-    @property
-    def teacher(self) -> Optional[nn.Module]:
-        """The frozen LD teacher, or None."""
-        return self._teacher
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to() / .cuda() / .half() move the hidden teacher with the student
-        teacher = getattr(self, "_teacher", None)  # None while nn.Module / DenseDetector set up
-        if teacher is not None:
-            teacher._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
 
     @property
     def output_box_distributions(self) -> bool:
@@ -250,83 +154,37 @@ class GFL(DenseDetector):
     def output_box_distributions(self, value: bool):
         if value and not self.box2box_transform.has_distributions:
             raise ValueError(
-                "this GFL model (box_representation='dirac') has no edge distributions to output"
+                f"output_box_distributions: the head's {self.box2box_transform} has no edge "
+                "distributions to output; set output_box_distributions=False"
             )
         self._output_box_distributions = bool(value)
 
-    @property
-    def _prediction_channels(self) -> List[int]:
-        """Channels of the head's outputs, in order: class logits, box outputs, (quality logit)."""
-        channels = [self.num_classes, self.box2box_transform.num_outputs]
-        return channels + [1] if self.variant.predicts_quality else channels
-
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        feature_shapes = [backbone.output_shape()[f] for f in cfg.MODEL.GFL.IN_FEATURES]
         g = cfg.MODEL.GFL
+        backbone = build_backbone(cfg)
+        feature_shapes = [backbone.output_shape()[f] for f in g.IN_FEATURES]
+        settings = {arg: g[key] for arg, key in GFL_YACS_KEYS.items()}
         return {
             "backbone": backbone,
             "head": GFLHead(cfg, feature_shapes),
             "head_in_features": g.IN_FEATURES,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "anchor_matcher": ATSSMatcher(topk=g.ATSS_TOPK),
-            **{arg: g[key] for arg, key in GFL_ARGUMENT_KEYS.items()},
+            **settings,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "size_divisibility": g.SIZE_DIVISIBILITY or None,
-            "cpu_inference": g.CPU_INFERENCE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
-            "teacher": (
-                build_teacher(g.LD.TEACHER_CONFIG, g.LD.TEACHER_WEIGHTS, g.LD.TEACHER_OPTS)
-                if g.LD.TEACHER_CONFIG
-                else None
-            ),
-            **{arg: g.LD[key] for arg, key in LD_ARGUMENT_KEYS.items()},
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        if self.training and not torch.jit.is_scripting():
-            batched_inputs = with_checked_ground_truth(
-                batched_inputs, self.num_classes, self.device
-            )
-        outputs = (
-            self._frozen_forward(batched_inputs)
-            if self._runs_frozen()
-            else super().forward(batched_inputs)
-        )
+        outputs = super().forward(batched_inputs)
         if self.training or torch.jit.is_scripting() or not self.output_box_distributions:
             return outputs
+        # detector_postprocess rescales the boxes to the requested size: the std follows
         return rescale_box_std(outputs, batched_inputs)
-
-    def _runs_frozen(self) -> bool:
-        """Whether this call runs the frozen backbone and head (``cpu_inference="frozen"``, see the class)."""
-        return (
-            self.cpu_inference == "frozen"
-            and not self.training
-            and self.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_scripting()
-            and not torch.jit.is_tracing()
-        )
-
-    def _frozen_forward(
-        self, batched_inputs: List[Dict[str, Tensor]]
-    ) -> List[Dict[str, Instances]]:
-        """DenseDetector's inference, with the backbone and head run by :class:`FrozenCPUInference`."""
-        images = self.preprocess_image(batched_inputs)
-        features, predictions = self._frozen_cpu(images.tensor)
-        results = self.forward_inference(images, features, predictions)
-        return [
-            {
-                "instances": detector_postprocess(
-                    r, x.get("height", size[0]), x.get("width", size[1])
-                )
-            }
-            for r, x, size in zip(results, batched_inputs, images.image_sizes)
-        ]
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         if self.size_divisibility is None:
@@ -337,16 +195,31 @@ class GFL(DenseDetector):
             images, self.size_divisibility, padding_constraints=self.backbone.padding_constraints
         )
 
+    def level_strides(self, anchors: List[Boxes]) -> Tensor:
+        """(R,) the stride of each anchor's level (levels concatenated), float32."""
+        device = anchors[0].tensor.device
+        return torch.cat(
+            [
+                torch.full((len(a),), float(s), device=device)
+                for a, s in zip(anchors, self.anchor_generator.strides)
+            ]
+        )
+
     # ------------------------------------------------------------------ training
-    def forward_training(self, images, features, predictions, gt_instances):
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: List[List[Tensor]],
+        gt_instances: List[Instances],
+        distillation: Optional[LocalizationTargets] = None,
+    ) -> Dict[str, Tensor]:
+        """DenseDetector's training step; ``distillation``: a teacher's box outputs (LD)."""
         pred_logits, pred_box_regs, *pred_quality_logits = self._transpose_dense_predictions(
-            predictions, self._prediction_channels
+            predictions, self.head.output_channels
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        teacher_box_regs = None
-        if self._teacher is not None:
-            teacher_box_regs = teacher_box_outputs(self._teacher, images.tensor, self)
         return self.losses(
             anchors,
             pred_logits,
@@ -354,7 +227,7 @@ class GFL(DenseDetector):
             pred_box_regs,
             gt_boxes,
             *pred_quality_logits,
-            teacher_box_regs=teacher_box_regs,
+            distillation=distillation,
         )
 
     @torch.no_grad()
@@ -370,7 +243,7 @@ class GFL(DenseDetector):
         pred_box_regs: List[Tensor],
         gt_boxes: List[Tensor],
         pred_quality_logits: Optional[List[Tensor]] = None,
-        teacher_box_regs: Optional[List[Tensor]] = None,
+        distillation: Optional[LocalizationTargets] = None,
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -383,15 +256,14 @@ class GFL(DenseDetector):
             gt_boxes: per image, (R, 4) matched boxes.
             pred_quality_logits: per level, (N, R_l, 1), with a quality branch
                 or the distribution-guided quality predictor.
-            teacher_box_regs: per level, (N, R_l, D) an LD teacher's box
-                outputs on the same batch, or None.
+            distillation: an LD teacher's box outputs on the same batch, or None.
 
         Returns:
             ``loss_qfl`` (``loss_cls`` with Focal Loss; with "dgqp" QFL on
             ``sigmoid(logits) * sigmoid(quality)``) and ``loss_quality`` (a
             separate quality branch), normalised by the number of positives;
-            ``loss_bbox``, ``loss_dfl`` (and ``loss_ld`` with a teacher) from
-            :meth:`box_losses`. Weights applied, normalisers averaged over workers.
+            ``loss_bbox``, ``loss_dfl`` (and ``loss_ld``) from :meth:`box_losses`.
+            Weights applied, normalisers averaged over workers.
         """
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
@@ -400,32 +272,20 @@ class GFL(DenseDetector):
         pos_normalizer = reduce_mean(num_pos.float()).clamp(min=1.0)
 
         pred_logits = torch.cat(pred_logits, dim=1)  # (N, R, C)
-        quality_logits = (
-            None if pred_quality_logits is None else torch.cat(pred_quality_logits, dim=1)
-        )  # (N, R, 1)
+        quality_logits = None if pred_quality_logits is None else torch.cat(pred_quality_logits, 1)
         pos = self.decode_positives(pos_mask, anchors, pred_box_regs, gt_boxes)
         # V2: QFL on the fused score also reaches the distributions, through the quality predictor
-        fused = quality_logits if self.variant.has_quality_predictor else None
-        loss_cls = self.cls_loss(pred_logits, gt_labels, pos.ious, fused)
+        dgqp_logits = quality_logits if self.variant.has_quality_predictor else None
+        loss_cls = self.cls_loss(pred_logits, gt_labels, pos.ious, dgqp_logits)
         losses = {self.cls_loss.name: loss_cls * self.loss_cls_weight / pos_normalizer}
-
-        if fused is not None and len(pos.img):
-            # V2's predicted quality at the positives: its spread shows whether the predictor has learned yet
-            quality = quality_logits[pos.img, pos.anchor, 0].detach().float().sigmoid()
-            get_event_storage().put_scalars(
-                dgqp_quality_mean=quality.mean().item(),
-                dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0,
-            )
+        if dgqp_logits is not None:
+            _log_predicted_quality(dgqp_logits[pos.img, pos.anchor, 0])
         ctr_targets = centerness(box2distance(pos.centers, pos.gt_boxes))  # (P,)
-        teacher_pos = (
-            None
-            if teacher_box_regs is None
-            else torch.cat(teacher_box_regs, dim=1)[pos.img, pos.anchor]
-        )
-        losses.update(self.box_losses(pos, pred_logits, fused, ctr_targets, teacher_pos))
-        if (
-            self.variant.has_quality_branch
-        ):  # a separate centerness / IoU branch, BCE on the positives
+        teacher_pos = None
+        if distillation is not None:
+            teacher_pos = torch.cat(distillation.box_regs, dim=1)[pos.img, pos.anchor]
+        losses.update(self.box_losses(pos, pred_logits, dgqp_logits, ctr_targets, teacher_pos, distillation))
+        if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
             pos_quality = quality_logits[pos.img, pos.anchor, 0].float()  # (P,)
             targets = self.quality_target(pos.ious, ctr_targets)
             loss_quality = F.binary_cross_entropy_with_logits(pos_quality, targets, reduction="sum")
@@ -451,32 +311,25 @@ class GFL(DenseDetector):
         pos_img, pos_anchor = pos_mask.nonzero(as_tuple=True)
         pos_box_regs = torch.cat(pred_box_regs, dim=1)[pos_img, pos_anchor]  # (P, D)
         pos_anchors = Boxes.cat(anchors).tensor[pos_anchor].float()  # (P, 4)
+        centers, strides = anchor_points(pos_anchors, self.level_strides(anchors)[pos_anchor])
         pos_gt_boxes = torch.stack(gt_boxes)[pos_img, pos_anchor].float()  # (P, 4)
-        centers, strides = self.box2box_transform.centers_and_strides(pos_anchors)
-        pred_boxes = distance2box(
-            centers / strides, self.box2box_transform.decode(pos_box_regs).distances
-        )
+        distances = self.box2box_transform.decode(pos_box_regs).distances
+        pred_boxes = distance2box(centers / strides, distances)
         target_boxes = pos_gt_boxes / strides
         ious = aligned_iou(pred_boxes.detach(), target_boxes)  # (P,)
         return _Positives(
-            pos_img,
-            pos_anchor,
-            pos_box_regs,
-            pos_anchors,
-            pos_gt_boxes,
-            centers,
-            pred_boxes,
-            target_boxes,
-            ious,
-        )
+            pos_img, pos_anchor, pos_box_regs, centers, strides, pos_gt_boxes, pred_boxes,
+            target_boxes, ious,
+        )  # fmt: skip
 
     def box_losses(
         self,
         pos: _Positives,
         pred_logits: Tensor,
-        fused: Optional[Tensor],
+        dgqp_logits: Optional[Tensor],
         ctr_targets: Tensor,
         teacher_pos: Optional[Tensor] = None,
+        distillation: Optional[LocalizationTargets] = None,
     ) -> Dict[str, Tensor]:
         """
         GIoU (``loss_bbox``) and DFL (``loss_dfl``), each positive weighted
@@ -487,41 +340,42 @@ class GFL(DenseDetector):
         Args:
             pos: from :meth:`decode_positives`.
             pred_logits: (N, R, C) class logits.
-            fused: (N, R, 1) V2's quality logits, else None.
+            dgqp_logits: (N, R, 1) V2's quality logits, else None.
             ctr_targets: (P,) the positives' centerness targets.
-            teacher_pos: (P, D) an LD teacher's box outputs at the positives:
-                adds ``loss_ld``, weighted per positive as the box losses are and,
-                as in MMDetection's ``LDHead``, summed over the positives' edges
-                and divided by 4 (not by the positives' weights).
+            teacher_pos, distillation: (P, D) an LD teacher's box outputs at the
+                positives, and its weight and temperature: adds ``loss_ld``,
+                weighted per positive as the box losses are and, as in
+                MMDetection's ``LDHead``, summed over the positives' edges and
+                divided by 4 (not by the positives' weights).
         """
         pos_scores = pred_logits.detach()[pos.img, pos.anchor].float().sigmoid()  # (P, C)
-        if fused is not None:
-            pos_scores = pos_scores * fused.detach()[pos.img, pos.anchor].float().sigmoid()
+        if dgqp_logits is not None:
+            pos_scores = pos_scores * dgqp_logits.detach()[pos.img, pos.anchor].float().sigmoid()
         weights = self.box_loss_weights(pos_scores, ctr_targets)  # (P,)
         box_normalizer = reduce_mean(weights.sum()).clamp(min=self.variant.min_box_normalizer)
         loss_giou = giou_loss(pos.pred_boxes, pos.target_boxes, reduction="none")
-        losses = {"loss_bbox": (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer}
+        loss_bbox = (loss_giou * weights).sum() * self.loss_bbox_weight / box_normalizer
+        losses = {"loss_bbox": loss_bbox}
         if self.loss_dfl_weight > 0:
-            dfl_targets = self.box2box_transform.encode(pos.anchors, pos.gt_boxes)  # (P, 4) in bins
-            loss_dfl = distribution_focal_loss(
-                pos.box_regs.unflatten(-1, (4, -1)), dfl_targets
-            ).mean(dim=1)
-            losses["loss_dfl"] = (loss_dfl * weights).sum() * self.loss_dfl_weight / box_normalizer
+            dfl_targets = self.box2box_transform.encode(pos.centers, pos.strides, pos.gt_boxes)
+            loss_dfl = distribution_focal_loss(pos.box_regs.unflatten(-1, (4, -1)), dfl_targets)
+            loss_dfl = (loss_dfl.mean(dim=1) * weights).sum()
+            losses["loss_dfl"] = loss_dfl * self.loss_dfl_weight / box_normalizer
         if teacher_pos is not None:
             loss_ld = localization_distillation_loss(
                 pos.box_regs.unflatten(-1, (4, -1)),
                 teacher_pos.unflatten(-1, (4, -1)),
-                self.ld_temperature,
+                distillation.temperature,
             )  # (P, 4)
-            losses["loss_ld"] = (loss_ld * weights[:, None]).sum() * self.loss_ld_weight / 4
+            losses["loss_ld"] = (loss_ld * weights[:, None]).sum() * distillation.weight / 4
         return losses
 
     # ----------------------------------------------------------------- inference
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
-    ):
+    ) -> List[Instances]:
         pred_logits, pred_box_regs, *pred_quality_logits = self._transpose_dense_predictions(
-            predictions, self._prediction_channels
+            predictions, self.head.output_channels
         )
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
@@ -541,10 +395,9 @@ class GFL(DenseDetector):
     def _decode_per_level_predictions(
         self,
         anchors: Boxes,
+        stride: int,
         pred_scores: Tensor,
         pred_box_regs: Tensor,
-        score_thresh: float,
-        topk_candidates: int,
         image_size: Tuple[int, int],
         pred_quality: Optional[Tensor] = None,
     ) -> Instances:
@@ -554,28 +407,26 @@ class GFL(DenseDetector):
         edge distributions and quality).
 
         Args:
-            anchors: Boxes (R_l, 4) of the level.
+            anchors: Boxes (R_l, 4) of the level, whose stride is ``stride``.
             pred_scores: (R_l, C) scores.
             pred_box_regs: (R_l, D) box outputs.
             pred_quality: (R_l, 1) the quality factor of the scores, if any.
         """
         pred_scores, anchor_idxs, classes_idxs = top_candidates(
-            pred_scores, score_thresh, topk_candidates
+            pred_scores, self.test_score_thresh, self.test_topk_candidates
         )
-
-        centers, strides = self.box2box_transform.centers_and_strides(
-            anchors.tensor[anchor_idxs].float()
-        )
+        anchor_boxes = anchors.tensor[anchor_idxs].float()
+        centers = (anchor_boxes[:, :2] + anchor_boxes[:, 2:]) * 0.5
         decoded = self.box2box_transform.decode(pred_box_regs[anchor_idxs])
         result = Instances(
             image_size,
-            pred_boxes=Boxes(distance2box(centers, decoded.distances * strides)),
+            pred_boxes=Boxes(distance2box(centers, decoded.distances * float(stride))),
             scores=pred_scores,
             pred_classes=classes_idxs,
         )
         if self.output_box_distributions:
             result.pred_box_dists = decoded.probs  # (K, 4, n+1)
-            result.pred_box_std = decoded.std * strides  # (K, 4) in input pixels
+            result.pred_box_std = decoded.std * float(stride)  # (K, 4) in input pixels
         if pred_quality is not None:
             result.pred_quality = pred_quality[anchor_idxs, 0]  # (K,)
         return result
@@ -602,18 +453,43 @@ class GFL(DenseDetector):
             ``pred_box_dists``, ``pred_box_std`` in input-image pixels if
             ``output_box_distributions``; ``pred_quality`` with a quality).
         """
-        qualities: List[Optional[Tensor]] = (
-            [None] * len(anchors) if pred_quality is None else list(pred_quality)
-        )
+        qualities = [None] * len(anchors) if pred_quality is None else list(pred_quality)
+        strides = self.anchor_generator.strides
         levels = [
-            self._decode_per_level_predictions(
-                a, s, r, self.test_score_thresh, self.test_topk_candidates, image_size, q
-            )
-            for a, s, r, q in zip(anchors, pred_scores, pred_box_regs, qualities)
+            self._decode_per_level_predictions(a, st, s, r, image_size, q)
+            for a, st, s, r, q in zip(anchors, strides, pred_scores, pred_box_regs, qualities)
         ]
-        pred = levels[0].cat(levels)
-        pred = valid_clipped(pred, image_size)
-        keep = class_aware_nms(
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh, image_size
-        )
+        pred = valid_clipped(levels[0].cat(levels), image_size)
+        boxes, scores, classes = pred.pred_boxes.tensor, pred.scores, pred.pred_classes
+        keep = class_aware_nms(boxes, scores, classes, self.test_nms_thresh, image_size)
         return pred[keep[: self.max_detections_per_image]]
+
+
+def _log_predicted_quality(quality_logits: Tensor) -> None:
+    """V2's predicted quality at the positives, (P,) logits: its spread shows whether it learns."""
+    if not len(quality_logits):
+        return
+    quality = quality_logits.detach().float().sigmoid()
+    get_event_storage().put_scalars(
+        dgqp_quality_mean=quality.mean().item(),
+        dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0,
+    )
+
+
+# GFL's constructor arguments read straight from a yacs config's MODEL.GFL.<key>
+GFL_YACS_KEYS = {
+    "num_classes": "NUM_CLASSES",
+    "cls_loss": "CLS_LOSS",
+    "box_loss_weighting": "BOX_LOSS_WEIGHTING",
+    "qfl_beta": "QFL_BETA",
+    "focal_loss_alpha": "FOCAL_LOSS_ALPHA",
+    "focal_loss_gamma": "FOCAL_LOSS_GAMMA",
+    "loss_cls_weight": "LOSS_CLS_WEIGHT",
+    "loss_bbox_weight": "LOSS_BBOX_WEIGHT",
+    "loss_dfl_weight": "LOSS_DFL_WEIGHT",
+    "loss_quality_weight": "LOSS_QUALITY_WEIGHT",
+    "test_score_thresh": "SCORE_THRESH_TEST",
+    "test_topk_candidates": "TOPK_CANDIDATES_TEST",
+    "test_nms_thresh": "NMS_THRESH_TEST",
+    "output_box_distributions": "OUTPUT_BOX_DISTRIBUTIONS",
+}

@@ -1,17 +1,15 @@
-"""Small pieces of GFL's loss normalisation and inference shared by the model."""
+"""The pieces of GFL's inference: per-level candidates, clipping, class-aware NMS, the edge std."""
 
 import logging
 from typing import Dict, List, Tuple
 
 import torch
-import torch.distributed as dist
 import torchvision
 from detectron2.structures import Boxes, Instances
-from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor
 
-__all__ = ["reduce_mean", "top_candidates", "valid_clipped", "class_aware_nms", "rescale_box_std"]
+__all__ = ["top_candidates", "valid_clipped", "class_aware_nms", "rescale_box_std"]
 
 
 def top_candidates(
@@ -89,16 +87,6 @@ def class_aware_nms(
     side = torch.stack([torch.as_tensor(s) for s in image_size]).max().to(boxes.device, dtype)
     offsets = classes.to(dtype) * (side + 1)
     return torchvision.ops.nms(boxes.to(dtype) + offsets[:, None], scores.to(dtype), iou_threshold)
-
-
-def reduce_mean(tensor: Tensor) -> Tensor:
-    """Average a tensor over all workers (a no-op in a single process)."""
-    world_size = comm.get_world_size()
-    if world_size == 1:
-        return tensor
-    tensor = tensor.clone()
-    dist.all_reduce(tensor)
-    return tensor / world_size
 
 
 def rescale_box_std(outputs: List[Dict], batched_inputs: List[Dict]) -> List[Dict]:

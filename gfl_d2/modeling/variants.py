@@ -19,7 +19,6 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .box_coding import DiracBox2BoxTransform, DistributionBox2BoxTransform
 from .losses import (
     dense_class_targets,
     fused_quality_focal_loss,
@@ -27,7 +26,13 @@ from .losses import (
     sigmoid_focal_loss,
 )
 
-__all__ = ["GFLVariant", "QualityFocalLoss", "FusedQualityFocalLoss", "FocalLoss"]
+__all__ = [
+    "GFLVariant",
+    "QualityFocalLoss",
+    "FusedQualityFocalLoss",
+    "FocalLoss",
+    "check_quality",
+]
 
 CLS_LOSSES = ("auto", "qfl", "focal")
 QUALITIES = ("joint", "dgqp", "centerness", "iou", "none")
@@ -104,6 +109,24 @@ def _centerness_target(ious: Tensor, centerness: Tensor) -> Tensor:
     return centerness
 
 
+def check_quality(quality: str, box_representation: str) -> None:
+    """
+    ValueError unless ``quality`` is one of :data:`QUALITIES` and fits the box
+    representation: "dgqp" reads the edge distributions, so it needs "distribution".
+    """
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
+    if box_representation not in BOX_REPRESENTATIONS:
+        raise ValueError(
+            f"box_representation must be one of {BOX_REPRESENTATIONS}, got {box_representation!r}"
+        )
+    if quality == "dgqp" and box_representation != "distribution":
+        raise ValueError(
+            "quality='dgqp' predicts the quality from the edge distributions: it needs a "
+            "DistributionBox2BoxTransform (box_representation='distribution')"
+        )
+
+
 @dataclass(frozen=True)
 class GFLVariant:
     """
@@ -152,11 +175,7 @@ class GFLVariant:
                 "quality (QFL trains the joint quality 'joint' or 'dgqp'; Focal Loss goes with 'centerness', 'iou' "
                 f"or 'none'): leave cls_loss='auto' and set the quality, e.g. quality='none' for Focal Loss alone"
             )
-        if self.quality == "dgqp" and self.box_representation != "distribution":
-            raise ValueError(
-                "quality='dgqp' predicts the quality from the edge distributions: it needs "
-                "box_representation='distribution'"
-            )
+        check_quality(self.quality, self.box_representation)
         if self.box_loss_weighting == "auto":
             weighting = "score" if self.quality in JOINT_QUALITIES else "centerness"
             object.__setattr__(self, "box_loss_weighting", weighting)
@@ -196,11 +215,6 @@ class GFLVariant:
         if self.cls_loss == "qfl":
             return QualityFocalLoss(num_classes, qfl_beta)
         return FocalLoss(num_classes, focal_alpha, focal_gamma)
-
-    def box_transform(self, reg_max: int, bin_width: float, anchor_scale: float):
-        if self.box_representation == "distribution":
-            return DistributionBox2BoxTransform(reg_max, bin_width, anchor_scale)
-        return DiracBox2BoxTransform(anchor_scale)
 
     def box_loss_weights(self) -> Callable[[Tensor, Tensor], Tensor]:
         return {"score": _score_weights, "centerness": _centerness_weights, "none": _unit_weights}[

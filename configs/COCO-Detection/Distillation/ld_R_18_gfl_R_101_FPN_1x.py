@@ -16,7 +16,14 @@ from detectron2.config import LazyCall as L
 
 from gfl_d2.modeling.backbone import make_basic_stages
 
-from .ld_R_50_gfl_R_101_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from .ld_R_50_gfl_R_101_FPN_1x import (  # noqa: F401
+    dataloader,
+    distillation,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
 
 model.backbone.bottom_up.stages = L(make_basic_stages)(depth=18, width=64, norm="FrozenBN")
 

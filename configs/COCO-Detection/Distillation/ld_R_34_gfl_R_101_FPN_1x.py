@@ -5,7 +5,14 @@ converted the same way). Published (the LD release, COCO val, 1x at 6 images a
 batch): R-34 38.9 -> 39.8 AP. Not reproduced here.
 """
 
-from .ld_R_18_gfl_R_101_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from .ld_R_18_gfl_R_101_FPN_1x import (  # noqa: F401
+    dataloader,
+    distillation,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
 
 model.backbone.bottom_up.stages.depth = 34
 

@@ -3,7 +3,7 @@ Localization Distillation on COCO: a GFL R-50-FPN student (``gfl_R_50_FPN_1x.py`
 the same data, schedule and ImageNet start) learns the edge distributions of a
 frozen GFL R-101-FPN ms-2x teacher (the released model converted by
 tools/convert_mmdet_checkpoint.py, expected at
-``pretrained/gfl_R_101_FPN_ms2x_coco.pth``; ``model.teacher.checkpoint=...``
+``pretrained/gfl_R_101_FPN_ms2x_coco.pth``; ``distillation.teacher.checkpoint=...``
 for another). Published (the LD release, COCO val, 1x = 12 epochs at 6
 images a batch and lr 0.00375): R-50 40.1 -> 41.1 AP. This config trains the
 same 12 epochs with GFL's 1x recipe (16 images a batch, lr 0.01: the linear
@@ -18,13 +18,17 @@ evaluates them); the teacher is in none of them.
 
 from detectron2.config import LazyCall as L
 
-from gfl_d2.modeling.distillation import build_teacher
+from gfl_d2.teacher import build_teacher
 
 from ..gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-model.teacher = L(build_teacher)(
-    config_file="COCO-Detection/gfl_R_101_FPN_ms2x.py",
-    checkpoint="pretrained/gfl_R_101_FPN_ms2x_coco.pth",
+# the teacher and LD's settings: the training entry point builds the teacher and
+# wraps the student (model) with it; evaluation and export build the model alone
+distillation = dict(
+    teacher=L(build_teacher)(
+        config_file="COCO-Detection/gfl_R_101_FPN_ms2x.py",
+        checkpoint="pretrained/gfl_R_101_FPN_ms2x_coco.pth",
+    ),
+    loss_weight=0.25,
+    temperature=10.0,
 )
-model.loss_ld_weight = 0.25
-model.ld_temperature = 10.0

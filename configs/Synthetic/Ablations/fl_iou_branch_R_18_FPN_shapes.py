@@ -6,5 +6,5 @@ One of the ablation variants of tools/ablation.py; see projects/GFL/README.md.
 
 from ..atss_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-model.quality = "iou"
+model.head.quality = "iou"
 train.output_dir = "./output/ablations/fl_iou_branch"

@@ -9,7 +9,7 @@ stride wide), which Localization Distillation needs.
 
 from ..gfl_R_18_FPN_shapes_quickstart import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-model.reg_max = 16
-model.bin_width = 1.0
+model.head.box2box_transform.reg_max = 16
+model.head.box2box_transform.bin_width = 1.0
 
 train.output_dir = "./output/gfl_R_18_half_FPN_shapes"

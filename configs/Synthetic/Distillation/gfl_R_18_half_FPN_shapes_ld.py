@@ -8,24 +8,26 @@ trained on its default schedule. Train the teacher first:
     python tools/train_net.py --config-file configs/Synthetic/gfl_R_18_FPN_shapes.py
     python tools/train_net.py --config-file configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py
 
-(``model.teacher.checkpoint=...`` for a teacher elsewhere). The teacher is
+(``distillation.teacher.checkpoint=...`` for a teacher elsewhere). The teacher is
 frozen and not saved: the student's checkpoints are a plain GFL's, which
 ``gfl_R_18_half_FPN_shapes.py`` evaluates.
 """
 
 from detectron2.config import LazyCall as L
 
-from gfl_d2.modeling.distillation import build_teacher
+from gfl_d2.teacher import build_teacher
 
 from .gfl_R_18_half_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-model.teacher = L(
-    build_teacher
-)(
-    config_file="Synthetic/gfl_R_18_FPN_shapes.py",
-    checkpoint="./output/gfl_R_18_FPN_shapes_n16/model_final.pth",  # where training that config writes
+# the teacher and LD's settings: the training entry point builds the teacher and
+# wraps the student (model) with it; evaluation and export build the model alone
+distillation = dict(
+    teacher=L(build_teacher)(
+        config_file="Synthetic/gfl_R_18_FPN_shapes.py",
+        checkpoint="./output/gfl_R_18_FPN_shapes_n16/model_final.pth",  # where training that config writes
+    ),
+    loss_weight=0.25,
+    temperature=10.0,
 )
-model.loss_ld_weight = 0.25
-model.ld_temperature = 10.0
 
 train.output_dir = "./output/gfl_R_18_half_FPN_shapes_ld"

@@ -1,8 +1,9 @@
 """
-Checks of the ground truth that reaches the model in training: the record
-policy of the datasets (:mod:`gfl_d2.data.box_policy`) in tensor form, so
-that a box the dataset check counts as clipped or dropped is clipped or
-dropped here, by the same rule.
+Checks of the ground truth where it enters training, batch by batch, before
+the model: the record policy of the datasets (:mod:`gfl_d2.data.box_policy`)
+in tensor form, so that a box the dataset check counts as clipped or dropped
+is clipped or dropped here, by the same rule. :class:`CheckedGroundTruth`
+wraps a training loader; the training entry points apply it.
 """
 
 import logging
@@ -14,9 +15,9 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor
 
-from ..data.box_policy import BoxFate, box_fates
+from .box_policy import BoxFate, box_fates
 
-__all__ = ["sanitize_gt_instances", "with_checked_ground_truth"]
+__all__ = ["sanitize_gt_instances", "with_checked_ground_truth", "CheckedGroundTruth"]
 
 
 def _name(inp: Dict, index: int) -> str:
@@ -104,7 +105,7 @@ def with_checked_ground_truth(
     and dropped boxes are also logged.
     """
     if not all("instances" in x for x in batched_inputs):
-        raise ValueError("GFL training needs 'instances' (ground truth) in every input")
+        raise ValueError("training needs 'instances' (ground truth) in every input")
     gt, num_clipped, num_dropped = sanitize_gt_instances(batched_inputs, num_classes, device)
     storage = get_event_storage()
     num_clipped, num_dropped = torch.stack([num_clipped, num_dropped]).tolist()
@@ -116,6 +117,26 @@ def with_checked_ground_truth(
             f"GFL: dropped {num_dropped} ground-truth boxes with zero or negative width/height "
             f"(after clipping to the image) at iteration {storage.iter}",
             n=30,
-            name="gfl_d2.modeling.meta_arch",
+            name=__name__,
         )
     return [dict(x, instances=g) for x, g in zip(batched_inputs, gt)]
+
+
+class CheckedGroundTruth:
+    """
+    A training loader whose batches have their ``instances`` checked and
+    cleaned by :func:`with_checked_ground_truth` (on the CPU, where the loader
+    made them): a class id outside ``[0, num_classes)`` or a non-finite box
+    stops training with the image named; boxes are clipped to their image and
+    empty ones dropped, and the counts go to the event storage.
+    """
+
+    def __init__(self, loader, num_classes: int):
+        self.loader, self.num_classes = loader, num_classes
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield with_checked_ground_truth(batch, self.num_classes, torch.device("cpu"))
+
+    def __len__(self):
+        return len(self.loader)

@@ -7,6 +7,11 @@ ReLUs and residual additions into them. Eager PyTorch repacks every weight
 and converts every activation at every convolution, and the convolutions are
 about nine tenths of a detector's CPU time.
 
+:class:`FrozenCPUDetector` wraps a detector (a detectron2 ``DenseDetector`` such
+as GFL) with the same inputs and outputs; :func:`for_cpu_inference` applies the
+``cpu_inference`` setting of the entry points (``train.cpu_inference`` of a
+LazyConfig, ``TEST.CPU_INFERENCE`` of a yacs config) to a model.
+
 The outputs equal eager inference up to float32 rounding (folding changes the
 order of the multiplications). The traced graph holds no shapes, so one
 build serves every image size and batch; it is rebuilt when any parameter or
@@ -18,9 +23,12 @@ import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.modeling.postprocessing import detector_postprocess
 from torch import Tensor, nn
 
-__all__ = ["CPU_INFERENCE_MODES", "FrozenCPUInference"]
+from .modeling.postprocess import rescale_box_std
+
+__all__ = ["CPU_INFERENCE_MODES", "FrozenCPUInference", "FrozenCPUDetector", "for_cpu_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +118,58 @@ class FrozenCPUInference:
         if self._frozen is None or key != self._key:
             return self._unit(x)
         return self._frozen(x)
+
+
+class FrozenCPUDetector(nn.Module):
+    """
+    ``detector`` whose inference on the CPU (eval mode, no gradients, no
+    autocast, not scripted or traced) runs its backbone and head through
+    :class:`FrozenCPUInference`, then the detector's own ``forward_inference``
+    and detectron2's ``detector_postprocess``: the same outputs as
+    ``detector(batched_inputs)`` up to float32 rounding. Anything else (training,
+    a GPU, gradients) is the detector's own forward.
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+        self._frozen = FrozenCPUInference(
+            detector.backbone, detector.head, detector.head_in_features
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.detector.device
+
+    def runs_frozen(self) -> bool:
+        """Whether a call now runs the frozen backbone and head."""
+        return (
+            not self.training
+            and self.detector.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing()
+        )
+
+    def forward(self, batched_inputs: List[dict]):
+        if not self.runs_frozen():
+            return self.detector(batched_inputs)
+        detector = self.detector
+        images = detector.preprocess_image(batched_inputs)
+        features, predictions = self._frozen(images.tensor)
+        results = detector.forward_inference(images, features, predictions)
+        outputs = [
+            {"instances": detector_postprocess(r, x.get("height", s[0]), x.get("width", s[1]))}
+            for r, x, s in zip(results, batched_inputs, images.image_sizes)
+        ]
+        if getattr(detector, "output_box_distributions", False):
+            outputs = rescale_box_std(outputs, batched_inputs)
+        return outputs
+
+
+def for_cpu_inference(model: nn.Module, mode: str = "eager") -> nn.Module:
+    """``model`` itself for ``mode="eager"``, wrapped in :class:`FrozenCPUDetector` for "frozen"."""
+    if mode not in CPU_INFERENCE_MODES:
+        raise ValueError(f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {mode!r}")
+    return FrozenCPUDetector(model) if mode == "frozen" else model
