@@ -9,7 +9,13 @@ from detectron2.config import LazyCall as L
 
 from gfl_d2.modeling import DiracBox2BoxTransform
 
-from .gfl_R_18_FPN_shapes import model, train
+from .gfl_R_18_FPN_shapes import (  # noqa: F401
+    dataloader,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
 
 model.head.quality = "centerness"
 model.head.box2box_transform = L(DiracBox2BoxTransform)(anchor_scale=8.0)
