@@ -20,7 +20,7 @@ from .modeling import (
     GFLHead,
     LocalizationDistiller,
 )
-from .modeling.meta_arch import GFL_YACS_KEYS
+from .modeling.yacs_keys import gfl_yacs_arguments, yacs_key
 
 __all__ = ["add_gfl_config", "use_dataset_folder", "constructor_defaults"]
 
@@ -59,9 +59,9 @@ def _add_model_keys(g: CN) -> None:
     g.NUM_CLASSES = 80
     g.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     defaults = constructor_defaults(GFL)
-    for arg, key in GFL_YACS_KEYS.items():
+    for arg in gfl_yacs_arguments():
         if arg in defaults:
-            g[key] = defaults[arg]
+            g[yacs_key(arg)] = defaults[arg]
     # pad images to a multiple of this (0: the backbone's own, 128 with P7)
     g.SIZE_DIVISIBILITY = defaults["size_divisibility"]
     g.ATSS_TOPK = constructor_defaults(ATSSMatcher)["topk"]

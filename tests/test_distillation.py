@@ -1,8 +1,8 @@
 """
-Localization Distillation: the loss, the teacher kept out of the student's
-checkpoints, optimizer and module tree, the checks that refuse a teacher
-that cannot teach, and a distilled student's checkpoint loaded into a plain
-GFL.
+Localization Distillation: the loss, the distiller (the student's losses plus
+``loss_ld``, the teacher frozen and out of the student), the checks that
+refuse a teacher that cannot teach, building the teacher from its config and
+checkpoint, and a distilled student's checkpoint loaded into a plain GFL.
 """
 
 import copy
@@ -14,8 +14,9 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.model_zoo import get_config_file
+from gfl_d2.teacher import build_teacher, distill_from_lazy_config, distill_from_yacs_config
 from gfl_d2.modeling import GFL
-from gfl_d2.modeling.distillation import build_teacher, check_teacher
+from gfl_d2.modeling import LocalizationDistiller, check_teacher
 from gfl_d2.modeling.losses import localization_distillation_loss
 from gfl_d2.testing import (
     TINY_OVERRIDES,
@@ -54,42 +55,43 @@ def test_loss_trains_the_student_only_and_computes_in_float32():
 
 
 def student_with(teacher, **kwargs):
-    cfg = tiny_gfl_config(**kwargs)
-    cfg.teacher = teacher
+    """A distiller: a fresh tiny student taught by ``teacher``."""
     torch.manual_seed(1)
-    return instantiate(cfg)
+    return LocalizationDistiller(instantiate(tiny_gfl_config(**kwargs)), teacher)
 
 
-def test_teacher_is_outside_the_students_checkpoint_optimizer_and_module_tree():
+def test_teacher_is_frozen_and_out_of_the_students_checkpoint_and_optimizer():
     teacher = tiny_gfl()
-    student = student_with(teacher)
+    distiller = student_with(teacher)
     plain = tiny_gfl()
-    assert student.teacher is teacher
-    assert list(student.state_dict()) == list(plain.state_dict())
-    assert {id(p) for p in student.parameters()}.isdisjoint(id(p) for p in teacher.parameters())
-    assert all(m is not teacher for m in student.modules())
+    assert distiller.teacher is teacher
+    # the student alone is checkpointed and optimised: a plain GFL
+    assert list(distiller.student.state_dict()) == list(plain.state_dict())
+    assert all(m is not teacher for m in distiller.student.modules())
     assert not any(p.requires_grad for p in teacher.parameters())
-    student.train()
-    assert (
-        student.training and not teacher.training
-    )  # frozen in eval mode, BatchNorm/GN statistics fixed
-    student.to(torch.float64)
-    assert next(teacher.parameters()).dtype == torch.float64  # moved with the student
-    student.to(torch.float32)
+    trainable = {id(p) for p in distiller.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in distiller.student.parameters()}
+    distiller.train()
+    # frozen in eval mode, BatchNorm/GN statistics fixed
+    assert distiller.student.training and not teacher.training
+    distiller.eval()
+    with torch.no_grad():
+        out = distiller(two_image_batch())  # evaluation is the student's
+    assert len(out) == 2 and "instances" in out[0]
 
 
 def test_training_adds_loss_ld_and_leaves_the_teacher_unchanged():
     teacher = tiny_gfl()
     before = copy.deepcopy(teacher.state_dict())
-    student = student_with(teacher)
-    losses, _ = train_step(student, two_image_batch())
+    distiller = student_with(teacher)
+    losses, _ = train_step(distiller, two_image_batch())
     assert set(losses) == {"loss_qfl", "loss_bbox", "loss_dfl", "loss_ld"}
     assert torch.isfinite(losses["loss_ld"]) and losses["loss_ld"] > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
     # the other losses are those of the same student without a teacher
     plain = tiny_gfl()
-    plain.load_state_dict(student.state_dict())
+    plain.load_state_dict(distiller.student.state_dict())
     plain_losses, _ = train_step(plain, two_image_batch())
     for k, v in plain_losses.items():
         torch.testing.assert_close(losses[k], v)
@@ -97,25 +99,25 @@ def test_training_adds_loss_ld_and_leaves_the_teacher_unchanged():
 
 def test_a_student_equal_to_its_teacher_has_zero_ld_loss():
     teacher = tiny_gfl()
-    student = student_with(teacher)
-    student.load_state_dict(teacher.state_dict())
-    losses, _ = train_step(student, two_image_batch())
+    distiller = student_with(teacher)
+    distiller.student.load_state_dict(teacher.state_dict())
+    losses, _ = train_step(distiller, two_image_batch())
     assert abs(losses["loss_ld"].item()) < 1e-5
 
 
 def test_ld_loss_follows_mmdetections_reduction():
     """Summed over the positives' edges with the box losses' weights, divided by 4, times 0.25."""
     teacher = tiny_gfl()
-    student = student_with(teacher)
+    distiller = student_with(teacher)
     captured = {}
-    original = student.box_losses
+    original = distiller.student.box_losses
 
-    def spy(pos, pred_logits, fused, ctr_targets, teacher_pos=None):
+    def spy(pos, pred_logits, dgqp_logits, ctr_targets, teacher_pos=None, distillation=None):
         captured.update(pos=pos, pred_logits=pred_logits, teacher_pos=teacher_pos)
-        return original(pos, pred_logits, fused, ctr_targets, teacher_pos)
+        return original(pos, pred_logits, dgqp_logits, ctr_targets, teacher_pos, distillation)
 
-    student.box_losses = spy
-    losses, _ = train_step(student, two_image_batch())
+    distiller.student.box_losses = spy
+    losses, _ = train_step(distiller, two_image_batch())
     pos, teacher_pos = captured["pos"], captured["teacher_pos"]
     weights = captured["pred_logits"].detach()[pos.img, pos.anchor].sigmoid().max(dim=1).values
     kl = localization_distillation_loss(
@@ -141,6 +143,8 @@ def test_a_teacher_that_cannot_teach_is_refused_naming_both_values(
     teacher = tiny_gfl(**teacher_kwargs)
     with pytest.raises(ValueError, match=what):
         student_with(teacher, **student_kwargs)
+    with pytest.raises(ValueError, match=what):
+        check_teacher(tiny_gfl(**student_kwargs), teacher)
 
 
 def test_other_teacher_mismatches_are_named():
@@ -148,10 +152,10 @@ def test_other_teacher_mismatches_are_named():
     teacher.box2box_transform.bin_width = 0.5
     with pytest.raises(ValueError, match=r"bin_width.*student 1.0, teacher 0.5"):
         check_teacher(student, teacher)
-    teacher = tiny_gfl()
-    teacher.box2box_transform.anchor_scale = 4.0
-    with pytest.raises(ValueError, match="anchor_scale.*student 8.0, teacher 4.0"):
-        check_teacher(student, teacher)
+    cfg = tiny_gfl_config()
+    cfg.anchor_generator.sizes = [[32], [64], [128], [256], [512]]  # 4 x stride
+    with pytest.raises(ValueError, match=r"anchors.*student \[\[\[-32.0.*teacher \[\[\[-16.0"):
+        check_teacher(student, instantiate(cfg))
     with pytest.raises(ValueError, match="must be a GFL model"):
         check_teacher(student, torch.nn.Linear(2, 2))
 
@@ -178,11 +182,12 @@ def test_build_teacher_loads_every_weight_or_refuses(tmp_path):
 
 
 def test_a_distilled_students_checkpoint_loads_into_a_plain_gfl(tmp_path):
-    student = student_with(tiny_gfl())
-    train_step(student, two_image_batch())
+    distiller = student_with(tiny_gfl())
+    train_step(distiller, two_image_batch())
+    student = distiller.student
     DetectionCheckpointer(student, save_dir=str(tmp_path)).save("model_final")
     plain = tiny_gfl()
-    assert isinstance(plain, GFL) and plain.teacher is None
+    assert isinstance(plain, GFL)
     incompatible = DetectionCheckpointer(plain)._load_model(
         torch.load(tmp_path / "model_final.pth", weights_only=True)
     )
@@ -196,13 +201,13 @@ def test_a_distilled_students_checkpoint_loads_into_a_plain_gfl(tmp_path):
 
 
 def test_autocast_keeps_the_ld_loss_in_float32():
-    student = student_with(tiny_gfl())
-    student.train()
+    distiller = student_with(tiny_gfl())
+    distiller.train()
     with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = student(two_image_batch())
+        losses = distiller(two_image_batch())
     assert losses["loss_ld"].dtype == torch.float32 and torch.isfinite(losses["loss_ld"])
     losses["loss_ld"].backward()
-    assert student.head.bbox_pred.weight.grad.abs().sum() > 0
+    assert distiller.student.head.bbox_pred.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.skipif(
@@ -222,7 +227,7 @@ def test_distillation_config_trains_in_two_processes_and_saves_a_plain_student(t
             "2",
             "--config-file",
             "configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py",
-            f"model.teacher.checkpoint={tmp_path / 'teacher.pth'}",
+            f"distillation.teacher.checkpoint={tmp_path / 'teacher.pth'}",
             "train.max_iter=3",
             "train.log_period=1",
             "train.check_bins=0",
@@ -253,35 +258,39 @@ def test_yacs_and_lazy_ld_configs_build_the_same_student_and_teacher(tmp_path):
     lazy = LazyConfig.load(
         get_config_file("COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py")
     )
+    assert "teacher" not in lazy.model  # evaluation and export build the student alone
     torch.manual_seed(0)
-    teacher = instantiate(LazyConfig.load(get_config_file(lazy.model.teacher.config_file)).model)
+    teacher_config = get_config_file(lazy.distillation.teacher.config_file)
+    teacher = instantiate(LazyConfig.load(teacher_config).model)
     torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
-    lazy.model.teacher.checkpoint = str(tmp_path / "teacher.pth")
-    lazy_model = instantiate(lazy.model)
+    lazy.distillation.teacher.checkpoint = str(tmp_path / "teacher.pth")
+    lazy_distiller = distill_from_lazy_config(lazy, instantiate(lazy.model))
 
     cfg = add_gfl_config(get_cfg())
     cfg.merge_from_file(get_config_file("ld_R_50_gfl_R_101_FPN_1x.yaml"))
     cfg.MODEL.GFL.LD.TEACHER_WEIGHTS = str(tmp_path / "teacher.pth")
     cfg.MODEL.DEVICE = "cpu"
-    yacs_model = build_model(cfg)
+    yacs_distiller = distill_from_yacs_config(cfg, build_model(cfg))
 
-    for m in (lazy_model, yacs_model):
-        assert m.loss_ld_weight == 0.25 and m.ld_temperature == 10.0
-        assert m.teacher is not None and not m.teacher.training
-    assert {k: v.shape for k, v in yacs_model.state_dict().items()} == {
-        k: v.shape for k, v in lazy_model.state_dict().items()
+    for d in (lazy_distiller, yacs_distiller):
+        assert d.loss_weight == 0.25 and d.temperature == 10.0 and not d.teacher.training
+    assert {k: v.shape for k, v in yacs_distiller.student.state_dict().items()} == {
+        k: v.shape for k, v in lazy_distiller.student.state_dict().items()
     }
-    for a, b in ((yacs_model.teacher, lazy_model.teacher), (yacs_model.teacher, teacher)):
+    for a, b in (
+        (yacs_distiller.teacher, lazy_distiller.teacher),
+        (yacs_distiller.teacher, teacher),
+    ):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
     # a yacs teacher config (here the R-50 student's own yaml, with the student's weights)
-    torch.save({"model": yacs_model.state_dict()}, tmp_path / "r50.pth")
+    student = yacs_distiller.student
+    torch.save({"model": student.state_dict()}, tmp_path / "r50.pth")
     from_yaml = build_teacher(
-        "gfl_R_50_FPN_1x.yaml", str(tmp_path / "r50.pth"), ["MODEL.GFL.LD.LOSS_WEIGHT", "0.5"]
+        "gfl_R_50_FPN_1x.yaml", str(tmp_path / "r50.pth"), ["MODEL.GFL.QFL_BETA", "1.5"]
     )
-    assert (
-        isinstance(from_yaml, GFL) and from_yaml.teacher is None and from_yaml.loss_ld_weight == 0.5
-    )
-    sa, sb = from_yaml.state_dict(), yacs_model.state_dict()
+    assert isinstance(from_yaml, GFL) and from_yaml.cls_loss.beta == 1.5
+    sa, sb = from_yaml.state_dict(), student.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert distill_from_yacs_config(add_gfl_config(get_cfg()), student) is None

@@ -213,9 +213,9 @@ class DistributionBox2BoxTransform:
         self.num_outputs = 4 * (self.reg_max + 1)
 
     def __eq__(self, other) -> bool:
-        return (
-            type(other) is type(self)
-            and (other.reg_max, other.bin_width) == (self.reg_max, self.bin_width)
+        return type(other) is type(self) and (other.reg_max, other.bin_width) == (
+            self.reg_max,
+            self.bin_width,
         )
 
     def __repr__(self) -> str:

@@ -22,8 +22,9 @@ from .losses import (
     localization_distillation_loss,
     reduce_mean,
 )
-from .postprocess import class_aware_nms, rescale_box_std, top_candidates, valid_clipped
+from .postprocess import class_aware_nms, decode_candidates, rescale_box_std, valid_clipped
 from .variants import GFLVariant
+from .yacs_keys import gfl_yacs_arguments, yacs_key
 
 __all__ = ["GFL"]
 
@@ -81,8 +82,8 @@ class GFL(DenseDetector):
         qfl_beta: β of Quality Focal Loss.
         focal_loss_alpha, focal_loss_gamma: of Focal Loss (``cls_loss="focal"``).
         loss_*_weight: weights of the losses; ``loss_dfl_weight=0`` turns DFL off.
-        test_*: inference filtering: score threshold, top-k (location, class)
-            pairs per level, NMS IoU; max_detections_per_image after NMS.
+        test_*: inference: score threshold, top-k (location, class) pairs per
+            level, NMS IoU; max_detections_per_image after NMS.
         output_box_distributions: add ``pred_box_dists`` (N, 4, n+1) and
             ``pred_box_std`` (N, 4, output-image pixels) to the results; needs
             edge distributions. A model with a quality always adds
@@ -95,34 +96,20 @@ class GFL(DenseDetector):
 
     @configurable
     def __init__(
-        self,
-        *,
-        backbone: Backbone,
-        head: nn.Module,
-        head_in_features: List[str],
-        anchor_generator: nn.Module,
-        anchor_matcher: ATSSMatcher,
-        num_classes: int,
-        cls_loss: str = "auto",
-        box_loss_weighting: str = "auto",
-        qfl_beta: float = 2.0,
-        focal_loss_alpha: float = 0.25,
-        focal_loss_gamma: float = 2.0,
-        loss_cls_weight: float = 1.0,
-        loss_bbox_weight: float = 2.0,
-        loss_dfl_weight: float = 0.25,
-        loss_quality_weight: float = 1.0,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        output_box_distributions: bool = True,
-        size_divisibility: Optional[int] = 32,
-        pixel_mean: Tuple[float, ...],
-        pixel_std: Tuple[float, ...],
-        input_format: str = "RGB",
-    ):
-        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        self, *, backbone: Backbone, head: nn.Module, head_in_features: List[str],
+        anchor_generator: nn.Module, anchor_matcher: ATSSMatcher, num_classes: int,
+        cls_loss: str = "auto", box_loss_weighting: str = "auto",
+        qfl_beta: float = 2.0, focal_loss_alpha: float = 0.25, focal_loss_gamma: float = 2.0,
+        loss_cls_weight: float = 1.0, loss_bbox_weight: float = 2.0,
+        loss_dfl_weight: float = 0.25, loss_quality_weight: float = 1.0,
+        test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.6, max_detections_per_image: int = 100,
+        output_box_distributions: bool = True, size_divisibility: Optional[int] = 32,
+        pixel_mean: Tuple[float, ...], pixel_std: Tuple[float, ...], input_format: str = "RGB",
+    ):  # fmt: skip
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
         self.num_classes = num_classes
         self.box2box_transform = head.box2box_transform
         representation = "distribution" if self.box2box_transform.has_distributions else "dirac"
@@ -164,7 +151,7 @@ class GFL(DenseDetector):
         g = cfg.MODEL.GFL
         backbone = build_backbone(cfg)
         feature_shapes = [backbone.output_shape()[f] for f in g.IN_FEATURES]
-        settings = {arg: g[key] for arg, key in GFL_YACS_KEYS.items()}
+        settings = {arg: g[yacs_key(arg)] for arg in gfl_yacs_arguments()}
         return {
             "backbone": backbone,
             "head": GFLHead(cfg, feature_shapes),
@@ -197,23 +184,15 @@ class GFL(DenseDetector):
 
     def level_strides(self, anchors: List[Boxes]) -> Tensor:
         """(R,) the stride of each anchor's level (levels concatenated), float32."""
-        device = anchors[0].tensor.device
-        return torch.cat(
-            [
-                torch.full((len(a),), float(s), device=device)
-                for a, s in zip(anchors, self.anchor_generator.strides)
-            ]
-        )
+        device, strides = anchors[0].tensor.device, self.anchor_generator.strides
+        levels = [torch.full((len(a),), float(s), device=device) for a, s in zip(anchors, strides)]
+        return torch.cat(levels)
 
     # ------------------------------------------------------------------ training
     def forward_training(
-        self,
-        images: ImageList,
-        features: List[Tensor],
-        predictions: List[List[Tensor]],
-        gt_instances: List[Instances],
-        distillation: Optional[LocalizationTargets] = None,
-    ) -> Dict[str, Tensor]:
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]],
+        gt_instances: List[Instances], distillation: Optional[LocalizationTargets] = None,
+    ) -> Dict[str, Tensor]:  # fmt: skip
         """DenseDetector's training step; ``distillation``: a teacher's box outputs (LD)."""
         pred_logits, pred_box_regs, *pred_quality_logits = self._transpose_dense_predictions(
             predictions, self.head.output_channels
@@ -221,41 +200,28 @@ class GFL(DenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(
-            anchors,
-            pred_logits,
-            gt_labels,
-            pred_box_regs,
-            gt_boxes,
-            *pred_quality_logits,
+            anchors, pred_logits, gt_labels, pred_box_regs, gt_boxes, *pred_quality_logits,
             distillation=distillation,
-        )
+        )  # fmt: skip
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
-        """ATSS assignment: per image, (R,) classes (``num_classes``: background) and (R, 4) matched boxes."""
+        """ATSS: per image, (R,) classes (``num_classes``: background) and (R, 4) matched boxes."""
         return atss_labels(self.anchor_matcher, anchors, gt_instances, self.num_classes)
 
     def losses(
-        self,
-        anchors: List[Boxes],
-        pred_logits: List[Tensor],
-        gt_labels: List[Tensor],
-        pred_box_regs: List[Tensor],
-        gt_boxes: List[Tensor],
+        self, anchors: List[Boxes], pred_logits: List[Tensor], gt_labels: List[Tensor],
+        pred_box_regs: List[Tensor], gt_boxes: List[Tensor],
         pred_quality_logits: Optional[List[Tensor]] = None,
         distillation: Optional[LocalizationTargets] = None,
-    ) -> Dict[str, Tensor]:
+    ) -> Dict[str, Tensor]:  # fmt: skip
         """
         Args:
             anchors: per level, Boxes (R_l, 4).
-            pred_logits: per level, (N, R_l, C) classification (joint
-                classification-IoU) logits.
-            gt_labels: per image, (R,) from :meth:`label_anchors`.
-            pred_box_regs: per level, (N, R_l, D) box outputs (D = 4(n+1)
-                distribution logits, or 4 distances).
-            gt_boxes: per image, (R, 4) matched boxes.
-            pred_quality_logits: per level, (N, R_l, 1), with a quality branch
-                or the distribution-guided quality predictor.
+            pred_logits: per level, (N, R_l, C) classification (joint) logits.
+            gt_labels, gt_boxes: per image, (R,) and (R, 4) from :meth:`label_anchors`.
+            pred_box_regs: per level, (N, R_l, D) box outputs.
+            pred_quality_logits: per level, (N, R_l, 1), with a quality.
             distillation: an LD teacher's box outputs on the same batch, or None.
 
         Returns:
@@ -281,11 +247,9 @@ class GFL(DenseDetector):
         if dgqp_logits is not None:
             _log_predicted_quality(dgqp_logits[pos.img, pos.anchor, 0])
         ctr_targets = centerness(box2distance(pos.centers, pos.gt_boxes))  # (P,)
-        teacher_pos = None
-        if distillation is not None:
-            teacher_pos = torch.cat(distillation.box_regs, dim=1)[pos.img, pos.anchor]
-        losses.update(self.box_losses(pos, pred_logits, dgqp_logits, ctr_targets, teacher_pos, distillation))
-        if self.variant.has_quality_branch:  # a separate centerness / IoU branch, BCE on the positives
+        losses.update(self.box_losses(pos, pred_logits, dgqp_logits, ctr_targets, distillation))
+        # a separate centerness / IoU branch: BCE on the positives
+        if self.variant.has_quality_branch:
             pos_quality = quality_logits[pos.img, pos.anchor, 0].float()  # (P,)
             targets = self.quality_target(pos.ious, ctr_targets)
             loss_quality = F.binary_cross_entropy_with_logits(pos_quality, targets, reduction="sum")
@@ -293,12 +257,9 @@ class GFL(DenseDetector):
         return losses
 
     def decode_positives(
-        self,
-        pos_mask: Tensor,
-        anchors: List[Boxes],
-        pred_box_regs: List[Tensor],
+        self, pos_mask: Tensor, anchors: List[Boxes], pred_box_regs: List[Tensor],
         gt_boxes: List[Tensor],
-    ) -> _Positives:
+    ) -> _Positives:  # fmt: skip
         """
         Args:
             pos_mask: (N, R) the positive anchors.
@@ -323,14 +284,9 @@ class GFL(DenseDetector):
         )  # fmt: skip
 
     def box_losses(
-        self,
-        pos: _Positives,
-        pred_logits: Tensor,
-        dgqp_logits: Optional[Tensor],
-        ctr_targets: Tensor,
-        teacher_pos: Optional[Tensor] = None,
-        distillation: Optional[LocalizationTargets] = None,
-    ) -> Dict[str, Tensor]:
+        self, pos: _Positives, pred_logits: Tensor, dgqp_logits: Optional[Tensor],
+        ctr_targets: Tensor, distillation: Optional[LocalizationTargets] = None,
+    ) -> Dict[str, Tensor]:  # fmt: skip
         """
         GIoU (``loss_bbox``) and DFL (``loss_dfl``), each positive weighted
         (GFL: by its detached score, V2: the fused one; ATSS: its centerness),
@@ -342,11 +298,9 @@ class GFL(DenseDetector):
             pred_logits: (N, R, C) class logits.
             dgqp_logits: (N, R, 1) V2's quality logits, else None.
             ctr_targets: (P,) the positives' centerness targets.
-            teacher_pos, distillation: (P, D) an LD teacher's box outputs at the
-                positives, and its weight and temperature: adds ``loss_ld``,
-                weighted per positive as the box losses are and, as in
-                MMDetection's ``LDHead``, summed over the positives' edges and
-                divided by 4 (not by the positives' weights).
+            distillation: an LD teacher's box outputs: adds ``loss_ld`` at the
+                positives, weighted per positive as the box losses are and, as in
+                MMDetection's ``LDHead``, summed over the edges and divided by 4.
         """
         pos_scores = pred_logits.detach()[pos.img, pos.anchor].float().sigmoid()  # (P, C)
         if dgqp_logits is not None:
@@ -361,7 +315,8 @@ class GFL(DenseDetector):
             loss_dfl = distribution_focal_loss(pos.box_regs.unflatten(-1, (4, -1)), dfl_targets)
             loss_dfl = (loss_dfl.mean(dim=1) * weights).sum()
             losses["loss_dfl"] = loss_dfl * self.loss_dfl_weight / box_normalizer
-        if teacher_pos is not None:
+        if distillation is not None:
+            teacher_pos = torch.cat(distillation.box_regs, dim=1)[pos.img, pos.anchor]  # (P, D)
             loss_ld = localization_distillation_loss(
                 pos.box_regs.unflatten(-1, (4, -1)),
                 teacher_pos.unflatten(-1, (4, -1)),
@@ -392,71 +347,37 @@ class GFL(DenseDetector):
             )
         return results
 
-    def _decode_per_level_predictions(
-        self,
-        anchors: Boxes,
-        stride: int,
-        pred_scores: Tensor,
-        pred_box_regs: Tensor,
-        image_size: Tuple[int, int],
-        pred_quality: Optional[Tensor] = None,
-    ) -> Instances:
-        """
-        DenseDetector's per-level filtering (score threshold, then the top-k
-        (location, class) pairs), decoding the kept boxes (and keeping their
-        edge distributions and quality).
-
-        Args:
-            anchors: Boxes (R_l, 4) of the level, whose stride is ``stride``.
-            pred_scores: (R_l, C) scores.
-            pred_box_regs: (R_l, D) box outputs.
-            pred_quality: (R_l, 1) the quality factor of the scores, if any.
-        """
-        pred_scores, anchor_idxs, classes_idxs = top_candidates(
-            pred_scores, self.test_score_thresh, self.test_topk_candidates
-        )
-        anchor_boxes = anchors.tensor[anchor_idxs].float()
-        centers = (anchor_boxes[:, :2] + anchor_boxes[:, 2:]) * 0.5
-        decoded = self.box2box_transform.decode(pred_box_regs[anchor_idxs])
-        result = Instances(
-            image_size,
-            pred_boxes=Boxes(distance2box(centers, decoded.distances * float(stride))),
-            scores=pred_scores,
-            pred_classes=classes_idxs,
-        )
-        if self.output_box_distributions:
-            result.pred_box_dists = decoded.probs  # (K, 4, n+1)
-            result.pred_box_std = decoded.std * float(stride)  # (K, 4) in input pixels
-        if pred_quality is not None:
-            result.pred_quality = pred_quality[anchor_idxs, 0]  # (K,)
-        return result
-
     def inference_single_image(
-        self,
-        anchors: List[Boxes],
-        pred_scores: List[Tensor],
-        pred_box_regs: List[Tensor],
-        image_size: Tuple[int, int],
-        pred_quality: Optional[List[Tensor]] = None,
-    ) -> Instances:
+        self, anchors: List[Boxes], pred_scores: List[Tensor], pred_box_regs: List[Tensor],
+        image_size: Tuple[int, int], pred_quality: Optional[List[Tensor]] = None,
+    ) -> Instances:  # fmt: skip
         """
         Args:
             anchors: per level, Boxes (R_l, 4).
-            pred_scores: per level, (R_l, C) scores (sigmoid of the logits,
-                times the quality if any).
+            pred_scores: per level, (R_l, C) scores (times the quality if any).
             pred_box_regs: per level, (R_l, D) box outputs.
             image_size: (H, W) of the input before padding.
             pred_quality: per level, (R_l, 1) the quality in the scores, if any.
 
         Returns:
-            Instances with ``pred_boxes``, ``scores``, ``pred_classes`` (and
-            ``pred_box_dists``, ``pred_box_std`` in input-image pixels if
+            Instances: ``pred_boxes``, ``scores``, ``pred_classes`` (and see
             ``output_box_distributions``; ``pred_quality`` with a quality).
         """
         qualities = [None] * len(anchors) if pred_quality is None else list(pred_quality)
         strides = self.anchor_generator.strides
         levels = [
-            self._decode_per_level_predictions(a, st, s, r, image_size, q)
+            decode_candidates(
+                self.box2box_transform,
+                a,
+                st,
+                s,
+                r,
+                image_size,
+                q,
+                self.test_score_thresh,
+                self.test_topk_candidates,
+                self.output_box_distributions,
+            )  # fmt: skip
             for a, st, s, r, q in zip(anchors, strides, pred_scores, pred_box_regs, qualities)
         ]
         pred = valid_clipped(levels[0].cat(levels), image_size)
@@ -474,22 +395,3 @@ def _log_predicted_quality(quality_logits: Tensor) -> None:
         dgqp_quality_mean=quality.mean().item(),
         dgqp_quality_std=quality.std().item() if len(quality) > 1 else 0.0,
     )
-
-
-# GFL's constructor arguments read straight from a yacs config's MODEL.GFL.<key>
-GFL_YACS_KEYS = {
-    "num_classes": "NUM_CLASSES",
-    "cls_loss": "CLS_LOSS",
-    "box_loss_weighting": "BOX_LOSS_WEIGHTING",
-    "qfl_beta": "QFL_BETA",
-    "focal_loss_alpha": "FOCAL_LOSS_ALPHA",
-    "focal_loss_gamma": "FOCAL_LOSS_GAMMA",
-    "loss_cls_weight": "LOSS_CLS_WEIGHT",
-    "loss_bbox_weight": "LOSS_BBOX_WEIGHT",
-    "loss_dfl_weight": "LOSS_DFL_WEIGHT",
-    "loss_quality_weight": "LOSS_QUALITY_WEIGHT",
-    "test_score_thresh": "SCORE_THRESH_TEST",
-    "test_topk_candidates": "TOPK_CANDIDATES_TEST",
-    "test_nms_thresh": "NMS_THRESH_TEST",
-    "output_box_distributions": "OUTPUT_BOX_DISTRIBUTIONS",
-}

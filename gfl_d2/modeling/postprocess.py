@@ -1,7 +1,7 @@
 """The pieces of GFL's inference: per-level candidates, clipping, class-aware NMS, the edge std."""
 
 import logging
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torchvision
@@ -9,7 +9,15 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor
 
-__all__ = ["top_candidates", "valid_clipped", "class_aware_nms", "rescale_box_std"]
+from .box_coding import distance2box
+
+__all__ = [
+    "top_candidates",
+    "decode_candidates",
+    "valid_clipped",
+    "class_aware_nms",
+    "rescale_box_std",
+]
 
 
 def top_candidates(
@@ -33,6 +41,49 @@ def top_candidates(
     pred_scores, order = pred_scores.topk(num_topk)
     anchor_idxs, class_idxs = candidates[order].unbind(dim=1)
     return pred_scores, anchor_idxs, class_idxs
+
+
+def decode_candidates(
+    box2box_transform,
+    anchors: Boxes,
+    stride: int,
+    pred_scores: Tensor,
+    pred_box_regs: Tensor,
+    image_size: Tuple[int, int],
+    pred_quality: Optional[Tensor],
+    score_thresh: float,
+    topk: int,
+    with_distributions: bool,
+) -> Instances:
+    """
+    One level's detections before NMS: DenseDetector's filtering (score
+    threshold, then the top-k (location, class) pairs), with the kept boxes
+    decoded by ``box2box_transform`` (and their edge distributions and quality).
+
+    Args:
+        anchors: Boxes (R_l, 4) of the level, whose stride is ``stride``.
+        pred_scores: (R_l, C) scores.
+        pred_box_regs: (R_l, D) box outputs.
+        pred_quality: (R_l, 1) the quality factor of the scores, or None.
+        with_distributions: add ``pred_box_dists`` (K, 4, n+1) and
+            ``pred_box_std`` (K, 4, input pixels).
+    """
+    pred_scores, anchor_idxs, classes_idxs = top_candidates(pred_scores, score_thresh, topk)
+    anchor_boxes = anchors.tensor[anchor_idxs].float()
+    centers = (anchor_boxes[:, :2] + anchor_boxes[:, 2:]) * 0.5
+    decoded = box2box_transform.decode(pred_box_regs[anchor_idxs])
+    result = Instances(
+        image_size,
+        pred_boxes=Boxes(distance2box(centers, decoded.distances * float(stride))),
+        scores=pred_scores,
+        pred_classes=classes_idxs,
+    )
+    if with_distributions:
+        result.pred_box_dists = decoded.probs  # (K, 4, n+1)
+        result.pred_box_std = decoded.std * float(stride)  # (K, 4) in input pixels
+    if pred_quality is not None:
+        result.pred_quality = pred_quality[anchor_idxs, 0]  # (K,)
+    return result
 
 
 def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
