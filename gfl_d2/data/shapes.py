@@ -219,6 +219,15 @@ def _annotation(index: int, obj: Dict, owner, grid) -> Dict:
     )
 
 
+def _object_colour(rng, cfg: ShapesConfig, cat: int, img: np.ndarray, win, solid) -> np.ndarray:
+    """The category's colour, jittered; sometimes pulled towards the local background."""
+    colour = np.array(CATEGORIES[cat][2], dtype=np.float32) + rng.normal(0, cfg.colour_jitter, 3)
+    if rng.random() < cfg.low_contrast_prob:
+        local = img[win][solid].mean(axis=0) if solid.any() else img.mean(axis=(0, 1))
+        colour = local + (colour - local) * float(rng.uniform(0.25, 0.45))
+    return colour
+
+
 def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, List[Dict]]:
     """
     Render image ``index`` of the split with ``seed``.
@@ -243,12 +252,7 @@ def render_image(index: int, seed: int, cfg: ShapesConfig) -> Tuple[np.ndarray, 
         wgrid = (grid[0][win], grid[1][win])
         solid = cover > 0.5
         alpha, blurred, fade = _edge_effects(rng, cfg, cover, box, size, wgrid)
-        colour = np.array(CATEGORIES[cat][2], dtype=np.float32) + rng.normal(
-            0, cfg.colour_jitter, 3
-        )
-        if rng.random() < cfg.low_contrast_prob:
-            local = img[win][solid].mean(axis=0) if solid.any() else img.mean(axis=(0, 1))
-            colour = local + (colour - local) * float(rng.uniform(0.25, 0.45))
+        colour = _object_colour(rng, cfg, cat, img, win, solid)
         img[win] = img[win] * (1 - alpha[..., None]) + np.clip(colour, 0, 255) * alpha[..., None]
         owner_win = owner[win]  # a view: writing it writes the owner map
         if objects:
@@ -325,18 +329,20 @@ def write_split(
         if pool is not None:
             pool.close()
             pool.join()
-    data = dict(
-        info=dict(
-            description="gfl-d2 generated shapes",
-            seed=seed,
-            num_images=num_images,
-            config=asdict(cfg),
-        ),
-        images=images,
-        annotations=annotations,
-        categories=[dict(id=c, name=n, supercategory="shape") for c, n, _ in CATEGORIES],
+    info = dict(
+        description="gfl-d2 generated shapes", seed=seed, num_images=num_images, config=asdict(cfg)
     )
-    json_path = os.path.join(ann_dir, f"instances_{split}.json")
+    return _write_coco_json(
+        os.path.join(ann_dir, f"instances_{split}.json"), info, images, annotations
+    )
+
+
+def _write_coco_json(
+    json_path: str, info: dict, images: List[Dict], annotations: List[Dict]
+) -> str:
+    """The split's COCO json, written whole or not at all; its path."""
+    categories = [dict(id=c, name=n, supercategory="shape") for c, n, _ in CATEGORIES]
+    data = dict(info=info, images=images, annotations=annotations, categories=categories)
     tmp = f"{json_path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
