@@ -21,6 +21,7 @@ import torch
 
 __all__ = [
     "ConversionError",
+    "ConversionReport",
     "convert_checkpoint",
     "convert_mmdet_state_dict",
     "describe_mmdet_gfl",
@@ -263,6 +264,31 @@ def _pickled_objects(path: str, error: Exception) -> List[str]:
     return sorted(set(names))
 
 
+def _load_pickled(path: str, objects: List[str], allow_pickle: bool):
+    """A checkpoint that pickles ``objects`` besides tensors: refused, or loaded fully if allowed."""
+    if not allow_pickle:
+        raise ConversionError(
+            f"{path}: cannot be loaded as weights only: besides tensors it pickles {objects}. "
+            "Loading it fully runs code from the file; if you trust where it comes from, "
+            "re-run with --allow-pickle"
+        )
+    logger.warning(
+        f"--allow-pickle: fully unpickling {path} (it pickles {objects}); this can run "
+        "arbitrary code from the file, so use it only on files from a source you trust"
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        package = (e.name or "?").split(".")[0]
+        raise ConversionError(
+            f"{path}: cannot be unpickled: it pickles objects of the package {package!r}, which "
+            f"is not installed; install it (e.g. pip install {package}) or re-save only the "
+            "checkpoint's state_dict"
+        )
+    except Exception as e:
+        raise ConversionError(f"{path}: cannot be unpickled ({type(e).__name__}: {e})")
+
+
 def load_mmdet_checkpoint(
     path: str, allow_pickle: bool = False
 ) -> Tuple[Dict[str, torch.Tensor], Dict]:
@@ -288,25 +314,7 @@ def load_mmdet_checkpoint(
             raise ConversionError(
                 f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})"
             )
-        if not allow_pickle:
-            raise ConversionError(
-                f"{path}: cannot be loaded as weights only: besides tensors it pickles {objects}. Loading it "
-                "fully runs code from the file; if you trust where it comes from, re-run with --allow-pickle"
-            )
-        logger.warning(
-            f"--allow-pickle: fully unpickling {path} (it pickles {objects}); this can run arbitrary code "
-            "from the file, so use it only on files from a source you trust"
-        )
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as e2:
-            package = (e2.name or "?").split(".")[0]
-            raise ConversionError(
-                f"{path}: cannot be unpickled: it pickles objects of the package {package!r}, which is not "
-                f"installed; install it (e.g. pip install {package}) or re-save only the checkpoint's state_dict"
-            )
-        except Exception as e2:
-            raise ConversionError(f"{path}: cannot be unpickled ({type(e2).__name__}: {e2})")
+        ckpt = _load_pickled(path, objects, allow_pickle)
     except Exception as e:
         raise ConversionError(
             f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})"
@@ -410,9 +418,41 @@ def conversion_report(src: str, info: Dict, verbose: bool = False) -> List[str]:
     return lines
 
 
+class ConversionReport(list):
+    """
+    The report's lines (what was recognised, mapped and dropped, which config to
+    use), with the same facts as data: ``config`` (the config to use, relative to
+    ``configs/``), ``overrides`` (what that config needs changed, ``key=value``)
+    and ``info`` (from :func:`describe_mmdet_gfl`).
+    """
+
+    def __init__(self, lines: List[str], config: str, overrides: List[str], info: Dict):
+        super().__init__(lines)
+        self.config, self.overrides, self.info = config, overrides, info
+
+
+def _write_atomically(state: Dict, meta: Dict, dst: str) -> None:
+    """``{"model": state}`` to ``dst``, never a half-written file."""
+    out_dir = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
+    os.close(fd)
+    try:
+        payload = {
+            "model": state,
+            "__author__": "gfl-d2 convert_mmdet_checkpoint",
+            "mmdet_meta_keys": sorted(meta),
+        }
+        torch.save(payload, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def convert_checkpoint(
     src: str, dst: str, allow_pickle: bool = False, verbose: bool = False
-) -> List[str]:
+) -> ConversionReport:
     """
     Convert the MMDetection GFL checkpoint ``src`` into a detectron2
     checkpoint ``dst`` (``{"model": state_dict}``), written atomically: never
@@ -424,26 +464,10 @@ def convert_checkpoint(
     state, meta = load_mmdet_checkpoint(src, allow_pickle=allow_pickle)
     converted, info = convert_mmdet_state_dict(state, meta)
     lines = conversion_report(src, info, verbose)
-    out_dir = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(
-            {
-                "model": converted,
-                "__author__": "gfl-d2 convert_mmdet_checkpoint",
-                "mmdet_meta_keys": sorted(meta),
-            },
-            tmp,
-        )
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    extra = f" and model.num_classes={info['num_classes']}" if info["num_classes"] != 80 else ""
+    _write_atomically(converted, meta, dst)
+    overrides = [f"model.num_classes={info['num_classes']}"] if info["num_classes"] != 80 else []
     if info["reg_max"] != 16:
-        extra += f" and model.reg_max={info['reg_max']}"
-    return lines + [
-        f"wrote {len(converted)} tensors to {dst}; use it with configs/{info['config']}{extra}"
-    ]
+        overrides.append(f"model.head.box2box_transform.reg_max={info['reg_max']}")
+    extra = "".join(f" and {o}" for o in overrides)
+    last = f"wrote {len(converted)} tensors to {dst}; use it with configs/{info['config']}{extra}"
+    return ConversionReport(lines + [last], info["config"], overrides, info)
