@@ -12,7 +12,7 @@ docs/configs.md ("ImageNet weights for R-101 and X-101"):
     python convert-torchvision-to-d2.py resnet101.pth pretrained/R-101.pkl
 """
 
-from .gfl_R_50_FPN_ms2x import model, train
+from .gfl_R_50_FPN_ms2x import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.bottom_up.stages.depth = 101
 train.init_checkpoint = "pretrained/R-101.pkl"

@@ -9,6 +9,8 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 
+from ..common.models.gfl import model
+
 dataloader = get_config("common/data/coco.py").dataloader
 optimizer = get_config("common/optim.py").SGD
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x

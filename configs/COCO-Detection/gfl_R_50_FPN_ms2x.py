@@ -8,7 +8,7 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 
-from .gfl_R_50_FPN_1x import dataloader, train
+from .gfl_R_50_FPN_1x import dataloader, model, optimizer, train
 
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_2x
 # steps at epochs 16 and 22 of 24 (120k, 160k), 500 iterations of linear warm-up

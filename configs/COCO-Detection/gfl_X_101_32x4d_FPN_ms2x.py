@@ -18,7 +18,7 @@ from detectron2.config import LazyCall as L
 
 from gfl_d2.modeling import make_resnext_stages
 
-from .gfl_R_50_FPN_ms2x import model, train
+from .gfl_R_50_FPN_ms2x import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.bottom_up.stages = L(make_resnext_stages)(
     depth=101, num_groups=32, width_per_group=4, stride_in_1x1=False, norm="FrozenBN"

@@ -9,6 +9,6 @@ The release starts from torchvision's ImageNet ResNet-101, expected at
 docs/configs.md ("ImageNet weights for R-101 and X-101").
 """
 
-from .gfl_R_101_FPN_ms2x import model
+from .gfl_R_101_FPN_ms2x import dataloader, lr_multiplier, model, optimizer, train
 
 model.quality = "dgqp"

@@ -8,7 +8,7 @@ on the product. Published: 41.0 AP on COCO minival, 41.1 on test-dev
     python tools/train_net.py --config-file configs/COCO-Detection/gflv2_R_50_FPN_1x.py --num-gpus 8
 """
 
-from .gfl_R_50_FPN_1x import model
+from .gfl_R_50_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
 
 model.quality = "dgqp"
 model.head.dgqp_topk = 4

@@ -8,8 +8,8 @@ schedule of ``gfl_R_18_FPN_scratch.py`` (the baseline GFL is compared with):
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
 
+from .gfl_R_18_FPN_scratch import dataloader, dataset, lr_multiplier, optimizer, train
 from .gfl_R_18_FPN_scratch import model as _gfl
-from .gfl_R_18_FPN_scratch import train
 
 model = get_config("common/models/fcos.py").model
 model.backbone = _gfl.backbone

@@ -28,7 +28,7 @@ from gfl_d2.data.augmentations import resize_and_flip
 from gfl_d2.data.folders import dataset_num_classes, register_dataset
 from gfl_d2.evaluation import COCOEvaluatorWithCurves
 
-from ..Synthetic.gfl_R_18_FPN_shapes import model, train
+from ..Synthetic.gfl_R_18_FPN_shapes import model, optimizer, train
 
 # "???": must be given on the command line
 dataset = dict(

@@ -5,7 +5,7 @@ centerness branch (multiplied into the score at test time) and plain distance
 regression (Dirac delta) with GIoU, weighted by the centerness target.
 """
 
-from .gfl_R_18_FPN_shapes import model, train
+from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
 
 model.quality = "centerness"
 model.box_representation = "dirac"

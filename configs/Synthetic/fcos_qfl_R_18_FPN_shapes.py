@@ -2,7 +2,7 @@
 
 from gfl_d2.modeling import QFLFCOS
 
-from .fcos_R_18_FPN_shapes import model, train
+from .fcos_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
 
 model._target_ = QFLFCOS
 model.qfl_beta = 2.0

@@ -10,8 +10,8 @@ detectron2's default.
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
 
+from .gfl_R_18_FPN_shapes import dataloader, lr_multiplier, optimizer, train
 from .gfl_R_18_FPN_shapes import model as _gfl
-from .gfl_R_18_FPN_shapes import train
 
 model = get_config("common/models/retinanet.py").model
 model.backbone = _gfl.backbone

@@ -2,7 +2,7 @@
 
 from gfl_d2.modeling import QFLRetinaNet
 
-from .retinanet_R_18_FPN_shapes import model, train
+from .retinanet_R_18_FPN_shapes import dataloader, lr_multiplier, model, optimizer, train
 
 model._target_ = QFLRetinaNet
 model.qfl_beta = 2.0
