@@ -15,16 +15,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from gfl_d2.data import (
-    BARS_CLASSES,
-    BARS_IDS,
-    BarsConfig,
     DatasetError,
     detect_layout,
     read_dataset_folder,
     register_dataset,
     write_layout,
 )
-from gfl_d2.data.bars import generate_bars_split
+from gfl_studies.bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split
 
 LAYOUTS = ("coco", "voc", "yolo")
 SMALL = BarsConfig(min_width=64, max_width=120, min_height=48, max_height=90, max_objects=5)

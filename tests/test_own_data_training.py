@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gfl_d2.convert import convert_checkpoint
-from gfl_d2.data import BARS_CLASSES, BARS_IDS, BarsConfig, write_layout
-from gfl_d2.data.bars import generate_bars_split
+from gfl_d2.data import write_layout
 from gfl_d2.testing import read_metrics, run_tool
+from gfl_studies.bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split
 
 from .mmdet_gfl_reference import mmdet_gfl_state_dict
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Write the generated "bars" dataset (gfl_d2.data.bars: non-square images of
+Write the generated "bars" dataset (gfl_studies.bars: non-square images of
 varying size, classes bar / ellipse / cross / frame with ids 3, 7, 11, 20,
 some images without objects) as a dataset folder in COCO, Pascal VOC or YOLO
 layout: something to try configs/OwnData on.
@@ -11,7 +11,8 @@ layout: something to try configs/OwnData on.
 
 import argparse
 
-from gfl_d2.data import LAYOUTS, write_bars_dataset
+from gfl_d2.data import LAYOUTS
+from gfl_studies.bars import write_bars_dataset
 
 
 def main(argv=None):

@@ -24,7 +24,7 @@ report to ``<results>/<name>.json`` and ``.md``.
 import argparse
 import os
 
-from gfl_d2.data import BarsConfig, write_bars_dataset
+from gfl_studies.bars import BarsConfig, write_bars_dataset
 from gfl_studies.own_data_study import render_report, run_own_data_lr_tuning, run_own_data_study
 from gfl_studies.reports import add_report_arguments, render_again
 

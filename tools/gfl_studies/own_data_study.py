@@ -4,7 +4,7 @@ on, trained with the documented command (``python -m gfl_d2.training
 --config-file configs/OwnData/... dataset.root=...``), over seeds, with GFL's
 bins as configured and as the bin check advises. ``tools/own_data_study.py``
 is its command line; by default it generates the second dataset ("bars",
-:mod:`gfl_d2.data.bars`) in the layout asked for. The report
+:mod:`.bars`) in the layout asked for. The report
 (``<name>.json``, ``<name>.md``) is written as in :mod:`gfl_studies.reports`.
 """
 
