@@ -1,8 +1,9 @@
 """
 MMDetection 3.3's GFL as the benchmark's peer: the same R-50-FPN GFL in the
 two frameworks with the same weights (MMDetection's own initialisation, head
-weights that give confident detections, saved as MMDetection's runner saves
-and converted by :func:`gfl_d2.convert.convert_checkpoint`), timed on the
+weights that give confident detections, saved as MMDetection's runner saves,
+read by :func:`gfl_d2.convert.load_mmdet_checkpoint` and converted by
+:func:`gfl_d2.convert.convert_mmdet_state_dict`), timed on the
 same images, the two frameworks alternating inside every repetition
 (:func:`gfl_studies.benchmark.interleaved`).
 
@@ -121,18 +122,18 @@ def build_pair(device: str = "cpu") -> Tuple[torch.nn.Module, torch.nn.Module]:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
 
-    from gfl_d2.convert import convert_checkpoint
+    from gfl_d2.convert import convert_mmdet_state_dict, load_mmdet_checkpoint
     from gfl_d2.model_zoo import get_config_file
 
     theirs, _ = build_mmdet_gfl(MMDET_CONFIGS["R-50 1x"])
     trained_like(theirs)
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = os.path.join(tmp, "mmdet.pth"), os.path.join(tmp, "converted.pth")
+        src = os.path.join(tmp, "mmdet.pth")
         save_as_mmdet(theirs, src)
-        report = convert_checkpoint(src, dst)
-        config = report[-1].rsplit("use it with configs/", 1)[1].split()[0]
-        ours = instantiate(LazyConfig.load(get_config_file(config)).model)
-        incompatible = DetectionCheckpointer(ours)._load_model(torch.load(dst, weights_only=True))
+        converted, info = convert_mmdet_state_dict(*load_mmdet_checkpoint(src))
+    config = info["config"]  # the config of gfl-d2 that has the converted architecture
+    ours = instantiate(LazyConfig.load(get_config_file(config)).model)
+    incompatible = DetectionCheckpointer(ours)._load_model({"model": converted})
     if incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes:
         raise RuntimeError(f"the converted weights do not fit gfl-d2's {config}: {incompatible}")
     return ours.to(device).eval(), theirs.to(device).eval()
