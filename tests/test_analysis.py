@@ -140,7 +140,7 @@ def test_edge_uncertainty_report_renders_again_from_its_json(tmp_path):
     )
     (tmp_path / "edges.json").write_text(json.dumps(data))
     proc = run_tool(
-        ["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "edges"]
+        ["tools/edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "edges"]
     )
     md = (tmp_path / "edges.md").read_text()
     assert (
@@ -149,7 +149,7 @@ def test_edge_uncertainty_report_renders_again_from_its_json(tmp_path):
     )
     assert "c.py with w.pth" in md and md.strip() == proc.stdout.strip()
     missing = run_tool(
-        ["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "x"],
+        ["tools/edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "x"],
         check=False,
     )
     assert missing.returncode != 0 and f"{tmp_path / 'x.json'} not found" in missing.stderr

@@ -57,7 +57,7 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
     opts = ["dataloader.test.dataset.names.num_images=3", "model.test_score_thresh=0.0"]
     proc = run_tool(
         [
-            "tools/quality_correlation.py",
+            "tools/quality_study.py",
             "--model",
             "GFL",
             "configs/Synthetic/gfl_R_18_FPN_shapes.py",
@@ -111,13 +111,13 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
     # --report: the same Markdown from the JSON alone
     (tmp_path / "quality.md").unlink()
     run_tool(
-        ["tools/quality_correlation.py", "--report", "--results", tmp_path, "--name", "quality"]
+        ["tools/quality_study.py", "--report", "--results", tmp_path, "--name", "quality"]
     )
     assert (tmp_path / "quality.md").read_text() == md
     # a missing checkpoint is named before anything runs
     proc = run_tool(
         [
-            "tools/quality_correlation.py",
+            "tools/quality_study.py",
             "--model",
             "X",
             "configs/Synthetic/gfl_R_18_FPN_shapes.py",

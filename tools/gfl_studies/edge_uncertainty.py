@@ -3,7 +3,7 @@ Does the predicted edge uncertainty (``pred_box_std``) know which edges are
 ambiguous? On a dataset whose annotations carry ``edge_flags`` (the
 generated shapes dataset), each ground-truth box is matched to its best
 detection of the same class and its edges are grouped by whether they were
-blurred and whether they are occluded. ``tools/measure_edge_uncertainty.py``
+blurred and whether they are occluded. ``tools/edge_uncertainty.py``
 is the command line.
 """
 

@@ -1,6 +1,6 @@
 """
 How well does each localisation-quality signal of a trained GFL rank its
-detections by their true IoU? The study behind ``tools/quality_correlation.py``.
+detections by their true IoU? The study behind ``tools/quality_study.py``.
 
 For every detection of every model on a validation set (the model's own
 thresholds, after NMS) it records the IoU of the box with the best

@@ -1,5 +1,5 @@
 """
-The quick start as a new user meets it (``tools/quickstart_check.py`` is the
+The quick start as a new user meets it (``tools/quickstart.py`` is the
 command line): the repository's committed state cloned into a fresh folder,
 ``python tools/train_net.py`` run there unchanged (no ``$DETECTRON2_DATASETS``,
 so the shapes dataset is generated inside the clone, as on a first run), its

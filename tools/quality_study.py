@@ -10,11 +10,11 @@ report (``<results>/<name>.json`` with the correlations and APs, ``<name>.md``
 with the tables), and to --output every
 detection's values (``detections.json``) and a scatter picture.
 
-    python tools/quality_correlation.py \\
+    python tools/quality_study.py \\
         --model GFL configs/Synthetic/gfl_R_18_FPN_shapes.py output/ablation_v2/GFL/seed0/model_final.pth \\
         --model "GFL V2" configs/Synthetic/gflv2_R_18_FPN_shapes.py output/ablation_v2/GFL_V2/seed0/model_final.pth \\
         --output output/quality_correlation --name quality_correlation_shapes
-    python tools/quality_correlation.py --report --name quality_correlation_shapes   # the .md again
+    python tools/quality_study.py --report --name quality_correlation_shapes   # the .md again
 
 See ``gfl_studies/quality_study.py`` for the candidates.
 """

@@ -8,8 +8,8 @@ time it and read its AP and seed from the log; write the report
 run, at most 10 minutes each). Run it on a quiet machine: the load average
 before each run is recorded.
 
-    python tools/quickstart_check.py --runs 3 --name quickstart_cpu_2cores
-    python tools/quickstart_check.py --report --name quickstart_cpu_2cores   # the .md again from the .json
+    python tools/quickstart.py --runs 3 --name quickstart_cpu_2cores
+    python tools/quickstart.py --report --name quickstart_cpu_2cores   # the .md again from the .json
 
 Arguments after ``--`` are appended to the command (a study of the quick
 start's settings; the report shows the command measured).

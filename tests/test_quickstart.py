@@ -1,4 +1,4 @@
-"""tools/quickstart_check.py: the quick start run in a fresh clone, timed, its AP and seed read from detectron2's log."""
+"""tools/quickstart.py: the quick start run in a fresh clone, timed, its AP and seed read from detectron2's log."""
 
 import io
 import json
@@ -122,7 +122,7 @@ def test_tool_runs_the_command_in_a_clone_and_writes_the_report(tmp_path):
     ]
     run_tool(
         [
-            "tools/quickstart_check.py",
+            "tools/quickstart.py",
             "--runs",
             "1",
             "--workdir",
