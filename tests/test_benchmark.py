@@ -2,10 +2,13 @@
 (tiny sizes, one repeat; no timing assertions), the reports, and the GPU check's summary rows."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from gfl_d2.testing import run_tool
+from gfl_d2.testing import ROOT, run_tool
 from gfl_studies.gpu_check import benchmark_rows
 from gfl_studies.mmdet_peer import SKIP_NOTE, run_peer_benchmark
 from gfl_studies.mmdet_peer import render as render_peer
@@ -77,7 +80,15 @@ def test_gpu_check_report_renders_again_from_its_json(tmp_path):
     (tmp_path / "gc.json").write_text(
         json.dumps(dict(header="GPU check, 2026-11-26, H100", rows=rows))
     )
-    proc = run_tool(["tools/gpu_check.py", "--report", "--results", tmp_path, "--name", "gc"])
+    # the one entry point, as a user runs it, with this interpreter
+    proc = subprocess.run(
+        ["bash", "tools/gpu_check.sh", "--report", "--results", str(tmp_path), "--name", "gc"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     md = (tmp_path / "gc.md").read_text()
     assert (
         md.startswith("GPU check, 2026-11-26, H100\n\n| step | ok | s | result |")

@@ -1,5 +1,5 @@
 """
-The one benchmark driver of ``tools/benchmark.py`` and ``tools/gpu_check.py``:
+The one benchmark driver of ``tools/benchmark.py`` and ``tools/gpu_check.sh``:
 GFL (V1, V2) against detectron2's own FCOS and RetinaNet, R-50-FPN with one
 backbone, COCO-like inputs, in one process on one device. Every measured
 line (:class:`Line`) runs all models round-robin, so that drifts of the

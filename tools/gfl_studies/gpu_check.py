@@ -1,13 +1,21 @@
 """
-The GPU check behind ``tools/gpu_check.py`` and ``tools/gpu_check.sh`` (see
-there for what it runs). Each step runs in its own process with a time
-limit, so that one failure does not hide the others; the summary table says
-which passed. The benchmark step is ``tools/benchmark.py --mode gpu_check``
-(:mod:`gfl_studies.benchmark`, the one driver). The report: ``<name>.json``
-(``header``, ``rows``) and ``<name>.md``, and the benchmark's own report
-``<name>_benchmark.json`` / ``.md`` beside it.
+The GPU check behind ``tools/gpu_check.sh``, its one entry point (see there
+for what it runs; the script installs what a bare machine lacks, then runs
+``python -m gfl_studies.gpu_check``). Each step runs in its own process
+with a time limit, so that one failure does not hide the others; the
+summary table says which passed. The benchmark step is ``tools/benchmark.py
+--mode gpu_check`` (:mod:`gfl_studies.benchmark`, the one driver). Logs,
+checkpoints and exports go to --output; the report to ``<results>/<name>.json``
+(``header``, ``rows``) and ``.md``, the benchmark's own report beside it
+(``<name>_benchmark.json`` / ``.md``); --results defaults to
+projects/GFL/results, and to --output with --smoke.
+
+    bash tools/gpu_check.sh --name gpu_check_h200            # on a CUDA machine
+    bash tools/gpu_check.sh --smoke --output /tmp/gc          # tiny sizes, on the CPU too
+    bash tools/gpu_check.sh --report --name gpu_check_h100   # the .md again from the .json
 """
 
+import argparse
 import json
 import math
 import os
@@ -17,9 +25,10 @@ import time
 
 import torch
 
-from .reports import write_report
+from .mmdet_peer import SKIP_NOTE
+from .reports import DEFAULT_RESULTS, add_report_arguments, render_again, write_report
 
-__all__ = ["run_gpu_check", "benchmark_rows", "render"]
+__all__ = ["run_gpu_check", "benchmark_rows", "render", "parse_args", "main"]
 
 # the repository checkout (this package lives in <repository>/tools/gfl_studies): its tests, tools, configs
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -209,7 +218,7 @@ def step_peer(args, out):
         os.path.join(out, "benchmark_mmdet.log"),
         timeout=300,
     )
-    if ok and "MMDetection peer skipped" in log:
+    if ok and SKIP_NOTE in log:  # what tools/benchmark.py prints when nothing was measured
         return [
             dict(
                 step="bench vs MMDetection",
@@ -435,3 +444,39 @@ def run_gpu_check(args):
         table = write_summary(args, rows, t0, done=i + 1 == len(steps))
     print("\n" + table)
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="tools/gpu_check.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--output", default="gpu_check", help="folder for logs, checkpoints and exports")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and few iterations; allowed without a GPU"
+    )
+    p.add_argument(
+        "--iters", type=int, default=None, help="training iterations per precision (default 300)"
+    )
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "peer", "export"]
+    )
+    add_report_arguments(p, "gpu_check", results=None)
+    args = p.parse_args(argv)
+    # a smoke run checks the script, it measures nothing: its report stays with its logs
+    args.results = args.results or (args.output if args.smoke else DEFAULT_RESULTS)
+    return args
+
+
+def main(argv=None):
+    """The command line of ``tools/gpu_check.sh``: run the check, or render its report again."""
+    args = parse_args(argv)
+    if args.report:
+        print(render_again(args.results, args.name, render))
+        return 0
+    return run_gpu_check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
