@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from typing import Dict, Optional
 
 from gfl_d2.model_zoo import get_config_file
 
@@ -295,6 +296,22 @@ def ensure_teacher(args):
 
 
 # ------------------------------------------------------------------ one run
+_PROGRESS = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)")
+
+
+def printed_progress(line: str) -> Optional[Dict[str, object]]:
+    """
+    The progress in a line of detectron2's ``CommonMetricPrinter`` (None for
+    other lines): ``iteration`` (from 0), ``total_loss`` and ``eta`` as
+    printed. Shown while a child trains, as its output streams; the run's
+    ``metrics.json`` holds the same values only as its writer flushes them.
+    """
+    m = _PROGRESS.search(line)
+    if m is None:
+        return None
+    return dict(iteration=int(m.group(2)), total_loss=m.group(3), eta=m.group(1))
+
+
 def train(args, name, seed, log_prefix):
     """Train (resuming) in a child process; returns its wall time."""
     out = run_dir(args, name, seed)
@@ -318,10 +335,11 @@ def train(args, name, seed, log_prefix):
         )
         for line in proc.stdout:
             log.write(line)
-            m = re.search(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)", line)
-            if m and args.jobs == 1:
+            shown = printed_progress(line)
+            if shown and args.jobs == 1:
                 print(
-                    f"\r{log_prefix} iter {int(m.group(2)) + 1}/{args.iters} loss {m.group(3)} eta {m.group(1)}   ",
+                    f"\r{log_prefix} iter {shown['iteration'] + 1}/{args.iters} "
+                    f"loss {shown['total_loss']} eta {shown['eta']}   ",
                     end="",
                     flush=True,
                 )

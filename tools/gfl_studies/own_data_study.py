@@ -8,7 +8,6 @@ is its command line; by default it generates the second dataset ("bars",
 (``<name>.json``, ``<name>.md``) is written as in :mod:`gfl_studies.reports`.
 """
 
-import json
 import os
 import re
 import statistics
@@ -21,7 +20,7 @@ from gfl_d2.model_zoo import get_config_file
 
 from .lr_tuning import render as render_lr_tuning
 from .lr_tuning import tune_then_seeds
-from .reports import machine, write_report
+from .reports import final_evaluation, machine, write_report
 
 __all__ = [
     "run_own_data_study",
@@ -42,14 +41,7 @@ FCOS_LOW_THRESHOLD = (
 
 def final_metrics(output_dir: str) -> Dict[str, float]:
     """The last evaluation's bbox metrics in ``output_dir/metrics.json``."""
-    last = None
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        for line in f:
-            if '"bbox/AP"' in line:
-                last = json.loads(line)
-    if last is None:
-        raise RuntimeError(f"no evaluation in {output_dir}/metrics.json")
-    return {k[len("bbox/") :]: float(v) for k, v in last.items() if k.startswith("bbox/")}
+    return final_evaluation(output_dir, "bbox")
 
 
 def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
@@ -67,17 +59,27 @@ def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
     return advised, recommended
 
 
-def copypaste_metrics(log_text: str) -> Dict[str, float]:
-    """The bbox metrics of detectron2's last ``copypaste:`` lines in a log."""
-    names, values = None, None
+def copypaste_metrics(log_text: str, task: str = "bbox") -> Dict[str, float]:
+    """
+    The metrics of ``task`` that detectron2's ``print_csv_format`` logged last
+    (its ``copypaste:`` lines: the task, the metric names, their values).
+    Only for an ``--eval-only`` run: it writes no ``metrics.json``, and the
+    results it returns stay in its process, so its log is the one record.
+    """
+    found, current, names = None, None, None
     for line in log_text.splitlines():
-        if "copypaste: AP," in line:
-            names = line.split("copypaste: ", 1)[1].strip().split(",")
-        elif names and "copypaste: " in line and values is None:
-            values = [float(v) for v in line.split("copypaste: ", 1)[1].strip().split(",")]
-    if names is None or values is None:
-        raise RuntimeError("no copypaste: metrics in the log")
-    return dict(zip(names, values))
+        if "copypaste: " not in line:
+            continue
+        text = line.split("copypaste: ", 1)[1].strip()
+        if text.startswith("Task: "):
+            current, names = text[len("Task: ") :], None
+        elif names is None:
+            names = text.split(",")
+        elif current == task:
+            found = dict(zip(names, (float(v) for v in text.split(","))))
+    if found is None:
+        raise RuntimeError(f"no copypaste: metrics of {task} in the log")
+    return found
 
 
 def _evaluate(config: str, overrides: List[str], out: str, label: str) -> Dict[str, float]:

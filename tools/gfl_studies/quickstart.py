@@ -5,14 +5,16 @@ command line): the repository's committed state cloned into a fresh folder,
 so the shapes dataset is generated inside the clone, as on a first run), its
 wall time measured from the start of the process to its exit, split into
 setup (imports, data generation and checks, up to "Starting training"),
-training and evaluation by the moments the log lines appear, and the
-``COCOEvaluator`` result and the generated seed read from detectron2's log.
+training and evaluation by the moments the log lines appear, the
+``COCOEvaluator`` result read from the run's ``metrics.json`` and the
+generated seed from detectron2's log.
 
 The report (``<name>.json``, ``<name>.md``) is written as in
 :mod:`gfl_studies.reports`, with the machine's load average before each run,
 since the time depends on a quiet machine.
 """
 
+import glob
 import math
 import os
 import re
@@ -27,12 +29,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .reports import machine, mean_std, write_report
+from .reports import final_evaluation, machine, mean_std, write_report
 
 __all__ = [
     "TARGET_AP",
     "TARGET_SECONDS",
     "parse_log",
+    "bbox_result",
     "run_once",
     "summarize",
     "render",
@@ -44,7 +47,6 @@ TARGET_AP = 42.0
 TARGET_SECONDS = 600.0
 
 _SEED = re.compile(r"Using a generated random seed (\d+)")
-_COPYPASTE = re.compile(r"copypaste: (.*)$")
 # detectron2's CommonMetricPrinter: "time" is the mean iteration time so far, "data_time" the last 20's
 _ITER_TIME = re.compile(r"(?<!\S)time: ([0-9.]+)")
 _DATA_TIME = re.compile(r"(?<!\S)data_time: ([0-9.]+)")
@@ -54,14 +56,14 @@ _END = "Total training time:"
 
 def parse_log(lines: Sequence[str]) -> Dict:
     """
-    The seed, the bbox result and the time per iteration of a ``train_net.py``
-    log (detectron2's ``seed_all_rng``, ``print_csv_format`` and
-    ``CommonMetricPrinter`` lines): ``{"seed": int or None, "bbox": {"AP": ...,
-    ...} or None, "iteration_seconds": the last printed mean or None,
-    "data_seconds": the mean of the printed loading times or None}``.
+    What only the log of a ``train_net.py`` run holds: the seed
+    (detectron2's ``seed_all_rng`` logs it, nothing stores it) and the time
+    per iteration (``CommonMetricPrinter`` prints the mean since the start;
+    ``metrics.json`` keeps only medians over its window):
+    ``{"seed": int or None, "iteration_seconds": the last printed mean or
+    None, "data_seconds": the mean of the printed loading times or None}``.
     """
-    seed, bbox, task, keys = None, None, None, None
-    iteration, data = None, []
+    seed, iteration, data = None, None, []
     for line in lines:
         m = _SEED.search(line)
         if m:
@@ -73,27 +75,26 @@ def parse_log(lines: Sequence[str]) -> Dict:
             m = _DATA_TIME.search(line)
             if m:
                 data.append(float(m.group(1)))
-        m = _COPYPASTE.search(line)
-        if not m:
-            continue
-        text = m.group(1).strip()
-        if text.startswith("Task: "):
-            task, keys = text[len("Task: ") :], None
-        elif keys is None:
-            keys = text.split(",")
-        elif task == "bbox":
-            values = [float(v) for v in text.split(",")]
-            if len(values) != len(keys):
-                raise ValueError(
-                    f"a bbox result line with {len(values)} values for {len(keys)} keys: {line!r}"
-                )
-            bbox = dict(zip(keys, values))
     return dict(
         seed=seed,
-        bbox=bbox,
         iteration_seconds=iteration,
         data_seconds=statistics.mean(data) if data else None,
     )
+
+
+def bbox_result(clone: str) -> Optional[Dict[str, float]]:
+    """
+    The bbox metrics of the final evaluation in the run's ``metrics.json``
+    (the one in the fresh clone, wherever the config puts its output); None
+    when the run wrote none or evaluated nothing.
+    """
+    found = sorted(glob.glob(os.path.join(clone, "**", "metrics.json"), recursive=True))
+    if len(found) > 1:
+        raise RuntimeError(f"more than one metrics.json in the fresh clone {clone}: {found}")
+    try:
+        return final_evaluation(os.path.dirname(found[0]), "bbox") if found else None
+    except RuntimeError:
+        return None  # no evaluation was logged
 
 
 def busy_cpu_seconds() -> float:
@@ -193,7 +194,7 @@ def run_once(
     # the run's own CPU time (its loader workers included) against the whole machine's: what else ran meanwhile
     own_cpu = _children_cpu() - children0
     other_cpu = max(0.0, busy_cpu_seconds() - busy0 - own_cpu)
-    parsed = parse_log(lines)
+    parsed = dict(parse_log(lines), bbox=bbox_result(clone))
     phases = None
     if "training_start" in marks and "training_end" in marks:
         phases = dict(

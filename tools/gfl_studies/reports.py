@@ -25,6 +25,7 @@ __all__ = [
     "mean_std",
     "machine",
     "read_metrics_series",
+    "final_evaluation",
 ]
 
 # the repository's projects/GFL/results (this package lives in <repository>/tools/gfl_studies)
@@ -114,6 +115,23 @@ def read_metrics_series(run_dir: str, keys: Sequence[str]) -> List[Dict]:
                     )
                 )
     return rows
+
+
+def final_evaluation(run_dir: str, task: str = "bbox") -> Dict[str, float]:
+    """
+    The metrics of ``task`` (``{"AP": ..., "AP50": ..., ...}``) of the last
+    evaluation detectron2 wrote to ``run_dir/metrics.json`` (its JSONWriter
+    writes the evaluator's results as ``"<task>/<metric>"`` scalars).
+    """
+    prefix, last = f"{task}/", None
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            record = json.loads(line)
+            if f"{prefix}AP" in record:
+                last = record
+    if last is None:
+        raise RuntimeError(f"no {task} evaluation in {run_dir}/metrics.json")
+    return {k[len(prefix) :]: float(v) for k, v in last.items() if k.startswith(prefix)}
 
 
 def machine(device: str = "cpu") -> Dict:
