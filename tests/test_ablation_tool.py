@@ -1,4 +1,7 @@
-"""tools/ablation.py: trains, evaluates and times the variants, writes the report (JSON and tables), resumes."""
+"""
+tools/ablation.py: trains, evaluates and times the variants, writes the report (JSON and
+tables), resumes.
+"""
 
 import argparse
 import io

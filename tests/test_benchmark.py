@@ -50,7 +50,8 @@ def test_benchmark_smoke_writes_its_report(tmp_path):
     (tmp_path / "bench.md").unlink()
     run_tool(["tools/benchmark.py", "--report", "--results", tmp_path, "--name", "bench"])
     assert (tmp_path / "bench.md").read_text() == md
-    # the GPU check's summary rows come from a result of this driver: one per inference / training line
+    # the GPU check's summary rows come from a result of this driver: one per inference / training
+    # line
     rows = benchmark_rows(result)
     assert [r["step"] for r in rows] == [
         "bench inference 96x128 b1 fp32",
@@ -126,7 +127,8 @@ def test_gpu_check_reports_what_ran_beside_what_failed():
     amp, amp_meta = _line("train", 8, "fp16")
     fp32, fp32_meta = _line("train", 8)
     gfl, fcos, v2 = {}, {}, {}
-    # GFL 62.3 img/s at 6366.6 MiB on both lines; FCOS 51.0 img/s in fp32 and failing under AMP; V2 59.0 img/s
+    # GFL 62.3 img/s at 6366.6 MiB on both lines; FCOS 51.0 img/s in fp32 and failing under AMP; V2
+    # 59.0 img/s
     for label, meta in ((amp, amp_meta), (fp32, fp32_meta)):
         gfl[label], gfl[meta["memory"]] = _timed(8 / 62.3, 6366.6)
     fcos[amp] = dict(

@@ -53,7 +53,10 @@ def dataset_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory):
-    """A checkpoint of a distillation config's teacher (its config's initial weights), one per teacher config."""
+    """
+    A checkpoint of a distillation config's teacher (its config's initial weights), one per
+    teacher config.
+    """
     made = {}
 
     def make(config_file):

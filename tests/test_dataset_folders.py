@@ -369,7 +369,10 @@ def test_own_data_image_size_setting_scales_down_only_unless_asked():
 
 
 def test_voc_reader_agrees_with_detectron2s_own_voc_loader(tmp_path, objects):
-    """The VOC convention (1-based corners, ids from ImageSets) as detectron2's load_voc_instances reads it."""
+    """
+    The VOC convention (1-based corners, ids from ImageSets) as detectron2's load_voc_instances
+    reads it.
+    """
     from detectron2.data.datasets.pascal_voc import load_voc_instances
     from PIL import Image
 
@@ -401,7 +404,8 @@ def test_voc_reader_agrees_with_detectron2s_own_voc_loader(tmp_path, objects):
                 [x["bbox"] for x in b["annotations"]],
                 atol=1e-4,
             )
-        # the one deliberate difference: detectron2 trains on 'difficult' objects, VOC (and this reader) ignore them
+        # the one deliberate difference: detectron2 trains on 'difficult' objects, VOC (and this
+        # reader) ignore them
         assert [x["iscrowd"] for x in a["annotations"]] == [
             x.get("iscrowd", 0) for x in want["annotations"]
         ]

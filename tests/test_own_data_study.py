@@ -1,4 +1,7 @@
-"""What the own-data study reads from the runs it starts (the log lines and metrics.json of the entry point), and its report."""
+"""
+What the own-data study reads from the runs it starts (the log lines and metrics.json of the
+entry point), and its report.
+"""
 
 import io
 import json

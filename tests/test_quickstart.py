@@ -79,7 +79,8 @@ def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
     lines = stream.getvalue().splitlines(keepends=True)
     assert len(lines) == 3 and all("last_data_time" in line for line in lines)
     parsed = parse_log(lines)
-    # the mean of all 60 logged iteration times (in training, IterationTimer leaves out the first ones)
+    # the mean of all 60 logged iteration times (in training, IterationTimer leaves out the first
+    # ones)
     assert parsed["iteration_seconds"] == pytest.approx(0.25 + 0.001 * 29.5, abs=1e-4)
     # the 20-iteration means of data_time: 0.01, 0.01, 0.03
     assert parsed["data_seconds"] == pytest.approx((0.01 + 0.01 + 0.03) / 3, abs=1e-4)

@@ -3,7 +3,7 @@
 Measure the quick start as a new user meets it (gfl_studies.quickstart):
 ``--runs`` times, clone the repository's committed state into a fresh folder,
 run ``python tools/train_net.py`` there (the dataset generated on the way),
-time it and read its AP and seed from the log; write the report
+time it, read its AP from its metrics.json and its seed from its log; write the report
 ``<results>/<name>.json`` and ``.md`` with the targets (AP >= 42 in every
 run, at most 10 minutes each). Run it on a quiet machine: the load average
 before each run is recorded.

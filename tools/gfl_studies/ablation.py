@@ -33,9 +33,11 @@ ATSS_CFG = SHAPES + "atss_R_18_FPN_shapes.py"
 
 ABLATIONS = SHAPES + "Ablations/"
 DISTILLATION = SHAPES + "Distillation/"
-# Localization Distillation's teacher: the paper-settings model, trained on its own (default) schedule
+# Localization Distillation's teacher: the paper-settings model, trained on its own (default)
+# schedule
 TEACHER_CFG = GFL_CFG
-# what GFL V2's quality predictor outputs at the positives, logged every iteration (gfl_d2.modeling.meta_arch)
+# what GFL V2's quality predictor outputs at the positives, logged every iteration
+# (gfl_d2.modeling.meta_arch)
 QUALITY_SERIES = ("dgqp_quality_mean", "dgqp_quality_std")
 
 # name -> (config file, overrides, what it is). Each variant is a config file
@@ -164,7 +166,10 @@ def slug(name):
 
 
 def schedule_overrides(iters, batch):
-    """The shapes schedule scaled to `iters`: LR steps at 77% and 91%, warm-up 50 iterations (5-25%)."""
+    """
+    The shapes schedule scaled to `iters`: LR steps at 77% and 91%, warm-up 50 iterations
+    (5-25%).
+    """
     if iters < 4:
         raise SystemExit(f"--iters must be at least 4 (two LR steps before the end), got {iters}")
     first = max(1, min(int(iters * 0.77), iters - 2))
@@ -229,7 +234,10 @@ def teacher_checkpoint(args):
 
 
 def teacher_overrides(args):
-    """The teacher run: its config's own schedule, the study's data options, then ``--teacher-opts``."""
+    """
+    The teacher run: its config's own schedule, the study's data options, then
+    ``--teacher-opts``.
+    """
     return (
         [
             f"train.seed={args.teacher_seed}",
@@ -387,8 +395,10 @@ def _evaluate_config(config, overrides, checkpoint, output_dir, jobs):
     cfg, model = _build(config, overrides, checkpoint)
     cfg.dataloader.evaluator.output_dir = output_dir
     if jobs > 1:
-        # forking loader workers from a process whose other threads run jobs can deadlock (seen: a worker
-        # waiting forever on a lock held at the fork); evaluating in this process's thread needs none
+        # forking loader workers from a process whose other threads run jobs can deadlock (seen: a
+        # worker
+        # waiting forever on a lock held at the fork); evaluating in this process's thread needs
+        # none
         cfg.dataloader.test.num_workers = 0
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
@@ -792,7 +802,10 @@ TUNED_VARIANTS = ("RetinaNet", "FCOS", "ATSS", "GFL")  # the detectors of the ma
 
 
 def lr_args(args, lr):
-    """The options of the runs at learning rate ``lr``: their own folder ``<output>/lr<lr>``, the rate as an override."""
+    """
+    The options of the runs at learning rate ``lr``: their own folder ``<output>/lr<lr>``, the
+    rate as an override.
+    """
     return argparse.Namespace(
         **dict(
             vars(args),

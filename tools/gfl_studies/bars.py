@@ -97,7 +97,10 @@ def _draw(
 
 
 def render_bars_image(index: int, seed: int, cfg: BarsConfig) -> Tuple[np.ndarray, List[Dict]]:
-    """(H, W, 3) uint8 image ``index`` of the split with ``seed``, and its annotations (XYXY_ABS, class index)."""
+    """
+    (H, W, 3) uint8 image ``index`` of the split with ``seed``, and its annotations (XYXY_ABS,
+    class index).
+    """
     rng = np.random.default_rng([seed, index, 7])
     w = int(rng.integers(cfg.min_width, cfg.max_width + 1))
     h = int(rng.integers(cfg.min_height, cfg.max_height + 1))
@@ -142,7 +145,10 @@ def generate_bars_split(
 def write_bars_dataset(
     root: str, layout: str, splits=(("train", 1500, 0), ("val", 300, 1)), cfg: BarsConfig = None
 ) -> Dict[str, List[Dict]]:
-    """Generate the bars splits ``(name, num_images, seed)`` and write them under ``root`` in ``layout``."""
+    """
+    Generate the bars splits ``(name, num_images, seed)`` and write them under ``root`` in
+    ``layout``.
+    """
     out = {}
     for split, num_images, seed in splits:
         records = generate_bars_split(

@@ -85,7 +85,10 @@ def edge_uncertainty_rows(
 
 
 def summarize_edge_uncertainty(rows: np.ndarray) -> Dict:
-    """Per group of edges (GROUPS): count, mean std (px and relative to the side), mean |error|; Spearman(std, error)."""
+    """
+    Per group of edges (GROUPS): count, mean std (px and relative to the side), mean |error|;
+    Spearman(std, error).
+    """
     summary = {}
     for g, name in enumerate(GROUPS):
         sel = rows[rows[:, 0] == g]

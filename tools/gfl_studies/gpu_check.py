@@ -30,7 +30,8 @@ from .reports import DEFAULT_RESULTS, add_report_arguments, render_again, write_
 
 __all__ = ["run_gpu_check", "benchmark_rows", "render", "parse_args", "main"]
 
-# the repository checkout (this package lives in <repository>/tools/gfl_studies): its tests, tools, configs
+# the repository checkout (this package lives in <repository>/tools/gfl_studies): its tests, tools,
+# configs
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBEDDED = "configs/Synthetic/gfl_R_18_FPN_shapes_quickstart.py"
 
@@ -197,7 +198,10 @@ def step_benchmark(args, out):
 
 
 def step_peer(args, out):
-    """gfl-d2 against MMDetection's GFL (tools/benchmark.py --peer mmdet), or the note that it was skipped."""
+    """
+    gfl-d2 against MMDetection's GFL (tools/benchmark.py --peer mmdet), or the note that it was
+    skipped.
+    """
     name = f"{args.name}_mmdet"
     ok, sec, log = run_step(
         "benchmark against MMDetection",
@@ -286,7 +290,8 @@ def benchmark_rows(data):
         precision = f"{meta['precision']} AMP" if meta["precision"] else "fp32"
         step = f"bench {dict(infer='inference', train='training')[meta['kind']]} {h}x{w} b{meta['batch']} {precision}"
         if "error" in g or "error" in f_:
-            # what ran is reported beside what failed (detectron2's FCOS fails under fp16 autocast, say)
+            # what ran is reported beside what failed (detectron2's FCOS fails under fp16 autocast,
+            # say)
             parts = [
                 f"{n.upper()} {line[n]['images_per_s']:.1f} img/s {_mib(line[n])}"
                 for n in ("gfl", "fcos")

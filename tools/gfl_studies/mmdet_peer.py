@@ -167,7 +167,10 @@ def _theirs_data(images, gts=None):
 
 
 def _inference(ours, theirs, images) -> Dict[str, Callable]:
-    """gfl-d2 (eager; on the CPU also with ``cpu_inference="frozen"``) and MMDetection, image to detections."""
+    """
+    gfl-d2 (eager; on the CPU also with ``cpu_inference="frozen"``) and MMDetection, image to
+    detections.
+    """
     ours_in, theirs_data = _ours_inputs(images), _theirs_data(images)
 
     def run_ours(mode="eager"):
@@ -239,7 +242,10 @@ def _assignment(ours, theirs, size, n_images, n_boxes, device) -> Dict[str, Call
 
 
 def peer_fns(ours, theirs, line: Line, device) -> Dict[str, Callable]:
-    """The functions timed on ``line`` for gfl-d2 (``"gfl"``) and MMDetection (:data:`PEER`); modes set."""
+    """
+    The functions timed on ``line`` for gfl-d2 (``"gfl"``) and MMDetection (:data:`PEER`); modes
+    set.
+    """
     if line.kind == "assign":
         return _assignment(ours, theirs, line.size, line.batch, line.boxes, device)
     train = line.kind == "train"
@@ -282,7 +288,10 @@ def _theirs_stages(model, images, clock):
 
 
 def _frozen_stages(model, images, clock):
-    """gfl-d2's inference with ``cpu_inference="frozen"``: backbone, FPN and head are one frozen graph."""
+    """
+    gfl-d2's inference with ``cpu_inference="frozen"``: backbone, FPN and head are one frozen
+    graph.
+    """
     with torch.no_grad():
         batch = model.preprocess_image(_ours_inputs(images))
         clock("preprocess")
@@ -386,7 +395,10 @@ def render(data: Dict) -> str:
 
 
 def conv_share(fn: Callable) -> float:
-    """The share of convolution kernels in the self time of one run of ``fn`` (torch.profiler, CPU ops)."""
+    """
+    The share of convolution kernels in the self time of one run of ``fn`` (torch.profiler, CPU
+    ops).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -452,7 +464,10 @@ def run_peer_benchmark(mode: str, device: str, repeat=None, warmup=None, log=pri
 
 
 def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
-    """Per framework: inference stages at the largest inference size, the convolutions' share of each kind of line."""
+    """
+    Per framework: inference stages at the largest inference size, the convolutions' share of
+    each kind of line.
+    """
     largest = max(
         (ln for ln in lines if ln.kind == "infer"), key=lambda ln: ln.size[0] * ln.size[1]
     )

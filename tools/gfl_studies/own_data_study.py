@@ -124,7 +124,10 @@ def bin_summary(log_text: str) -> str:
 
 
 def _train(config: str, overrides: List[str], out: str, label: str, threads: int = 0) -> str:
-    """Run the entry point (a finished run is not run again); return its log. ``threads``: torch's, 0 = its default."""
+    """
+    Run the entry point (a finished run is not run again); return its log. ``threads``: torch's,
+    0 = its default.
+    """
     log_path = os.path.join(out, "train_log.txt")
     if os.path.isfile(os.path.join(out, "model_final.pth")) and os.path.isfile(log_path):
         print(f"{label}: done before, reusing {out}", flush=True)
@@ -161,7 +164,8 @@ def _train(config: str, overrides: List[str], out: str, label: str, threads: int
 
 def _fcos_low_threshold(config: str, base: List[str], out: str, seed: int) -> Dict[str, float]:
     """
-    detectron2's FCOS keeps detections with sqrt(score x centerness) > 0.2: early in training it may keep
+    detectron2's FCOS keeps detections with sqrt(score x centerness) > 0.2: early in training it may
+    keep
     none, so it is also evaluated keeping nearly all (COCO AP ranks the top 100 anyway).
     """
     weights = os.path.join(out, "model_final.pth")
@@ -247,7 +251,8 @@ def run_own_data_lr_tuning(
     GFL and FCOS (:data:`CONFIGS`) each at its own learning rate
     (:mod:`gfl_studies.lr_tuning`): every rate of ``lrs`` with ``tune_seed``,
     then the best on the validation split with ``seeds``. Runs go to
-    ``output/lr<r>/<model>/seed<k>``; the report to ``results/<name>``. Returns the report (Markdown).
+    ``output/lr<r>/<model>/seed<k>``; the report to ``results/<name>``. Returns the report
+    (Markdown).
     """
     base = [f"dataset.root={root}"] + list(common)
     threads = max(1, 2 // jobs) if jobs > 1 else 0
@@ -286,7 +291,10 @@ def render_report(data: Dict) -> str:
 
 
 def summarize(runs: List[Dict]) -> Dict:
-    """Per metric: mean, std (None for one seed) and the number of seeds with a value; the AP of each seed."""
+    """
+    Per metric: mean, std (None for one seed) and the number of seeds with a value; the AP of
+    each seed.
+    """
     out = {}
     for m in METRICS:
         values = [r["metrics"].get(m, float("nan")) for r in runs]

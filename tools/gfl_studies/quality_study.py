@@ -85,7 +85,10 @@ def _ground_truth(record: Dict, height: int, width: int):
 
 
 def true_ious(instances, gt_boxes, gt_classes) -> np.ndarray:
-    """(K,) IoU of each detection with the best ground-truth box of its predicted class (0 if none)."""
+    """
+    (K,) IoU of each detection with the best ground-truth box of its predicted class (0 if
+    none).
+    """
     if len(instances) == 0:
         return np.zeros(0)
     if len(gt_boxes) == 0:
@@ -169,7 +172,10 @@ def correlations(results: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Dict[st
 
 
 def render(data: Dict) -> str:
-    """The Markdown of a report ``{"setup": ..., "correlations": correlations(...)}``: one row per model and subset."""
+    """
+    The Markdown of a report ``{"setup": ..., "correlations": correlations(...)}``: one row per
+    model and subset.
+    """
     setup = data.get("setup", {})
     lines = []
     if setup:

@@ -47,7 +47,8 @@ TARGET_AP = 42.0
 TARGET_SECONDS = 600.0
 
 _SEED = re.compile(r"Using a generated random seed (\d+)")
-# detectron2's CommonMetricPrinter: "time" is the mean iteration time so far, "data_time" the last 20's
+# detectron2's CommonMetricPrinter: "time" is the mean iteration time so far, "data_time" the last
+# 20's
 _ITER_TIME = re.compile(r"(?<!\S)time: ([0-9.]+)")
 _DATA_TIME = re.compile(r"(?<!\S)data_time: ([0-9.]+)")
 _START = "Starting training from iteration"
@@ -111,7 +112,10 @@ def _children_cpu() -> float:
 
 
 def repository_state(repo: str) -> Dict:
-    """The commit of ``repo`` and whether its tracked files differ from it (a clone measures the commit only)."""
+    """
+    The commit of ``repo`` and whether its tracked files differ from it (a clone measures the
+    commit only).
+    """
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -191,7 +195,8 @@ def run_once(
                 proc.kill()
                 proc.wait()
     seconds = time.perf_counter() - start
-    # the run's own CPU time (its loader workers included) against the whole machine's: what else ran meanwhile
+    # the run's own CPU time (its loader workers included) against the whole machine's: what else
+    # ran meanwhile
     own_cpu = _children_cpu() - children0
     other_cpu = max(0.0, busy_cpu_seconds() - busy0 - own_cpu)
     parsed = dict(parse_log(lines), bbox=bbox_result(clone))

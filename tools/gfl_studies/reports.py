@@ -36,7 +36,10 @@ DEFAULT_RESULTS = os.path.join(_REPOSITORY, "projects", "GFL", "results")
 def add_report_arguments(
     parser: argparse.ArgumentParser, name: str, results: str = DEFAULT_RESULTS
 ) -> None:
-    """``--results DIR`` (default ``results``), ``--name NAME`` (the report's file name, default ``name``) and ``--report``."""
+    """
+    ``--results DIR`` (default ``results``), ``--name NAME`` (the report's file name, default
+    ``name``) and ``--report``.
+    """
     group = parser.add_argument_group("report")
     group.add_argument(
         "--results",
@@ -61,7 +64,10 @@ def _paths(results: str, name: str):
 
 
 def write_report(results: str, name: str, data: Dict, render: Callable[[Dict], str]) -> str:
-    """Write ``data`` as ``<results>/<name>.json`` (atomically) and ``render(data)`` as ``<name>.md``; the Markdown."""
+    """
+    Write ``data`` as ``<results>/<name>.json`` (atomically) and ``render(data)`` as
+    ``<name>.md``; the Markdown.
+    """
     json_path, md_path = _paths(results, name)
     os.makedirs(results, exist_ok=True)
     tmp = json_path + ".tmp"
@@ -75,7 +81,10 @@ def write_report(results: str, name: str, data: Dict, render: Callable[[Dict], s
 
 
 def render_again(results: str, name: str, render: Callable[[Dict], str]) -> str:
-    """Render ``<results>/<name>.md`` from ``<results>/<name>.json``; SystemExit if there is no such JSON."""
+    """
+    Render ``<results>/<name>.md`` from ``<results>/<name>.json``; SystemExit if there is no
+    such JSON.
+    """
     json_path, md_path = _paths(results, name)
     if not os.path.isfile(json_path):
         raise SystemExit(f"error: --report: no results to render: {json_path} not found")
@@ -88,7 +97,10 @@ def render_again(results: str, name: str, render: Callable[[Dict], str]) -> str:
 
 
 def mean_std(values: Iterable[float]) -> str:
-    """``"27.8 ± 0.7"`` over seeds (one value: ``"27.8"``); COCO's -1 / NaN (no object of a size) are left out."""
+    """
+    ``"27.8 ± 0.7"`` over seeds (one value: ``"27.8"``); COCO's -1 / NaN (no object of a size)
+    are left out.
+    """
     values = [v for v in values if v is not None and not math.isnan(v) and v >= 0]
     if not values:
         return "–"
