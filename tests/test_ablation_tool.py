@@ -205,10 +205,13 @@ def test_distillation_rows_train_their_teacher_then_the_student_alone_and_taught
     assert f"model.teacher.checkpoint={out / 'teacher' / 'model_final.pth'}" in taught["overrides"]
     alone = json.loads((out / "Student" / "seed0" / "result.json").read_text())
     assert not any(o.startswith("model.teacher") for o in alone["overrides"])
+
     # the taught student's checkpoint is a plain student's
-    keys = lambda name: sorted(
-        torch.load(out / name / "seed0" / "model_final.pth", weights_only=False)["model"]
-    )
+    def keys(name):
+        return sorted(
+            torch.load(out / name / "seed0" / "model_final.pth", weights_only=False)["model"]
+        )
+
     assert keys("Student_LD") == keys("Student")
     table = (tmp_path / "ld.md").read_text()
     assert "### Localization Distillation" in table and "| Student + LD |" in table

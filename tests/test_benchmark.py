@@ -1,5 +1,8 @@
-"""The benchmark driver (gfl_studies.benchmark), shared by tools/benchmark.py and the GPU check: the code paths run
-(tiny sizes, one repeat; no timing assertions), the reports, and the GPU check's summary rows."""
+"""
+The benchmark driver (gfl_studies.benchmark), shared by tools/benchmark.py and
+the GPU check: the code paths run (tiny sizes, one repeat; no timing
+assertions), the reports, and the GPU check's summary rows.
+"""
 
 import json
 import os

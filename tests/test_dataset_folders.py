@@ -293,8 +293,8 @@ def test_voc_bad_objects_are_named_with_their_line(tmp_path):
     )
     # each object is 10 lines, after 2 lines of header
     assert (
-        f"{xml_path}:13: unknown class name 'horse' (the classes, from {root / 'labels.txt'}: ['cat', 'dog'])"
-        in msg
+        f"{xml_path}:13: unknown class name 'horse' (the classes, from {root / 'labels.txt'}: "
+        "['cat', 'dog'])" in msg
     )
     assert f"{xml_path}:23: box [200.0, 100.0, 300.0, 120.0] lies outside its 100x50 image" in msg
     assert f"{xml_path}:37: <xmin> is not a number: 'x1'" in msg
@@ -340,8 +340,8 @@ def test_coco_bad_entries_are_named(tmp_path, objects):
     )
     assert f"{json_file}: annotations[1] (id 2): bbox must be 4 numbers" in msg
     assert (
-        f"{json_file}: images[3]: image {content['images'][0]['file_name']!r} listed twice (also images[0])"
-        in msg
+        f"{json_file}: images[3]: image {content['images'][0]['file_name']!r} listed twice (also "
+        "images[0])" in msg
     )
     assert "missing.png: image file not found" in msg
     with open(json_file, "w") as f:

@@ -117,8 +117,8 @@ def test_tool_writes_the_report(tmp_path):
     )
     md = (tmp_path / "lda.md").read_text()
     assert (
-        f"| Student + LD | {table['Student + LD']['positives']} | {table['Student + LD']['iou']:.4f} |"
-        in md
+        f"| Student + LD | {table['Student + LD']['positives']} | "
+        f"{table['Student + LD']['iou']:.4f} |" in md
     )
     assert md in proc.stdout
     # a student named like the teacher's row is refused

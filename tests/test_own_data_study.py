@@ -22,12 +22,15 @@ from gfl_studies.own_data_study import (
 )
 
 FIT = (
-    "[11/26 15:01:04 detectron2]: GFL bins: 16688 regression targets of 200 images: median 2.09, 99% within "
-    "7.95 strides (per level: P3 8.0, P4 4.0); the bins cover 16 x 1 strides, 0.00% of the targets beyond; "
+    "[11/26 15:01:04 detectron2]: GFL bins: 16688 regression targets of 200 images: median 2.09, "
+    "99% within "
+    "7.95 strides (per level: P3 8.0, P4 4.0); the bins cover 16 x 1 strides, 0.00% of the targets "
+    "beyond; "
     "n = 9 would cover 99%\n"
 )
 WARNING = (
-    "[11/26 15:01:04 detectron2]: GFL bins: 99% of the regression targets lie within 5.1 strides, far inside "
+    "[11/26 15:01:04 detectron2]: GFL bins: 99% of the regression targets lie within 5.1 strides, "
+    "far inside "
     "the 16 bins: model.reg_max=6 concentrates the distributions\n"
 )
 
@@ -99,8 +102,8 @@ def test_report_is_rendered_from_the_runs_and_again_from_its_json(tmp_path):
     )
     md = render(data)
     assert (
-        "| GFL | 18.1 ± 0.1 | 34.7 ± 0.3 | 16.5 ± 0.0 | 11.5 ± 0.1 | 35.5 ± 0.7 | – | 2 | 18.2, 18.0 |"
-        in md
+        "| GFL | 18.1 ± 0.1 | 34.7 ± 0.3 | 16.5 ± 0.0 | 11.5 ± 0.1 | 35.5 ± 0.7 | – | 2 | 18.2, "
+        "18.0 |" in md
     )
     assert (
         "| FCOS | – | – | – | – | – | – | 1 | nan |" in md

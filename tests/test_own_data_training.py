@@ -180,7 +180,8 @@ def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders, convert
     log = _log(proc)
     assert "Re-initialised 2 tensor(s) instead of loading them" in log
     assert (
-        "head.cls_score.weight: (80, 256, 3, 3) in the checkpoint, (4, 256, 3, 3) in the model: the "
+        "head.cls_score.weight: (80, 256, 3, 3) in the checkpoint, (4, 256, 3, 3) in the model: "
+        "the "
         "classification layer: the checkpoint has 80 classes, the model 4"
     ) in log
     assert "head.cls_score.bias: (80,) in the checkpoint, (4,) in the model" in log

@@ -6,7 +6,8 @@ some images without objects) as a dataset folder in COCO, Pascal VOC or YOLO
 layout: something to try configs/OwnData on.
 
     python tools/make_bars_dataset.py --layout voc --output datasets/bars_voc
-    python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py dataset.root=datasets/bars_voc
+    python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py \\
+        dataset.root=datasets/bars_voc
 """
 
 import argparse

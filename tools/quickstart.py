@@ -9,7 +9,7 @@ run, at most 10 minutes each). Run it on a quiet machine: the load average
 before each run is recorded.
 
     python tools/quickstart.py --runs 3 --name quickstart_cpu_2cores
-    python tools/quickstart.py --report --name quickstart_cpu_2cores   # the .md again from the .json
+    python tools/quickstart.py --report --name quickstart_cpu_2cores   # the .md again
 
 Arguments after ``--`` are appended to the command (a study of the quick
 start's settings; the report shows the command measured).
@@ -53,7 +53,8 @@ def main(argv=None):
     state = quickstart.repository_state(args.repo)
     if state["dirty"]:
         print(
-            f"note: {args.repo} has uncommitted changes; the clone measures commit {state['commit'][:7]}"
+            f"note: {args.repo} has uncommitted changes; the clone measures commit "
+            f"{state['commit'][:7]}"
         )
     workdir = args.workdir or tempfile.mkdtemp(prefix="gfl_quickstart_")
     runs = []

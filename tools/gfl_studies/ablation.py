@@ -148,7 +148,8 @@ TABLES = OrderedDict(
         (
             "ld",
             (
-                "Localization Distillation: the quick-start architecture with n = 16, alone and taught by the "
+                "Localization Distillation: the quick-start architecture with n = 16, alone and "
+                "taught by the "
                 "paper-settings model",
                 ["Student", "Student + LD"],
                 "main",
@@ -662,7 +663,7 @@ def _distillation(data):
             lines.append(
                 f"LD teacher: configs/{teacher['config']} on its own schedule"
                 + (
-                    f" ({' '.join(o for o in teacher.get('overrides', []) if o.startswith('train.seed'))})"
+                    f" ({' '.join(o for o in teacher['overrides'] if o.startswith('train.seed'))})"
                     if teacher.get("overrides")
                     else ""
                 )
@@ -681,15 +682,19 @@ def _distillation(data):
             for n in names
         )
         lines.append(
-            "Training step (forward, assignment, losses, backward; one batch, the variants alternating, "
+            "Training step (forward, assignment, losses, backward; one batch, the variants "
+            "alternating, "
             f"median): {cells}."
         )
     return lines + [""] if lines else []
 
 
 def render(data):
-    """The Markdown tables of an ablation report (:func:`collect_results`): the study's tables at its
-    schedule, and one table per other schedule its runs were trained for."""
+    """
+    The Markdown tables of an ablation report (:func:`collect_results`): the
+    study's tables at its schedule, and one table per other schedule its runs
+    were trained for.
+    """
     setup, runs = data["setup"], data["runs"]
     seconds = data.get("timing", {}).get("seconds_per_image", {})
     relative = {k: v / seconds["GFL"] for k, v in seconds.items()} if "GFL" in seconds else {}
@@ -698,9 +703,12 @@ def render(data):
         f", torch {setup['torch']}" if "torch" in setup else ""
     )
     lines = [
-        f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
-        f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per image "
-        "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP < 1.",
+        f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch "
+        f"{setup.get('batch', '?')}. "
+        f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per "
+        "image "
+        "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP "
+        "< 1.",
         "",
     ]
     at_main = [r for r in runs if r["iters"] == main_iters]
@@ -737,13 +745,16 @@ def list_variants(args=None):
     if args is not None:
         runs = plan_runs(args)
         print(
-            f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} variants)"
+            f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} "
+            "variants)"
         )
 
 
 def run_all(args, todo, after_each=None):
-    """Train and evaluate the runs of ``todo`` on ``args.jobs`` threads; ``after_each()`` (default: the
-    report) after every run."""
+    """
+    Train and evaluate the runs of ``todo`` on ``args.jobs`` threads;
+    ``after_each()`` (default: the report) after every run.
+    """
     start, lock, finished = time.time(), threading.Lock(), []
     after_each = after_each or (lambda: write(args))
 
@@ -775,7 +786,8 @@ def run_study(args):
         ensure_teacher(args)
     todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
     print(
-        f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
+        f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in "
+        f"{args.output}, "
         f"report {os.path.join(args.results, args.name)}.md",
         flush=True,
     )
@@ -783,7 +795,8 @@ def run_study(args):
     if not args.skip_timing:
         names = list(OrderedDict.fromkeys(r for t in args.tables for r in TABLES[t][1]))
         print(
-            f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
+            f"timing inference of {len(names)} variants ({args.timing_images} images x "
+            f"{args.timing_rounds} rounds)",
             flush=True,
         )
         timing = measure_inference(args, names)
@@ -823,8 +836,8 @@ def run_lr_tuning(args):
     """
     names = args.variants or list(TUNED_VARIANTS)
     setup = dict(
-        what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, batch "
-        f"{args.batch}, the schedule of the ablation; validation AP on shapes_val.",
+        what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, "
+        f"batch {args.batch}, the schedule of the ablation; validation AP on shapes_val.",
         lrs=list(args.lrs),
         tune_seed=args.tune_seed,
         seeds=list(args.seeds),

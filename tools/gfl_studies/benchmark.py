@@ -16,7 +16,8 @@ A result, as written to ``<name>.json``::
 Times are seconds per image for inference, per iteration for training, per
 call for label assignment; memory lines are MiB.
 
-    python -m gfl_studies.benchmark --memory gfl --device cpu --mode quick   # (internal) one model's peak memory
+    # (internal) one model's peak memory
+    python -m gfl_studies.benchmark --memory gfl --device cpu --mode quick
 """
 
 import argparse
@@ -521,9 +522,12 @@ def _header(data: Dict, models: Sequence[str]) -> str:
     when = f"measured {data['date']}, " if "date" in data else ""
     took = f", {data['seconds']:.0f} s" if "seconds" in data else ""
     return (
-        f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; {data['device']}, torch "
-        f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} warm-up{took}. "
-        "Seconds per image (inference), per iteration (training), per call (assignment): median (min-max); "
+        f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; "
+        f"{data['device']}, torch "
+        f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} "
+        f"warm-up{took}. "
+        "Seconds per image (inference), per iteration (training), per call (assignment): median "
+        "(min-max); "
         "the ratios are of the medians."
     )
 

@@ -109,8 +109,10 @@ def render(data: Dict) -> str:
     lines = []
     if setup:
         lines += [
-            f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}: {setup.get('config', '?')} with "
-            f"{setup.get('weights', '?')}, ground-truth boxes matched to detections of their class with IoU >= "
+            f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}: "
+            f"{setup.get('config', '?')} with "
+            f"{setup.get('weights', '?')}, ground-truth boxes matched to detections of their class "
+            "with IoU >= "
             f"{setup.get('min_iou', '?')}.",
             "",
         ]
@@ -122,13 +124,15 @@ def render(data: Dict) -> str:
         s = summary[name]
         if s["edges"]:
             lines.append(
-                f"| {name} | {s['edges']} | {s['mean_std_px']:.2f} | {s['mean_relative_std']:.3f} | "
+                f"| {name} | {s['edges']} | {s['mean_std_px']:.2f} | {s['mean_relative_std']:.3f} "
+                "| "
                 f"{s['mean_abs_error_px']:.2f} |"
             )
         else:
             lines.append(f"| {name} | 0 | - | - | - |")
     if "spearman_std_vs_error" in summary:
         lines.append(
-            f"\nSpearman correlation of std with the edge error: {summary['spearman_std_vs_error']:.3f}"
+            "\nSpearman correlation of std with the edge error: "
+            f"{summary['spearman_std_vs_error']:.3f}"
         )
     return "\n".join(lines)

@@ -152,7 +152,8 @@ def render(data: Dict, at: Sequence[int] = (20, 40, 60, 80, 100, 150, 200, 300, 
     setup = data["setup"]
     lines = [
         f"detectron2's FCOS trained unchanged ({setup['settings']}); measured {setup['date']} on "
-        f"{setup['device']}, torch {setup['torch']}. Fractions over the positives of the logged iteration "
+        f"{setup['device']}, torch {setup['torch']}. Fractions over the positives of the logged "
+        "iteration "
         f"(median of the logging window); a run with AP < {COLLAPSED_AP:g} counts as collapsed.",
         "",
     ]

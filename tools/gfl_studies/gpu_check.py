@@ -274,8 +274,10 @@ def _line_numbers(data, label, model):
 
 
 def benchmark_rows(data):
-    """The summary's rows of a benchmark result (gfl_studies.benchmark): GFL and FCOS images/s and memory,
-    GFL V2's against V1, or what failed beside what ran."""
+    """
+    The summary's rows of a benchmark result (gfl_studies.benchmark): GFL and
+    FCOS images/s and memory, GFL V2's against V1, or what failed beside what ran.
+    """
     rows = []
     for label, meta in data["lines"].items():
         if meta["kind"] == "assign":
@@ -288,7 +290,8 @@ def benchmark_rows(data):
         g, f_ = line["gfl"], line["fcos"]
         h, w = meta["size"]
         precision = f"{meta['precision']} AMP" if meta["precision"] else "fp32"
-        step = f"bench {dict(infer='inference', train='training')[meta['kind']]} {h}x{w} b{meta['batch']} {precision}"
+        kind = dict(infer="inference", train="training")[meta["kind"]]
+        step = f"bench {kind} {h}x{w} b{meta['batch']} {precision}"
         if "error" in g or "error" in f_:
             # what ran is reported beside what failed (detectron2's FCOS fails under fp16 autocast,
             # say)
@@ -318,7 +321,8 @@ def benchmark_rows(data):
                 ok=True,
                 seconds=None,
                 result=(
-                    f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} img/s {_mib(f_)} | "
+                    f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} "
+                    f"img/s {_mib(f_)} | "
                     f"speed GFL/FCOS {g['images_per_s'] / f_['images_per_s']:.3f}{memory}"
                     + _v2(line)
                 ),
@@ -388,7 +392,8 @@ def step_export(args, out):
             with open(check) as f:
                 c = json.load(f)
             result = (
-                f"{c['detections']} detections, max box diff {c['max_box_diff']:.2g} px, max score diff "
+                f"{c['detections']} detections, max box diff {c['max_box_diff']:.2g} px, max score "
+                "diff "
                 f"{c['max_score_diff']:.2g}, classes equal {c['classes_equal']}; other size "
                 f"{c['other_size']['detections']} detections; runtime {c.get('runtime', '?')}"
             )
@@ -413,9 +418,11 @@ def write_summary(args, rows, t0, done):
         if torch.cuda.is_available()
         else f"CPU ({os.cpu_count()} cores)"
     )
+    on_cuda = torch.version.cuda and torch.cuda.is_available()
+    cuda = f" (CUDA {torch.version.cuda})" if on_cuda else ""
     header = (
         f"GPU check, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}"
-        f"{' (CUDA ' + torch.version.cuda + ')' if torch.version.cuda and torch.cuda.is_available() else ''}, "
+        f"{cuda}, "
         f"{'smoke mode, ' if args.smoke else ''}{time.time() - t0:.0f} s in all"
         f"{'' if done else ' (unfinished: later steps did not report)'}"
     )

@@ -333,11 +333,16 @@ def render(data: Dict) -> str:
     results, names = data["results"], [n for n in ("gfl", FROZEN, PEER) if n in data["results"]]
     ours = [n for n in names if n != PEER]
     lines = [
-        f"gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, converted by "
-        f"tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside every "
-        f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, {data['mode']} mode, "
-        f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: uint8 image to "
-        "detections), per training step (forward, ATSS, losses, backward, SGD), per call (assignment of all "
+        "gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, "
+        "converted by "
+        "tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside "
+        "every "
+        f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, "
+        f"{data['mode']} mode, "
+        f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: "
+        "uint8 image to "
+        "detections), per training step (forward, ATSS, losses, backward, SGD), per call "
+        "(assignment of all "
         "the images): median (min-max); the ratios are of the medians.",
         "",
         "| measure | "
@@ -379,7 +384,8 @@ def render(data: Dict) -> str:
         kinds = list(dict.fromkeys(k for n in share for k in share[n]))
         lines += [
             "",
-            "Convolutions (forward and backward kernels) as a share of the self CPU time of one run "
+            "Convolutions (forward and backward kernels) as a share of the self CPU time of one "
+            "run "
             "(torch.profiler):",
             "",
             "| line | " + " | ".join(NAMES[n] for n in share) + " |",
@@ -483,7 +489,9 @@ def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
     ):
         for name, fn in peer_fns(ours, theirs, line, device).items():
             if name == FROZEN:
-                continue  # the frozen graph's kernels run inside one traced call: the profiler cannot split them
+                # the frozen graph's kernels run inside one traced call: the profiler
+                # cannot split them
+                continue
             fn()  # warm
             out["conv_share"].setdefault(name, {})[line.name] = conv_share(fn)
     return out

@@ -328,7 +328,8 @@ def render(data: Dict) -> str:
         else ""
     )
     lines = [
-        f"{measured}Dataset: {setup['dataset']}; seeds {', '.join(map(str, setup['seeds']))}; settings: "
+        f"{measured}Dataset: {setup['dataset']}; seeds {', '.join(map(str, setup['seeds']))}; "
+        "settings: "
         f"{setup['settings']}",
         "",
         f"Bin check of the first GFL run: {data['bin_check'] or 'no line found'}",

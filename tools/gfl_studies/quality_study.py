@@ -137,7 +137,8 @@ def held_quality(model, value: float):
     dgqp = getattr(getattr(model, "head", None), "dgqp", None)
     if dgqp is None:
         raise ValueError(
-            f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to hold"
+            f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to "
+            "hold"
         )
     logit = math.log(value / (1.0 - value))
     handle = dgqp.register_forward_hook(
@@ -202,7 +203,8 @@ def render(data: Dict) -> str:
     if data.get("ap"):
         lines += [
             "",
-            "COCO AP of the same detections; for V2, also with its predictor's output held at the mean "
+            "COCO AP of the same detections; for V2, also with its predictor's output held at the "
+            "mean "
             "quality of its detections (q̄), which ranks them by the classification score alone.",
             "",
             "| model | AP | AP50 | AP75 | q̄ | AP, quality held at q̄ | AP50, held | AP75, held |",

@@ -267,10 +267,14 @@ def render(data: Dict) -> str:
         + (" (the working tree had uncommitted changes, not measured)" if data.get("dirty") else "")
         + f"; {m['device']}, torch {m['torch']}, {m['date']}. Time: the process's wall time, "
         "split by the moments detectron2 logs the start and the end of training "
-        "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the run that was "
-        "not the run's own (its loader workers included), per second of the run; load before: the 1-minute load "
-        "average at the start (it still holds the previous run). s/iter: detectron2's mean iteration time at the "
-        "end of training; loading: the part of it spent waiting for data (mean of the logged data_time)."
+        "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the "
+        "run that was "
+        "not the run's own (its loader workers included), per second of the run; load before: the "
+        "1-minute load "
+        "average at the start (it still holds the previous run). s/iter: detectron2's mean "
+        "iteration time at the "
+        "end of training; loading: the part of it spent waiting for data (mean of the logged "
+        "data_time)."
     )
     lines = [
         head,
@@ -282,8 +286,10 @@ def render(data: Dict) -> str:
     for i, r in enumerate(data["runs"], 1):
         ph = r.get("phases") or {}
         lines.append(
-            f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | {_clock(r['seconds'])} | "
-            f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | {_clock(ph.get('evaluation'))} | "
+            f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | "
+            f"{_clock(r['seconds'])} | "
+            f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | "
+            f"{_clock(ph.get('evaluation'))} | "
             f"{_seconds(r.get('iteration_seconds'))} | {_seconds(r.get('data_seconds'))} | "
             f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | "
             f"{r['other_cpu_seconds'] / max(r['seconds'], 1e-9):.2f} | {r['load_before']:.2f} |"
@@ -291,10 +297,13 @@ def render(data: Dict) -> str:
     aps = [r["bbox"]["AP"] for r in data["runs"] if r.get("bbox")]
     lines += [
         "",
-        f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time {_clock(s['seconds_mean'])} "
+        f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time "
+        f"{_clock(s['seconds_mean'])} "
         f"on average, {_clock(s['seconds_max'])} at most.",
-        f"Targets: AP ≥ {TARGET_AP:.0f} in every run: {'met' if s['ap_target_met'] else 'not met'}; "
-        f"at most {_clock(TARGET_SECONDS)} per run: {'met' if s['time_target_met'] else 'not met'}.",
+        f"Targets: AP ≥ {TARGET_AP:.0f} in every run: "
+        f"{'met' if s['ap_target_met'] else 'not met'}; "
+        f"at most {_clock(TARGET_SECONDS)} per run: "
+        f"{'met' if s['time_target_met'] else 'not met'}.",
     ]
     failed = [i for i, r in enumerate(data["runs"], 1) if r["returncode"] != 0]
     if failed:

@@ -45,7 +45,10 @@ def add_report_arguments(
         "--results",
         default=results,
         metavar="DIR",
-        help=f"folder of the report files <name>.json and <name>.md (default: {results or 'see above'})",
+        help=(
+            "folder of the report files <name>.json and <name>.md "
+            f"(default: {results or 'see above'})"
+        ),
     )
     group.add_argument(
         "--name",
