@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""gfl-d2: Generalized Focal Loss (GFL V1 and V2) for detectron2.
+"""gfl-d2: Generalized Focal Loss (GFL V1 and V2) and Localization Distillation for detectron2.
 
 Two packages: ``gfl_d2``, the library, and ``gfl_studies``
 (``tools/gfl_studies``), the studies behind the measured results (ablations,
@@ -12,7 +12,10 @@ from setuptools import find_packages, setup
 setup(
     name="gfl-d2",
     version="0.1.0",
-    description="Generalized Focal Loss (GFL V1 and V2) dense detector for detectron2",
+    description=(
+        "Generalized Focal Loss (GFL V1 and V2) dense detectors and Localization "
+        "Distillation (LD) for detectron2"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gfl_d2", "gfl_d2.*"]) + ["gfl_studies"],

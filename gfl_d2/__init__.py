@@ -1,4 +1,5 @@
-"""gfl-d2: Generalized Focal Loss (GFL V1) for detectron2.
+"""gfl-d2: Generalized Focal Loss (GFL V1 and V2) and Localization
+Distillation (LD) for detectron2.
 
 Importing this package registers the ``GFL`` meta-architecture and the
 ``build_gfl_resnet_fpn_backbone`` backbone in detectron2's registries.

@@ -1,7 +1,12 @@
-"""tools/ablation.py: trains, evaluates and times the variants, writes the report (JSON and tables), resumes."""
+"""
+tools/ablation.py: trains, evaluates and times the variants, writes the report (JSON and
+tables), resumes.
+"""
 
 import argparse
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -200,10 +205,13 @@ def test_distillation_rows_train_their_teacher_then_the_student_alone_and_taught
     assert f"model.teacher.checkpoint={out / 'teacher' / 'model_final.pth'}" in taught["overrides"]
     alone = json.loads((out / "Student" / "seed0" / "result.json").read_text())
     assert not any(o.startswith("model.teacher") for o in alone["overrides"])
+
     # the taught student's checkpoint is a plain student's
-    keys = lambda name: sorted(
-        torch.load(out / name / "seed0" / "model_final.pth", weights_only=False)["model"]
-    )
+    def keys(name):
+        return sorted(
+            torch.load(out / name / "seed0" / "model_final.pth", weights_only=False)["model"]
+        )
+
     assert keys("Student_LD") == keys("Student")
     table = (tmp_path / "ld.md").read_text()
     assert "### Localization Distillation" in table and "| Student + LD |" in table
@@ -232,3 +240,30 @@ def test_a_given_teacher_is_used_as_it_is_and_a_missing_one_is_refused(tmp_path)
     assert not (tmp_path / "out" / "teacher").exists()  # nothing trained
     with pytest.raises(SystemExit, match="--teacher: no checkpoint at"):
         ensure_teacher(argparse.Namespace(**dict(vars(args), teacher=str(tmp_path / "none.pth"))))
+
+
+def test_progress_is_read_from_detectron2s_printed_metrics():
+    from detectron2.utils.events import CommonMetricPrinter, EventStorage
+
+    from gfl_studies.ablation import printed_progress
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("detectron2.utils.events")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with EventStorage(0) as storage:
+            for it in range(40):
+                storage.iter = it
+                storage.put_scalars(time=0.5, data_time=0.01, total_loss=2.0 - 0.01 * it)
+                if it == 39:
+                    CommonMetricPrinter(max_iter=100, window_size=20).write()
+    finally:
+        logger.removeHandler(handler)
+    (line,) = stream.getvalue().splitlines()
+    shown = printed_progress(line)
+    assert shown["iteration"] == 39 and shown["eta"] == "0:00:30"
+    # the printer's median of the last 20 losses, as printed
+    assert float(shown["total_loss"]) == pytest.approx(2.0 - 0.01 * 29.5, abs=1e-3)
+    assert printed_progress("[detectron2]: Starting training from iteration 0") is None

@@ -1,4 +1,7 @@
-"""The bins' fit to the data (gfl_d2.bins), the edge-uncertainty study (gfl_studies.edge_uncertainty), their tools."""
+"""
+The bins' fit to the data (gfl_d2.bins), the edge-uncertainty study
+(gfl_studies.edge_uncertainty), their tools.
+"""
 
 import json
 import math
@@ -97,7 +100,8 @@ def test_bin_fit_advises_more_bins_when_targets_are_clamped_and_fewer_when_far_t
     narrow = bin_fit(np.linspace(0.0, 3.0, 1000), strides, reg_max=16, bin_width=1.0)
     assert narrow["share_clamped"] == 0 and narrow["recommended_reg_max"] == 4
     assert "far inside" in narrow["advice"] and "model.reg_max=4" in narrow["advice"]
-    # targets that use the range: no advice; Δ counts (bins 0.5 stride apart cover 8 strides with n = 16)
+    # targets that use the range: no advice; Δ counts (bins 0.5 stride apart cover 8 strides with n
+    # = 16)
     assert (
         bin_fit(np.linspace(0.0, 12.0, 1000), strides, reg_max=16, bin_width=1.0)["advice"] is None
     )
@@ -140,7 +144,7 @@ def test_edge_uncertainty_report_renders_again_from_its_json(tmp_path):
     )
     (tmp_path / "edges.json").write_text(json.dumps(data))
     proc = run_tool(
-        ["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "edges"]
+        ["tools/edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "edges"]
     )
     md = (tmp_path / "edges.md").read_text()
     assert (
@@ -149,7 +153,7 @@ def test_edge_uncertainty_report_renders_again_from_its_json(tmp_path):
     )
     assert "c.py with w.pth" in md and md.strip() == proc.stdout.strip()
     missing = run_tool(
-        ["tools/measure_edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "x"],
+        ["tools/edge_uncertainty.py", "--report", "--results", tmp_path, "--name", "x"],
         check=False,
     )
     assert missing.returncode != 0 and f"{tmp_path / 'x.json'} not found" in missing.stderr

@@ -1,11 +1,17 @@
-"""The benchmark driver (gfl_studies.benchmark), shared by tools/benchmark.py and the GPU check: the code paths run
-(tiny sizes, one repeat; no timing assertions), the reports, and the GPU check's summary rows."""
+"""
+The benchmark driver (gfl_studies.benchmark), shared by tools/benchmark.py and
+the GPU check: the code paths run (tiny sizes, one repeat; no timing
+assertions), the reports, and the GPU check's summary rows.
+"""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from gfl_d2.testing import run_tool
+from gfl_d2.testing import ROOT, run_tool
 from gfl_studies.gpu_check import benchmark_rows
 from gfl_studies.mmdet_peer import SKIP_NOTE, run_peer_benchmark
 from gfl_studies.mmdet_peer import render as render_peer
@@ -47,7 +53,8 @@ def test_benchmark_smoke_writes_its_report(tmp_path):
     (tmp_path / "bench.md").unlink()
     run_tool(["tools/benchmark.py", "--report", "--results", tmp_path, "--name", "bench"])
     assert (tmp_path / "bench.md").read_text() == md
-    # the GPU check's summary rows come from a result of this driver: one per inference / training line
+    # the GPU check's summary rows come from a result of this driver: one per inference / training
+    # line
     rows = benchmark_rows(result)
     assert [r["step"] for r in rows] == [
         "bench inference 96x128 b1 fp32",
@@ -77,7 +84,15 @@ def test_gpu_check_report_renders_again_from_its_json(tmp_path):
     (tmp_path / "gc.json").write_text(
         json.dumps(dict(header="GPU check, 2026-11-26, H100", rows=rows))
     )
-    proc = run_tool(["tools/gpu_check.py", "--report", "--results", tmp_path, "--name", "gc"])
+    # the one entry point, as a user runs it, with this interpreter
+    proc = subprocess.run(
+        ["bash", "tools/gpu_check.sh", "--report", "--results", str(tmp_path), "--name", "gc"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     md = (tmp_path / "gc.md").read_text()
     assert (
         md.startswith("GPU check, 2026-11-26, H100\n\n| step | ok | s | result |")
@@ -115,7 +130,8 @@ def test_gpu_check_reports_what_ran_beside_what_failed():
     amp, amp_meta = _line("train", 8, "fp16")
     fp32, fp32_meta = _line("train", 8)
     gfl, fcos, v2 = {}, {}, {}
-    # GFL 62.3 img/s at 6366.6 MiB on both lines; FCOS 51.0 img/s in fp32 and failing under AMP; V2 59.0 img/s
+    # GFL 62.3 img/s at 6366.6 MiB on both lines; FCOS 51.0 img/s in fp32 and failing under AMP; V2
+    # 59.0 img/s
     for label, meta in ((amp, amp_meta), (fp32, fp32_meta)):
         gfl[label], gfl[meta["memory"]] = _timed(8 / 62.3, 6366.6)
     fcos[amp] = dict(

@@ -35,8 +35,8 @@ def test_configs_are_found():
 @pytest.fixture(scope="module")
 def dataset_folder(tmp_path_factory):
     """A small YOLO folder for the configs that train on one (configs/OwnData)."""
-    from gfl_d2.data import BARS_CLASSES, BarsConfig, write_layout
-    from gfl_d2.data.bars import generate_bars_split
+    from gfl_d2.data import write_layout
+    from gfl_studies.bars import BARS_CLASSES, BarsConfig, generate_bars_split
 
     root = tmp_path_factory.mktemp("folder")
     small = BarsConfig(min_width=64, max_width=96, min_height=48, max_height=80, max_objects=3)
@@ -53,7 +53,10 @@ def dataset_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory):
-    """A checkpoint of a distillation config's teacher (its config's initial weights), one per teacher config."""
+    """
+    A checkpoint of a distillation config's teacher (its config's initial weights), one per
+    teacher config.
+    """
     made = {}
 
     def make(config_file):

@@ -15,16 +15,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from gfl_d2.data import (
-    BARS_CLASSES,
-    BARS_IDS,
-    BarsConfig,
     DatasetError,
     detect_layout,
     read_dataset_folder,
     register_dataset,
     write_layout,
 )
-from gfl_d2.data.bars import generate_bars_split
+from gfl_studies.bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split
 
 LAYOUTS = ("coco", "voc", "yolo")
 SMALL = BarsConfig(min_width=64, max_width=120, min_height=48, max_height=90, max_objects=5)
@@ -296,8 +293,8 @@ def test_voc_bad_objects_are_named_with_their_line(tmp_path):
     )
     # each object is 10 lines, after 2 lines of header
     assert (
-        f"{xml_path}:13: unknown class name 'horse' (the classes, from {root / 'labels.txt'}: ['cat', 'dog'])"
-        in msg
+        f"{xml_path}:13: unknown class name 'horse' (the classes, from {root / 'labels.txt'}: "
+        "['cat', 'dog'])" in msg
     )
     assert f"{xml_path}:23: box [200.0, 100.0, 300.0, 120.0] lies outside its 100x50 image" in msg
     assert f"{xml_path}:37: <xmin> is not a number: 'x1'" in msg
@@ -343,8 +340,8 @@ def test_coco_bad_entries_are_named(tmp_path, objects):
     )
     assert f"{json_file}: annotations[1] (id 2): bbox must be 4 numbers" in msg
     assert (
-        f"{json_file}: images[3]: image {content['images'][0]['file_name']!r} listed twice (also images[0])"
-        in msg
+        f"{json_file}: images[3]: image {content['images'][0]['file_name']!r} listed twice (also "
+        "images[0])" in msg
     )
     assert "missing.png: image file not found" in msg
     with open(json_file, "w") as f:
@@ -372,7 +369,10 @@ def test_own_data_image_size_setting_scales_down_only_unless_asked():
 
 
 def test_voc_reader_agrees_with_detectron2s_own_voc_loader(tmp_path, objects):
-    """The VOC convention (1-based corners, ids from ImageSets) as detectron2's load_voc_instances reads it."""
+    """
+    The VOC convention (1-based corners, ids from ImageSets) as detectron2's load_voc_instances
+    reads it.
+    """
     from detectron2.data.datasets.pascal_voc import load_voc_instances
     from PIL import Image
 
@@ -404,7 +404,8 @@ def test_voc_reader_agrees_with_detectron2s_own_voc_loader(tmp_path, objects):
                 [x["bbox"] for x in b["annotations"]],
                 atol=1e-4,
             )
-        # the one deliberate difference: detectron2 trains on 'difficult' objects, VOC (and this reader) ignore them
+        # the one deliberate difference: detectron2 trains on 'difficult' objects, VOC (and this
+        # reader) ignore them
         assert [x["iscrowd"] for x in a["annotations"]] == [
             x.get("iscrowd", 0) for x in want["annotations"]
         ]

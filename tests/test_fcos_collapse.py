@@ -1,4 +1,7 @@
-"""gfl_studies.fcos_collapse: detectron2's FCOS trained unchanged, recording what the decoding's ReLU clamps."""
+"""
+gfl_studies.fcos_collapse: detectron2's FCOS trained unchanged, recording what the decoding's
+ReLU clamps.
+"""
 
 import json
 import os

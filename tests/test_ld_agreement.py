@@ -1,4 +1,7 @@
-"""The LD agreement study: the per-positive values against their formulas, the refusals, the command line."""
+"""
+The LD agreement study: the per-positive values against their formulas, the refusals, the
+command line.
+"""
 
 import json
 import math
@@ -10,7 +13,8 @@ import torch
 from gfl_d2.testing import run_tool
 from gfl_studies.ld_agreement import agreement
 
-# gfl-d2's LD loss is float32: each term's log-softmax rounding (|log p| < 10, a couple of ulps) times T^2 = 100
+# gfl-d2's LD loss is float32: each term's log-softmax rounding (|log p| < 10, a couple of ulps)
+# times T^2 = 100
 LD_LOSS_ATOL = 100 * 2 * 2**-23 * 10
 
 
@@ -54,7 +58,8 @@ def test_values_against_their_formulas():
         atol=LD_LOSS_ATOL,
     )
     np.testing.assert_allclose(v["edge error"].numpy(), [(0.5 + 0 + 0 + 0.5) / 4, 0.0])
-    # positive 0: |teacher - gt| = (0, 0.5, 0, 1), |student - gt| = (0.5, 0, 0, 0.5), per edge the teacher is
+    # positive 0: |teacher - gt| = (0, 0.5, 0, 1), |student - gt| = (0.5, 0, 0, 0.5), per edge the
+    # teacher is
     # closer, farther, tied, farther; positive 1: all four tied
     np.testing.assert_allclose(v["teacher closer"].numpy(), [(1 + 0 + 0.5 + 0) / 4, 0.5])
     np.testing.assert_allclose(v["iou"].numpy(), student["iou"].numpy())
@@ -112,8 +117,8 @@ def test_tool_writes_the_report(tmp_path):
     )
     md = (tmp_path / "lda.md").read_text()
     assert (
-        f"| Student + LD | {table['Student + LD']['positives']} | {table['Student + LD']['iou']:.4f} |"
-        in md
+        f"| Student + LD | {table['Student + LD']['positives']} | "
+        f"{table['Student + LD']['iou']:.4f} |" in md
     )
     assert md in proc.stdout
     # a student named like the teacher's row is refused

@@ -1,4 +1,7 @@
-"""gfl_studies.lr_tuning: the grid with the tuning seed, the choice on validation AP, fresh seeds, the report."""
+"""
+gfl_studies.lr_tuning: the grid with the tuning seed, the choice on validation AP, fresh seeds,
+the report.
+"""
 
 import math
 
@@ -6,7 +9,8 @@ import pytest
 
 from gfl_studies.lr_tuning import choose_lrs, collapsed, render, tune_then_seeds
 
-# validation AP by (model, lr, seed): FCOS dies at the largest rate for the tuning seed and for seed 12
+# validation AP by (model, lr, seed): FCOS dies at the largest rate for the tuning seed and for seed
+# 12
 AP = {
     ("GFL", 0.01): 30.0,
     ("GFL", 0.02): 31.0,
@@ -63,7 +67,8 @@ def test_tune_then_fresh_seeds_at_the_best_validation_rate():
         )
     )
     assert "(seed 10)" in text and "fresh seeds (11, 12, 13)" in text
-    # the grid: AP at each rate and the chosen one (first table); the finals: lr, mean ± std, collapsed
+    # the grid: AP at each rate and the chosen one (first table); the finals: lr, mean ± std,
+    # collapsed
     grid = [line for line in text.splitlines() if line.startswith("| FCOS | ")]
     assert grid[0] == "| FCOS | 23.0 | 24.0 | -1.0 | 0.02 |"
     final = [c.strip() for c in grid[1].split("|")[2:-1]]

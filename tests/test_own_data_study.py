@@ -1,6 +1,15 @@
-"""What the own-data study reads from the runs it starts (the log lines and metrics.json of the entry point), and its report."""
+"""
+What the own-data study reads from the runs it starts (the log lines and metrics.json of the
+entry point), and its report.
+"""
 
+import io
 import json
+import logging
+from collections import OrderedDict
+
+import pytest
+from detectron2.evaluation.testing import print_csv_format
 
 from gfl_d2.testing import run_tool
 from gfl_studies.own_data_study import (
@@ -13,12 +22,15 @@ from gfl_studies.own_data_study import (
 )
 
 FIT = (
-    "[11/26 15:01:04 detectron2]: GFL bins: 16688 regression targets of 200 images: median 2.09, 99% within "
-    "7.95 strides (per level: P3 8.0, P4 4.0); the bins cover 16 x 1 strides, 0.00% of the targets beyond; "
+    "[11/26 15:01:04 detectron2]: GFL bins: 16688 regression targets of 200 images: median 2.09, "
+    "99% within "
+    "7.95 strides (per level: P3 8.0, P4 4.0); the bins cover 16 x 1 strides, 0.00% of the targets "
+    "beyond; "
     "n = 9 would cover 99%\n"
 )
 WARNING = (
-    "[11/26 15:01:04 detectron2]: GFL bins: 99% of the regression targets lie within 5.1 strides, far inside "
+    "[11/26 15:01:04 detectron2]: GFL bins: 99% of the regression targets lie within 5.1 strides, "
+    "far inside "
     "the 16 bins: model.reg_max=6 concentrates the distributions\n"
 )
 
@@ -29,10 +41,30 @@ def test_bin_advice_reads_the_warning_and_the_recommendation():
     assert bin_summary(FIT).startswith("16688 regression targets") and bin_summary("nothing") == ""
 
 
+def print_csv_format_log(results):
+    """What detectron2's ``print_csv_format`` logs for ``results``, captured from it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("detectron2.evaluation.testing")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        print_csv_format(results)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
 def test_metrics_from_the_log_and_from_metrics_json(tmp_path):
-    log = "x copypaste: Task: bbox\nx copypaste: AP,AP50,AP75,APs,APm,APl\nx copypaste: 18.2,34.7,16.5,11.5,35.7,nan\n"
+    bbox = OrderedDict(AP=18.2, AP50=34.7, AP75=16.5, APs=11.5, APm=35.7, APl=float("nan"))
+    segm = OrderedDict(AP=1.0, AP50=2.0)
+    # an eval-only run's one record of its results: detectron2's copypaste lines
+    log = print_csv_format_log(OrderedDict(bbox=bbox, segm=segm))
     got = copypaste_metrics(log)
-    assert got["AP"] == 18.2 and got["APm"] == 35.7 and got["APl"] != got["APl"]
+    assert got["AP"] == 18.2 and got["APm"] == 35.7 and got["APl"] != got["APl"]  # not segm's
+    assert copypaste_metrics(log, "segm") == dict(segm)
+    with pytest.raises(RuntimeError, match="no copypaste: metrics of bbox"):
+        copypaste_metrics(print_csv_format_log(OrderedDict(segm=segm)))
     with open(tmp_path / "metrics.json", "w") as f:
         f.write(
             json.dumps({"iteration": 9, "bbox/AP": 1.0})
@@ -70,8 +102,8 @@ def test_report_is_rendered_from_the_runs_and_again_from_its_json(tmp_path):
     )
     md = render(data)
     assert (
-        "| GFL | 18.1 ± 0.1 | 34.7 ± 0.3 | 16.5 ± 0.0 | 11.5 ± 0.1 | 35.5 ± 0.7 | – | 2 | 18.2, 18.0 |"
-        in md
+        "| GFL | 18.1 ± 0.1 | 34.7 ± 0.3 | 16.5 ± 0.0 | 11.5 ± 0.1 | 35.5 ± 0.7 | – | 2 | 18.2, "
+        "18.0 |" in md
     )
     assert (
         "| FCOS | – | – | – | – | – | – | 1 | nan |" in md

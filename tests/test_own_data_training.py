@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gfl_d2.convert import convert_checkpoint
-from gfl_d2.data import BARS_CLASSES, BARS_IDS, BarsConfig, write_layout
-from gfl_d2.data.bars import generate_bars_split
+from gfl_d2.data import write_layout
 from gfl_d2.testing import read_metrics, run_tool
+from gfl_studies.bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split
 
 from .mmdet_gfl_reference import mmdet_gfl_state_dict
 
@@ -69,7 +69,8 @@ def test_each_layout_trains_and_evaluates_from_the_command_line(tmp_path, folder
     )
     assert "model.num_classes = 4, the classes of the dataset in" in log
     assert "GFL bins: " in log
-    # evaluated at iteration 2 and at the end: AP, per-class AP, a picture each time, the best checkpoint
+    # evaluated at iteration 2 and at the end: AP, per-class AP, a picture each time, the best
+    # checkpoint
     assert (
         "copypaste: AP,AP50,AP75,APs,APm,APl" in log
         and "Per-category bbox AP" in log
@@ -179,12 +180,14 @@ def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders, convert
     log = _log(proc)
     assert "Re-initialised 2 tensor(s) instead of loading them" in log
     assert (
-        "head.cls_score.weight: (80, 256, 3, 3) in the checkpoint, (4, 256, 3, 3) in the model: the "
+        "head.cls_score.weight: (80, 256, 3, 3) in the checkpoint, (4, 256, 3, 3) in the model: "
+        "the "
         "classification layer: the checkpoint has 80 classes, the model 4"
     ) in log
     assert "head.cls_score.bias: (80,) in the checkpoint, (4,) in the model" in log
     assert "bias at the prior probability 0.01" in log
-    # all else loaded: fvcore lists only the re-initialised layer as not found, and nothing as unused
+    # all else loaded: fvcore lists only the re-initialised layer as not found, and nothing as
+    # unused
     missing = log.split("not found in the checkpoint:")[1].strip().splitlines()[0]
     assert missing.endswith("head.cls_score.{bias, weight}") and "not used by the model" not in log
     # the bins: n is the checkpoint's, so the check reports the fit and never advises another n
@@ -197,7 +200,10 @@ def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders, convert
 
 
 def test_yacs_fine_tuning_config_checks_the_data_and_the_bins(tmp_path, folders, converted):
-    """configs/OwnData/gfl_R_50_FPN_finetune.yaml: the same checks and loading as the LazyConfig path."""
+    """
+    configs/OwnData/gfl_R_50_FPN_finetune.yaml: the same checks and loading as the LazyConfig
+    path.
+    """
     out = tmp_path / "out"
     small = [
         "INPUT.MIN_SIZE_TRAIN",
@@ -256,7 +262,10 @@ def test_yacs_fine_tuning_config_checks_the_data_and_the_bins(tmp_path, folders,
 
 
 def test_yacs_training_from_scratch_advises_n(tmp_path, folders):
-    """From scratch the box layer is free: the bin check advises n as MODEL.GFL.REG_MAX when the bins do not fit."""
+    """
+    From scratch the box layer is free: the bin check advises n as MODEL.GFL.REG_MAX when the
+    bins do not fit.
+    """
     proc = run_tool(
         [
             "projects/GFL/train_net.py",

@@ -1,4 +1,7 @@
-"""The quality-correlation study: Spearman's rank correlation, the candidates, the IoUs, the command line."""
+"""
+The quality-correlation study: Spearman's rank correlation, the candidates, the IoUs, the
+command line.
+"""
 
 import json
 
@@ -57,7 +60,7 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
     opts = ["dataloader.test.dataset.names.num_images=3", "model.test_score_thresh=0.0"]
     proc = run_tool(
         [
-            "tools/quality_correlation.py",
+            "tools/quality_study.py",
             "--model",
             "GFL",
             "configs/Synthetic/gfl_R_18_FPN_shapes.py",
@@ -110,14 +113,12 @@ def test_tool_writes_the_report_and_the_picture(tmp_path):
     assert f"GFL V2: {n} detections on 3 images" in proc.stdout
     # --report: the same Markdown from the JSON alone
     (tmp_path / "quality.md").unlink()
-    run_tool(
-        ["tools/quality_correlation.py", "--report", "--results", tmp_path, "--name", "quality"]
-    )
+    run_tool(["tools/quality_study.py", "--report", "--results", tmp_path, "--name", "quality"])
     assert (tmp_path / "quality.md").read_text() == md
     # a missing checkpoint is named before anything runs
     proc = run_tool(
         [
-            "tools/quality_correlation.py",
+            "tools/quality_study.py",
             "--model",
             "X",
             "configs/Synthetic/gfl_R_18_FPN_shapes.py",

@@ -1,5 +1,6 @@
 """
-The measured results under projects/GFL/results: every Markdown report is what its tool renders from the JSON
+The measured results under projects/GFL/results: every Markdown report is what its tool renders from
+the JSON
 beside it, so a number has one source; the renderers are the ones behind each tool's --report.
 """
 

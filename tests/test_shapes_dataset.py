@@ -133,7 +133,10 @@ def test_build_is_skipped_when_current(tmp_path):
 
 @pytest.mark.parametrize("image_size", [64, 128])
 def test_drawing_in_windows_equals_drawing_on_the_whole_image(monkeypatch, image_size):
-    """Each object is drawn in a window around its box; a window as large as the image is the plain way."""
+    """
+    Each object is drawn in a window around its box; a window as large as the image is the plain
+    way.
+    """
     import gfl_d2.data.shapes as shapes
 
     cfg = ShapesConfig(

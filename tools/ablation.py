@@ -8,12 +8,13 @@ per image is measured against GFL's, all models interleaved in one process.
 
     python tools/ablation.py                       # the default tables, 3 seeds for the main rows
     python tools/ablation.py --tables main --seeds 0 1 2 3 4
-    python tools/ablation.py --list                # the variants, their configs and the runs planned
-    python tools/ablation.py --jobs 2              # two training processes at a time (1 thread each)
+    python tools/ablation.py --list      # the variants, their configs and the runs planned
+    python tools/ablation.py --jobs 2    # two training processes at a time (1 thread each)
     python tools/ablation.py --report --name ablation_shapes   # the .md again from the .json
     python tools/ablation.py --lrs 0.005 0.01 0.02 --tune-seed 10 --seeds 11 12 13 --jobs 2 \
-        --output output/lr_tuning_shapes --name lr_tuning_shapes   # each detector at its own learning rate
-    python tools/ablation.py --tables ld --iters 1600 --jobs 2   # Localization Distillation (trains its teacher first)
+        --output output/lr_tuning_shapes --name lr_tuning_shapes   # each at its own learning rate
+    # Localization Distillation (trains its teacher first)
+    python tools/ablation.py --tables ld --iters 1600 --jobs 2
 
 Each finished run leaves ``<output>/<variant>/seed<k>/result.json``; running
 the same command again skips those and resumes an interrupted run from its

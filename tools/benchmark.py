@@ -20,7 +20,7 @@ as ``<results>/<name>.json`` and the table as ``<name>.md``.
 
     python tools/benchmark.py                                # the full set, on CUDA if present
     python tools/benchmark.py --device cpu --quick --name benchmark_cpu   # < 3 minutes on 2 cores
-    python tools/benchmark.py --report --name benchmark_cpu_2cores        # the .md again from the .json
+    python tools/benchmark.py --report --name benchmark_cpu_2cores   # the .md again from the .json
 
 ``--peer mmdet`` measures gfl-d2's GFL against MMDetection 3.3's instead
 (gfl_studies.mmdet_peer): the same weights and images, inference at

@@ -8,14 +8,15 @@ distances clamped to 0 by Box2BoxTransformLinear's ReLU, and writes the
 report ``<results>/<name>.json`` and ``.md``.
 
     python tools/fcos_collapse.py --seeds 7 0 --jobs 2 --name fcos_collapse_shapes
-    python tools/fcos_collapse.py --report --name fcos_collapse_shapes   # the .md again from the .json
+    python tools/fcos_collapse.py --report --name fcos_collapse_shapes   # the .md again
 
 Trailing key=value pairs are passed to every run (e.g. optimizer.lr=0.005).
 ``--settings`` compares detectron2's documented stability settings instead
 (gfl_studies.fcos_collapse.SETTINGS: gradient clipping, a longer warm-up, a
 lower rate), each on every seed, with a table of all the runs first:
 
-    python tools/fcos_collapse.py --seeds 7 --jobs 2 --settings all --name fcos_collapse_settings_shapes
+    python tools/fcos_collapse.py --seeds 7 --jobs 2 --settings all \\
+        --name fcos_collapse_settings_shapes
 
 Finished runs (``<output>/<variant>/seed<k>/result.json``) are not trained again.
 """

@@ -15,6 +15,8 @@
 #
 #   bash tools/gpu_check.sh
 #   bash tools/gpu_check.sh --name gpu_check_h200
+#   bash tools/gpu_check.sh --smoke --output /tmp/gc          # tiny sizes, on the CPU too
+#   bash tools/gpu_check.sh --report --name gpu_check_h100   # the .md again from the .json
 #
 # A machine without internet: on one with PyPI access, fetch the wheels of what the
 # target's Python lacks (it needs torch/torchvision already), carry the folder, use it:
@@ -61,4 +63,4 @@ fi
 # gfl_d2 and gfl_studies (tools/gfl_studies) from this checkout, installed or not
 export PYTHONPATH="$PWD:$PWD/tools${PYTHONPATH:+:$PYTHONPATH}"
 
-exec "$PY" tools/gpu_check.py --output "${GPU_CHECK_OUT:-gpu_check}" "$@"
+exec "$PY" -m gfl_studies.gpu_check --output "${GPU_CHECK_OUT:-gpu_check}" "$@"

@@ -7,7 +7,8 @@ teacher's (KL, the LD loss), and how often the teacher's edge is the closer
 one. Writes ``<results>/<name>.json`` and ``<name>.md``.
 
     python tools/ld_agreement.py \\
-        --teacher configs/Synthetic/gfl_R_18_FPN_shapes.py output/ld_shapes/teacher/model_final.pth \\
+        --teacher configs/Synthetic/gfl_R_18_FPN_shapes.py \\
+            output/ld_shapes/teacher/model_final.pth \\
         --model "Student seed 0" configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes.py \\
             output/ld_shapes/Student/seed0/model_final.pth \\
         --model "Student + LD seed 0" configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes.py \\
@@ -55,7 +56,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not args.report and (not args.model or not args.teacher):
         p.error(
-            "give --teacher CONFIG WEIGHTS and at least one --model NAME CONFIG WEIGHTS (or --report)"
+            "give --teacher CONFIG WEIGHTS and at least one --model NAME CONFIG WEIGHTS (or "
+            "--report)"
         )
     if args.model and any(name == "teacher" for name, _, _ in args.model):
         p.error("--model: 'teacher' names the teacher's row; give the student another name")

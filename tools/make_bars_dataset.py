@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """
-Write the generated "bars" dataset (gfl_d2.data.bars: non-square images of
+Write the generated "bars" dataset (gfl_studies.bars: non-square images of
 varying size, classes bar / ellipse / cross / frame with ids 3, 7, 11, 20,
 some images without objects) as a dataset folder in COCO, Pascal VOC or YOLO
 layout: something to try configs/OwnData on.
 
     python tools/make_bars_dataset.py --layout voc --output datasets/bars_voc
-    python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py dataset.root=datasets/bars_voc
+    python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py \\
+        dataset.root=datasets/bars_voc
 """
 
 import argparse
 
-from gfl_d2.data import LAYOUTS, write_bars_dataset
+from gfl_d2.data import LAYOUTS
+from gfl_studies.bars import write_bars_dataset
 
 
 def main(argv=None):

@@ -8,9 +8,10 @@ thin bars to small blobs, some empty images) in --layout first.
 
     python tools/own_data_study.py --output output/own_data_study --seeds 0,1,2 --bins-seeds 1 \
         train.max_iter=500 dataloader.train.total_batch_size=8
-    python tools/own_data_study.py --report --name own_data_study_bars   # the .md again from the .json
+    python tools/own_data_study.py --report --name own_data_study_bars   # the .md again
     python tools/own_data_study.py --lrs 0.005 0.01 0.02 --tune-seed 10 --seeds 11,12,13 --jobs 2 \
-        --output output/own_data_lr --name own_data_lr_tuning_bars train.max_iter=500   # each at its own lr
+        --output output/own_data_lr --name own_data_lr_tuning_bars \
+        train.max_iter=500   # each at its own lr
 
 With ``--lrs``, GFL and FCOS are each trained at every rate with
 ``--tune-seed``, then at the rate with the best validation AP with
@@ -24,7 +25,7 @@ report to ``<results>/<name>.json`` and ``.md``.
 import argparse
 import os
 
-from gfl_d2.data import BarsConfig, write_bars_dataset
+from gfl_studies.bars import BarsConfig, write_bars_dataset
 from gfl_studies.own_data_study import render_report, run_own_data_lr_tuning, run_own_data_study
 from gfl_studies.reports import add_report_arguments, render_again
 
@@ -85,7 +86,8 @@ def main(argv=None):
         root = os.path.join(args.output, f"bars_{args.layout}")
         if not os.path.isdir(root):
             print(
-                f"generating bars ({args.num_train} train, {args.num_val} val) in {root} ({args.layout} layout)"
+                f"generating bars ({args.num_train} train, {args.num_val} val) in {root} "
+                f"({args.layout} layout)"
             )
             cfg = BarsConfig(
                 min_width=args.width[0],

@@ -4,10 +4,10 @@ Datasets for GFL: dataset folders in three formats (COCO, Pascal VOC, YOLO;
 registered with its catalogs (:mod:`gfl_d2.data.folders`), the record policy
 for boxes that do not fit their image (:mod:`gfl_d2.data.box_policy`), the
 dataset check before training, detectron2's ``DatasetMapper`` made faster for
-boxes (:mod:`gfl_d2.data.mapper`), and two generated datasets (shapes, bars).
+boxes (:mod:`gfl_d2.data.mapper`), and the generated shapes dataset
+(:mod:`gfl_d2.data.shapes`).
 """
 
-from .bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split, write_bars_dataset
 from .folder_dataset import FolderDataset, image_size
 from .folders import (
     LAYOUTS,
@@ -55,9 +55,4 @@ __all__ = [
     "dataset_classes",
     "dataset_num_classes",
     "write_layout",
-    "BARS_CLASSES",
-    "BARS_IDS",
-    "BarsConfig",
-    "generate_bars_split",
-    "write_bars_dataset",
 ]

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from typing import Dict, Optional
 
 from gfl_d2.model_zoo import get_config_file
 
@@ -32,9 +33,11 @@ ATSS_CFG = SHAPES + "atss_R_18_FPN_shapes.py"
 
 ABLATIONS = SHAPES + "Ablations/"
 DISTILLATION = SHAPES + "Distillation/"
-# Localization Distillation's teacher: the paper-settings model, trained on its own (default) schedule
+# Localization Distillation's teacher: the paper-settings model, trained on its own (default)
+# schedule
 TEACHER_CFG = GFL_CFG
-# what GFL V2's quality predictor outputs at the positives, logged every iteration (gfl_d2.modeling.meta_arch)
+# what GFL V2's quality predictor outputs at the positives, logged every iteration
+# (gfl_d2.modeling.meta_arch)
 QUALITY_SERIES = ("dgqp_quality_mean", "dgqp_quality_std")
 
 # name -> (config file, overrides, what it is). Each variant is a config file
@@ -145,7 +148,8 @@ TABLES = OrderedDict(
         (
             "ld",
             (
-                "Localization Distillation: the quick-start architecture with n = 16, alone and taught by the "
+                "Localization Distillation: the quick-start architecture with n = 16, alone and "
+                "taught by the "
                 "paper-settings model",
                 ["Student", "Student + LD"],
                 "main",
@@ -163,7 +167,10 @@ def slug(name):
 
 
 def schedule_overrides(iters, batch):
-    """The shapes schedule scaled to `iters`: LR steps at 77% and 91%, warm-up 50 iterations (5-25%)."""
+    """
+    The shapes schedule scaled to `iters`: LR steps at 77% and 91%, warm-up 50 iterations
+    (5-25%).
+    """
     if iters < 4:
         raise SystemExit(f"--iters must be at least 4 (two LR steps before the end), got {iters}")
     first = max(1, min(int(iters * 0.77), iters - 2))
@@ -228,7 +235,10 @@ def teacher_checkpoint(args):
 
 
 def teacher_overrides(args):
-    """The teacher run: its config's own schedule, the study's data options, then ``--teacher-opts``."""
+    """
+    The teacher run: its config's own schedule, the study's data options, then
+    ``--teacher-opts``.
+    """
     return (
         [
             f"train.seed={args.teacher_seed}",
@@ -295,6 +305,22 @@ def ensure_teacher(args):
 
 
 # ------------------------------------------------------------------ one run
+_PROGRESS = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)")
+
+
+def printed_progress(line: str) -> Optional[Dict[str, object]]:
+    """
+    The progress in a line of detectron2's ``CommonMetricPrinter`` (None for
+    other lines): ``iteration`` (from 0), ``total_loss`` and ``eta`` as
+    printed. Shown while a child trains, as its output streams; the run's
+    ``metrics.json`` holds the same values only as its writer flushes them.
+    """
+    m = _PROGRESS.search(line)
+    if m is None:
+        return None
+    return dict(iteration=int(m.group(2)), total_loss=m.group(3), eta=m.group(1))
+
+
 def train(args, name, seed, log_prefix):
     """Train (resuming) in a child process; returns its wall time."""
     out = run_dir(args, name, seed)
@@ -318,10 +344,11 @@ def train(args, name, seed, log_prefix):
         )
         for line in proc.stdout:
             log.write(line)
-            m = re.search(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)", line)
-            if m and args.jobs == 1:
+            shown = printed_progress(line)
+            if shown and args.jobs == 1:
                 print(
-                    f"\r{log_prefix} iter {int(m.group(2)) + 1}/{args.iters} loss {m.group(3)} eta {m.group(1)}   ",
+                    f"\r{log_prefix} iter {shown['iteration'] + 1}/{args.iters} "
+                    f"loss {shown['total_loss']} eta {shown['eta']}   ",
                     end="",
                     flush=True,
                 )
@@ -369,8 +396,10 @@ def _evaluate_config(config, overrides, checkpoint, output_dir, jobs):
     cfg, model = _build(config, overrides, checkpoint)
     cfg.dataloader.evaluator.output_dir = output_dir
     if jobs > 1:
-        # forking loader workers from a process whose other threads run jobs can deadlock (seen: a worker
-        # waiting forever on a lock held at the fork); evaluating in this process's thread needs none
+        # forking loader workers from a process whose other threads run jobs can deadlock (seen: a
+        # worker
+        # waiting forever on a lock held at the fork); evaluating in this process's thread needs
+        # none
         cfg.dataloader.test.num_workers = 0
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
@@ -634,7 +663,7 @@ def _distillation(data):
             lines.append(
                 f"LD teacher: configs/{teacher['config']} on its own schedule"
                 + (
-                    f" ({' '.join(o for o in teacher.get('overrides', []) if o.startswith('train.seed'))})"
+                    f" ({' '.join(o for o in teacher['overrides'] if o.startswith('train.seed'))})"
                     if teacher.get("overrides")
                     else ""
                 )
@@ -653,15 +682,19 @@ def _distillation(data):
             for n in names
         )
         lines.append(
-            "Training step (forward, assignment, losses, backward; one batch, the variants alternating, "
+            "Training step (forward, assignment, losses, backward; one batch, the variants "
+            "alternating, "
             f"median): {cells}."
         )
     return lines + [""] if lines else []
 
 
 def render(data):
-    """The Markdown tables of an ablation report (:func:`collect_results`): the study's tables at its
-    schedule, and one table per other schedule its runs were trained for."""
+    """
+    The Markdown tables of an ablation report (:func:`collect_results`): the
+    study's tables at its schedule, and one table per other schedule its runs
+    were trained for.
+    """
     setup, runs = data["setup"], data["runs"]
     seconds = data.get("timing", {}).get("seconds_per_image", {})
     relative = {k: v / seconds["GFL"] for k, v in seconds.items()} if "GFL" in seconds else {}
@@ -670,9 +703,12 @@ def render(data):
         f", torch {setup['torch']}" if "torch" in setup else ""
     )
     lines = [
-        f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch {setup.get('batch', '?')}. "
-        f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per image "
-        "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP < 1.",
+        f"{setup.get('dataset', 'shapes')}; {setup.get('backbone', BACKBONE)}; batch "
+        f"{setup.get('batch', '?')}. "
+        f"Measured {setup.get('date', '?')} on {where}. Mean ± std over seeds; time: inference per "
+        "image "
+        "relative to GFL (batch 1, all models interleaved in one process); collapsed: runs with AP "
+        "< 1.",
         "",
     ]
     at_main = [r for r in runs if r["iters"] == main_iters]
@@ -709,13 +745,16 @@ def list_variants(args=None):
     if args is not None:
         runs = plan_runs(args)
         print(
-            f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} variants)"
+            f"\n--tables {' '.join(args.tables)}: {len(runs)} runs ({len(set(n for n, _ in runs))} "
+            "variants)"
         )
 
 
 def run_all(args, todo, after_each=None):
-    """Train and evaluate the runs of ``todo`` on ``args.jobs`` threads; ``after_each()`` (default: the
-    report) after every run."""
+    """
+    Train and evaluate the runs of ``todo`` on ``args.jobs`` threads;
+    ``after_each()`` (default: the report) after every run.
+    """
     start, lock, finished = time.time(), threading.Lock(), []
     after_each = after_each or (lambda: write(args))
 
@@ -747,7 +786,8 @@ def run_study(args):
         ensure_teacher(args)
     todo = [(n, s) for n, s in runs if s not in finished_seeds(args, n)]
     print(
-        f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in {args.output}, "
+        f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to go; runs in "
+        f"{args.output}, "
         f"report {os.path.join(args.results, args.name)}.md",
         flush=True,
     )
@@ -755,7 +795,8 @@ def run_study(args):
     if not args.skip_timing:
         names = list(OrderedDict.fromkeys(r for t in args.tables for r in TABLES[t][1]))
         print(
-            f"timing inference of {len(names)} variants ({args.timing_images} images x {args.timing_rounds} rounds)",
+            f"timing inference of {len(names)} variants ({args.timing_images} images x "
+            f"{args.timing_rounds} rounds)",
             flush=True,
         )
         timing = measure_inference(args, names)
@@ -774,7 +815,10 @@ TUNED_VARIANTS = ("RetinaNet", "FCOS", "ATSS", "GFL")  # the detectors of the ma
 
 
 def lr_args(args, lr):
-    """The options of the runs at learning rate ``lr``: their own folder ``<output>/lr<lr>``, the rate as an override."""
+    """
+    The options of the runs at learning rate ``lr``: their own folder ``<output>/lr<lr>``, the
+    rate as an override.
+    """
     return argparse.Namespace(
         **dict(
             vars(args),
@@ -792,8 +836,8 @@ def run_lr_tuning(args):
     """
     names = args.variants or list(TUNED_VARIANTS)
     setup = dict(
-        what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, batch "
-        f"{args.batch}, the schedule of the ablation; validation AP on shapes_val.",
+        what=f"shapes: 3000 train / 300 val images, 128 px; {BACKBONE}; {args.iters} iterations, "
+        f"batch {args.batch}, the schedule of the ablation; validation AP on shapes_val.",
         lrs=list(args.lrs),
         tune_seed=args.tune_seed,
         seeds=list(args.seeds),

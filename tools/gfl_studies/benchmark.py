@@ -1,5 +1,5 @@
 """
-The one benchmark driver of ``tools/benchmark.py`` and ``tools/gpu_check.py``:
+The one benchmark driver of ``tools/benchmark.py`` and ``tools/gpu_check.sh``:
 GFL (V1, V2) against detectron2's own FCOS and RetinaNet, R-50-FPN with one
 backbone, COCO-like inputs, in one process on one device. Every measured
 line (:class:`Line`) runs all models round-robin, so that drifts of the
@@ -16,7 +16,8 @@ A result, as written to ``<name>.json``::
 Times are seconds per image for inference, per iteration for training, per
 call for label assignment; memory lines are MiB.
 
-    python -m gfl_studies.benchmark --memory gfl --device cpu --mode quick   # (internal) one model's peak memory
+    # (internal) one model's peak memory
+    python -m gfl_studies.benchmark --memory gfl --device cpu --mode quick
 """
 
 import argparse
@@ -61,7 +62,9 @@ _AMP = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class Line:
-    """One measurement: ``kind`` "infer", "train" or "assign" (``batch`` images x ``boxes`` boxes)."""
+    """
+    One measurement: ``kind`` "infer", "train" or "assign" (``batch`` images x ``boxes`` boxes).
+    """
 
     kind: str
     size: Tuple[int, int]
@@ -92,7 +95,8 @@ def _lines(infer, train, precisions=(None,)):
     ]
 
 
-# the modes: what is measured, how often; ``memory``: "process" (a fresh process per model at the largest
+# the modes: what is measured, how often; ``memory``: "process" (a fresh process per model at the
+# largest
 # training line: CPU peak RSS, GPU max allocated) or "line" (GPU memory of one run of every line)
 PLANS = {
     "smoke": dict(
@@ -119,7 +123,8 @@ PLANS = {
         warmup=2,
         memory="process",
     ),
-    # the GPU check: COCO size, batch 1 and 8, fp32 and fp16 AMP (bf16 on the CPU, where fp16 autocast is slow)
+    # the GPU check: COCO size, batch 1 and 8, fp32 and fp16 AMP (bf16 on the CPU, where fp16
+    # autocast is slow)
     "gpu_check": dict(
         lines=_lines(
             [((800, 1333), 1), ((800, 1333), 8)],
@@ -316,7 +321,10 @@ def _free(device):
 
 
 def _try_each(fns: Dict, line: Line, results: Dict, device) -> Dict:
-    """Run every model once; a failure is recorded as the model's result of the line. Returns the ones that ran."""
+    """
+    Run every model once; a failure is recorded as the model's result of the line. Returns the
+    ones that ran.
+    """
     ok = {}
     for name, fn in fns.items():
         try:
@@ -340,7 +348,8 @@ def measure(
     log=print,
 ) -> Tuple[Dict, Dict]:
     """
-    Every line, every model (interleaved): ``(results, lines)`` in the format of the module's docstring.
+    Every line, every model (interleaved): ``(results, lines)`` in the format of the module's
+    docstring.
     With ``line_memory`` (CUDA), each line also gets a memory line: what one run allocates.
     """
     results = {m: {} for m in models}
@@ -372,7 +381,10 @@ def _largest_training_line(plan) -> Line:
 
 
 def child_peak_memory(name: str, device: str, mode: str) -> Dict:
-    """Peak memory of training at the mode's largest training line, measured in this (fresh) process."""
+    """
+    Peak memory of training at the mode's largest training line, measured in this (fresh)
+    process.
+    """
     line = _largest_training_line(PLANS[mode])
     run = line_fn(build_model(name, device), line, device)
     if str(device).startswith("cuda"):
@@ -392,7 +404,10 @@ def child_peak_memory(name: str, device: str, mode: str) -> Dict:
 
 
 def _fresh_process_memory(name: str, device: str, mode: str, threads: int) -> Dict:
-    """:func:`child_peak_memory` in a new Python process (this package importable there however it was found)."""
+    """
+    :func:`child_peak_memory` in a new Python process (this package importable there however it
+    was found).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -434,7 +449,10 @@ def run_benchmark(
     warmup: Optional[int] = None,
     log=print,
 ) -> Dict:
-    """Measure ``models`` on ``device`` with the plan of ``mode`` (:data:`PLANS`); the result (module docstring)."""
+    """
+    Measure ``models`` on ``device`` with the plan of ``mode`` (:data:`PLANS`); the result
+    (module docstring).
+    """
     plan = PLANS[mode]
     repeat = plan["repeat"] if repeat is None else repeat
     warmup = plan["warmup"] if warmup is None else warmup
@@ -504,9 +522,12 @@ def _header(data: Dict, models: Sequence[str]) -> str:
     when = f"measured {data['date']}, " if "date" in data else ""
     took = f", {data['seconds']:.0f} s" if "seconds" in data else ""
     return (
-        f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; {data['device']}, torch "
-        f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} warm-up{took}. "
-        "Seconds per image (inference), per iteration (training), per call (assignment): median (min-max); "
+        f"{', '.join(models)} with one R-50-FPN backbone, random weights, interleaved; "
+        f"{data['device']}, torch "
+        f"{data['torch']}, {when}{data['mode']} mode, {data['repeat']} runs after {data['warmup']} "
+        f"warm-up{took}. "
+        "Seconds per image (inference), per iteration (training), per call (assignment): median "
+        "(min-max); "
         "the ratios are of the medians."
     )
 

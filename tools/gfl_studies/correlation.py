@@ -1,4 +1,7 @@
-"""Spearman's rank correlation, tie-aware: the statistic of the quality and edge-uncertainty studies."""
+"""
+Spearman's rank correlation, tie-aware: the statistic of the quality and edge-uncertainty
+studies.
+"""
 
 import numpy as np
 
@@ -17,7 +20,10 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(x, y) -> float:
-    """Spearman's rank correlation (Pearson's on average ranks); NaN for fewer than 3 pairs or a constant."""
+    """
+    Spearman's rank correlation (Pearson's on average ranks); NaN for fewer than 3 pairs or a
+    constant.
+    """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) != len(y):
         raise ValueError(f"spearman: {len(x)} and {len(y)} values")

@@ -3,7 +3,7 @@ Does the predicted edge uncertainty (``pred_box_std``) know which edges are
 ambiguous? On a dataset whose annotations carry ``edge_flags`` (the
 generated shapes dataset), each ground-truth box is matched to its best
 detection of the same class and its edges are grouped by whether they were
-blurred and whether they are occluded. ``tools/measure_edge_uncertainty.py``
+blurred and whether they are occluded. ``tools/edge_uncertainty.py``
 is the command line.
 """
 
@@ -85,7 +85,10 @@ def edge_uncertainty_rows(
 
 
 def summarize_edge_uncertainty(rows: np.ndarray) -> Dict:
-    """Per group of edges (GROUPS): count, mean std (px and relative to the side), mean |error|; Spearman(std, error)."""
+    """
+    Per group of edges (GROUPS): count, mean std (px and relative to the side), mean |error|;
+    Spearman(std, error).
+    """
     summary = {}
     for g, name in enumerate(GROUPS):
         sel = rows[rows[:, 0] == g]
@@ -106,8 +109,10 @@ def render(data: Dict) -> str:
     lines = []
     if setup:
         lines += [
-            f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}: {setup.get('config', '?')} with "
-            f"{setup.get('weights', '?')}, ground-truth boxes matched to detections of their class with IoU >= "
+            f"Measured {setup.get('date', '?')} on {setup.get('device', '?')}: "
+            f"{setup.get('config', '?')} with "
+            f"{setup.get('weights', '?')}, ground-truth boxes matched to detections of their class "
+            "with IoU >= "
             f"{setup.get('min_iou', '?')}.",
             "",
         ]
@@ -119,13 +124,15 @@ def render(data: Dict) -> str:
         s = summary[name]
         if s["edges"]:
             lines.append(
-                f"| {name} | {s['edges']} | {s['mean_std_px']:.2f} | {s['mean_relative_std']:.3f} | "
+                f"| {name} | {s['edges']} | {s['mean_std_px']:.2f} | {s['mean_relative_std']:.3f} "
+                "| "
                 f"{s['mean_abs_error_px']:.2f} |"
             )
         else:
             lines.append(f"| {name} | 0 | - | - | - |")
     if "spearman_std_vs_error" in summary:
         lines.append(
-            f"\nSpearman correlation of std with the edge error: {summary['spearman_std_vs_error']:.3f}"
+            "\nSpearman correlation of std with the edge error: "
+            f"{summary['spearman_std_vs_error']:.3f}"
         )
     return "\n".join(lines)

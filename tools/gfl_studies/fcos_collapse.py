@@ -49,8 +49,10 @@ SERIES = (
     "tower/zero",
 )
 
-# the documented detectron2 settings that bear on training stability, as overrides of the study's runs
-# (``--settings``); detectron2's yacs form is SOLVER.CLIP_GRADIENTS, SOLVER.WARMUP_ITERS, SOLVER.BASE_LR
+# the documented detectron2 settings that bear on training stability, as overrides of the study's
+# runs
+# (``--settings``); detectron2's yacs form is SOLVER.CLIP_GRADIENTS, SOLVER.WARMUP_ITERS,
+# SOLVER.BASE_LR
 SETTINGS = {
     "as configured": [],
     "gradient clipping, global norm 35": [
@@ -69,7 +71,10 @@ SETTINGS = {
 
 
 class ClampRecordingFCOS(FCOS):
-    """detectron2's FCOS, trained unchanged, that records how many positives the decoding's ReLU clamps."""
+    """
+    detectron2's FCOS, trained unchanged, that records how many positives the decoding's ReLU
+    clamps.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -112,7 +117,10 @@ def read_series(run_dir: str) -> List[Dict]:
 
 
 def summarize_run(result: Dict, series: List[Dict], setting: str = "") -> Dict:
-    """One run of the study: seed, lr, AP, collapsed or not, its series (and its setting, if the study compares some)."""
+    """
+    One run of the study: seed, lr, AP, collapsed or not, its series (and its setting, if the
+    study compares some).
+    """
     ap = result["metrics"]["AP"]
     run = dict(
         seed=result["seed"],
@@ -144,7 +152,8 @@ def render(data: Dict, at: Sequence[int] = (20, 40, 60, 80, 100, 150, 200, 300, 
     setup = data["setup"]
     lines = [
         f"detectron2's FCOS trained unchanged ({setup['settings']}); measured {setup['date']} on "
-        f"{setup['device']}, torch {setup['torch']}. Fractions over the positives of the logged iteration "
+        f"{setup['device']}, torch {setup['torch']}. Fractions over the positives of the logged "
+        "iteration "
         f"(median of the logging window); a run with AP < {COLLAPSED_AP:g} counts as collapsed.",
         "",
     ]
@@ -171,7 +180,10 @@ def render(data: Dict, at: Sequence[int] = (20, 40, 60, 80, 100, 150, 200, 300, 
 
 
 def _settings_table(runs: Sequence[Dict], at: Sequence[int] = (20, 40, 100)) -> List[str]:
-    """One row per run: the setting, the fraction of positives with all four distances clamped over training, AP."""
+    """
+    One row per run: the setting, the fraction of positives with all four distances clamped over
+    training, AP.
+    """
     cols = [f"all_four at {i}" for i in at] + [
         "all_four at the end",
         "loss_fcos_loc at the end",

@@ -1,13 +1,21 @@
 """
-The GPU check behind ``tools/gpu_check.py`` and ``tools/gpu_check.sh`` (see
-there for what it runs). Each step runs in its own process with a time
-limit, so that one failure does not hide the others; the summary table says
-which passed. The benchmark step is ``tools/benchmark.py --mode gpu_check``
-(:mod:`gfl_studies.benchmark`, the one driver). The report: ``<name>.json``
-(``header``, ``rows``) and ``<name>.md``, and the benchmark's own report
-``<name>_benchmark.json`` / ``.md`` beside it.
+The GPU check behind ``tools/gpu_check.sh``, its one entry point (see there
+for what it runs; the script installs what a bare machine lacks, then runs
+``python -m gfl_studies.gpu_check``). Each step runs in its own process
+with a time limit, so that one failure does not hide the others; the
+summary table says which passed. The benchmark step is ``tools/benchmark.py
+--mode gpu_check`` (:mod:`gfl_studies.benchmark`, the one driver). Logs,
+checkpoints and exports go to --output; the report to ``<results>/<name>.json``
+(``header``, ``rows``) and ``.md``, the benchmark's own report beside it
+(``<name>_benchmark.json`` / ``.md``); --results defaults to
+projects/GFL/results, and to --output with --smoke.
+
+    bash tools/gpu_check.sh --name gpu_check_h200            # on a CUDA machine
+    bash tools/gpu_check.sh --smoke --output /tmp/gc          # tiny sizes, on the CPU too
+    bash tools/gpu_check.sh --report --name gpu_check_h100   # the .md again from the .json
 """
 
+import argparse
 import json
 import math
 import os
@@ -17,11 +25,13 @@ import time
 
 import torch
 
-from .reports import write_report
+from .mmdet_peer import SKIP_NOTE
+from .reports import DEFAULT_RESULTS, add_report_arguments, render_again, write_report
 
-__all__ = ["run_gpu_check", "benchmark_rows", "render"]
+__all__ = ["run_gpu_check", "benchmark_rows", "render", "parse_args", "main"]
 
-# the repository checkout (this package lives in <repository>/tools/gfl_studies): its tests, tools, configs
+# the repository checkout (this package lives in <repository>/tools/gfl_studies): its tests, tools,
+# configs
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBEDDED = "configs/Synthetic/gfl_R_18_FPN_shapes_quickstart.py"
 
@@ -188,7 +198,10 @@ def step_benchmark(args, out):
 
 
 def step_peer(args, out):
-    """gfl-d2 against MMDetection's GFL (tools/benchmark.py --peer mmdet), or the note that it was skipped."""
+    """
+    gfl-d2 against MMDetection's GFL (tools/benchmark.py --peer mmdet), or the note that it was
+    skipped.
+    """
     name = f"{args.name}_mmdet"
     ok, sec, log = run_step(
         "benchmark against MMDetection",
@@ -209,7 +222,7 @@ def step_peer(args, out):
         os.path.join(out, "benchmark_mmdet.log"),
         timeout=300,
     )
-    if ok and "MMDetection peer skipped" in log:
+    if ok and SKIP_NOTE in log:  # what tools/benchmark.py prints when nothing was measured
         return [
             dict(
                 step="bench vs MMDetection",
@@ -261,8 +274,10 @@ def _line_numbers(data, label, model):
 
 
 def benchmark_rows(data):
-    """The summary's rows of a benchmark result (gfl_studies.benchmark): GFL and FCOS images/s and memory,
-    GFL V2's against V1, or what failed beside what ran."""
+    """
+    The summary's rows of a benchmark result (gfl_studies.benchmark): GFL and
+    FCOS images/s and memory, GFL V2's against V1, or what failed beside what ran.
+    """
     rows = []
     for label, meta in data["lines"].items():
         if meta["kind"] == "assign":
@@ -275,9 +290,11 @@ def benchmark_rows(data):
         g, f_ = line["gfl"], line["fcos"]
         h, w = meta["size"]
         precision = f"{meta['precision']} AMP" if meta["precision"] else "fp32"
-        step = f"bench {dict(infer='inference', train='training')[meta['kind']]} {h}x{w} b{meta['batch']} {precision}"
+        kind = dict(infer="inference", train="training")[meta["kind"]]
+        step = f"bench {kind} {h}x{w} b{meta['batch']} {precision}"
         if "error" in g or "error" in f_:
-            # what ran is reported beside what failed (detectron2's FCOS fails under fp16 autocast, say)
+            # what ran is reported beside what failed (detectron2's FCOS fails under fp16 autocast,
+            # say)
             parts = [
                 f"{n.upper()} {line[n]['images_per_s']:.1f} img/s {_mib(line[n])}"
                 for n in ("gfl", "fcos")
@@ -304,7 +321,8 @@ def benchmark_rows(data):
                 ok=True,
                 seconds=None,
                 result=(
-                    f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} img/s {_mib(f_)} | "
+                    f"GFL {g['images_per_s']:.1f} img/s {_mib(g)} | FCOS {f_['images_per_s']:.1f} "
+                    f"img/s {_mib(f_)} | "
                     f"speed GFL/FCOS {g['images_per_s'] / f_['images_per_s']:.3f}{memory}"
                     + _v2(line)
                 ),
@@ -374,7 +392,8 @@ def step_export(args, out):
             with open(check) as f:
                 c = json.load(f)
             result = (
-                f"{c['detections']} detections, max box diff {c['max_box_diff']:.2g} px, max score diff "
+                f"{c['detections']} detections, max box diff {c['max_box_diff']:.2g} px, max score "
+                "diff "
                 f"{c['max_score_diff']:.2g}, classes equal {c['classes_equal']}; other size "
                 f"{c['other_size']['detections']} detections; runtime {c.get('runtime', '?')}"
             )
@@ -399,9 +418,11 @@ def write_summary(args, rows, t0, done):
         if torch.cuda.is_available()
         else f"CPU ({os.cpu_count()} cores)"
     )
+    on_cuda = torch.version.cuda and torch.cuda.is_available()
+    cuda = f" (CUDA {torch.version.cuda})" if on_cuda else ""
     header = (
         f"GPU check, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}"
-        f"{' (CUDA ' + torch.version.cuda + ')' if torch.version.cuda and torch.cuda.is_available() else ''}, "
+        f"{cuda}, "
         f"{'smoke mode, ' if args.smoke else ''}{time.time() - t0:.0f} s in all"
         f"{'' if done else ' (unfinished: later steps did not report)'}"
     )
@@ -435,3 +456,39 @@ def run_gpu_check(args):
         table = write_summary(args, rows, t0, done=i + 1 == len(steps))
     print("\n" + table)
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="tools/gpu_check.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--output", default="gpu_check", help="folder for logs, checkpoints and exports")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and few iterations; allowed without a GPU"
+    )
+    p.add_argument(
+        "--iters", type=int, default=None, help="training iterations per precision (default 300)"
+    )
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "peer", "export"]
+    )
+    add_report_arguments(p, "gpu_check", results=None)
+    args = p.parse_args(argv)
+    # a smoke run checks the script, it measures nothing: its report stays with its logs
+    args.results = args.results or (args.output if args.smoke else DEFAULT_RESULTS)
+    return args
+
+
+def main(argv=None):
+    """The command line of ``tools/gpu_check.sh``: run the check, or render its report again."""
+    args = parse_args(argv)
+    if args.report:
+        print(render_again(args.results, args.name, render))
+        return 0
+    return run_gpu_check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -167,10 +167,13 @@ def render(data: Dict) -> str:
     s = data["setup"]
     models = "; ".join(f"{m['name']}: {m['config']} with {m['weights']}" for m in s["models"])
     lines = [
-        f"Measured {s['date']} on {s['device']}, {s['images']} validation images, at the ATSS positives "
+        f"Measured {s['date']} on {s['device']}, {s['images']} validation images, at the ATSS "
+        "positives "
         f"of their ground truth. Teacher: {s['teacher']['config']} with {s['teacher']['weights']}. "
-        f"Models: {models}. KL to teacher: over the bins at T = 1, mean over edges; LD loss: gfl-d2's, "
-        f"at T = {s['temperature']:g}, per edge; edge error in strides; teacher closer: the share of edges "
+        f"Models: {models}. KL to teacher: over the bins at T = 1, mean over edges; LD loss: "
+        "gfl-d2's, "
+        f"at T = {s['temperature']:g}, per edge; edge error in strides; teacher closer: the share "
+        "of edges "
         "whose teacher edge is closer to the ground truth (ties half).",
         "",
         "| model | positives | IoU | edge error | KL to teacher | LD loss | teacher closer |",

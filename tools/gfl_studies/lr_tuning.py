@@ -36,7 +36,10 @@ def _ap(run: Dict) -> float:
 
 
 def choose_lrs(runs: Sequence[Dict]) -> Dict[str, float]:
-    """Per model, the rate of its best tuning run (AP on the validation split; a tie goes to the smaller rate)."""
+    """
+    Per model, the rate of its best tuning run (AP on the validation split; a tie goes to the
+    smaller rate).
+    """
     best = {}
     for r in sorted((r for r in runs if r["phase"] == "tune"), key=lambda r: r["lr"]):
         if r["model"] not in best or _ap(r) > _ap(best[r["model"]]):
@@ -45,7 +48,10 @@ def choose_lrs(runs: Sequence[Dict]) -> Dict[str, float]:
 
 
 def in_parallel(jobs: int, todo: List, work: Callable) -> None:
-    """``work(item)`` for every item, ``jobs`` at a time; the first failure stops handing out new items."""
+    """
+    ``work(item)`` for every item, ``jobs`` at a time; the first failure stops handing out new
+    items.
+    """
     lock, errors, queue = threading.Lock(), [], list(todo)
 
     def worker():

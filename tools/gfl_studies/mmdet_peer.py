@@ -1,8 +1,9 @@
 """
 MMDetection 3.3's GFL as the benchmark's peer: the same R-50-FPN GFL in the
 two frameworks with the same weights (MMDetection's own initialisation, head
-weights that give confident detections, saved as MMDetection's runner saves
-and converted by :func:`gfl_d2.convert.convert_checkpoint`), timed on the
+weights that give confident detections, saved as MMDetection's runner saves,
+read by :func:`gfl_d2.convert.load_mmdet_checkpoint` and converted by
+:func:`gfl_d2.convert.convert_mmdet_state_dict`), timed on the
 same images, the two frameworks alternating inside every repetition
 (:func:`gfl_studies.benchmark.interleaved`).
 
@@ -121,18 +122,18 @@ def build_pair(device: str = "cpu") -> Tuple[torch.nn.Module, torch.nn.Module]:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
 
-    from gfl_d2.convert import convert_checkpoint
+    from gfl_d2.convert import convert_mmdet_state_dict, load_mmdet_checkpoint
     from gfl_d2.model_zoo import get_config_file
 
     theirs, _ = build_mmdet_gfl(MMDET_CONFIGS["R-50 1x"])
     trained_like(theirs)
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = os.path.join(tmp, "mmdet.pth"), os.path.join(tmp, "converted.pth")
+        src = os.path.join(tmp, "mmdet.pth")
         save_as_mmdet(theirs, src)
-        report = convert_checkpoint(src, dst)
-        config = report[-1].rsplit("use it with configs/", 1)[1].split()[0]
-        ours = instantiate(LazyConfig.load(get_config_file(config)).model)
-        incompatible = DetectionCheckpointer(ours)._load_model(torch.load(dst, weights_only=True))
+        converted, info = convert_mmdet_state_dict(*load_mmdet_checkpoint(src))
+    config = info["config"]  # the config of gfl-d2 that has the converted architecture
+    ours = instantiate(LazyConfig.load(get_config_file(config)).model)
+    incompatible = DetectionCheckpointer(ours)._load_model({"model": converted})
     if incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes:
         raise RuntimeError(f"the converted weights do not fit gfl-d2's {config}: {incompatible}")
     return ours.to(device).eval(), theirs.to(device).eval()
@@ -166,7 +167,10 @@ def _theirs_data(images, gts=None):
 
 
 def _inference(ours, theirs, images) -> Dict[str, Callable]:
-    """gfl-d2 (eager; on the CPU also with ``cpu_inference="frozen"``) and MMDetection, image to detections."""
+    """
+    gfl-d2 (eager; on the CPU also with ``cpu_inference="frozen"``) and MMDetection, image to
+    detections.
+    """
     ours_in, theirs_data = _ours_inputs(images), _theirs_data(images)
 
     def run_ours(mode="eager"):
@@ -238,7 +242,10 @@ def _assignment(ours, theirs, size, n_images, n_boxes, device) -> Dict[str, Call
 
 
 def peer_fns(ours, theirs, line: Line, device) -> Dict[str, Callable]:
-    """The functions timed on ``line`` for gfl-d2 (``"gfl"``) and MMDetection (:data:`PEER`); modes set."""
+    """
+    The functions timed on ``line`` for gfl-d2 (``"gfl"``) and MMDetection (:data:`PEER`); modes
+    set.
+    """
     if line.kind == "assign":
         return _assignment(ours, theirs, line.size, line.batch, line.boxes, device)
     train = line.kind == "train"
@@ -281,7 +288,10 @@ def _theirs_stages(model, images, clock):
 
 
 def _frozen_stages(model, images, clock):
-    """gfl-d2's inference with ``cpu_inference="frozen"``: backbone, FPN and head are one frozen graph."""
+    """
+    gfl-d2's inference with ``cpu_inference="frozen"``: backbone, FPN and head are one frozen
+    graph.
+    """
     with torch.no_grad():
         batch = model.preprocess_image(_ours_inputs(images))
         clock("preprocess")
@@ -323,11 +333,16 @@ def render(data: Dict) -> str:
     results, names = data["results"], [n for n in ("gfl", FROZEN, PEER) if n in data["results"]]
     ours = [n for n in names if n != PEER]
     lines = [
-        f"gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, converted by "
-        f"tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside every "
-        f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, {data['mode']} mode, "
-        f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: uint8 image to "
-        "detections), per training step (forward, ATSS, losses, backward, SGD), per call (assignment of all "
+        "gfl-d2 against MMDetection 3.3: GFL R-50-FPN 1x with the same weights (MMDetection's, "
+        "converted by "
+        "tools/convert_mmdet_checkpoint.py), the same images, the frameworks alternating inside "
+        "every "
+        f"repetition; {data['device']}, torch {data['torch']}, measured {data['date']}, "
+        f"{data['mode']} mode, "
+        f"{data['repeat']} runs after {data['warmup']} warm-up. Seconds per image (inference: "
+        "uint8 image to "
+        "detections), per training step (forward, ATSS, losses, backward, SGD), per call "
+        "(assignment of all "
         "the images): median (min-max); the ratios are of the medians.",
         "",
         "| measure | "
@@ -369,7 +384,8 @@ def render(data: Dict) -> str:
         kinds = list(dict.fromkeys(k for n in share for k in share[n]))
         lines += [
             "",
-            "Convolutions (forward and backward kernels) as a share of the self CPU time of one run "
+            "Convolutions (forward and backward kernels) as a share of the self CPU time of one "
+            "run "
             "(torch.profiler):",
             "",
             "| line | " + " | ".join(NAMES[n] for n in share) + " |",
@@ -385,7 +401,10 @@ def render(data: Dict) -> str:
 
 
 def conv_share(fn: Callable) -> float:
-    """The share of convolution kernels in the self time of one run of ``fn`` (torch.profiler, CPU ops)."""
+    """
+    The share of convolution kernels in the self time of one run of ``fn`` (torch.profiler, CPU
+    ops).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -451,7 +470,10 @@ def run_peer_benchmark(mode: str, device: str, repeat=None, warmup=None, log=pri
 
 
 def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
-    """Per framework: inference stages at the largest inference size, the convolutions' share of each kind of line."""
+    """
+    Per framework: inference stages at the largest inference size, the convolutions' share of
+    each kind of line.
+    """
     largest = max(
         (ln for ln in lines if ln.kind == "infer"), key=lambda ln: ln.size[0] * ln.size[1]
     )
@@ -467,7 +489,9 @@ def _profile(ours, theirs, lines: Sequence[Line], device, log) -> Dict:
     ):
         for name, fn in peer_fns(ours, theirs, line, device).items():
             if name == FROZEN:
-                continue  # the frozen graph's kernels run inside one traced call: the profiler cannot split them
+                # the frozen graph's kernels run inside one traced call: the profiler
+                # cannot split them
+                continue
             fn()  # warm
             out["conv_share"].setdefault(name, {})[line.name] = conv_share(fn)
     return out

@@ -114,7 +114,10 @@ def build_mmdet_gfl(config: str = MMDET_CONFIGS["R-50 1x"], seed: int = 0):
 
 
 def trained_like(model, seed: int = 0):
-    """Head weights that give confident, varied detections (at initialisation every score is ~0.01)."""
+    """
+    Head weights that give confident, varied detections (at initialisation every score is
+    ~0.01).
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.bbox_head.parameters():
@@ -137,7 +140,10 @@ def save_as_mmdet(model, path: str, **extra) -> None:
 
 
 def mmdet_sample(height: int, width: int, boxes=None, labels=None):
-    """A ``DetDataSample`` of an unscaled image; with ``boxes`` (K, 4) and ``labels`` (K,), its ground truth."""
+    """
+    A ``DetDataSample`` of an unscaled image; with ``boxes`` (K, 4) and ``labels`` (K,), its
+    ground truth.
+    """
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 

@@ -4,11 +4,10 @@ on, trained with the documented command (``python -m gfl_d2.training
 --config-file configs/OwnData/... dataset.root=...``), over seeds, with GFL's
 bins as configured and as the bin check advises. ``tools/own_data_study.py``
 is its command line; by default it generates the second dataset ("bars",
-:mod:`gfl_d2.data.bars`) in the layout asked for. The report
+:mod:`.bars`) in the layout asked for. The report
 (``<name>.json``, ``<name>.md``) is written as in :mod:`gfl_studies.reports`.
 """
 
-import json
 import os
 import re
 import statistics
@@ -21,7 +20,7 @@ from gfl_d2.model_zoo import get_config_file
 
 from .lr_tuning import render as render_lr_tuning
 from .lr_tuning import tune_then_seeds
-from .reports import machine, write_report
+from .reports import final_evaluation, machine, write_report
 
 __all__ = [
     "run_own_data_study",
@@ -42,14 +41,7 @@ FCOS_LOW_THRESHOLD = (
 
 def final_metrics(output_dir: str) -> Dict[str, float]:
     """The last evaluation's bbox metrics in ``output_dir/metrics.json``."""
-    last = None
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        for line in f:
-            if '"bbox/AP"' in line:
-                last = json.loads(line)
-    if last is None:
-        raise RuntimeError(f"no evaluation in {output_dir}/metrics.json")
-    return {k[len("bbox/") :]: float(v) for k, v in last.items() if k.startswith("bbox/")}
+    return final_evaluation(output_dir, "bbox")
 
 
 def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
@@ -67,17 +59,27 @@ def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
     return advised, recommended
 
 
-def copypaste_metrics(log_text: str) -> Dict[str, float]:
-    """The bbox metrics of detectron2's last ``copypaste:`` lines in a log."""
-    names, values = None, None
+def copypaste_metrics(log_text: str, task: str = "bbox") -> Dict[str, float]:
+    """
+    The metrics of ``task`` that detectron2's ``print_csv_format`` logged last
+    (its ``copypaste:`` lines: the task, the metric names, their values).
+    Only for an ``--eval-only`` run: it writes no ``metrics.json``, and the
+    results it returns stay in its process, so its log is the one record.
+    """
+    found, current, names = None, None, None
     for line in log_text.splitlines():
-        if "copypaste: AP," in line:
-            names = line.split("copypaste: ", 1)[1].strip().split(",")
-        elif names and "copypaste: " in line and values is None:
-            values = [float(v) for v in line.split("copypaste: ", 1)[1].strip().split(",")]
-    if names is None or values is None:
-        raise RuntimeError("no copypaste: metrics in the log")
-    return dict(zip(names, values))
+        if "copypaste: " not in line:
+            continue
+        text = line.split("copypaste: ", 1)[1].strip()
+        if text.startswith("Task: "):
+            current, names = text[len("Task: ") :], None
+        elif names is None:
+            names = text.split(",")
+        elif current == task:
+            found = dict(zip(names, (float(v) for v in text.split(","))))
+    if found is None:
+        raise RuntimeError(f"no copypaste: metrics of {task} in the log")
+    return found
 
 
 def _evaluate(config: str, overrides: List[str], out: str, label: str) -> Dict[str, float]:
@@ -122,7 +124,10 @@ def bin_summary(log_text: str) -> str:
 
 
 def _train(config: str, overrides: List[str], out: str, label: str, threads: int = 0) -> str:
-    """Run the entry point (a finished run is not run again); return its log. ``threads``: torch's, 0 = its default."""
+    """
+    Run the entry point (a finished run is not run again); return its log. ``threads``: torch's,
+    0 = its default.
+    """
     log_path = os.path.join(out, "train_log.txt")
     if os.path.isfile(os.path.join(out, "model_final.pth")) and os.path.isfile(log_path):
         print(f"{label}: done before, reusing {out}", flush=True)
@@ -159,7 +164,8 @@ def _train(config: str, overrides: List[str], out: str, label: str, threads: int
 
 def _fcos_low_threshold(config: str, base: List[str], out: str, seed: int) -> Dict[str, float]:
     """
-    detectron2's FCOS keeps detections with sqrt(score x centerness) > 0.2: early in training it may keep
+    detectron2's FCOS keeps detections with sqrt(score x centerness) > 0.2: early in training it may
+    keep
     none, so it is also evaluated keeping nearly all (COCO AP ranks the top 100 anyway).
     """
     weights = os.path.join(out, "model_final.pth")
@@ -245,7 +251,8 @@ def run_own_data_lr_tuning(
     GFL and FCOS (:data:`CONFIGS`) each at its own learning rate
     (:mod:`gfl_studies.lr_tuning`): every rate of ``lrs`` with ``tune_seed``,
     then the best on the validation split with ``seeds``. Runs go to
-    ``output/lr<r>/<model>/seed<k>``; the report to ``results/<name>``. Returns the report (Markdown).
+    ``output/lr<r>/<model>/seed<k>``; the report to ``results/<name>``. Returns the report
+    (Markdown).
     """
     base = [f"dataset.root={root}"] + list(common)
     threads = max(1, 2 // jobs) if jobs > 1 else 0
@@ -284,7 +291,10 @@ def render_report(data: Dict) -> str:
 
 
 def summarize(runs: List[Dict]) -> Dict:
-    """Per metric: mean, std (None for one seed) and the number of seeds with a value; the AP of each seed."""
+    """
+    Per metric: mean, std (None for one seed) and the number of seeds with a value; the AP of
+    each seed.
+    """
     out = {}
     for m in METRICS:
         values = [r["metrics"].get(m, float("nan")) for r in runs]
@@ -318,7 +328,8 @@ def render(data: Dict) -> str:
         else ""
     )
     lines = [
-        f"{measured}Dataset: {setup['dataset']}; seeds {', '.join(map(str, setup['seeds']))}; settings: "
+        f"{measured}Dataset: {setup['dataset']}; seeds {', '.join(map(str, setup['seeds']))}; "
+        "settings: "
         f"{setup['settings']}",
         "",
         f"Bin check of the first GFL run: {data['bin_check'] or 'no line found'}",

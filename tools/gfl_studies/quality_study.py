@@ -1,6 +1,6 @@
 """
 How well does each localisation-quality signal of a trained GFL rank its
-detections by their true IoU? The study behind ``tools/quality_correlation.py``.
+detections by their true IoU? The study behind ``tools/quality_study.py``.
 
 For every detection of every model on a validation set (the model's own
 thresholds, after NMS) it records the IoU of the box with the best
@@ -85,7 +85,10 @@ def _ground_truth(record: Dict, height: int, width: int):
 
 
 def true_ious(instances, gt_boxes, gt_classes) -> np.ndarray:
-    """(K,) IoU of each detection with the best ground-truth box of its predicted class (0 if none)."""
+    """
+    (K,) IoU of each detection with the best ground-truth box of its predicted class (0 if
+    none).
+    """
     if len(instances) == 0:
         return np.zeros(0)
     if len(gt_boxes) == 0:
@@ -134,7 +137,8 @@ def held_quality(model, value: float):
     dgqp = getattr(getattr(model, "head", None), "dgqp", None)
     if dgqp is None:
         raise ValueError(
-            f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to hold"
+            f"{type(model).__name__} has no distribution-guided quality predictor (head.dgqp) to "
+            "hold"
         )
     logit = math.log(value / (1.0 - value))
     handle = dgqp.register_forward_hook(
@@ -169,7 +173,10 @@ def correlations(results: Dict[str, Dict[str, np.ndarray]]) -> Dict[str, Dict[st
 
 
 def render(data: Dict) -> str:
-    """The Markdown of a report ``{"setup": ..., "correlations": correlations(...)}``: one row per model and subset."""
+    """
+    The Markdown of a report ``{"setup": ..., "correlations": correlations(...)}``: one row per
+    model and subset.
+    """
     setup = data.get("setup", {})
     lines = []
     if setup:
@@ -196,7 +203,8 @@ def render(data: Dict) -> str:
     if data.get("ap"):
         lines += [
             "",
-            "COCO AP of the same detections; for V2, also with its predictor's output held at the mean "
+            "COCO AP of the same detections; for V2, also with its predictor's output held at the "
+            "mean "
             "quality of its detections (q̄), which ranks them by the classification score alone.",
             "",
             "| model | AP | AP50 | AP75 | q̄ | AP, quality held at q̄ | AP50, held | AP75, held |",

@@ -1,18 +1,20 @@
 """
-The quick start as a new user meets it (``tools/quickstart_check.py`` is the
+The quick start as a new user meets it (``tools/quickstart.py`` is the
 command line): the repository's committed state cloned into a fresh folder,
 ``python tools/train_net.py`` run there unchanged (no ``$DETECTRON2_DATASETS``,
 so the shapes dataset is generated inside the clone, as on a first run), its
 wall time measured from the start of the process to its exit, split into
 setup (imports, data generation and checks, up to "Starting training"),
-training and evaluation by the moments the log lines appear, and the
-``COCOEvaluator`` result and the generated seed read from detectron2's log.
+training and evaluation by the moments the log lines appear, the
+``COCOEvaluator`` result read from the run's ``metrics.json`` and the
+generated seed from detectron2's log.
 
 The report (``<name>.json``, ``<name>.md``) is written as in
 :mod:`gfl_studies.reports`, with the machine's load average before each run,
 since the time depends on a quiet machine.
 """
 
+import glob
 import math
 import os
 import re
@@ -27,12 +29,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .reports import machine, mean_std, write_report
+from .reports import final_evaluation, machine, mean_std, write_report
 
 __all__ = [
     "TARGET_AP",
     "TARGET_SECONDS",
     "parse_log",
+    "bbox_result",
     "run_once",
     "summarize",
     "render",
@@ -44,8 +47,8 @@ TARGET_AP = 42.0
 TARGET_SECONDS = 600.0
 
 _SEED = re.compile(r"Using a generated random seed (\d+)")
-_COPYPASTE = re.compile(r"copypaste: (.*)$")
-# detectron2's CommonMetricPrinter: "time" is the mean iteration time so far, "data_time" the last 20's
+# detectron2's CommonMetricPrinter: "time" is the mean iteration time so far, "data_time" the last
+# 20's
 _ITER_TIME = re.compile(r"(?<!\S)time: ([0-9.]+)")
 _DATA_TIME = re.compile(r"(?<!\S)data_time: ([0-9.]+)")
 _START = "Starting training from iteration"
@@ -54,14 +57,14 @@ _END = "Total training time:"
 
 def parse_log(lines: Sequence[str]) -> Dict:
     """
-    The seed, the bbox result and the time per iteration of a ``train_net.py``
-    log (detectron2's ``seed_all_rng``, ``print_csv_format`` and
-    ``CommonMetricPrinter`` lines): ``{"seed": int or None, "bbox": {"AP": ...,
-    ...} or None, "iteration_seconds": the last printed mean or None,
-    "data_seconds": the mean of the printed loading times or None}``.
+    What only the log of a ``train_net.py`` run holds: the seed
+    (detectron2's ``seed_all_rng`` logs it, nothing stores it) and the time
+    per iteration (``CommonMetricPrinter`` prints the mean since the start;
+    ``metrics.json`` keeps only medians over its window):
+    ``{"seed": int or None, "iteration_seconds": the last printed mean or
+    None, "data_seconds": the mean of the printed loading times or None}``.
     """
-    seed, bbox, task, keys = None, None, None, None
-    iteration, data = None, []
+    seed, iteration, data = None, None, []
     for line in lines:
         m = _SEED.search(line)
         if m:
@@ -73,27 +76,26 @@ def parse_log(lines: Sequence[str]) -> Dict:
             m = _DATA_TIME.search(line)
             if m:
                 data.append(float(m.group(1)))
-        m = _COPYPASTE.search(line)
-        if not m:
-            continue
-        text = m.group(1).strip()
-        if text.startswith("Task: "):
-            task, keys = text[len("Task: ") :], None
-        elif keys is None:
-            keys = text.split(",")
-        elif task == "bbox":
-            values = [float(v) for v in text.split(",")]
-            if len(values) != len(keys):
-                raise ValueError(
-                    f"a bbox result line with {len(values)} values for {len(keys)} keys: {line!r}"
-                )
-            bbox = dict(zip(keys, values))
     return dict(
         seed=seed,
-        bbox=bbox,
         iteration_seconds=iteration,
         data_seconds=statistics.mean(data) if data else None,
     )
+
+
+def bbox_result(clone: str) -> Optional[Dict[str, float]]:
+    """
+    The bbox metrics of the final evaluation in the run's ``metrics.json``
+    (the one in the fresh clone, wherever the config puts its output); None
+    when the run wrote none or evaluated nothing.
+    """
+    found = sorted(glob.glob(os.path.join(clone, "**", "metrics.json"), recursive=True))
+    if len(found) > 1:
+        raise RuntimeError(f"more than one metrics.json in the fresh clone {clone}: {found}")
+    try:
+        return final_evaluation(os.path.dirname(found[0]), "bbox") if found else None
+    except RuntimeError:
+        return None  # no evaluation was logged
 
 
 def busy_cpu_seconds() -> float:
@@ -110,7 +112,10 @@ def _children_cpu() -> float:
 
 
 def repository_state(repo: str) -> Dict:
-    """The commit of ``repo`` and whether its tracked files differ from it (a clone measures the commit only)."""
+    """
+    The commit of ``repo`` and whether its tracked files differ from it (a clone measures the
+    commit only).
+    """
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -190,10 +195,11 @@ def run_once(
                 proc.kill()
                 proc.wait()
     seconds = time.perf_counter() - start
-    # the run's own CPU time (its loader workers included) against the whole machine's: what else ran meanwhile
+    # the run's own CPU time (its loader workers included) against the whole machine's: what else
+    # ran meanwhile
     own_cpu = _children_cpu() - children0
     other_cpu = max(0.0, busy_cpu_seconds() - busy0 - own_cpu)
-    parsed = parse_log(lines)
+    parsed = dict(parse_log(lines), bbox=bbox_result(clone))
     phases = None
     if "training_start" in marks and "training_end" in marks:
         phases = dict(
@@ -261,10 +267,14 @@ def render(data: Dict) -> str:
         + (" (the working tree had uncommitted changes, not measured)" if data.get("dirty") else "")
         + f"; {m['device']}, torch {m['torch']}, {m['date']}. Time: the process's wall time, "
         "split by the moments detectron2 logs the start and the end of training "
-        "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the run that was "
-        "not the run's own (its loader workers included), per second of the run; load before: the 1-minute load "
-        "average at the start (it still holds the previous run). s/iter: detectron2's mean iteration time at the "
-        "end of training; loading: the part of it spent waiting for data (mean of the logged data_time)."
+        "(setup: imports, data generation and checks). Other CPU: the cores' busy time during the "
+        "run that was "
+        "not the run's own (its loader workers included), per second of the run; load before: the "
+        "1-minute load "
+        "average at the start (it still holds the previous run). s/iter: detectron2's mean "
+        "iteration time at the "
+        "end of training; loading: the part of it spent waiting for data (mean of the logged "
+        "data_time)."
     )
     lines = [
         head,
@@ -276,8 +286,10 @@ def render(data: Dict) -> str:
     for i, r in enumerate(data["runs"], 1):
         ph = r.get("phases") or {}
         lines.append(
-            f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | {_clock(r['seconds'])} | "
-            f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | {_clock(ph.get('evaluation'))} | "
+            f"| {i} | {r.get('seed') if r.get('seed') is not None else '–'} | "
+            f"{_clock(r['seconds'])} | "
+            f"{_clock(ph.get('setup'))} | {_clock(ph.get('training'))} | "
+            f"{_clock(ph.get('evaluation'))} | "
             f"{_seconds(r.get('iteration_seconds'))} | {_seconds(r.get('data_seconds'))} | "
             f"{_ap(r, 'AP')} | {_ap(r, 'AP50')} | {_ap(r, 'AP75')} | "
             f"{r['other_cpu_seconds'] / max(r['seconds'], 1e-9):.2f} | {r['load_before']:.2f} |"
@@ -285,10 +297,13 @@ def render(data: Dict) -> str:
     aps = [r["bbox"]["AP"] for r in data["runs"] if r.get("bbox")]
     lines += [
         "",
-        f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time {_clock(s['seconds_mean'])} "
+        f"AP {mean_std(aps)} over {s['finished']} of {s['runs']} runs; time "
+        f"{_clock(s['seconds_mean'])} "
         f"on average, {_clock(s['seconds_max'])} at most.",
-        f"Targets: AP ≥ {TARGET_AP:.0f} in every run: {'met' if s['ap_target_met'] else 'not met'}; "
-        f"at most {_clock(TARGET_SECONDS)} per run: {'met' if s['time_target_met'] else 'not met'}.",
+        f"Targets: AP ≥ {TARGET_AP:.0f} in every run: "
+        f"{'met' if s['ap_target_met'] else 'not met'}; "
+        f"at most {_clock(TARGET_SECONDS)} per run: "
+        f"{'met' if s['time_target_met'] else 'not met'}.",
     ]
     failed = [i for i, r in enumerate(data["runs"], 1) if r["returncode"] != 0]
     if failed:

@@ -25,6 +25,7 @@ __all__ = [
     "mean_std",
     "machine",
     "read_metrics_series",
+    "final_evaluation",
 ]
 
 # the repository's projects/GFL/results (this package lives in <repository>/tools/gfl_studies)
@@ -35,13 +36,19 @@ DEFAULT_RESULTS = os.path.join(_REPOSITORY, "projects", "GFL", "results")
 def add_report_arguments(
     parser: argparse.ArgumentParser, name: str, results: str = DEFAULT_RESULTS
 ) -> None:
-    """``--results DIR`` (default ``results``), ``--name NAME`` (the report's file name, default ``name``) and ``--report``."""
+    """
+    ``--results DIR`` (default ``results``), ``--name NAME`` (the report's file name, default
+    ``name``) and ``--report``.
+    """
     group = parser.add_argument_group("report")
     group.add_argument(
         "--results",
         default=results,
         metavar="DIR",
-        help=f"folder of the report files <name>.json and <name>.md (default: {results or 'see above'})",
+        help=(
+            "folder of the report files <name>.json and <name>.md "
+            f"(default: {results or 'see above'})"
+        ),
     )
     group.add_argument(
         "--name",
@@ -60,7 +67,10 @@ def _paths(results: str, name: str):
 
 
 def write_report(results: str, name: str, data: Dict, render: Callable[[Dict], str]) -> str:
-    """Write ``data`` as ``<results>/<name>.json`` (atomically) and ``render(data)`` as ``<name>.md``; the Markdown."""
+    """
+    Write ``data`` as ``<results>/<name>.json`` (atomically) and ``render(data)`` as
+    ``<name>.md``; the Markdown.
+    """
     json_path, md_path = _paths(results, name)
     os.makedirs(results, exist_ok=True)
     tmp = json_path + ".tmp"
@@ -74,7 +84,10 @@ def write_report(results: str, name: str, data: Dict, render: Callable[[Dict], s
 
 
 def render_again(results: str, name: str, render: Callable[[Dict], str]) -> str:
-    """Render ``<results>/<name>.md`` from ``<results>/<name>.json``; SystemExit if there is no such JSON."""
+    """
+    Render ``<results>/<name>.md`` from ``<results>/<name>.json``; SystemExit if there is no
+    such JSON.
+    """
     json_path, md_path = _paths(results, name)
     if not os.path.isfile(json_path):
         raise SystemExit(f"error: --report: no results to render: {json_path} not found")
@@ -87,7 +100,10 @@ def render_again(results: str, name: str, render: Callable[[Dict], str]) -> str:
 
 
 def mean_std(values: Iterable[float]) -> str:
-    """``"27.8 ± 0.7"`` over seeds (one value: ``"27.8"``); COCO's -1 / NaN (no object of a size) are left out."""
+    """
+    ``"27.8 ± 0.7"`` over seeds (one value: ``"27.8"``); COCO's -1 / NaN (no object of a size)
+    are left out.
+    """
     values = [v for v in values if v is not None and not math.isnan(v) and v >= 0]
     if not values:
         return "–"
@@ -114,6 +130,23 @@ def read_metrics_series(run_dir: str, keys: Sequence[str]) -> List[Dict]:
                     )
                 )
     return rows
+
+
+def final_evaluation(run_dir: str, task: str = "bbox") -> Dict[str, float]:
+    """
+    The metrics of ``task`` (``{"AP": ..., "AP50": ..., ...}``) of the last
+    evaluation detectron2 wrote to ``run_dir/metrics.json`` (its JSONWriter
+    writes the evaluator's results as ``"<task>/<metric>"`` scalars).
+    """
+    prefix, last = f"{task}/", None
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            record = json.loads(line)
+            if f"{prefix}AP" in record:
+                last = record
+    if last is None:
+        raise RuntimeError(f"no {task} evaluation in {run_dir}/metrics.json")
+    return {k[len(prefix) :]: float(v) for k, v in last.items() if k.startswith(prefix)}
 
 
 def machine(device: str = "cpu") -> Dict:

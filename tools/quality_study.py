@@ -10,11 +10,13 @@ report (``<results>/<name>.json`` with the correlations and APs, ``<name>.md``
 with the tables), and to --output every
 detection's values (``detections.json``) and a scatter picture.
 
-    python tools/quality_correlation.py \\
-        --model GFL configs/Synthetic/gfl_R_18_FPN_shapes.py output/ablation_v2/GFL/seed0/model_final.pth \\
-        --model "GFL V2" configs/Synthetic/gflv2_R_18_FPN_shapes.py output/ablation_v2/GFL_V2/seed0/model_final.pth \\
+    python tools/quality_study.py \\
+        --model GFL configs/Synthetic/gfl_R_18_FPN_shapes.py \\
+            output/ablation_v2/GFL/seed0/model_final.pth \\
+        --model "GFL V2" configs/Synthetic/gflv2_R_18_FPN_shapes.py \\
+            output/ablation_v2/GFL_V2/seed0/model_final.pth \\
         --output output/quality_correlation --name quality_correlation_shapes
-    python tools/quality_correlation.py --report --name quality_correlation_shapes   # the .md again
+    python tools/quality_study.py --report --name quality_correlation_shapes   # the .md again
 
 See ``gfl_studies/quality_study.py`` for the candidates.
 """
@@ -88,7 +90,8 @@ def measure(args):
         aps[name] = _bbox_ap(evaluator)
         images = len(dataset[: args.num_images])
         print(
-            f"{name}: {len(results[name]['iou'])} detections on {images} images, AP {aps[name]['AP']}",
+            f"{name}: {len(results[name]['iou'])} detections on {images} images, AP "
+            f"{aps[name]['AP']}",
             flush=True,
         )
         quality = results[name].get("quality")
@@ -134,7 +137,8 @@ def main(argv=None):
     panels += [(n, "top-1") for n, r in results.items() if "top-1" in r][:1]
     scatter_plot(results, panels, os.path.join(args.output, "quality_vs_iou.png"))
     print(
-        f"written to {args.results}/{args.name}.json, .md and {args.output}/ (candidates: {', '.join(CANDIDATES)})"
+        f"written to {args.results}/{args.name}.json, .md and {args.output}/ (candidates: "
+        f"{', '.join(CANDIDATES)})"
     )
     return results
 

@@ -7,9 +7,9 @@ whether it is occluded), match each ground-truth box to its best detection
 (same class, IoU >= 0.5) and compare the standard deviation of blurred or
 occluded edges with that of sharp, free edges.
 
-    python tools/measure_edge_uncertainty.py --name edge_uncertainty_shapes \\
+    python tools/edge_uncertainty.py --name edge_uncertainty_shapes \\
         train.init_checkpoint=output/gfl_R_18_FPN_shapes/model_final.pth
-    python tools/measure_edge_uncertainty.py --report --name edge_uncertainty_shapes   # the .md again
+    python tools/edge_uncertainty.py --report --name edge_uncertainty_shapes   # the .md again
 
 Writes the report: ``<results>/<name>.json`` (the summary per group of
 edges) and ``<name>.md`` (its table, also printed). The relative std (std /

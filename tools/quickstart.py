@@ -3,13 +3,13 @@
 Measure the quick start as a new user meets it (gfl_studies.quickstart):
 ``--runs`` times, clone the repository's committed state into a fresh folder,
 run ``python tools/train_net.py`` there (the dataset generated on the way),
-time it and read its AP and seed from the log; write the report
+time it, read its AP from its metrics.json and its seed from its log; write the report
 ``<results>/<name>.json`` and ``.md`` with the targets (AP >= 42 in every
 run, at most 10 minutes each). Run it on a quiet machine: the load average
 before each run is recorded.
 
-    python tools/quickstart_check.py --runs 3 --name quickstart_cpu_2cores
-    python tools/quickstart_check.py --report --name quickstart_cpu_2cores   # the .md again from the .json
+    python tools/quickstart.py --runs 3 --name quickstart_cpu_2cores
+    python tools/quickstart.py --report --name quickstart_cpu_2cores   # the .md again
 
 Arguments after ``--`` are appended to the command (a study of the quick
 start's settings; the report shows the command measured).
@@ -53,7 +53,8 @@ def main(argv=None):
     state = quickstart.repository_state(args.repo)
     if state["dirty"]:
         print(
-            f"note: {args.repo} has uncommitted changes; the clone measures commit {state['commit'][:7]}"
+            f"note: {args.repo} has uncommitted changes; the clone measures commit "
+            f"{state['commit'][:7]}"
         )
     workdir = args.workdir or tempfile.mkdtemp(prefix="gfl_quickstart_")
     runs = []

@@ -1,50 +1,57 @@
-"""tools/quickstart_check.py: the quick start run in a fresh clone, timed, its AP and seed read from detectron2's log."""
+"""
+tools/quickstart.py: the quick start run in a fresh clone, timed, its AP read
+from detectron2's metrics.json and its seed from detectron2's log.
+"""
 
 import io
 import json
 import logging
-from collections import OrderedDict
 
 import pytest
-from detectron2.evaluation.testing import print_csv_format
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, EventStorage
 
 from gfl_d2.testing import ROOT, TINY_OVERRIDES, run_tool
-from gfl_studies.quickstart import parse_log, render, run_once, summarize
+from gfl_studies.quickstart import bbox_result, parse_log, render, run_once, summarize
 
 
-def detectron2_log_lines(results):
-    """What detectron2's own seed and result logging writes, captured from the functions themselves."""
+def seed_log_lines():
+    """What detectron2's seed logging writes, captured from ``seed_all_rng`` itself."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    loggers = [
-        logging.getLogger(n) for n in ("detectron2.utils.env", "detectron2.evaluation.testing")
-    ]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
+    logger = logging.getLogger("detectron2.utils.env")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         seed_all_rng(None)
-        print_csv_format(results)
     finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
+        logger.removeHandler(handler)
     return stream.getvalue().splitlines(keepends=True)
 
 
-def test_reads_the_seed_and_the_bbox_result_that_detectron2_logs():
-    bbox = OrderedDict(AP=42.125, AP50=70.5, AP75=44.0, APs=38.0, APm=60.0, APl=float("nan"))
-    lines = detectron2_log_lines(OrderedDict(segm=OrderedDict(AP=1.0, AP50=2.0), bbox=bbox))
-    parsed = parse_log(lines)
-    seed_line = next(line for line in lines if "random seed" in line)
-    assert parsed["seed"] == int(seed_line.split()[-1])
-    assert (
-        parsed["bbox"]["AP"] == 42.125 and parsed["bbox"]["AP75"] == 44.0
-    )  # not the segm task's numbers
+def test_reads_the_seed_that_detectron2_logs():
+    lines = seed_log_lines()
+    (seed_line,) = [line for line in lines if "random seed" in line]
+    assert parse_log(lines)["seed"] == int(seed_line.split()[-1])
     assert parse_log(["no result here\n"]) == dict(
-        seed=None, bbox=None, iteration_seconds=None, data_seconds=None
+        seed=None, iteration_seconds=None, data_seconds=None
     )
+
+
+def test_reads_the_bbox_result_from_the_one_metrics_json_of_the_clone(tmp_path):
+    assert bbox_result(str(tmp_path)) is None  # the run wrote nothing
+    run = tmp_path / "output" / "run"
+    run.mkdir(parents=True)
+    records = [
+        dict(iteration=9, total_loss=2.0),
+        dict(iteration=10, **{"bbox/AP": 42.125, "bbox/AP75": 44.0, "segm/AP": 1.0}),
+    ]
+    (run / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert bbox_result(str(tmp_path)) == dict(AP=42.125, AP75=44.0)  # not the segm task's
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.json").write_text("")
+    with pytest.raises(RuntimeError, match="more than one metrics.json"):
+        bbox_result(str(tmp_path))
 
 
 def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
@@ -72,7 +79,8 @@ def test_reads_the_iteration_and_loading_times_that_detectron2_prints():
     lines = stream.getvalue().splitlines(keepends=True)
     assert len(lines) == 3 and all("last_data_time" in line for line in lines)
     parsed = parse_log(lines)
-    # the mean of all 60 logged iteration times (in training, IterationTimer leaves out the first ones)
+    # the mean of all 60 logged iteration times (in training, IterationTimer leaves out the first
+    # ones)
     assert parsed["iteration_seconds"] == pytest.approx(0.25 + 0.001 * 29.5, abs=1e-4)
     # the 20-iteration means of data_time: 0.01, 0.01, 0.03
     assert parsed["data_seconds"] == pytest.approx((0.01 + 0.01 + 0.03) / 3, abs=1e-4)
@@ -122,7 +130,7 @@ def test_tool_runs_the_command_in_a_clone_and_writes_the_report(tmp_path):
     ]
     run_tool(
         [
-            "tools/quickstart_check.py",
+            "tools/quickstart.py",
             "--runs",
             "1",
             "--workdir",

@@ -1,11 +1,12 @@
 """
-A second generated dataset ("bars"), with statistics unlike the embedded
-shapes: non-square images of varying size, four classes with non-contiguous
+A second generated dataset ("bars"), with statistics unlike those of
+:mod:`gfl_d2.data.shapes`: non-square images of varying size, four classes with non-contiguous
 ids (3, 7, 11, 20), objects from long thin bars (aspect up to 1:12, up to 95%
 of the image side) to a few pixels, a jittered colour per class on muted
-backgrounds, and some images without objects. It exists to measure how GFL, its bin advice
-and detectron2's FCOS behave on data the project was not tuned on, and to
-exercise the three folder layouts (:func:`write_bars_dataset`).
+backgrounds, and some images without objects. The own-data study
+(:mod:`.own_data_study`) trains GFL and detectron2's FCOS on it, data the
+project was not tuned on; it also exercises the three folder layouts of
+:mod:`gfl_d2.data` (:func:`write_bars_dataset`).
 """
 
 import os
@@ -16,7 +17,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 from PIL import Image, ImageDraw
 
-from .folders import write_layout
+from gfl_d2.data import write_layout
 
 __all__ = [
     "BarsConfig",
@@ -96,7 +97,10 @@ def _draw(
 
 
 def render_bars_image(index: int, seed: int, cfg: BarsConfig) -> Tuple[np.ndarray, List[Dict]]:
-    """(H, W, 3) uint8 image ``index`` of the split with ``seed``, and its annotations (XYXY_ABS, class index)."""
+    """
+    (H, W, 3) uint8 image ``index`` of the split with ``seed``, and its annotations (XYXY_ABS,
+    class index).
+    """
     rng = np.random.default_rng([seed, index, 7])
     w = int(rng.integers(cfg.min_width, cfg.max_width + 1))
     h = int(rng.integers(cfg.min_height, cfg.max_height + 1))
@@ -141,7 +145,10 @@ def generate_bars_split(
 def write_bars_dataset(
     root: str, layout: str, splits=(("train", 1500, 0), ("val", 300, 1)), cfg: BarsConfig = None
 ) -> Dict[str, List[Dict]]:
-    """Generate the bars splits ``(name, num_images, seed)`` and write them under ``root`` in ``layout``."""
+    """
+    Generate the bars splits ``(name, num_images, seed)`` and write them under ``root`` in
+    ``layout``.
+    """
     out = {}
     for split, num_images, seed in splits:
         records = generate_bars_split(
