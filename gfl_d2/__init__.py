@@ -6,6 +6,8 @@ Importing this package registers the ``GFL`` meta-architecture and the
 """
 
 from .config import add_gfl_config
-from .modeling import GFL, GFLHead  # noqa: F401  (registers the meta-architecture)
+from .modeling import GFL, GFLHead, LocalizationDistiller  # importing registers "GFL"
+
+__all__ = ["add_gfl_config", "GFL", "GFLHead", "LocalizationDistiller"]
 
 __version__ = "0.1.0"

@@ -61,7 +61,7 @@ def box_xyxy(ann: Mapping) -> List[float]:
             "the annotation has no 'bbox_mode' (detectron2's BoxMode of its bbox, e.g. XYXY_ABS)"
         )
     if ann["bbox_mode"] == BoxMode.XYWH_ABS:
-        # BoxMode.convert's float32 sum, without building a tensor per box (~25x faster)
+        # BoxMode.convert's float32 sum, without building a tensor per box
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, as in torch
             x, y, w, h = np.asarray(box, dtype=np.float32)
         return [float(x), float(y), float(x + w), float(y + h)]

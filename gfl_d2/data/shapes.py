@@ -284,8 +284,8 @@ def _render_and_save(job) -> Tuple[str, List[Dict]]:
     return file_name, anns
 
 
-# Forked workers inherit the imported modules; spawned ones import torch and detectron2
-# again (~7 s on 2 cores). They run only numpy and PIL, which is safe after a fork.
+# Forked workers inherit the imported modules; spawned ones would import torch and
+# detectron2 again. They run only numpy and PIL, which is safe after a fork.
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 

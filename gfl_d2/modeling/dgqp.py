@@ -64,8 +64,7 @@ class DistributionGuidedQualityPredictor(nn.Module):
             add_mean: append the mean of the top-k to each edge's statistics.
             init_std: std of the convs' normal initialisation (GFL V2: 0.01; biases 0).
                 Both convs start this small, so each one's gradient is scaled by
-                the other's weights: the predictor needs many iterations before its
-                output varies (see the project page's V2 ablation).
+                the other's weights: the output varies only once both have grown.
         """
         super().__init__()
         if topk < 1 or channels < 1:
