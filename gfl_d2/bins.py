@@ -6,8 +6,10 @@ starts (:func:`log_bin_fit`), ``tools/visualize_distributions.py
 --analyze-targets`` draws it.
 """
 
+import json
 import logging
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,9 +17,18 @@ import torch
 from detectron2.structures import Boxes
 from detectron2.utils import comm
 
-from .modeling.box_coding import box2distance
+from .modeling.box_coding import anchor_points, box2distance
 
-__all__ = ["anchors_for_image_size", "regression_targets", "bin_fit", "log_bin_fit"]
+__all__ = [
+    "anchors_for_image_size",
+    "regression_targets",
+    "bin_fit",
+    "log_bin_fit",
+    "BIN_FIT_FILE",
+]
+
+# the fit of the bins, written by log_bin_fit into a run's output folder
+BIN_FIT_FILE = "bin_fit.json"
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +68,8 @@ def regression_targets(
         anchors = anchors_for_image_size(model, item["image"].shape[-2:], device)
         (labels,), (matched,) = model.label_anchors(anchors, [instances])
         pos = labels < model.num_classes
-        centers, stride = model.box2box_transform.centers_and_strides(
-            torch.cat([a.tensor for a in anchors])[pos]
+        centers, stride = anchor_points(
+            torch.cat([a.tensor for a in anchors])[pos], model.level_strides(anchors)[pos]
         )
         targets.append((box2distance(centers, matched[pos]) / stride).flatten())
         strides.append(stride.expand(-1, 4).flatten())
@@ -109,7 +120,7 @@ def bin_fit(
     reg_max: int,
     bin_width: float,
     fixed_by: Optional[str] = None,
-    setting: str = "model.reg_max={n}",
+    setting: str = "model.head.box2box_transform.reg_max={n}",
 ) -> Dict:
     """
     How well the bins ``0, Δ, ..., nΔ`` (strides) fit regression targets, and
@@ -131,13 +142,15 @@ def bin_fit(
     Returns:
         dict with the percentiles, the share clamped, per-level 99th
         percentiles, the recommended n (covering 99% of the targets),
-        ``fixed_by`` and ``advice`` (None when there is nothing to do).
+        ``fixed_by``, ``advice`` (None when there is nothing to do) and
+        ``advised_change``, the override the advice asks for (or None).
     """
     p50, p99 = (float(np.percentile(targets, q)) for q in (50, 99))
     clamped = float((targets > (reg_max - 0.1) * bin_width).mean())
     recommended = max(2, int(math.ceil(p99 / bin_width + 0.1)))
     levels = {int(s): float(np.percentile(targets[strides == s], 99)) for s in np.unique(strides)}
     advice = _advice(clamped, p99, reg_max, bin_width, recommended, fixed_by, setting)
+    change = setting.format(n=recommended)
     return dict(
         num_targets=int(len(targets)),
         reg_max=int(reg_max),
@@ -150,6 +163,7 @@ def bin_fit(
         recommended_reg_max=recommended,
         fixed_by=fixed_by,
         advice=advice,
+        advised_change=change if advice and change in advice else None,
     )
 
 
@@ -159,14 +173,16 @@ def log_bin_fit(
     mapper,
     num_images: int,
     fixed_by: Optional[str] = None,
-    setting: str = "model.reg_max={n}",
+    setting: str = "model.head.box2box_transform.reg_max={n}",
+    output_dir: Optional[str] = None,
 ) -> Optional[Dict]:
     """
     One log line on how ``model``'s bins fit the regression targets of the
     first ``num_images`` records of ``dataset``; a warning with what to do
     if they do not (see :func:`bin_fit` for ``fixed_by`` and ``setting``).
-    Returns the fit (None: no distributions, not the main process, or no
-    positive anchor in the sample).
+    With ``output_dir``, the fit (and the line, ``summary``) is also written
+    to ``output_dir/bin_fit.json``. Returns the fit (None: no distributions,
+    not the main process, or no positive anchor in the sample).
     """
     transform = model.box2box_transform
     if not getattr(transform, "has_distributions", False) or not comm.is_main_process():
@@ -181,13 +197,18 @@ def log_bin_fit(
         n_note = f"n = {fit['recommended_reg_max']} would cover 99%"
     else:
         n_note = f"n = {transform.reg_max} is fixed by the trained box layer of {fixed_by}"
-    logger.info(
-        f"GFL bins: {fit['num_targets']} regression targets of "
+    fit["summary"] = (
+        f"{fit['num_targets']} regression targets of "
         f"{min(num_images, len(dataset))} images: median {fit['median']:.2f}, "
         f"99% within {fit['p99']:.2f} strides (per level: {per_level}); the bins cover "
         f"{transform.reg_max} x {transform.bin_width:g} strides, "
         f"{fit['share_clamped']:.2%} of the targets beyond; {n_note}"
     )
+    logger.info(f"GFL bins: {fit['summary']}")
     if fit["advice"]:
         logger.warning(f"GFL bins: {fit['advice']}")
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, BIN_FIT_FILE), "w") as f:
+            json.dump(fit, f, indent=2)
     return fit

@@ -13,32 +13,32 @@ from detectron2.evaluation.testing import print_csv_format
 
 from gfl_d2.testing import run_tool
 from gfl_studies.own_data_study import (
-    bin_advice,
-    bin_summary,
     copypaste_metrics,
     final_metrics,
+    read_bin_fit,
     render,
     summarize,
 )
 
-FIT = (
-    "[11/26 15:01:04 detectron2]: GFL bins: 16688 regression targets of 200 images: median 2.09, "
-    "99% within "
-    "7.95 strides (per level: P3 8.0, P4 4.0); the bins cover 16 x 1 strides, 0.00% of the targets "
-    "beyond; "
-    "n = 9 would cover 99%\n"
-)
-WARNING = (
-    "[11/26 15:01:04 detectron2]: GFL bins: 99% of the regression targets lie within 5.1 strides, "
-    "far inside "
-    "the 16 bins: model.reg_max=6 concentrates the distributions\n"
-)
 
+def test_the_study_reads_the_bin_check_that_training_wrote(tmp_path):
+    """The bin check's fit as log_bin_fit writes it into a run's folder, read back by the study."""
+    import numpy as np
 
-def test_bin_advice_reads_the_warning_and_the_recommendation():
-    assert bin_advice(FIT) == (None, 9)
-    assert bin_advice(FIT + WARNING) == (["model.reg_max=6"], 9)
-    assert bin_summary(FIT).startswith("16688 regression targets") and bin_summary("nothing") == ""
+    from gfl_d2.bins import BIN_FIT_FILE, bin_fit
+    from gfl_studies.own_data_study import _first_gfl_bins
+
+    targets = np.linspace(0.1, 5.0, 500)  # 99% within ~5 strides: far inside 16 bins
+    fit = bin_fit(targets, np.full(500, 8), reg_max=16, bin_width=1.0)
+    assert fit["advised_change"] == "model.head.box2box_transform.reg_max=6"
+    fit["summary"] = "500 regression targets of 10 images"
+    (tmp_path / BIN_FIT_FILE).write_text(json.dumps(fit))
+    assert read_bin_fit(str(tmp_path))["recommended_reg_max"] == 6
+    advice, why, summary = _first_gfl_bins(str(tmp_path))
+    assert advice == ["model.head.box2box_transform.reg_max=6"] and why == "the warning's advice"
+    assert summary == fit["summary"]
+    assert read_bin_fit(str(tmp_path / "none")) == {}
+    assert _first_gfl_bins(str(tmp_path / "none")) == ([], "recommended n, no warning", "")
 
 
 def print_csv_format_log(results):

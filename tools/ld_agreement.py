@@ -69,9 +69,7 @@ def _load(name, config, weights, opts):
         if path and not os.path.isfile(path):
             raise SystemExit(f"error: {name}: {what} {path} not found")
     cfg = load_lazy_config(config, list(opts))
-    if cfg.model.get("teacher") is not None:
-        cfg.model.teacher = None  # a student is evaluated as the plain GFL its checkpoint holds
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model)  # a distillation config's model is the student alone
     if weights:
         CheckedCheckpointer(model).load(weights)
     return cfg, model

@@ -215,7 +215,9 @@ def run_dir(args, name, seed):
 def run_overrides(args, name, seed, out):
     config, overrides, _ = VARIANTS[name]
     if name in LD_VARIANTS:
-        overrides = list(overrides) + [f"model.teacher.checkpoint={teacher_checkpoint(args)}"]
+        overrides = list(overrides) + [
+            f"distillation.teacher.checkpoint={teacher_checkpoint(args)}"
+        ]
     return config, (
         schedule_overrides(args.iters, args.batch)
         + [f"train.seed={seed}", f"train.output_dir={out}", "dataloader.evaluator=null"]
@@ -372,11 +374,7 @@ def _build(config, overrides, checkpoint):
     cfg = load_lazy_config(
         get_config_file(config), [o for o in overrides if not o.startswith("dataloader.evaluator")]
     )
-    if cfg.model.get("teacher") is not None:
-        cfg.model.teacher = (
-            None  # a distilled student's checkpoint is a plain GFL's: evaluated without its teacher
-        )
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model)  # the student alone: a distilled model is a plain GFL
     CheckedCheckpointer(model).load(checkpoint)
     return cfg, model.eval()
 
@@ -502,6 +500,7 @@ def measure_training_steps(args, names, warmup=2):
     from detectron2.utils.events import EventStorage
 
     from gfl_d2.lazy_config import load_lazy_config
+    from gfl_d2.teacher import distill_from_lazy_config
 
     models, batches = {}, []
     for name in names:
@@ -511,7 +510,9 @@ def measure_training_steps(args, names, warmup=2):
             [o for o in overrides if not o.startswith("dataloader.evaluator")],
         )
         torch.manual_seed(0)
-        models[name] = instantiate(cfg.model).train()
+        model = instantiate(cfg.model)
+        # an LD row trains the student with its teacher, as the training entry point does
+        models[name] = (distill_from_lazy_config(cfg, model) or model).train()
         if not batches:
             cfg.dataloader.train.num_workers = 0
             loader = iter(instantiate(cfg.dataloader.train))

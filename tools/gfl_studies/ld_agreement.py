@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 
 from gfl_d2.modeling.losses import localization_distillation_loss
 
@@ -53,7 +54,8 @@ def positive_outputs(model, batched_inputs: List[Dict]) -> Dict[str, torch.Tenso
     features = model.backbone(images.tensor)
     features = [features[f] for f in model.head_in_features]
     predictions = model.head(features)
-    _, box_regs, *_ = model._transpose_dense_predictions(predictions, model._prediction_channels)
+    channels = model.box2box_transform.num_outputs
+    box_regs = [permute_to_N_HWA_K(r, channels) for r in predictions[1]]  # (N, R_l, 4(n+1))
     anchors = model.anchor_generator(features)
     gt = [x["instances"].to(images.tensor.device) for x in batched_inputs]
     gt_labels, gt_boxes = model.label_anchors(anchors, gt)
@@ -86,7 +88,7 @@ def agreement(
     if not torch.equal(model["index"], teacher["index"]):
         raise ValueError(
             "model and teacher have different positives on the same batch: "
-            "their anchors differ (LD needs the same strides and anchor scale)"
+            "their anchors differ (LD needs the same strides and anchors)"
         )
     if model["logits"].shape != teacher["logits"].shape:
         raise ValueError(

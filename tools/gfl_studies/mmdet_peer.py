@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
+from gfl_d2.cpu_inference import FrozenCPUDetector, FrozenCPUInference
+
 from .benchmark import Line, _cell, coco_like_boxes, interleaved, sync
 from .mmdet_runtime import (
     MMDET_CONFIGS,
@@ -63,7 +65,7 @@ SGD = dict(
     lr=1e-5, momentum=0.9, weight_decay=1e-4
 )  # a small rate: the weights stay as converted, near enough
 
-FROZEN = "gfl_frozen"  # gfl-d2 with cpu_inference="frozen" (CPU inference lines only)
+FROZEN = "gfl_frozen"  # gfl-d2 through FrozenCPUDetector (CPU inference lines only)
 NAMES = {"gfl": "gfl-d2", FROZEN: "gfl-d2, cpu_inference=frozen", PEER: "MMDetection 3.3"}
 
 PEER_PLANS = {
@@ -168,18 +170,15 @@ def _theirs_data(images, gts=None):
 
 def _inference(ours, theirs, images) -> Dict[str, Callable]:
     """
-    gfl-d2 (eager; on the CPU also with ``cpu_inference="frozen"``) and MMDetection, image to
+    gfl-d2 (eager; on the CPU also through ``FrozenCPUDetector``) and MMDetection, image to
     detections.
     """
     ours_in, theirs_data = _ours_inputs(images), _theirs_data(images)
+    frozen = FrozenCPUDetector(ours).eval()
 
     def run_ours(mode="eager"):
-        ours.cpu_inference = mode
-        try:
-            with torch.no_grad():
-                ours(ours_in)
-        finally:
-            ours.cpu_inference = "eager"
+        with torch.no_grad():
+            (frozen if mode == "frozen" else ours)(ours_in)
 
     def run_theirs():
         with torch.no_grad():
@@ -287,15 +286,19 @@ def _theirs_stages(model, images, clock):
         clock("decode+NMS")
 
 
+# one frozen graph per model, built in the warm-up round and kept
+_FROZEN: Dict[int, FrozenCPUInference] = {}
+
+
 def _frozen_stages(model, images, clock):
-    """
-    gfl-d2's inference with ``cpu_inference="frozen"``: backbone, FPN and head are one frozen
-    graph.
-    """
+    """gfl-d2's inference through FrozenCPUDetector: backbone, FPN and head are one frozen graph."""
+    if id(model) not in _FROZEN:
+        _FROZEN[id(model)] = FrozenCPUInference(model.backbone, model.head, model.head_in_features)
+    frozen = _FROZEN[id(model)]
     with torch.no_grad():
         batch = model.preprocess_image(_ours_inputs(images))
         clock("preprocess")
-        features, predictions = model._frozen_cpu(batch.tensor)
+        features, predictions = frozen(batch.tensor)
         clock("backbone+FPN+head (frozen)")
         model.forward_inference(batch, features, predictions)
         clock("decode+NMS")

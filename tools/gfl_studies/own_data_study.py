@@ -8,14 +8,15 @@ is its command line; by default it generates the second dataset ("bars",
 (``<name>.json``, ``<name>.md``) is written as in :mod:`gfl_studies.reports`.
 """
 
+import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from gfl_d2.bins import BIN_FIT_FILE
 from gfl_d2.model_zoo import get_config_file
 
 from .lr_tuning import render as render_lr_tuning
@@ -26,7 +27,7 @@ __all__ = [
     "run_own_data_study",
     "run_own_data_lr_tuning",
     "final_metrics",
-    "bin_advice",
+    "read_bin_fit",
     "summarize",
     "render",
     "render_report",
@@ -44,19 +45,13 @@ def final_metrics(output_dir: str) -> Dict[str, float]:
     return final_evaluation(output_dir, "bbox")
 
 
-def bin_advice(log_text: str) -> Tuple[Optional[List[str]], Optional[int]]:
-    """
-    From a training log: the overrides the bin check's warning advised (None:
-    no warning), and the n it says would cover 99% of the targets.
-    """
-    advised, recommended = None, None
-    for line in log_text.splitlines():
-        if "GFL bins:" in line and "model.reg_max=" in line:
-            advised = re.findall(r"model\.reg_max=\d+", line)
-        m = re.search(r"GFL bins: .* n = (\d+) would cover 99%", line)
-        if m:
-            recommended = int(m.group(1))
-    return advised, recommended
+def read_bin_fit(output_dir: str) -> Dict:
+    """The bin check of a run, as training wrote it (``gfl_d2.bins.BIN_FIT_FILE``); {} if none."""
+    path = os.path.join(output_dir, BIN_FIT_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def copypaste_metrics(log_text: str, task: str = "bbox") -> Dict[str, float]:
@@ -116,13 +111,6 @@ def _evaluate(config: str, overrides: List[str], out: str, label: str) -> Dict[s
     return metrics
 
 
-def bin_summary(log_text: str) -> str:
-    for line in log_text.splitlines():
-        if "GFL bins:" in line and "regression targets of" in line:
-            return line.split("GFL bins: ", 1)[1].strip()
-    return ""
-
-
 def _train(config: str, overrides: List[str], out: str, label: str, threads: int = 0) -> str:
     """
     Run the entry point (a finished run is not run again); return its log. ``threads``: torch's,
@@ -177,16 +165,17 @@ def _fcos_low_threshold(config: str, base: List[str], out: str, seed: int) -> Di
     )
 
 
-def _first_gfl_bins(log: str) -> Tuple[List[str], str, str]:
-    """The bins to compare from the first GFL run's log: (overrides, why, the bin check's line)."""
-    warned, recommended = bin_advice(log)
+def _first_gfl_bins(output_dir: str) -> Tuple[List[str], str, str]:
+    """The bins to compare from the first GFL run's bin check: (overrides, why, its summary)."""
+    fit = read_bin_fit(output_dir)
+    warned, recommended = fit.get("advised_change"), fit.get("recommended_reg_max")
     # the warning's change, else n fitted to 99% of the targets (the check's recommendation)
-    advice = warned or ([f"model.reg_max={recommended}"] if recommended else [])
-    return (
-        advice,
-        "the warning's advice" if warned else "recommended n, no warning",
-        bin_summary(log),
-    )
+    if warned:
+        advice = [warned]
+    else:
+        advice = [f"model.head.box2box_transform.reg_max={recommended}"] if recommended else []
+    why = "the warning's advice" if warned else "recommended n, no warning"
+    return advice, why, fit.get("summary", "")
 
 
 def run_own_data_study(
@@ -211,9 +200,9 @@ def run_own_data_study(
     for i, seed in enumerate(seeds):
         for model, config in CONFIGS.items():
             out = os.path.join(output, model, f"seed{seed}")
-            log = _train(config, base + [f"train.seed={seed}"], out, f"{model} seed {seed}")
+            _train(config, base + [f"train.seed={seed}"], out, f"{model} seed {seed}")
             if model == "GFL" and advice is None:
-                advice, why, summary = _first_gfl_bins(log)
+                advice, why, summary = _first_gfl_bins(out)
             runs.setdefault(model, []).append(dict(seed=seed, metrics=final_metrics(out)))
             if model == "FCOS":
                 runs.setdefault(FCOS_LOW_THRESHOLD, []).append(
