@@ -117,7 +117,8 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
     first, last = state_dict[DGQP_KEYS[0]], state_dict[DGQP_KEYS[2]]
     if first.dim() != 4 or first.shape[2:] != (1, 1) or last.shape != (1, first.shape[0], 1, 1):
         raise ConversionError(
-            f"bbox_head.reg_conf has the shapes {tuple(first.shape)} and {tuple(last.shape)}, not GFL V2's "
+            f"bbox_head.reg_conf has the shapes {tuple(first.shape)} and {tuple(last.shape)}, "
+            "not GFL V2's "
             "Conv2d(4 (k + 1), c, 1) -> Conv2d(c, 1, 1)"
         )
     in_channels = int(first.shape[1])
@@ -129,12 +130,15 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
     classes = (meta or {}).get("CLASSES") or (meta or {}).get("dataset_meta", {}).get("classes")
     if classes is not None and len(classes) != channels - 1:
         raise ConversionError(
-            f"bbox_head.gfl_cls has {channels} channels and the checkpoint names {len(classes)} classes: GFL V2's "
-            "release has one background channel more than classes (use_sigmoid=False), this checkpoint does not"
+            f"bbox_head.gfl_cls has {channels} channels and the checkpoint names {len(classes)} "
+            "classes: GFL V2's "
+            "release has one background channel more than classes (use_sigmoid=False), "
+            "this checkpoint does not"
         )
     if channels < 2:
         raise ConversionError(
-            f"bbox_head.gfl_cls has {channels} channel: GFL V2's has the classes and a background one"
+            f"bbox_head.gfl_cls has {channels} channel: "
+            "GFL V2's has the classes and a background one"
         )
     return dict(
         version=2,
@@ -145,12 +149,15 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
 
 
 def _refuse_unsupported(keys) -> None:
-    """ConversionError naming why a checkpoint with these keys is not a GFL this converter understands."""
+    """
+    ConversionError naming why a checkpoint with these keys is not a GFL this converter understands.
+    """
     if not any(k.startswith("backbone.") for k in keys):
         raise ConversionError("no 'backbone.*' keys: not an MMDetection detector checkpoint")
     if any("conv_offset" in k or ".dcn" in k or "deform" in k for k in keys):
         raise ConversionError(
-            "this checkpoint uses deformable convolutions (DCN), which need detectron2's compiled ops: "
+            "this checkpoint uses deformable convolutions (DCN), "
+            "which need detectron2's compiled ops: "
             "not supported by this converter"
         )
     if "bbox_head.gfl_cls.weight" not in keys or "bbox_head.gfl_reg.weight" not in keys:
@@ -165,7 +172,10 @@ def _refuse_unsupported(keys) -> None:
 
 
 def _describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
-    """ResNet/ResNeXt depth, groups and width per group, read off the blocks per stage and conv2's shape."""
+    """
+    ResNet/ResNeXt depth, groups and width per group, read off the blocks per
+    stage and conv2's shape.
+    """
     keys = set(state_dict)
     blocks = [
         len({k.split(".")[2] for k in keys if k.startswith(f"backbone.layer{i}.")})
@@ -182,7 +192,10 @@ def _describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
 
 
 def _describe_fpn(state_dict: Dict[str, torch.Tensor]) -> int:
-    """The FPN's channels; ConversionError unless it has GFL's five outputs with P6/P7 from P5's output."""
+    """
+    The FPN's channels; ConversionError unless it has GFL's five outputs with
+    P6/P7 from P5's output.
+    """
     num_fpn = len({k.split(".")[2] for k in state_dict if k.startswith("neck.fpn_convs.")})
     if num_fpn != 5:
         raise ConversionError(
@@ -192,7 +205,8 @@ def _describe_fpn(state_dict: Dict[str, torch.Tensor]) -> int:
     fpn_channels = state_dict["neck.fpn_convs.0.conv.weight"].shape[0]
     if p6_in != fpn_channels:
         raise ConversionError(
-            f"P6 is computed from {p6_in} channels: the FPN's extra convs are not 'on_output' (P5's output)"
+            f"P6 is computed from {p6_in} channels: "
+            "the FPN's extra convs are not 'on_output' (P5's output)"
         )
     return int(fpn_channels)
 
@@ -256,7 +270,9 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]
 
 
 def _pickled_objects(path: str, error: Exception) -> List[str]:
-    """The classes/functions a checkpoint pickles beyond tensors and containers, as torch names them."""
+    """
+    The classes/functions a checkpoint pickles beyond tensors and containers, as torch names them.
+    """
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # the legacy (non-zip) format: torch's error names the first one
@@ -265,7 +281,9 @@ def _pickled_objects(path: str, error: Exception) -> List[str]:
 
 
 def _load_pickled(path: str, objects: List[str], allow_pickle: bool):
-    """A checkpoint that pickles ``objects`` besides tensors: refused, or loaded fully if allowed."""
+    """
+    A checkpoint that pickles ``objects`` besides tensors: refused, or loaded fully if allowed.
+    """
     if not allow_pickle:
         raise ConversionError(
             f"{path}: cannot be loaded as weights only: besides tensors it pickles {objects}. "
@@ -338,8 +356,10 @@ def _check_integral_buffer(value, reg_max: int) -> None:
     shown = value.flatten()[:20].tolist()
     raise ConversionError(
         f"{INTEGRAL_BUFFER!r} holds the bin values {shown}{' ...' if value.numel() > 20 else ''} "
-        f"(shape {tuple(value.shape)}), but bbox_head.gfl_reg's {4 * (reg_max + 1)} output channels mean "
-        f"n = {reg_max} and bins 0, 1, ..., {reg_max}: this checkpoint was trained with another bin layout, "
+        f"(shape {tuple(value.shape)}), but bbox_head.gfl_reg's {4 * (reg_max + 1)} "
+        "output channels mean "
+        f"n = {reg_max} and bins 0, 1, ..., {reg_max}: "
+        "this checkpoint was trained with another bin layout, "
         "which gfl-d2's integral does not compute"
     )
 
@@ -379,7 +399,8 @@ def convert_mmdet_state_dict(
         if info["version"] == 2 and key.startswith("bbox_head.gfl_cls."):
             value = value[: info["num_classes"]]
             dropped[f"{key}[{info['num_classes']}]"] = (
-                "GFL V2's background channel of gfl_cls (use_sigmoid=False; trained towards 0, no class)"
+                "GFL V2's background channel of gfl_cls "
+                "(use_sigmoid=False; trained towards 0, no class)"
             )
         converted[new_key] = value.detach().clone()
         mapping[key] = new_key
@@ -394,13 +415,16 @@ def conversion_report(src: str, info: Dict, verbose: bool = False) -> List[str]:
     else:
         backbone = f"ResNeXt-{info['depth']} {info['num_groups']}x{info['width_per_group']}d"
     lines = [
-        f"{src}: GFL{' V2' if info['version'] == 2 else ''}, {backbone} + FPN ({info['fpn_channels']} channels, "
-        f"P3-P7), head of {info['num_convs']} convs, {info['num_classes']} classes, reg_max {info['reg_max']}"
+        f"{src}: GFL{' V2' if info['version'] == 2 else ''}, {backbone} + FPN "
+        f"({info['fpn_channels']} channels, "
+        f"P3-P7), head of {info['num_convs']} convs, {info['num_classes']} classes, "
+        f"reg_max {info['reg_max']}"
     ]
     if info["version"] == 2:
         lines.append(
             f"  distribution-guided quality predictor: {info['dgqp_statistics']} statistics -> "
-            f"{info['dgqp_channels']} -> 1 (the V2 configs: dgqp_topk=4 with the mean = 20, dgqp_channels=64)"
+            f"{info['dgqp_channels']} -> 1 "
+            "(the V2 configs: dgqp_topk=4 with the mean = 20, dgqp_channels=64)"
         )
     groups: Dict[str, List[Tuple[str, str]]] = {}
     for old, new in info["mapping"].items():

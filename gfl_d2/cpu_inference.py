@@ -112,8 +112,10 @@ class FrozenCPUInference:
             ) as e:  # a backbone or head the tracer cannot follow: eager, as without the option
                 self._failed_key = key
                 logger.warning(
-                    f"GFL: cpu_inference='frozen' fell back to eager execution: could not trace the "
-                    f"backbone and head ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                    f"GFL: cpu_inference='frozen' fell back to eager execution: "
+                    "could not trace the "
+                    f"backbone and head ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''})"
                 )
         if self._frozen is None or key != self._key:
             return self._unit(x)

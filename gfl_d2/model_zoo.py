@@ -32,7 +32,9 @@ def get_config_file(config_path: str) -> str:
 
 
 def get_config(config_path: str):
-    """The LazyConfig (``.py``) of ``config_path``; yacs ``.yaml`` files go through ``add_gfl_config``."""
+    """
+    The LazyConfig (``.py``) of ``config_path``; yacs ``.yaml`` files go through ``add_gfl_config``.
+    """
     from detectron2.config import LazyConfig
 
     return LazyConfig.load(get_config_file(config_path))

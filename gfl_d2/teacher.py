@@ -56,7 +56,9 @@ def _load_model_config(config_file: str, opts: Sequence[str]) -> nn.Module:
 
 
 def _config_path(config_file: str) -> str:
-    """A file, or a config of the project's named as in ``gfl_d2.model_zoo`` (``"Synthetic/..."``)."""
+    """
+    A file, or a config of the project's named as in ``gfl_d2.model_zoo`` (``"Synthetic/..."``).
+    """
     if os.path.isfile(config_file):
         return config_file
     from .model_zoo import get_config_file
@@ -115,7 +117,9 @@ def distill(student: nn.Module, teacher: nn.Module, **settings) -> LocalizationD
 
 
 def distill_from_lazy_config(cfg, student: nn.Module) -> Optional[LocalizationDistiller]:
-    """The distiller of a LazyConfig's ``distillation`` node around ``student``; None without one."""
+    """
+    The distiller of a LazyConfig's ``distillation`` node around ``student``; None without one.
+    """
     node = cfg.get("distillation", None) if hasattr(cfg, "get") else None
     if node is None:
         return None
@@ -126,7 +130,9 @@ def distill_from_lazy_config(cfg, student: nn.Module) -> Optional[LocalizationDi
 
 
 def distill_from_yacs_config(cfg, student: nn.Module) -> Optional[LocalizationDistiller]:
-    """The distiller of a yacs config's ``MODEL.GFL.LD`` around ``student``; None without a teacher."""
+    """
+    The distiller of a yacs config's ``MODEL.GFL.LD`` around ``student``; None without a teacher.
+    """
     ld = cfg.MODEL.GFL.LD
     if not ld.TEACHER_CONFIG:
         return None

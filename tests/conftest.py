@@ -13,7 +13,9 @@ _GIB_PER_WORKER = 3
 
 
 def _usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (containers)."""
+    """
+    The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (containers).
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -29,7 +31,10 @@ def _usable_cpus() -> int:
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker per usable CPU, as many as the memory holds ($PYTEST_XDIST_AUTO_NUM_WORKERS wins)."""
+    """
+    ``-n auto``: one worker per usable CPU, as many as the memory holds
+    ($PYTEST_XDIST_AUTO_NUM_WORKERS wins).
+    """
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # pytest-xdist's own hook reads it
     workers = _usable_cpus()

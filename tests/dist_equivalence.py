@@ -1,6 +1,7 @@
 """
-Run by test_engine.py as ``python -m tests.dist_equivalence OUT``: the same two images as 1 process x 2 images and as
-2 processes (gloo, CPU) x 1 image; prints the losses as JSON.
+Run by test_engine.py as ``python -m tests.dist_equivalence OUT``: the same
+two images as 1 process x 2 images and as 2 processes (gloo, CPU) x 1 image;
+prints the losses as JSON.
 """
 
 import json

@@ -1,4 +1,6 @@
-"""The dataset check before training (gfl_d2.data.check_dataset_dicts) and unreadable annotation files."""
+"""
+The dataset check before training (gfl_d2.data.check_dataset_dicts) and unreadable annotation files.
+"""
 
 import logging
 import os
@@ -92,7 +94,10 @@ def test_bbox_mode_is_required_not_guessed(tmp_path):
 
 
 def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, caplog):
-    """One box policy: the VOC reader, the dataset check and the model's tensor checks agree box by box."""
+    """
+    One box policy: the VOC reader, the dataset check and the model's tensor
+    checks agree box by box.
+    """
     from detectron2.structures import BoxMode
 
     from gfl_d2.data import read_dataset_folder
@@ -109,7 +114,8 @@ def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, c
         (root / d).mkdir(parents=True)
     Image.new("RGB", (100, 50)).save(root / "JPEGImages" / "a.jpg")
     objects = "".join(  # VOC's corners are 1-based
-        f"<object><name>cat</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax>"
+        f"<object><name>cat</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+        f"<xmax>{x1}</xmax>"
         f"<ymax>{y1}</ymax></bndbox></object>"
         for x0, y0, x1, y1 in boxes
     )
@@ -137,7 +143,10 @@ def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, c
 
 
 def test_the_policy_on_floats_and_on_tensors_agrees():
-    """The readers' per-box form and the model's tensor form give every box the same fate and clipped box."""
+    """
+    The readers' per-box form and the model's tensor form give every box the
+    same fate and clipped box.
+    """
     from gfl_d2.data.box_policy import BoxFate, box_fate, box_fates
 
     g = torch.Generator().manual_seed(0)

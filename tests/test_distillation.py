@@ -14,10 +14,9 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.model_zoo import get_config_file
-from gfl_d2.teacher import build_teacher, distill_from_lazy_config, distill_from_yacs_config
-from gfl_d2.modeling import GFL
-from gfl_d2.modeling import LocalizationDistiller, check_teacher
+from gfl_d2.modeling import GFL, LocalizationDistiller, check_teacher
 from gfl_d2.modeling.losses import localization_distillation_loss
+from gfl_d2.teacher import build_teacher, distill_from_lazy_config, distill_from_yacs_config
 from gfl_d2.testing import (
     TINY_OVERRIDES,
     read_metrics,
@@ -38,7 +37,8 @@ def test_loss_is_the_softened_kl_times_t_squared():
         expected = (p * (p.log() - q.log())).mean(-1) * t * t
         got = localization_distillation_loss(student, teacher, t)
         assert got.shape == (6, 4) and got.dtype == torch.float32
-        # float32: each term p (log p - log q) is off by a few ulp of |log| <= ~10, i.e. ~1e-6, then times T^2
+        # float32: each term p (log p - log q) is off by a few ulp of
+        # |log| <= ~10, i.e. ~1e-6, then times T^2
         torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-6 * t * t)
     assert localization_distillation_loss(teacher, teacher).abs().max() < 1e-6
 

@@ -31,7 +31,9 @@ _MODULE_INTERNALS = {"training", "dump_patches", "call_super_init"}
 
 
 def _value(v):
-    """A comparable form of a setting: plain values, sequences and tensors of them, functions by name."""
+    """
+    A comparable form of a setting: plain values, sequences and tensors of them, functions by name.
+    """
     if isinstance(v, (ListConfig, DictConfig)):  # a value a LazyConfig passed as it is
         v = OmegaConf.to_container(v)
     if isinstance(v, _PLAIN):

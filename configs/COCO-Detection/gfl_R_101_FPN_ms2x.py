@@ -8,7 +8,8 @@ The release starts from torchvision's ImageNet ResNet-101, expected at
 its wheel), or pass ``train.init_checkpoint=/your/file.pkl``; see
 docs/configs.md ("ImageNet weights for R-101 and X-101"):
 
-    python -c "import torch, torchvision; torch.save(torchvision.models.resnet101(weights='IMAGENET1K_V1').state_dict(), 'resnet101.pth')"
+    python -c "import torch, torchvision; torch.save(torchvision.models.resnet101(
+        weights='IMAGENET1K_V1').state_dict(), 'resnet101.pth')"
     python convert-torchvision-to-d2.py resnet101.pth pretrained/R-101.pkl
 """
 

@@ -2,7 +2,8 @@
 detectron2's own FCOS on your dataset folder, with the backbone, data and
 schedule of ``gfl_R_18_FPN_scratch.py`` (the baseline GFL is compared with):
 
-    python tools/train_net.py --config-file configs/OwnData/fcos_R_18_FPN_scratch.py dataset.root=/path/to/data
+    python tools/train_net.py --config-file configs/OwnData/fcos_R_18_FPN_scratch.py \
+        dataset.root=/path/to/data
 """
 
 from detectron2.layers import ShapeSpec

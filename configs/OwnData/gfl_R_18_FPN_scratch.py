@@ -3,14 +3,16 @@ GFL on your own dataset folder (COCO, Pascal VOC or YOLO layout), trained from
 scratch: the embedded config's small ResNet-18/GN model, which trains on a
 CPU. The class names and their number come from the dataset's files.
 
-    python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py dataset.root=/path/to/data
+    python tools/train_net.py --config-file configs/OwnData/gfl_R_18_FPN_scratch.py \
+        dataset.root=/path/to/data
 
 ``dataset.layout`` (auto, coco, voc, yolo), ``dataset.train_split`` /
 ``dataset.test_split`` (train / val), and the image size
 ``dataset.min_size`` / ``dataset.max_size`` (shorter / longer side; larger
 images are scaled down to it, smaller ones keep their size unless
-``dataset.enlarge=True``; 0 keeps every image's size) are the settings of the data. The schedule scales with
-``train.max_iter`` (warm-up and steps are fractions of it).
+``dataset.enlarge=True``; 0 keeps every image's size) are the settings of the
+data. The schedule scales with ``train.max_iter`` (warm-up and steps are
+fractions of it).
 """
 
 from detectron2.config import LazyCall as L
@@ -85,7 +87,8 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=2,
 )
-# per-class AP (detectron2's table) and a precision-recall picture per evaluation, next to metrics.json
+# per-class AP (detectron2's table) and a precision-recall picture per
+# evaluation, next to metrics.json
 dataloader.evaluator = L(COCOEvaluatorWithCurves)(
     dataset_name="${..test.dataset.names}",
     output_dir="${train.output_dir}/inference",

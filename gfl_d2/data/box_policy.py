@@ -69,7 +69,10 @@ def box_xyxy(ann: Mapping) -> List[float]:
 
 
 def _conditions(x0, y0, x1, y1, width, height, tol_x, tol_y) -> Tuple[Tuple[BoxFate, object], ...]:
-    """``(fate, condition)`` from the highest precedence down; conditions are bools, or bool tensors of boxes."""
+    """
+    ``(fate, condition)`` from the highest precedence down; conditions are
+    bools, or bool tensors of boxes.
+    """
     # v - v is 0 for a finite v and NaN for NaN or +-Inf
     nonfinite = ((x0 - x0) != 0) | ((y0 - y0) != 0) | ((x1 - x1) != 0) | ((y1 - y1) != 0)
     if (

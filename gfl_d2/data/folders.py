@@ -9,7 +9,9 @@ registry); this module only asks the registry.
 LazyConfig (``configs/OwnData/*.py``)::
 
     names=L(register_dataset)(root="${dataset.root}", split="train", layout="${dataset.layout}")
-    num_classes=L(dataset_num_classes)(root="${dataset.root}", split="train", layout="${dataset.layout}")
+    num_classes=L(dataset_num_classes)(
+        root="${dataset.root}", split="train", layout="${dataset.layout}"
+    )
 
 The split is read when it is registered, so that a broken file stops the run
 before training with every problem named (file and line), and what was
@@ -45,7 +47,9 @@ _REGISTERED: Dict[Tuple[str, str, str], str] = {}
 
 
 def detect_layout(root: str) -> str:
-    """ "coco", "voc" or "yolo", from what ``root`` holds; DatasetError naming what was looked for."""
+    """
+    "coco", "voc" or "yolo", from what ``root`` holds; DatasetError naming what was looked for.
+    """
     if not os.path.isdir(root):
         raise DatasetError(f"dataset folder not found: {root}")
     found = [name for name, fmt in DATASET_FORMATS.items() if fmt.detect(root)]
@@ -75,7 +79,9 @@ def _resolve(root: str, layout: str) -> Tuple[str, str]:
 
 
 def read_dataset_folder(root: str, split: str, layout: str = "auto") -> FolderDataset:
-    """Read one split of the dataset under ``root`` (``layout``: "auto", "coco", "voc" or "yolo")."""
+    """
+    Read one split of the dataset under ``root`` (``layout``: "auto", "coco", "voc" or "yolo").
+    """
     root, layout = _resolve(root, layout)
     return get_format(layout).read(root, split)
 
@@ -143,8 +149,10 @@ def register_dataset(
     num_boxes = sum(len(r["annotations"]) for r in records)
     empty = sum(1 for r in records if not r["annotations"])
     logger.info(
-        f"Registered dataset {name!r}: {layout} layout, split {split!r} of {root}: {len(records)} images "
-        f"({empty} without objects), {num_boxes} objects, {len(data.classes)} classes: {', '.join(data.classes)}"
+        f"Registered dataset {name!r}: {layout} layout, split {split!r} of {root}: "
+        f"{len(records)} images "
+        f"({empty} without objects), {num_boxes} objects, {len(data.classes)} classes: "
+        f"{', '.join(data.classes)}"
     )
     return name
 

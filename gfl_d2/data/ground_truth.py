@@ -33,7 +33,10 @@ def _raise_if_wrong(
     classes: List[Tensor],
     num_classes: int,
 ) -> None:
-    """ValueError naming the first image with a non-finite box or a class id outside ``[0, num_classes)``."""
+    """
+    ValueError naming the first image with a non-finite box or a class id
+    outside ``[0, num_classes)``.
+    """
     # one host synchronisation for the whole batch
     bad = torch.stack(
         [
@@ -50,7 +53,8 @@ def _raise_if_wrong(
         if bad_class:
             ids = sorted(set(classes[i][(classes[i] < 0) | (classes[i] >= num_classes)].tolist()))
             raise ValueError(
-                f"{_name(batched_inputs[i], i)}: ground-truth class ids {ids} outside [0, {num_classes}) "
+                f"{_name(batched_inputs[i], i)}: ground-truth class ids {ids} "
+                f"outside [0, {num_classes}) "
                 f"(the model has num_classes={num_classes})"
             )
 

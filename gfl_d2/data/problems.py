@@ -70,7 +70,10 @@ class DatasetProblems:
         raise DatasetError(f"{len(self.errors)} problem(s) in {self.what}:\n  {listed}{more}")
 
     def log_notes(self, heading: Optional[str] = None) -> None:
-        """One warning per kind of note, with examples; or, given ``heading``, all counts in one warning after it."""
+        """
+        One warning per kind of note, with examples; or, given ``heading``, all
+        counts in one warning after it.
+        """
         if heading is not None:
             if self.notes:
                 logger.warning(

@@ -48,9 +48,10 @@ CATEGORIES: List[Tuple[int, str, Tuple[int, int, int]]] = [
 ]
 EDGES = ("left", "top", "right", "bottom")
 
-# Each object is drawn in a window around its box: its coverage is exactly 0 beyond about 2 px outside the
-# box, and a blur (sigma <= 2.5: three box passes, each at most 3 px) spreads it by at most 9 px more, so
-# everything outside the window is left exactly as drawing on the whole image would leave it.
+# Each object is drawn in a window around its box: its coverage is exactly 0
+# beyond about 2 px outside the box, and a blur (sigma <= 2.5: three box passes,
+# each at most 3 px) spreads it by at most 9 px more, so everything outside the
+# window is left exactly as drawing on the whole image would leave it.
 WINDOW_MARGIN = 16
 
 
@@ -297,7 +298,10 @@ def write_split(
     cfg: Optional[ShapesConfig] = None,
     progress: bool = True,
 ) -> str:
-    """Write ``root/split/*.png`` and ``root/annotations/instances_{split}.json``; return the json path."""
+    """
+    Write ``root/split/*.png`` and ``root/annotations/instances_{split}.json``;
+    return the json path.
+    """
     cfg = cfg or ShapesConfig()
     cfg.validate()
     image_dir = os.path.join(root, split)

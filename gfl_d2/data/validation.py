@@ -16,7 +16,8 @@ __all__ = ["check_dataset_dicts"]
 logger = logging.getLogger(__name__)
 
 _DEGENERATE = "boxes with zero or negative width/height (dropped)"
-# detectron2's mapper and the model clip and drop these boxes (the same policy): the check only counts them
+# detectron2's mapper and the model clip and drop these boxes (the same policy):
+# the check only counts them
 BOX_RULES = BoxRules(
     notes={
         BoxFate.EMPTY: _DEGENERATE,
@@ -41,7 +42,10 @@ def _image_file_problem(path: str, height: Optional[int], width: Optional[int]) 
 def _check_annotations(
     record: Dict, name: str, num_classes: Optional[int], problems: DatasetProblems
 ) -> None:
-    """Errors for malformed or non-finite boxes and unknown class ids; notes for boxes the training drops or clips."""
+    """
+    Errors for malformed or non-finite boxes and unknown class ids; notes for
+    boxes the training drops or clips.
+    """
     height, width = record.get("height"), record.get("width")
     for i, ann in enumerate(record.get("annotations", [])):
         if ann.get("iscrowd", 0):
@@ -97,6 +101,7 @@ def check_dataset_dicts(
     problems.raise_errors()
     problems.log_notes(heading=f"Dataset check ({num_boxes} boxes)")
     logger.info(
-        f"Dataset check passed: {len(dataset_dicts)} images, {num_boxes} boxes, at most {max_boxes} in one image"
+        f"Dataset check passed: {len(dataset_dicts)} images, {num_boxes} boxes, "
+        f"at most {max_boxes} in one image"
     )
     return dataset_dicts

@@ -31,7 +31,8 @@ def _nearest_anchors(anchors: List[Tensor], points: Tensor, topk: int) -> Tensor
         level_anchors = level_anchors.float()
         cx = (level_anchors[:, 0] + level_anchors[:, 2]) * 0.5  # (R_l,)
         cy = (level_anchors[:, 1] + level_anchors[:, 3]) * 0.5
-        # dx^2 + dy^2 without an (R_l, M, 2) intermediate; the same float32 operations, so the same values
+        # dx^2 + dy^2 without an (R_l, M, 2) intermediate; the same float32
+        # operations, so the same values
         dist = (
             (cx[:, None] - points[None, :, 0]).square_()
             + (cy[:, None] - points[None, :, 1]).square_()

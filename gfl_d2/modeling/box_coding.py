@@ -185,7 +185,9 @@ class DiracBox2BoxTransform:
         return EdgeDecoding(F.relu(box_regs.float() + self.anchor_scale / 2))
 
     def encode(self, centers: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
-        """(R, 2) anchor centres, (R, 1) strides, (R, 4) boxes -> (R, 4) outputs decoding to the boxes."""
+        """
+        (R, 2) anchor centres, (R, 1) strides, (R, 4) boxes -> (R, 4) outputs decoding to the boxes.
+        """
         return box2distance(centers, boxes) / strides - self.anchor_scale / 2
 
 

@@ -69,11 +69,13 @@ class DistributionGuidedQualityPredictor(nn.Module):
         super().__init__()
         if topk < 1 or channels < 1:
             raise ValueError(
-                f"DistributionGuidedQualityPredictor needs topk >= 1 and channels >= 1, got {topk}, {channels}"
+                "DistributionGuidedQualityPredictor needs topk >= 1 and channels >= 1, "
+                f"got {topk}, {channels}"
             )
         self.topk, self.add_mean = int(topk), bool(add_mean)
         self.in_channels = 4 * (self.topk + int(self.add_mean))
-        # 1x1 convs (the released models' layout), applied as linear maps on channels-last statistics
+        # 1x1 convs (the released models' layout), applied as linear maps on
+        # channels-last statistics
         self.layers = nn.Sequential(
             nn.Conv2d(self.in_channels, channels, kernel_size=1),
             nn.ReLU(inplace=True),
@@ -85,7 +87,10 @@ class DistributionGuidedQualityPredictor(nn.Module):
                 nn.init.constant_(module.bias, 0.0)
 
     def statistics(self, box_regs: List[Tensor]) -> Tensor:
-        """Per level (N, 4(n+1), Hi, Wi) distribution logits -> (N, sum Hi*Wi, 4 (k + 1)) float32 statistics."""
+        """
+        Per level (N, 4(n+1), Hi, Wi) distribution logits -> (N, sum Hi*Wi,
+        4 (k + 1)) float32 statistics.
+        """
         n, c = box_regs[0].shape[:2]
         if c % 4:
             raise ValueError(

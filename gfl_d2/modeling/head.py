@@ -48,7 +48,9 @@ def _shared_in_channels(input_shape: List[ShapeSpec], norm) -> int:
 
 
 def _check_dgqp_bins(box2box_transform, dgqp_topk: int) -> None:
-    """GFL V2's quality reads the top ``dgqp_topk`` bins of each edge distribution: they must exist."""
+    """
+    GFL V2's quality reads the top ``dgqp_topk`` bins of each edge distribution: they must exist.
+    """
     if box2box_transform.num_outputs // 4 < dgqp_topk:
         raise ValueError(
             f"quality='dgqp' reads the top {dgqp_topk} of each edge's n + 1 bins, but "
@@ -57,7 +59,9 @@ def _check_dgqp_bins(box2box_transform, dgqp_topk: int) -> None:
 
 
 def build_box2box_transform(cfg):
-    """The box representation of a yacs config: ``MODEL.GFL.BOX_REPRESENTATION`` and its settings."""
+    """
+    The box representation of a yacs config: ``MODEL.GFL.BOX_REPRESENTATION`` and its settings.
+    """
     g = cfg.MODEL.GFL
     if g.BOX_REPRESENTATION not in BOX_REPRESENTATIONS:
         raise ValueError(
@@ -142,7 +146,8 @@ class GFLHead(nn.Module):
             self.quality_pred = nn.Conv2d(last, 1, kernel_size=3, stride=1, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(self._num_levels)])
         self._init_weights(prior_prob)
-        # built after the towers' initialisation, so that V1's parameters draw the same random numbers
+        # built after the towers' initialisation, so that V1's parameters draw
+        # the same random numbers
         if self.has_quality_predictor:
             self.dgqp = DistributionGuidedQualityPredictor(
                 dgqp_topk, dgqp_channels, dgqp_add_mean, dgqp_init_std
@@ -155,7 +160,9 @@ class GFLHead(nn.Module):
         return channels + [1] if self.has_quality_branch or self.has_quality_predictor else channels
 
     def _init_weights(self, prior_prob: float) -> None:
-        """Convs normal(0, 0.01), biases 0; the classifier's bias gives every class ``prior_prob``."""
+        """
+        Convs normal(0, 0.01), biases 0; the classifier's bias gives every class ``prior_prob``.
+        """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)

@@ -100,7 +100,8 @@ def valid_clipped(pred: Instances, image_size: Tuple[int, int]) -> Instances:
     if not (torch.jit.is_scripting() or torch.jit.is_tracing()) and not bool(finite.all()):
         log_every_n_seconds(
             logging.WARNING,
-            f"GFL: dropped {int((~finite).sum())} detections with non-finite boxes (the head's outputs hold Inf/NaN)",
+            f"GFL: dropped {int((~finite).sum())} detections with non-finite boxes "
+            "(the head's outputs hold Inf/NaN)",
             n=30,
             name="gfl_d2.modeling.meta_arch",
         )

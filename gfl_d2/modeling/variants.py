@@ -67,7 +67,9 @@ class FusedQualityFocalLoss(QualityFocalLoss):
     def __call__(
         self, pred_logits: Tensor, gt_labels: Tensor, ious: Tensor, quality_logits: Tensor
     ) -> Tensor:
-        """(N, R, C) class logits, (N, R) labels, (P,) IoUs, (N, R, 1) quality logits -> summed loss."""
+        """
+        (N, R, C) class logits, (N, R) labels, (P,) IoUs, (N, R, 1) quality logits -> summed loss.
+        """
         targets = dense_class_targets(gt_labels, self.num_classes, ious)
         return fused_quality_focal_loss(pred_logits, quality_logits, targets, self.beta).sum()
 
@@ -87,7 +89,8 @@ class FocalLoss:
         return sigmoid_focal_loss(pred_logits, targets, self.alpha, self.gamma).sum()
 
 
-# weight of each positive in the GIoU and DFL losses: f((P, C) detached scores, (P,) centerness) -> (P,)
+# weight of each positive in the GIoU and DFL losses: f((P, C) detached scores,
+# (P,) centerness) -> (P,)
 def _score_weights(pos_scores: Tensor, centerness: Tensor) -> Tensor:
     return pos_scores.float().max(dim=1).values
 
@@ -171,9 +174,12 @@ class GFLVariant:
             object.__setattr__(self, "cls_loss", implied)
         elif self.cls_loss != implied:
             raise ValueError(
-                f"cls_loss={self.cls_loss!r} with quality={self.quality!r}: the classification loss follows the "
-                "quality (QFL trains the joint quality 'joint' or 'dgqp'; Focal Loss goes with 'centerness', 'iou' "
-                f"or 'none'): leave cls_loss='auto' and set the quality, e.g. quality='none' for Focal Loss alone"
+                f"cls_loss={self.cls_loss!r} with quality={self.quality!r}: "
+                "the classification loss follows the "
+                "quality (QFL trains the joint quality 'joint' or 'dgqp'; "
+                "Focal Loss goes with 'centerness', 'iou' "
+                f"or 'none'): leave cls_loss='auto' and set the quality, "
+                "e.g. quality='none' for Focal Loss alone"
             )
         check_quality(self.quality, self.box_representation)
         if self.box_loss_weighting == "auto":

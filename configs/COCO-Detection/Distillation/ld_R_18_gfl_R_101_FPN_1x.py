@@ -8,7 +8,8 @@ reproduced here.
 The ImageNet weights are expected at ``pretrained/R-18.pkl`` in detectron2's
 format (docs/configs.md, "ImageNet weights"):
 
-    python -c "import torch, torchvision; torch.save(torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')"
+    python -c "import torch, torchvision; torch.save(torchvision.models.resnet18(
+        weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')"
     python convert-torchvision-to-d2.py resnet18.pth pretrained/R-18.pkl
 """
 

@@ -10,7 +10,8 @@ same 12 epochs with GFL's 1x recipe (16 images a batch, lr 0.01: the linear
 scaling of the same rate). Not reproduced here (no COCO training on this
 project's machines).
 
-    python tools/train_net.py --config-file configs/COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py --num-gpus 8
+    python tools/train_net.py \
+        --config-file configs/COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py --num-gpus 8
 
 The student's checkpoints are a plain GFL R-50's (``gfl_R_50_FPN_1x.py``
 evaluates them); the teacher is in none of them.

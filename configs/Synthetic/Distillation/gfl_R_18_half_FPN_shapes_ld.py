@@ -6,7 +6,8 @@ model ``Synthetic/gfl_R_18_FPN_shapes.py`` (full-width ResNet-18, n = 16)
 trained on its default schedule. Train the teacher first:
 
     python tools/train_net.py --config-file configs/Synthetic/gfl_R_18_FPN_shapes.py
-    python tools/train_net.py --config-file configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py
+    python tools/train_net.py \
+        --config-file configs/Synthetic/Distillation/gfl_R_18_half_FPN_shapes_ld.py
 
 (``distillation.teacher.checkpoint=...`` for a teacher elsewhere). The teacher is
 frozen and not saved: the student's checkpoints are a plain GFL's, which
@@ -24,7 +25,8 @@ from .gfl_R_18_half_FPN_shapes import dataloader, lr_multiplier, model, optimize
 distillation = dict(
     teacher=L(build_teacher)(
         config_file="Synthetic/gfl_R_18_FPN_shapes.py",
-        checkpoint="./output/gfl_R_18_FPN_shapes_n16/model_final.pth",  # where training that config writes
+        # where training that config writes
+        checkpoint="./output/gfl_R_18_FPN_shapes_n16/model_final.pth",
     ),
     loss_weight=0.25,
     temperature=10.0,

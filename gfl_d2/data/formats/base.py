@@ -58,7 +58,9 @@ def first_file(paths: Iterable[str]) -> Optional[str]:
 
 
 def check_class_names(names: Sequence[str], source: str) -> List[str]:
-    """``names`` as a list; DatasetError (naming ``source``) if there are none or one is listed twice."""
+    """
+    ``names`` as a list; DatasetError (naming ``source``) if there are none or one is listed twice.
+    """
     names = list(names)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -75,12 +77,17 @@ def read_class_file(path: str) -> List[str]:
 
 
 def image_stem(record: Dict) -> str:
-    """The image's file name without folder and extension (VOC's image id, YOLO's label file name)."""
+    """
+    The image's file name without folder and extension (VOC's image id, YOLO's label file name).
+    """
     return os.path.splitext(os.path.basename(record["file_name"]))[0]
 
 
 def place_image(src: str, dst: str) -> None:
-    """Put the image ``src`` at ``dst``: hard-linked where possible (no copy of the pixels), else copied."""
+    """
+    Put the image ``src`` at ``dst``: hard-linked where possible (no copy of the
+    pixels), else copied.
+    """
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if os.path.exists(dst):
         os.remove(dst)

@@ -71,7 +71,8 @@ def _load_json(path: str) -> Dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(content.get(key), list):
             raise DatasetError(
-                f"{path}: no {key!r} list (a COCO detection json has images, annotations, categories)"
+                f"{path}: no {key!r} list "
+                "(a COCO detection json has images, annotations, categories)"
             )
     return content
 
@@ -134,7 +135,9 @@ def _check_categories(json_file: str, content: Dict, problems: DatasetProblems) 
 def _check_images(
     json_file: str, content: Dict, image_root: str, problems: DatasetProblems
 ) -> Dict[object, str]:
-    """The image ids (to where they are listed); each image must exist at the size the json gives."""
+    """
+    The image ids (to where they are listed); each image must exist at the size the json gives.
+    """
     ids: Dict[object, str] = {}
     file_names: Dict[str, str] = {}
     for i, im in enumerate(content["images"]):
@@ -240,7 +243,10 @@ def write(
     classes: Sequence[str],
     dataset_ids: Optional[Sequence[int]] = None,
 ) -> str:
-    """``root/<split>/<image>`` and ``root/annotations/instances_<split>.json``; returns the json's path."""
+    """
+    ``root/<split>/<image>`` and ``root/annotations/instances_<split>.json``;
+    returns the json's path.
+    """
     ids = list(dataset_ids) if dataset_ids is not None else list(range(1, len(classes) + 1))
     images, annotations = [], []
     for image_id, r in enumerate(records, 1):

@@ -142,7 +142,9 @@ def _object_names(xml_path: str) -> Set[str]:
 
 
 def class_names(root: str, split: Optional[str] = None) -> List[str]:
-    """The class file's names, else every object name of the annotations the split files list, sorted."""
+    """
+    The class file's names, else every object name of the annotations the split files list, sorted.
+    """
     path = _class_file(root)
     if path is not None:
         return read_class_file(path)
@@ -156,7 +158,8 @@ def class_names(root: str, split: Optional[str] = None) -> List[str]:
     names.discard("")
     if not names:
         raise DatasetError(
-            f"VOC layout: no object names in the annotations of {root} and no {' or '.join(CLASS_FILES)}"
+            f"VOC layout: no object names in the annotations of {root} "
+            f"and no {' or '.join(CLASS_FILES)}"
         )
     return sorted(names)
 
@@ -181,7 +184,10 @@ def _parse_annotation(
 
 
 def _declared_size(tree: _Node) -> Tuple[Optional[_Node], Optional[Tuple[int, int]]]:
-    """The ``<size>`` node (None if it gives no width and height) and its ``(width, height)`` (None: not numbers)."""
+    """
+    The ``<size>`` node (None if it gives no width and height) and its
+    ``(width, height)`` (None: not numbers).
+    """
     size = tree.find("size")
     if size is None or not size.findtext("width") or not size.findtext("height"):
         return None, None
@@ -194,7 +200,10 @@ def _declared_size(tree: _Node) -> Tuple[Optional[_Node], Optional[Tuple[int, in
 def _image(
     root: str, image_id: str, tree: _Node, xml_path: str, problems: DatasetProblems
 ) -> Optional[Tuple[str, int, int]]:
-    """``(path, width, height)`` of the image of ``xml_path``, checked against its ``<size>``; None if a problem."""
+    """
+    ``(path, width, height)`` of the image of ``xml_path``, checked against its
+    ``<size>``; None if a problem.
+    """
     folder = os.path.join(root, "JPEGImages")
     looked = [os.path.join(folder, image_id + ext) for ext in IMAGE_EXTENSIONS]
     if tree.findtext("filename"):
@@ -219,7 +228,10 @@ def _image(
 
 
 def _box_values(obj: _Node, xml_path: str, problems: DatasetProblems) -> Optional[List[float]]:
-    """``[xmin, ymin, xmax, ymax]`` as the file has them; None (and an error) if one is missing or not a number."""
+    """
+    ``[xmin, ymin, xmax, ymax]`` as the file has them; None (and an error) if
+    one is missing or not a number.
+    """
     box = obj.find("bndbox")
     if box is None:
         problems.error(f"{xml_path}:{obj.line}", "object has no <bndbox>")
@@ -248,7 +260,10 @@ def _annotations(
     source: str,
     problems: DatasetProblems,
 ) -> List[Dict]:
-    """The objects of one annotation file as detectron2 annotations (``index``: class name -> contiguous id)."""
+    """
+    The objects of one annotation file as detectron2 annotations (``index``:
+    class name -> contiguous id).
+    """
     annotations = []
     for obj in tree.findall("object"):
         where, name = f"{xml_path}:{obj.line}", obj.findtext("name", "")
@@ -324,7 +339,8 @@ def _xml(record: Dict, classes: Sequence[str]) -> str:
             f"  <object>\n    <name>{escape(classes[ann['category_id']])}</name>\n"
             f"    <difficult>{int(ann.get('iscrowd', 0))}</difficult>\n    <bndbox>\n"
             f"      <xmin>{x0 + 1:.6f}</xmin>\n      <ymin>{y0 + 1:.6f}</ymin>\n"
-            f"      <xmax>{x1:.6f}</xmax>\n      <ymax>{y1:.6f}</ymax>\n    </bndbox>\n  </object>\n"
+            f"      <xmax>{x1:.6f}</xmax>\n      <ymax>{y1:.6f}</ymax>\n"
+            "    </bndbox>\n  </object>\n"
         )
     return (
         f"<annotation>\n  <filename>{escape(os.path.basename(record['file_name']))}</filename>\n"

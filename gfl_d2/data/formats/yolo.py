@@ -107,7 +107,10 @@ def _yaml_names(path: str, content: Dict) -> List[str]:
 
 
 def class_names(root: str, split: Optional[str] = None) -> List[str]:
-    """The class names, index = YOLO class id: ``data.yaml``'s ``names``, else ``classes.txt`` / ``obj.names``."""
+    """
+    The class names, index = YOLO class id: ``data.yaml``'s ``names``, else
+    ``classes.txt`` / ``obj.names``.
+    """
     path, content = _load_yaml(root)
     if path is not None and "names" in content:
         return _yaml_names(path, content)
@@ -200,7 +203,10 @@ def split_images(root: str, split: str, problems: DatasetProblems) -> List[Tuple
 
 
 def label_path(image: str) -> str:
-    """Ultralytics' rule: the last ``images`` folder of the path becomes ``labels``, the extension ``.txt``."""
+    """
+    Ultralytics' rule: the last ``images`` folder of the path becomes
+    ``labels``, the extension ``.txt``.
+    """
     head, sep, tail = image.rpartition(f"{os.sep}images{os.sep}")
     stem = os.path.splitext(tail if sep else image)[0]
     return f"{head}{os.sep}labels{os.sep}{stem}.txt" if sep else stem + ".txt"
@@ -209,7 +215,10 @@ def label_path(image: str) -> str:
 def _annotation(
     line: str, where: str, width: int, height: int, num_classes: int, problems: DatasetProblems
 ) -> Optional[Dict]:
-    """The annotation of one label line ``class cx cy w h``; None (and an error or a note) if there is none."""
+    """
+    The annotation of one label line ``class cx cy w h``; None (and an error or
+    a note) if there is none.
+    """
     fields = line.split()
     if len(fields) != 5:
         hint = " (a segmentation polygon? only boxes are read)" if len(fields) > 5 else ""
