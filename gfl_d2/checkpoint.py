@@ -1,27 +1,47 @@
 """
 detectron2's checkpointer, made to say what it could not load and why, and
-the checks built on that: weights that evaluate a detector must hold its
-head; fine-tuning from a checkpoint keeps that checkpoint's box layer.
+the one policy for loading weights to evaluate, export or run a detector
+(:func:`load_trained_weights`): every tensor of the detector outside its
+backbone must be loaded, and an MMDetection checkpoint is sent to the
+converter. Fine-tuning from a checkpoint keeps that checkpoint's box layer
+(:func:`holds_layer`).
 """
 
 import logging
 import os
-from typing import List
-from urllib.parse import urlparse
+from typing import List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .detectron2_internals import read_checkpoint_file
 from .devices import unwrap
+from .errors import WeightsError
 
 __all__ = [
     "CheckedCheckpointer",
-    "refuse_untrained_evaluation",
+    "load_trained_weights",
     "require_trained_head",
     "holds_layer",
+    "CONVERT_HINT",
 ]
 
 logger = logging.getLogger(__name__)
+
+CONVERT_HINT = "convert it first: python tools/convert_mmdet_checkpoint.py IN.pth OUT.pth"
+# the top-level modules of MMDetection's dense detectors, by which its state dicts are known
+_MMDET_PREFIXES = ("bbox_head.", "neck.")
+
+
+def _mmdet_refusal(keys: List[str]) -> Optional[str]:
+    """The refusal for a state dict of MMDetection's layout (None: not one)."""
+    if not any(k.startswith(_MMDET_PREFIXES) for k in keys):
+        return None
+    sample = [k for k in keys if k.startswith(_MMDET_PREFIXES)][:2]
+    return (
+        f"it is an MMDetection checkpoint (its keys look like {sample}), which gfl-d2's "
+        f"model reads only after conversion: {CONVERT_HINT}"
+    )
 
 
 class CheckedCheckpointer(DetectionCheckpointer):
@@ -36,42 +56,76 @@ class CheckedCheckpointer(DetectionCheckpointer):
 
     _incompatible = None
 
+    # fvcore's hook for reading a file (detectron2's DetectionCheckpointer overrides it too)
     def _load_file(self, filename: str):
         try:
             return super()._load_file(filename)
         except Exception as e:
-            raise RuntimeError(
+            raise WeightsError(
                 f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}. "
                 "Is the file complete (not truncated) and a PyTorch / detectron2 checkpoint?"
             ) from e
 
+    # fvcore's hook for loading the state dict into the model
     def _load_model(self, checkpoint):
         model_state = checkpoint.get("model")
         if not isinstance(model_state, dict) or not model_state:
-            raise RuntimeError("The checkpoint holds no model weights (no 'model' state dict)")
+            raise WeightsError("The checkpoint holds no model weights (no 'model' state dict)")
+        wrapped = model_state.get("state_dict")  # a checkpoint saved by MMDetection / mmengine
+        mmdet = _mmdet_refusal(list(wrapped) if isinstance(wrapped, dict) else list(model_state))
+        if mmdet:
+            raise WeightsError(f"The checkpoint cannot be loaded: {mmdet}")
         not_tensors = [k for k, v in model_state.items() if not hasattr(v, "shape")]
         if not_tensors:
-            raise RuntimeError(
-                f"The checkpoint holds no model weights: its entries {not_tensors[:3]} are not tensors"
+            raise WeightsError(
+                "The checkpoint holds no model weights: its entries "
+                f"{not_tensors[:3]} are not tensors"
             )
+        self._unexpected = [k for k in model_state if k not in self.model.state_dict()]
         incompatible = super()._load_model(checkpoint)
         self._incompatible = incompatible
         self._log_reinitialised(incompatible.incorrect_shapes)
         expected = set(self.model.state_dict().keys())
         if expected and not (expected - set(self.not_loaded())):
             sample = sorted(model_state)[:3]
-            raise RuntimeError(
-                f"None of the checkpoint's {len(model_state)} tensors fits this {type(unwrap(self.model)).__name__} "
-                f"model (checkpoint keys look like {sample}): it is a checkpoint of another architecture"
+            raise WeightsError(
+                f"None of the checkpoint's {len(model_state)} tensors fits this "
+                f"{type(unwrap(self.model)).__name__} model (checkpoint keys look like "
+                f"{sample}): it is a checkpoint of another architecture"
             )
         return incompatible
 
     def not_loaded(self) -> List[str]:
-        """The model's tensors the last load left at their initialisation (absent, or of another shape)."""
+        """
+        The model's tensors the last load left at their initialisation (absent,
+        or of another shape).
+        """
         if self._incompatible is None:
             return []
         inc = self._incompatible
         return sorted(set(inc.missing_keys) | {k for k, _, _ in inc.incorrect_shapes})
+
+    def load_problems(self) -> List[str]:
+        """
+        What the last load did not do, in words (empty: every tensor of the model
+        loaded and the checkpoint held no other): missing weights, weights the model
+        does not have, weights of another shape.
+        """
+        if self._incompatible is None:
+            return []
+        inc, problems = self._incompatible, []
+        if inc.missing_keys:
+            problems.append(f"missing weights: {', '.join(inc.missing_keys[:8])}")
+        unexpected = getattr(self, "_unexpected", [])
+        if unexpected:
+            problems.append(f"weights the model does not have: {', '.join(unexpected[:8])}")
+        if inc.incorrect_shapes:
+            shapes = ", ".join(
+                f"{k} {tuple(a)} in the checkpoint, {tuple(b)} in the model"
+                for k, a, b in inc.incorrect_shapes[:8]
+            )
+            problems.append(f"weights of another shape: {shapes}")
+        return problems
 
     def _log_reinitialised(self, incorrect_shapes) -> None:
         """Say which tensors keep their fresh initialisation (shape differs from the checkpoint's), and why."""
@@ -99,64 +153,63 @@ class CheckedCheckpointer(DetectionCheckpointer):
         )
 
 
-def refuse_untrained_evaluation(weights: str, given: bool, setting: str) -> None:
-    """
-    Before ``--eval-only`` builds anything: SystemExit when ``weights`` are
-    none, or the ones the config trains from (not ``given`` on the command
-    line, or an ImageNet backbone, as the COCO configs start from), which
-    would evaluate an untrained head. ``setting`` is how the weights are set,
-    e.g. ``"train.init_checkpoint="`` or ``"MODEL.WEIGHTS "``.
-    """
-    how = f"pass the weights of a trained model: {setting}/path/to/model_final.pth"
-    if not weights:
-        raise SystemExit(f"error: --eval-only needs weights: {how}")
-    if "ImageNetPretrained" in weights or not given:
-        raise SystemExit(
-            f"error: --eval-only with {setting}{weights}, the weights this config trains from "
-            "(an ImageNet backbone), would evaluate a detector whose head is untrained: "
-            f"{how} (a published MMDetection checkpoint: convert it first with tools/convert_mmdet_checkpoint.py)"
-        )
-
-
 def require_trained_head(
     checkpointer: CheckedCheckpointer,
     path: str,
     how: str = "train.init_checkpoint=/path/to/model_final.pth",
 ) -> None:
     """
-    After loading weights to evaluate with: SystemExit naming the tensors of
-    the detector outside its backbone (the head) that ``path`` did not hold,
-    which an evaluation would run at their random initialisation. ``how``
-    says how to give other weights.
+    After loading weights to evaluate, export or run with: :class:`WeightsError`
+    naming the tensors of the detector outside its backbone (the head) that
+    ``path`` did not hold, which would run at their random initialisation.
+    ``how`` says how to give other weights.
     """
-    head = [
+    plain = [
         k[len("module.") :] if k.startswith("module.") else k for k in checkpointer.not_loaded()
     ]
-    head = [k for k in head if not k.startswith("backbone.")]
+    head = [k for k in plain if not k.startswith("backbone.")]
     if not head:
         return
     shown = ", ".join(head[:6]) + (f" and {len(head) - 6} more" if len(head) > 6 else "")
-    raise SystemExit(
-        f"error: {path} holds no trained weights for {len(head)} tensor(s) of the detector's head ({shown}): "
-        "evaluating would measure a head at its random initialisation. Give the weights of a trained model: "
-        f"{how} (a published MMDetection checkpoint: convert it first with tools/convert_mmdet_checkpoint.py)"
+    raise WeightsError(
+        f"{path} holds no trained weights for {len(head)} tensor(s) of the detector's head "
+        f"({shown}): the detector would run a head at its random initialisation. Give the "
+        f"weights of a trained model: {how} (a published MMDetection checkpoint: "
+        f"{CONVERT_HINT})"
     )
+
+
+def load_trained_weights(
+    model: torch.nn.Module, path: str, how: str = "train.init_checkpoint=/path/to/model.pth"
+) -> CheckedCheckpointer:
+    """
+    The one way to load the weights a detector is evaluated, exported or run
+    with: ``path`` into ``model`` (:class:`CheckedCheckpointer`), then
+    :func:`require_trained_head`. Raises :class:`WeightsError` for no weights, a
+    file that cannot be read, an MMDetection checkpoint (to be converted) or a
+    head left untrained. ``how`` says how to give other weights.
+    """
+    if not path:
+        raise WeightsError(f"no weights given: {how}")
+    checkpointer = CheckedCheckpointer(model)
+    checkpointer.load(path, checkpointables=[])
+    require_trained_head(checkpointer, path, how)
+    return checkpointer
 
 
 def holds_layer(path: str, model: torch.nn.Module, key: str) -> bool:
     """
     Whether the checkpoint ``path`` holds ``key`` with the shape it has in
     ``model``, so that loading it would keep that trained layer (False for
-    no path, a file that cannot be read here, or an ImageNet backbone).
+    no path, a file that cannot be read here, or one without that layer).
     """
-    if not path or "ImageNetPretrained" in path:
+    if not path:
         return False
     shape = unwrap(model).state_dict()[key].shape if key in unwrap(model).state_dict() else None
     reader = DetectionCheckpointer(torch.nn.Module())
     try:
         local = path if os.path.isfile(path) else reader.path_manager.get_local_path(path)
-        reader._parsed_url_during_load = urlparse(local)  # what load() sets before reading a file
-        state = reader._load_file(local)
+        state = read_checkpoint_file(reader, local)
     except Exception:  # the load itself will say what is wrong with the file
         return False
     state = state.get("model", state) if isinstance(state, dict) else {}

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .errors import UsageError
+
 __all__ = [
     "ConversionError",
     "ConversionReport",
@@ -42,7 +44,7 @@ DGQP_KEYS = (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(UsageError, ValueError):
     """The checkpoint is not one this converter understands."""
 
 

@@ -15,7 +15,8 @@ from detectron2.config import instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
 
-from .checkpoint import CheckedCheckpointer
+from .checkpoint import load_trained_weights
+from .errors import ExportMismatchError, UsageError
 from .predictor import test_time_augmentations, to_model_input
 
 __all__ = ["export", "verify", "sample_input", "BOX_TOL", "SCORE_TOL"]
@@ -40,12 +41,12 @@ def inference(model, inputs):
 
 
 def _load_for_export(cfg, device: str, keep_box_distributions: bool):
-    """The config's model on ``device``, in eval mode, with its weights (``train.init_checkpoint``)."""
+    """
+    The config's model on ``device``, in eval mode, with the trained weights of
+    ``train.init_checkpoint`` (:func:`~gfl_d2.checkpoint.load_trained_weights`).
+    """
     model = instantiate(cfg.model).to(device).eval()
-    if cfg.train.init_checkpoint:
-        CheckedCheckpointer(model).load(cfg.train.init_checkpoint)
-    else:
-        logger.warning("no train.init_checkpoint: exporting randomly initialised weights")
+    load_trained_weights(model, cfg.train.init_checkpoint)
     if not keep_box_distributions:
         model.output_box_distributions = False
     return model
@@ -96,12 +97,12 @@ def export(
         (path of the exported model, the check's report)
     """
     if method == "scripting":
-        raise ValueError(
-            "error: --export-method scripting is not supported for GFL: detectron2 can script only models whose "
+        raise UsageError(
+            "--export-method scripting is not supported for GFL: detectron2 can script only models whose "
             "outputs are typed Instances (GeneralizedRCNN); use --export-method tracing"
         )
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available")
+        raise UsageError("device cuda requested but CUDA is not available")
     model = _load_for_export(cfg, device, keep_box_distributions)
     image = sample_input(cfg, sample_image).to(device)
     adapter = TracingAdapter(model, [{"image": image}], inference)
@@ -165,7 +166,10 @@ def eager_reference(model, image, device):
 
 
 def verify(model, path, fmt, image, fields):
-    """Compare the exported model with the eager one on ``image``; SystemExit if they disagree."""
+    """
+    Compare the exported model with the eager one on ``image``;
+    :class:`~gfl_d2.errors.ExportMismatchError` if they disagree.
+    """
     image = image.round()  # an image as the loader gives it
     outs, runtime, device = run_exported(path, fmt, image)
     outs = dict(zip(fields, outs))
@@ -176,8 +180,8 @@ def verify(model, path, fmt, image, fields):
         eager.pred_classes.numpy(),
     )
     if outs["pred_boxes"].shape != boxes.shape:
-        raise SystemExit(
-            f"error: export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager"
+        raise ExportMismatchError(
+            f"export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager"
         )
     report = dict(
         detections=int(len(boxes)),
@@ -202,5 +206,5 @@ def verify(model, path, fmt, image, fields):
         f"export check at {tuple(image.shape[-2:])}: {report} -> {'OK' if ok else 'MISMATCH'}"
     )
     if not ok:
-        raise SystemExit(f"error: the exported model disagrees with the eager model: {report}")
+        raise ExportMismatchError(f"the exported model disagrees with the eager model: {report}")
     return report

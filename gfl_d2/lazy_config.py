@@ -14,6 +14,8 @@ from typing import Dict, Optional, Sequence
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
+from .errors import ConfigError
+
 __all__ = [
     "load_lazy_config",
     "check_overrides",
@@ -88,20 +90,20 @@ def check_overrides(cfg, overrides: Sequence[str]) -> None:
 
 def load_lazy_config(path: str, overrides: Sequence[str] = (), resolve: bool = True):
     """
-    ``LazyConfig.load`` + ``apply_overrides``, refusing (SystemExit with the
-    reason) a missing file, an override of a key that does not exist or a
+    ``LazyConfig.load`` + ``apply_overrides``, refusing (:class:`ConfigError`
+    with the reason) a missing file, an override of a key that does not exist or a
     mandatory value left unset; with ``resolve``, a dataset's number of
     classes is filled in (:func:`resolve_num_classes`).
     """
     from detectron2.config import LazyConfig
 
     if not os.path.isfile(path):
-        raise SystemExit(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}")
     cfg = LazyConfig.load(path)
     try:
         check_overrides(cfg, overrides)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {e.args[0]}")
+        raise ConfigError(e.args[0]) from None
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
     check_mandatory(cfg, path)
     if resolve:
@@ -117,7 +119,7 @@ _MANDATORY_HINTS = {
 
 
 def check_mandatory(cfg, path: str = "the config") -> None:
-    """SystemExit naming every mandatory value (``???``) the config leaves unset, and how to set it."""
+    """:class:`ConfigError` naming every mandatory value (``???``) left unset, and how to set it."""
     from omegaconf import OmegaConf
 
     # unresolved, so that an interpolation of a missing value is not itself an error
@@ -128,7 +130,7 @@ def check_mandatory(cfg, path: str = "the config") -> None:
 
 def refuse_missing_values(tree, path: str, hints: Dict[str, str], form: str) -> None:
     """
-    SystemExit naming every ``"???"`` in the nested dicts and lists ``tree``
+    :class:`ConfigError` naming every ``"???"`` in the nested dicts and lists ``tree``
     (a LazyConfig as a container, a yacs ``CfgNode``), each with its hint from
     ``hints`` or ``form`` (``"{key}=..."``) filled in.
     """
@@ -151,7 +153,7 @@ def refuse_missing_values(tree, path: str, hints: Dict[str, str], form: str) -> 
     missing = sorted(walk(tree, ""))
     if missing:
         lines = "\n  ".join(f"{k}: {hints.get(k, 'add ' + form.format(key=k))}" for k in missing)
-        raise SystemExit(f"error: {path} needs a value for {', '.join(missing)}:\n  {lines}")
+        raise ConfigError(f"{path} needs a value for {', '.join(missing)}:\n  {lines}")
 
 
 def _is_lazy_call(node) -> bool:
@@ -166,8 +168,6 @@ def prepare_datasets(cfg) -> None:
     """
     from detectron2.config import instantiate
 
-    from .data import DatasetError
-
     loaders = cfg.get("dataloader") if hasattr(cfg, "get") else None
     for split in ("train", "test"):
         dataset = (
@@ -175,10 +175,7 @@ def prepare_datasets(cfg) -> None:
         )
         names = dataset.get("names", None) if isinstance(dataset, DictConfig) else None
         if _is_lazy_call(names):
-            try:
-                dataset.names = instantiate(names)
-            except DatasetError as e:
-                raise SystemExit(f"error: {e}")
+            dataset.names = instantiate(names)  # a broken dataset raises DatasetError
 
 
 def resolve_num_classes(cfg) -> None:
@@ -193,14 +190,7 @@ def resolve_num_classes(cfg) -> None:
         return
     from detectron2.config import instantiate
 
-    try:
-        num_classes = int(instantiate(node))
-    except Exception as e:
-        from .data import DatasetError
-
-        if isinstance(e, DatasetError):
-            raise SystemExit(f"error: {e}")
-        raise
+    num_classes = int(instantiate(node))  # a broken dataset raises DatasetError
     cfg.model.num_classes = num_classes
     root = node.get("root", None)
     logger.info(

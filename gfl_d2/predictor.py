@@ -6,12 +6,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from .checkpoint import load_trained_weights
+from .cpu_inference import for_cpu_inference
 from .data.folder_dataset import IMAGE_EXTENSIONS
 from .devices import resolve_device
 
@@ -70,18 +71,19 @@ def to_model_input(image: np.ndarray, augmentations: T.AugmentationList) -> torc
 
 class LazyPredictor:
     """
-    Builds ``cfg.model``, loads ``weights`` (default ``cfg.train.init_checkpoint``)
+    Builds ``cfg.model``, loads the trained ``weights`` (default
+    ``cfg.train.init_checkpoint``; :func:`~gfl_d2.checkpoint.load_trained_weights`)
     and runs it on single images with the test-time resize of
-    ``cfg.dataloader.test.mapper``.
+    ``cfg.dataloader.test.mapper``; ``cfg.train.cpu_inference`` ("frozen")
+    applies on the CPU (:mod:`gfl_d2.cpu_inference`).
     """
 
     def __init__(self, cfg, weights: Optional[str] = None):
         device = resolve_device(cfg.train.get("device", "cuda"))
-        self.model = instantiate(cfg.model).to(device).eval()
+        model = instantiate(cfg.model).to(device).eval()
         weights = weights if weights is not None else cfg.train.init_checkpoint
-        if not weights:
-            raise ValueError("no weights given: set train.init_checkpoint=/path/to/model.pth")
-        DetectionCheckpointer(self.model).load(weights)
+        load_trained_weights(model, weights)
+        self.model = for_cpu_inference(model, cfg.train.get("cpu_inference", "eager")).eval()
         self.augmentations, self.input_format = test_time_augmentations(cfg)
 
     @torch.no_grad()

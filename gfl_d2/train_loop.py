@@ -7,7 +7,6 @@ import math
 
 import torch
 from detectron2.engine import train_loop
-from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
 
 __all__ = ["SimpleTrainer", "AMPTrainer", "clip_gradients"]
 
@@ -15,6 +14,7 @@ __all__ = ["SimpleTrainer", "AMPTrainer", "clip_gradients"]
 class _NameNonFiniteLosses:
     """On detectron2's non-finite-loss error, also name the terms that are not finite."""
 
+    # detectron2's protected step (gfl_d2.detectron2_internals): no public hook sees loss_dict
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
         try:
             super()._write_metrics(loss_dict, data_time, prefix, iter)
@@ -45,18 +45,17 @@ def clip_gradients(
     """
     Make ``optimizer`` clip the gradients of all its parameters before each
     step: by global norm (``clip_type="norm"``) or by value (``"value"``), with
-    detectron2's optimizer wrapper.
+    torch's public ``Optimizer.register_step_pre_hook``.
     """
-    if clip_type == "norm":
-
-        def clipper(params):
-            torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type)
-    elif clip_type == "value":
-
-        def clipper(params):
-            torch.nn.utils.clip_grad_value_(params, clip_value)
-    else:
+    if clip_type not in ("norm", "value"):
         raise ValueError(f"clip_type must be 'norm' or 'value', got {clip_type!r}")
-    cls = _generate_optimizer_class_with_gradient_clipping(type(optimizer), global_clipper=clipper)
-    optimizer.__class__ = cls
+
+    def clip(opt, args, kwargs):
+        params = [p for group in opt.param_groups for p in group["params"]]
+        if clip_type == "norm":
+            torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type)
+        else:
+            torch.nn.utils.clip_grad_value_(params, clip_value)
+
+    optimizer.register_step_pre_hook(clip)
     return optimizer

@@ -1,9 +1,13 @@
 """
 The LazyConfig entry point, in the manner of detectron2's
 ``tools/lazyconfig_train_net.py``: training and evaluation loops, with the
-training data checked before training starts and the fit of GFL's bins to it
-logged. ``--eval-only`` refuses weights that would leave the head untrained.
-``tools/train_net.py`` and ``python -m gfl_d2.training`` run :func:`invoke_main`.
+training data checked before training starts (and each batch's ground truth
+as it enters, for GFL), the fit of GFL's bins to it logged, and a config's
+``distillation`` teacher wrapped around the model for training only.
+``--eval-only`` loads weights by the one policy of
+:func:`gfl_d2.checkpoint.load_trained_weights`. ``tools/train_net.py`` runs
+:func:`invoke_main`; errors in what was asked are raised as
+:class:`gfl_d2.errors.UsageError` for it to print.
 """
 
 import logging
@@ -20,17 +24,17 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
 from .bins import log_bin_fit
-from .checkpoint import (
-    CheckedCheckpointer,
-    holds_layer,
-    refuse_untrained_evaluation,
-    require_trained_head,
-)
+from .checkpoint import CheckedCheckpointer, holds_layer, load_trained_weights
+from .cpu_inference import for_cpu_inference
 from .data import check_dataset_dicts
+from .data.ground_truth import CheckedGroundTruth
 from .devices import create_ddp_model, describe_device, resolve_device
+from .errors import UsageError
 from .evaluation import CountIterations
-from .lazy_config import load_lazy_config, overridden, prepare_datasets, resolve_num_classes
+from .lazy_config import load_lazy_config, prepare_datasets, resolve_num_classes
 from .model_zoo import DEFAULT_CONFIG
+from .modeling import GFL
+from .teacher import distill_from_lazy_config
 from .train_loop import AMPTrainer, SimpleTrainer, clip_gradients
 
 __all__ = [
@@ -51,9 +55,14 @@ logger = logging.getLogger("detectron2")
 
 
 def do_test(cfg, model):
-    # dataloader.evaluator=None: train only (tools/ablation.py evaluates separately)
+    """
+    Evaluate ``model`` on ``dataloader.test`` (on the CPU through the frozen
+    backend with ``train.cpu_inference="frozen"``); ``dataloader.evaluator=None``:
+    train only (tools/ablation.py evaluates separately).
+    """
     if cfg.dataloader.get("evaluator") is None:
         return {}
+    model = for_cpu_inference(model, cfg.train.get("cpu_inference", "eager"))
     ret = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
@@ -97,9 +106,14 @@ def build_train_loader(cfg, model=None, weights: str = ""):
         )
         if sample and checks_bins and comm.is_main_process():
             fixed_by = weights if holds_layer(weights, model, BOX_LAYER) else None
-            log_bin_fit(model, dataset, kwargs["mapper"], sample, fixed_by)
+            output_dir = cfg.train.output_dir
+            log_bin_fit(model, dataset, kwargs["mapper"], sample, fixed_by, output_dir=output_dir)
         target = loader_cfg._target_
-        return (locate(target) if isinstance(target, str) else target)(dataset=dataset, **kwargs)
+        loader = (locate(target) if isinstance(target, str) else target)(dataset=dataset, **kwargs)
+        # GFL's batches are checked as they enter (class ids, non-finite and empty boxes)
+        return CheckedGroundTruth(loader, model.num_classes) if isinstance(model, GFL) else loader
+    except UsageError:
+        raise
     except Exception as e:
         files = [
             MetadataCatalog.get(n).get("json_file", None)
@@ -117,7 +131,10 @@ def build_train_loader(cfg, model=None, weights: str = ""):
 
 
 def starting_weights(cfg, resume: bool) -> str:
-    """The checkpoint a run loads: its own last one when resuming with one, else ``train.init_checkpoint``."""
+    """
+    The checkpoint a run loads: its own last one when resuming with one, else
+    ``train.init_checkpoint``.
+    """
     last = os.path.join(cfg.train.output_dir, "last_checkpoint")
     if resume and os.path.isfile(last):
         with open(last) as f:
@@ -125,11 +142,8 @@ def starting_weights(cfg, resume: bool) -> str:
     return cfg.train.init_checkpoint
 
 
-def do_train(cfg, resume: bool = False):
-    model = instantiate(cfg.model)
-    logger.info("Model:\n{}".format(model))
-    model.to(cfg.train.device)
-
+def build_optimizer(cfg, model):
+    """``cfg.optimizer`` over ``model``'s parameters, with ``train.clip_grad`` if enabled."""
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     clip = cfg.train.get("clip_grad", None)
@@ -140,40 +154,51 @@ def do_train(cfg, resume: bool = False):
             clip.get("clip_value", 35.0),
             clip.get("norm_type", 2.0),
         )
+    return optim
+
+
+def build_hooks(cfg, trainer, checkpointer, model):
+    """detectron2's hooks of a LazyConfig run; ``model`` is what the evaluation runs."""
+    main_process = comm.is_main_process()
+    evaluates = cfg.train.eval_period > 0 and cfg.dataloader.get("evaluator") is not None
+    writers = default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    return [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+        if main_process
+        else None,
+        CountIterations(),  # names the evaluation's pictures by the iterations done
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        # evaluating periodically: keep the best weights by bbox AP as model_best.pth
+        hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", mode="max")
+        if main_process and evaluates
+        else None,
+        hooks.PeriodicWriter(writers, period=cfg.train.log_period) if main_process else None,
+    ]
+
+
+def do_train(cfg, resume: bool = False):
+    """
+    Train ``cfg.model``; with a ``distillation`` node, the trainer runs the model
+    taught by its teacher (:func:`gfl_d2.teacher.distill_from_lazy_config`), while
+    the optimizer, the checkpoints and the evaluation see the model alone.
+    """
+    model = instantiate(cfg.model)
+    logger.info("Model:\n{}".format(model))
+    model.to(cfg.train.device)
+    optim = build_optimizer(cfg, model)
     train_loader = build_train_loader(cfg, model, starting_weights(cfg, resume))
-
-    model = create_ddp_model(model, **cfg.train.ddp)
+    trained = distill_from_lazy_config(cfg, model) or model
+    trained = create_ddp_model(trained, **cfg.train.ddp)
     if cfg.train.amp.enabled:
-        # train.amp.precision: "float16" (default) or "bfloat16"; the GFL losses compute in fp32 either way
+        # train.amp.precision: "float16" (default) or "bfloat16"; the GFL losses compute in fp32
         precision = getattr(torch, cfg.train.amp.get("precision", "float16"))
-        trainer = AMPTrainer(model, train_loader, optim, precision=precision)
+        trainer = AMPTrainer(trained, train_loader, optim, precision=precision)
     else:
-        trainer = SimpleTrainer(model, train_loader, optim)
+        trainer = SimpleTrainer(trained, train_loader, optim)
     checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
-            CountIterations(),  # names the evaluation's pictures by the iterations done
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            # evaluating periodically: keep the best weights by bbox AP as model_best.pth
-            hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", mode="max")
-            if comm.is_main_process()
-            and cfg.train.eval_period > 0
-            and cfg.dataloader.get("evaluator") is not None
-            else None,
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
-            else None,
-        ]
-    )
-
+    trainer.register_hooks(build_hooks(cfg, trainer, checkpointer, model))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # the checkpoint stores the iteration that just finished
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
@@ -184,11 +209,6 @@ def setup(args):
     # with no --config-file: the embedded dataset and a small GFL that trains on a CPU
     args.config_file = args.config_file or DEFAULT_CONFIG
     cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
-    if args.eval_only:
-        weights = cfg.train.get("init_checkpoint", "")
-        refuse_untrained_evaluation(
-            weights, overridden(args.opts, "train.init_checkpoint"), "train.init_checkpoint="
-        )
     cfg.train.device = resolve_device(cfg.train.get("device", "cuda"))
     # gfl_d2's own log lines (dataset checks, bins) go where detectron2's go
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="gfl_d2")
@@ -202,7 +222,7 @@ def setup(args):
 def main(args):
     result = run(args)
     if comm.get_world_size() > 1:
-        # leave together and close the process group, so that no gloo/NCCL thread is torn down mid-use
+        # leave together and close the process group: no gloo/NCCL thread is torn down mid-use
         comm.synchronize()
         torch.distributed.destroy_process_group()
     return result
@@ -210,20 +230,20 @@ def main(args):
 
 def run(args):
     cfg = setup(args)
-    if args.eval_only:
+    if args.eval_only:  # the model alone (a distillation config's student)
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        model = create_ddp_model(model)
-        checkpointer = CheckedCheckpointer(model)
-        checkpointer.load(cfg.train.init_checkpoint)
-        require_trained_head(checkpointer, cfg.train.init_checkpoint)
-        return do_test(cfg, model)
+        load_trained_weights(model, cfg.train.init_checkpoint)
+        return do_test(cfg, create_ddp_model(model))
     do_train(cfg, resume=args.resume)
     # final evaluation results are printed by the EvalHook after the last iteration
 
 
 def invoke_main(main_func=None):
-    """Parse detectron2's default arguments and ``launch`` ``main_func`` (default :func:`main`) on every worker."""
+    """
+    Parse detectron2's default arguments and ``launch`` ``main_func`` (default
+    :func:`main`) on every worker.
+    """
     args = default_argument_parser().parse_args()
     launch(
         main_func or main,

@@ -112,9 +112,10 @@ def test_ld_loss_follows_mmdetections_reduction():
     captured = {}
     original = distiller.student.box_losses
 
-    def spy(pos, pred_logits, dgqp_logits, ctr_targets, teacher_pos=None, distillation=None):
+    def spy(pos, pred_logits, dgqp_logits, ctr_targets, distillation=None):
+        teacher_pos = torch.cat(distillation.box_regs, dim=1)[pos.img, pos.anchor]
         captured.update(pos=pos, pred_logits=pred_logits, teacher_pos=teacher_pos)
-        return original(pos, pred_logits, dgqp_logits, ctr_targets, teacher_pos, distillation)
+        return original(pos, pred_logits, dgqp_logits, ctr_targets, distillation)
 
     distiller.student.box_losses = spy
     losses, _ = train_step(distiller, two_image_batch())

@@ -13,6 +13,7 @@ weights).
 
 import logging
 import os
+import sys
 
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
@@ -20,6 +21,7 @@ from PIL import Image
 
 import gfl_d2  # noqa: F401,E402
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
+from gfl_d2.errors import UsageError
 from gfl_d2.predictor import LazyPredictor, dataset_metadata, list_images
 
 
@@ -35,8 +37,6 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = setup_config(args)
     logger = logging.getLogger("detectron2")
-    if not cfg.train.init_checkpoint:
-        raise SystemExit("no weights: pass train.init_checkpoint=/path/to/model.pth")
     predictor = LazyPredictor(cfg)
     metadata = dataset_metadata(cfg)
     os.makedirs(args.output, exist_ok=True)
@@ -53,4 +53,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (UsageError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -18,7 +18,10 @@ input format (RGB for the GFL configs) already resized as the test mapper does
 ``--keep-box-distributions``). Height and width are dynamic.
 """
 
+import sys
+
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
+from gfl_d2.errors import UsageError
 from gfl_d2.export import export
 
 
@@ -44,20 +47,20 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup_config(args)
-    try:
-        return export(
-            cfg,
-            args.output,
-            args.format,
-            args.export_method,
-            args.device,
-            args.sample_image,
-            args.keep_box_distributions,
-            args.config_file,
-        )
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    return export(
+        cfg,
+        args.output,
+        args.format,
+        args.export_method,
+        args.device,
+        args.sample_image,
+        args.keep_box_distributions,
+        args.config_file,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UsageError as e:
+        sys.exit(f"error: {e}")

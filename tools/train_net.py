@@ -13,7 +13,13 @@ Without a GPU the model runs on the CPU (``--num-gpus K`` then starts K CPU
 processes that communicate with gloo).
 """
 
+import sys
+
+from gfl_d2.errors import UsageError
 from gfl_d2.training import invoke_main
 
 if __name__ == "__main__":
-    invoke_main()
+    try:
+        invoke_main()
+    except UsageError as e:  # a config, weights or data to fix: the message says what
+        sys.exit(f"error: {e}")

@@ -10,12 +10,14 @@ import logging
 from collections import Counter
 from typing import Dict, Hashable, List, Optional
 
+from ..errors import UsageError
+
 __all__ = ["DatasetError", "DatasetProblems"]
 
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError, ValueError):
     """The dataset is wrong (not merely degenerate): it must be fixed before training."""
 
 
