@@ -179,6 +179,20 @@ def require_trained_head(
     )
 
 
+def _fetch(checkpointer: DetectionCheckpointer, path: str, how: str) -> str:
+    """The local file of ``path`` (a file, or a URL fetched into the cache); WeightsError if none."""
+    if os.path.isfile(path):
+        return path
+    if "://" not in path:
+        raise WeightsError(f"checkpoint not found: {path}; {how}")
+    try:
+        return checkpointer.path_manager.get_local_path(path)
+    except Exception as e:
+        raise WeightsError(
+            f"cannot fetch {path} ({type(e).__name__}: {e}); give a local file: {how}"
+        ) from None
+
+
 def load_trained_weights(
     model: torch.nn.Module, path: str, how: str = "train.init_checkpoint=/path/to/model.pth"
 ) -> CheckedCheckpointer:
@@ -192,6 +206,7 @@ def load_trained_weights(
     if not path:
         raise WeightsError(f"no weights given: {how}")
     checkpointer = CheckedCheckpointer(model)
+    _fetch(checkpointer, path, how)
     checkpointer.load(path, checkpointables=[])
     require_trained_head(checkpointer, path, how)
     return checkpointer

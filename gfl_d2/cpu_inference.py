@@ -135,6 +135,7 @@ class FrozenCPUDetector(nn.Module):
     def __init__(self, detector: nn.Module):
         super().__init__()
         self.detector = detector
+        self.train(detector.training)  # the wrapper starts in the detector's mode
         self._frozen = FrozenCPUInference(
             detector.backbone, detector.head, detector.head_in_features
         )
@@ -146,7 +147,7 @@ class FrozenCPUDetector(nn.Module):
     def runs_frozen(self) -> bool:
         """Whether a call now runs the frozen backbone and head."""
         return (
-            not self.training
+            not self.detector.training
             and self.detector.device.type == "cpu"
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")

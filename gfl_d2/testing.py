@@ -41,8 +41,30 @@ TINY_OVERRIDES = [
 ]
 
 
-def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
-    """A small ResNet-18/GN FPN GFL that runs quickly on CPU (P3-P7)."""
+def tiny_gfl_config(
+    num_classes=3,
+    reg_max=16,
+    channels=64,
+    num_convs=1,
+    quality="joint",
+    box_representation="distribution",
+):
+    """
+    A small ResNet-18/GN FPN GFL that runs quickly on CPU (P3-P7). ``quality``
+    is the head's; ``box_representation`` chooses its box transform:
+    "distribution" (n = ``reg_max``) or "dirac" (which has no distributions to
+    output, so ``output_box_distributions`` is off).
+    """
+    from .modeling import DiracBox2BoxTransform
+
+    if box_representation == "distribution":
+        transform = L(DistributionBox2BoxTransform)(reg_max=reg_max)
+    elif box_representation == "dirac":
+        transform = L(DiracBox2BoxTransform)(anchor_scale=8.0)
+    else:
+        raise ValueError(
+            f"box_representation must be 'distribution' or 'dirac', got {box_representation!r}"
+        )
     return L(GFL)(
         backbone=L(FPN)(
             bottom_up=L(ResNet)(
@@ -60,8 +82,8 @@ def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
             num_classes="${..num_classes}",
             conv_dims=[channels] * num_convs,
             norm="GN",
-            box2box_transform=L(DistributionBox2BoxTransform)(reg_max=reg_max),
-            quality="joint",
+            box2box_transform=transform,
+            quality=quality,
         ),
         anchor_generator=L(DefaultAnchorGenerator)(
             sizes=[[64], [128], [256], [512], [1024]],
@@ -72,6 +94,7 @@ def tiny_gfl_config(num_classes=3, reg_max=16, channels=64, num_convs=1):
         anchor_matcher=L(ATSSMatcher)(topk=9),
         head_in_features=["p3", "p4", "p5", "p6", "p7"],
         num_classes=num_classes,
+        output_box_distributions=box_representation == "distribution",
         size_divisibility=32,
         pixel_mean=[128.0, 128.0, 128.0],
         pixel_std=[64.0, 64.0, 64.0],
@@ -140,7 +163,9 @@ def train_step(model, data):
 
 
 def run_tool(args, datasets=None, timeout=600, check=True):
-    """``python <args>`` from the repository root, as a user runs a tool; returns the finished process."""
+    """
+    ``python <args>`` from the repository root, as a user runs a tool; returns the finished process.
+    """
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if datasets is not None:
         env["DETECTRON2_DATASETS"] = str(datasets)

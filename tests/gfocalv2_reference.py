@@ -10,15 +10,17 @@ import os
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from torch import nn
 
 from gfl_d2 import GFL
 from gfl_d2.convert import _rename
-from gfl_d2.modeling import GFLHead
+from gfl_d2.modeling import ATSSMatcher, DistributionBox2BoxTransform, GFLHead
 
 from .mmdet_gfl_reference import FIXTURES
 
 REFERENCE = os.path.join(FIXTURES, "gfocalv2_head_reference.pt")
+STRIDES = [8, 16, 32, 64, 128]
 
 
 def load_authors_reference():
@@ -26,7 +28,7 @@ def load_authors_reference():
 
 
 class FixedFeatures(Backbone):
-    """A backbone that returns given FPN maps (strides 8-128), so that the head sees the reference's inputs."""
+    """A backbone returning given FPN maps (strides 8-128): the head sees the reference's inputs."""
 
     def __init__(self, feats):
         super().__init__()
@@ -37,9 +39,19 @@ class FixedFeatures(Backbone):
 
     def output_shape(self):
         return {
-            f"p{i + 3}": ShapeSpec(channels=self.feats[0].shape[1], stride=2 ** (i + 3))
+            f"p{i + 3}": ShapeSpec(channels=self.feats[0].shape[1], stride=STRIDES[i])
             for i in range(5)
         }
+
+
+def gfl_anchor_generator(strides=STRIDES, anchor_scale=8.0):
+    """GFL's anchors: one ``anchor_scale x stride`` square per location (ATSS's base scale)."""
+    return DefaultAnchorGenerator(
+        sizes=[[anchor_scale * s] for s in strides],
+        aspect_ratios=[1.0],
+        strides=list(strides),
+        offset=0.0,
+    )
 
 
 def authors_model(ref):
@@ -54,6 +66,7 @@ def authors_model(ref):
         num_classes=channels,
         conv_dims=[8],
         norm=lambda c: nn.GroupNorm(4, c),
+        box2box_transform=DistributionBox2BoxTransform(reg_max=16),
         quality="dgqp",
     )
     state = {
@@ -66,8 +79,9 @@ def authors_model(ref):
         backbone=FixedFeatures(ref["feats"]),
         head=head,
         head_in_features=[f"p{i}" for i in range(3, 8)],
+        anchor_generator=gfl_anchor_generator(STRIDES),
+        anchor_matcher=ATSSMatcher(topk=9),
         num_classes=channels,
-        quality="dgqp",
         pixel_mean=[0.0] * 3,
         pixel_std=[1.0] * 3,
     )

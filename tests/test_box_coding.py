@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from gfl_d2.modeling.box_coding import (
+    DiracBox2BoxTransform,
     DistributionBox2BoxTransform,
+    anchor_points,
     box2distance,
     distance2box,
     integral,
@@ -67,10 +69,11 @@ def test_encode_decode_round_trip():
     anchors = anchors_at(centers, stride)
     dists = torch.rand(40, 4) * 15 * stride  # within range: no clamping
     gt = distance2box(centers, dists)
-    targets = t.encode(anchors, gt)
+    points, strides = anchor_points(anchors, torch.full((40,), stride))
+    torch.testing.assert_close(points, centers)
+    targets = t.encode(points, strides, gt)
     torch.testing.assert_close(targets, dists / stride)
     decoded = t.decode(two_bin_logits(targets, 17).reshape(40, -1))
-    _, strides = t.centers_and_strides(anchors)
     torch.testing.assert_close(
         distance2box(centers, decoded.distances * strides), gt, atol=1e-3, rtol=0
     )
@@ -82,22 +85,22 @@ def test_encode_clamps_to_reg_max_minus_0_1():
     t = DistributionBox2BoxTransform(reg_max=16)
     stride = 16.0
     c = torch.tensor([[100.0, 100.0]])
-    anchors = anchors_at(c, stride)
+    points, strides = anchor_points(anchors_at(c, stride), torch.tensor([stride]))
     far = torch.tensor([[100 - 40 * stride, 100 - 1.0, 100 + 2.5 * stride, 100 + 16 * stride]])
-    targets = t.encode(anchors, far)
+    targets = t.encode(points, strides, far)
     torch.testing.assert_close(targets, torch.tensor([[15.9, 1 / stride, 2.5, 15.9]]))
     # a centre outside the box gives a negative distance: clamped to 0
     outside = torch.tensor([[110.0, 50.0, 150.0, 150.0]])
-    assert t.encode(anchors, outside)[0, 0] == 0.0
+    assert t.encode(points, strides, outside)[0, 0] == 0.0
 
 
 @pytest.mark.parametrize("bin_width", [0.5, 1.0, 2.0])
 def test_bin_width_scales_targets(bin_width):
     t = DistributionBox2BoxTransform(reg_max=16, bin_width=bin_width)
     c = torch.tensor([[64.0, 64.0]])
-    anchors = anchors_at(c, 8.0)
+    points, strides = anchor_points(anchors_at(c, 8.0), torch.tensor([8.0]))
     gt = distance2box(c, torch.tensor([[8.0, 16.0, 24.0, 4.0]]))
-    targets = t.encode(anchors, gt)
+    targets = t.encode(points, strides, gt)
     torch.testing.assert_close(
         targets, (torch.tensor([[1.0, 2.0, 3.0, 0.5]]) / bin_width).clamp(max=15.9)
     )
@@ -108,5 +111,48 @@ def test_invalid_parameters_are_rejected():
         DistributionBox2BoxTransform(reg_max=0)
     with pytest.raises(ValueError, match="bin_width"):
         DistributionBox2BoxTransform(bin_width=0)
+    with pytest.raises(ValueError, match="anchor_scale"):
+        DiracBox2BoxTransform(anchor_scale=0)
     with pytest.raises(ValueError, match="4 \\* \\(n\\+1\\)"):
         integral(torch.zeros(3, 10))
+
+
+def test_anchor_points_take_the_stride_given_not_the_anchor_size():
+    # the stride is the level's (the anchor generator's), whatever the anchor's size
+    anchors = torch.tensor([[0.0, 0.0, 64.0, 64.0], [10.0, 20.0, 30.0, 60.0]])
+    centers, strides = anchor_points(anchors, torch.tensor([8.0, 32.0]))
+    torch.testing.assert_close(centers, torch.tensor([[32.0, 32.0], [20.0, 40.0]]))
+    assert strides.shape == (2, 1) and strides.dtype == torch.float32
+    torch.testing.assert_close(strides, torch.tensor([[8.0], [32.0]]))
+    _, same = anchor_points(anchors, torch.tensor([[8.0], [32.0]]))
+    torch.testing.assert_close(same, strides)
+
+
+def test_dirac_encode_decode_round_trip():
+    torch.manual_seed(2)
+    t = DiracBox2BoxTransform(anchor_scale=8.0)
+    assert t.num_outputs == 4 and not t.has_distributions
+    centers = torch.rand(20, 2) * 200 + 50
+    points, strides = anchor_points(anchors_at(centers, 16.0), torch.full((20,), 16.0))
+    dists = torch.rand(20, 4) * 10 * 16.0
+    gt = distance2box(centers, dists)
+    decoded = t.decode(t.encode(points, strides, gt))
+    assert decoded.probs is None and decoded.std is None
+    torch.testing.assert_close(decoded.distances * strides, dists, atol=1e-3, rtol=0)
+    # an untrained output (0) decodes to the anchor: anchor_scale / 2 strides per edge
+    torch.testing.assert_close(t.decode(torch.zeros(1, 4)).distances, torch.full((1, 4), 4.0))
+
+
+def test_transforms_compare_and_print_by_their_settings():
+    assert DistributionBox2BoxTransform(16, 1.0) == DistributionBox2BoxTransform()
+    assert DistributionBox2BoxTransform(8) != DistributionBox2BoxTransform(16)
+    assert DistributionBox2BoxTransform(16, 0.5) != DistributionBox2BoxTransform(16, 1.0)
+    assert DiracBox2BoxTransform(8.0) == DiracBox2BoxTransform()
+    assert DiracBox2BoxTransform(4.0) != DiracBox2BoxTransform(8.0)
+    assert DiracBox2BoxTransform() != DistributionBox2BoxTransform()
+    assert repr(DistributionBox2BoxTransform(8, 0.5)) == (
+        "DistributionBox2BoxTransform(reg_max=8, bin_width=0.5)"
+    )
+    assert repr(DiracBox2BoxTransform(4)) == "DiracBox2BoxTransform(anchor_scale=4.0)"
+    assert not hasattr(DistributionBox2BoxTransform(), "anchor_scale")
+    assert not hasattr(DistributionBox2BoxTransform(), "centers_and_strides")

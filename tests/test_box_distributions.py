@@ -1,12 +1,15 @@
-"""Per-edge distributions and uncertainty in the inference outputs (pred_box_dists, pred_box_std)."""
+"""Per-edge distributions and their uncertainty in the outputs (pred_box_dists, pred_box_std)."""
 
 import math
 
 import pytest
 import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import instantiate
 from detectron2.structures import Boxes
 
-from gfl_d2.modeling.box_coding import distribution_mean_std
+from gfl_d2.modeling.box_coding import DiracBox2BoxTransform, distribution_mean_std
+from gfl_d2.modeling.postprocess import decode_candidates
 from gfl_d2.testing import shapes_image, tiny_gfl, tiny_gfl_config, two_bin_logits
 
 
@@ -19,7 +22,12 @@ def test_decoded_distributions_std_and_boxes():
     # edge targets in bins; 2.0 and 5.0 are exact bins (one-hot), the others split over two bins
     targets = torch.tensor([[2.0, 5.0, 1.25, 3.5], [0.5, 2.0, 2.75, 1.0], [4.0, 4.0, 4.0, 4.0]])
     box_regs = two_bin_logits(targets, model.box2box_transform.reg_max + 1).reshape(3, -1)
-    inst = model._decode_per_level_predictions(anchors, scores, box_regs, 0.05, 1000, (128, 128))
+    # one level's candidates, decoded with the model's (the head's) box transform
+    assert model.box2box_transform is model.head.box2box_transform
+    inst = decode_candidates(
+        model.box2box_transform, anchors, stride, scores, box_regs, (128, 128), None,
+        score_thresh=0.05, topk=1000, with_distributions=model.output_box_distributions,
+    )  # fmt: skip
     order = inst.scores.argsort(descending=True)
     inst = inst[order]
     dists = inst.pred_box_dists
@@ -87,13 +95,13 @@ def test_outputs_are_consistent_and_scale_with_resize():
 
 
 def test_a_dirac_model_has_no_distributions_to_output():
-    from detectron2.config import instantiate
-
     cfg = tiny_gfl_config()
-    cfg.box_representation = "dirac"
-    model = instantiate(
-        cfg
-    )  # the config's default output_box_distributions=True is dropped, with a log line
+    cfg.head.box2box_transform = L(DiracBox2BoxTransform)(anchor_scale=8.0)
+    # the default output_box_distributions=True is refused: a Dirac model has none
+    with pytest.raises(ValueError, match="no edge distributions to output"):
+        instantiate(cfg)
+    cfg.output_box_distributions = False
+    model = instantiate(cfg)
     assert model.output_box_distributions is False
     with pytest.raises(ValueError, match="no edge distributions to output"):
         model.output_box_distributions = True

@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 from gfl_d2 import GFL, add_gfl_config
 from gfl_d2.model_zoo import get_config_file
+from gfl_d2.modeling import DistributionBox2BoxTransform, LocalizationDistiller
+from gfl_d2.teacher import distill_from_lazy_config
 from gfl_d2.testing import ROOT
 
 LAZY = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
@@ -73,8 +75,10 @@ def teacher_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("path", LAZY, ids=lambda p: os.path.relpath(p, ROOT))
 def test_lazy_config_instantiates(path, dataset_folder, teacher_checkpoint):
     cfg = LazyConfig.load(path)
-    if cfg.model.get("teacher") is not None:  # Localization Distillation: the teacher's weights
-        cfg.model.teacher.checkpoint = teacher_checkpoint(cfg.model.teacher.config_file)
+    distillation = cfg.get("distillation")
+    if distillation is not None:  # Localization Distillation: the teacher's weights
+        teacher = distillation.teacher
+        teacher.checkpoint = teacher_checkpoint(teacher.config_file)
     if "dataset" in cfg:  # a dataset folder's config: its mandatory values
         cfg.dataset.root = str(dataset_folder)
         if OmegaConf.is_missing(cfg.train, "init_checkpoint"):
@@ -93,12 +97,20 @@ def test_lazy_config_instantiates(path, dataset_folder, teacher_checkpoint):
     cfg.optimizer.params.model = model
     instantiate(cfg.optimizer)
     instantiate(cfg.lr_multiplier)
+    # a distillation config: the student wrapped with its teacher (what training runs)
+    distiller = distill_from_lazy_config(cfg, model)
+    assert (distiller is None) == (distillation is None)
+    if distiller is not None:
+        assert isinstance(distiller, LocalizationDistiller) and distiller.student is model
+        assert distiller.loss_weight == distillation.loss_weight
 
 
 def test_coco_configs_match_the_release():
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "gfl_R_50_FPN_1x.py"))
     m = cfg.model
-    assert m.num_classes == 80 and m.reg_max == m.head.reg_max == 16 and m.anchor_matcher.topk == 9
+    assert m.num_classes == 80 and m.anchor_matcher.topk == 9
+    assert instantiate(m.head.box2box_transform) == DistributionBox2BoxTransform(16, 1.0)
+    assert m.head.quality == "joint" and list(m.anchor_generator.strides) == [8, 16, 32, 64, 128]
     assert m.backbone.bottom_up.stages.stride_in_1x1 is False
     assert m.backbone.bottom_up.stages.norm == "FrozenBN"
     assert m.backbone.top_block.in_feature == "p5"
@@ -139,7 +151,23 @@ def test_yacs_config_builds_the_same_model_as_lazy():
     b = {k: v.shape for k, v in lazy_model.state_dict().items()}
     assert a == b
     assert yacs_model.size_divisibility == lazy_model.size_divisibility == 32
+    assert yacs_model.box2box_transform == lazy_model.box2box_transform
+    assert yacs_model.variant == lazy_model.variant
+    assert list(yacs_model.anchor_generator.strides) == list(lazy_model.anchor_generator.strides)
     assert yacs_model.test_nms_thresh == 0.6 and yacs_model.max_detections_per_image == 100
+
+
+def test_yacs_box_keys_set_the_heads_transform():
+    cfg = add_gfl_config(get_cfg())
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "gfl_R_50_FPN_1x.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18"])
+    cfg.merge_from_list(["MODEL.RESNETS.RES2_OUT_CHANNELS", "64"])
+    cfg.merge_from_list(["MODEL.GFL.REG_MAX", "8", "MODEL.GFL.BIN_WIDTH", "0.5"])
+    model = build_model(cfg)
+    assert model.head.box2box_transform == DistributionBox2BoxTransform(8, 0.5)
+    assert model.box2box_transform is model.head.box2box_transform
+    assert model.head.bbox_pred.out_channels == 36
+    assert cfg.TEST.CPU_INFERENCE == "eager" and "CPU_INFERENCE" not in cfg.MODEL.GFL
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint
+from gfl_d2.cpu_inference import FrozenCPUDetector
 from gfl_d2.testing import ROOT
 from gfl_studies.mmdet_runtime import (
     MMDET_CONFIGS,
@@ -63,10 +64,10 @@ def test_converted_mmdet_checkpoint_gives_mmdetections_detections(tmp_path, name
     boxes, scores, labels = mmdet_detections(mm_model, image_bgr)
     assert len(scores) == 100  # enough detections to compare
 
-    for mode in ("eager", "frozen"):  # cpu_inference: both ways give MMDetection's detections
-        model.cpu_inference = mode
+    # CPU inference, eager and frozen: both ways give MMDetection's detections
+    for runner in (model, FrozenCPUDetector(model).eval()):
         with torch.no_grad():
-            ours = model([{"image": image_bgr.flip(0).float(), "height": h, "width": w}])[0][
+            ours = runner([{"image": image_bgr.flip(0).float(), "height": h, "width": w}])[0][
                 "instances"
             ]
         assert len(ours) == len(scores)

@@ -23,7 +23,8 @@ from detectron2.utils.events import EventStorage
 
 from gfl_d2.convert import convert_checkpoint
 from gfl_d2.model_zoo import get_config_file
-from gfl_d2.modeling.distillation import build_teacher
+from gfl_d2.modeling import LocalizationDistiller
+from gfl_d2.teacher import build_teacher
 from gfl_d2.testing import make_instances
 from gfl_studies.mmdet_runtime import (
     MMDET_CONFIGS,
@@ -82,7 +83,6 @@ def pair(tmp_path_factory):
         convert_checkpoint(str(tmp / "student_mmdet.pth"), str(tmp / "student.pth"))
     )
     model_cfg = LazyConfig.load(get_config_file(student_cfg)).model
-    model_cfg.teacher = None
     ours = instantiate(model_cfg)
     incompatible = DetectionCheckpointer(ours)._load_model(
         torch.load(tmp / "student.pth", weights_only=True)
@@ -93,9 +93,8 @@ def pair(tmp_path_factory):
         and not incompatible.incorrect_shapes
     )
     teacher = build_teacher(get_config_file(teacher_cfg), str(tmp / "teacher.pth"))
-    model_cfg.teacher = teacher
-    ours_ld = instantiate(model_cfg)
-    ours_ld.load_state_dict(ours.state_dict())
+    # MMDetection's LD config: loss_ld weight 0.25, T = 10
+    ours_ld = LocalizationDistiller(ours, teacher, loss_weight=0.25, temperature=10.0)
     return ours_ld, theirs
 
 
@@ -116,7 +115,8 @@ def batch():
 def test_losses_and_ld_gradient_equal_mmdetections(pair):
     ours, theirs = pair
     images, gts, size = batch()
-    # MMDetection: its data preprocessor, then LDHead's losses (BatchNorm frozen in both: norm_eval / FrozenBN)
+    # MMDetection: its data preprocessor, then LDHead's losses (BatchNorm frozen in both:
+    # norm_eval / FrozenBN)
     theirs.train()
     data = {
         "inputs": list(images),
@@ -137,7 +137,7 @@ def test_losses_and_ld_gradient_equal_mmdetections(pair):
     with EventStorage():
         losses = ours(inputs)
     (ld_grad,) = torch.autograd.grad(
-        losses["loss_ld"], ours.head.bbox_pred.weight, retain_graph=True
+        losses["loss_ld"], ours.student.head.bbox_pred.weight, retain_graph=True
     )
 
     assert mm["loss_ld"].item() > 0

@@ -1,19 +1,24 @@
-"""GFL's cpu_inference='frozen': the backbone and head through a frozen oneDNN trace, equal to eager up to rounding."""
+"""
+Frozen CPU inference (``gfl_d2.cpu_inference``): a detector's backbone and head
+through a frozen oneDNN trace, equal to eager up to rounding.
+"""
 
 import logging
 
 import pytest
 import torch
 import torchvision
-from detectron2.config import get_cfg, instantiate
+from detectron2.config import get_cfg
+from detectron2.utils.events import EventStorage
 
 from gfl_d2.config import add_gfl_config
-from gfl_d2.modeling.frozen_inference import FrozenCPUInference
+from gfl_d2.cpu_inference import FrozenCPUDetector, FrozenCPUInference, for_cpu_inference
 from gfl_d2.modeling.postprocess import class_aware_nms
-from gfl_d2.testing import tiny_gfl, tiny_gfl_config, two_image_batch
+from gfl_d2.testing import tiny_gfl, two_image_batch
 
-# float32 noise: the frozen graph folds normalisation into the convolutions and may sum in another order; about
-# sqrt(fan-in) x depth roundings of 2^-24 at each value's scale (as the behaviour lock, tests/reference_outputs.py)
+# float32 noise: the frozen graph folds normalisation into the convolutions and may sum in
+# another order; about sqrt(fan-in) x depth roundings of 2^-24 at each value's scale (as the
+# behaviour lock, tests/reference_outputs.py)
 ROUNDINGS = 2**11 * 2**-24
 
 
@@ -100,44 +105,64 @@ def test_frozen_backbone_and_head_equal_eager_up_to_rounding_at_any_size():
 
 def test_detections_equal_eager_and_the_graph_follows_new_weights():
     model = confident(tiny_gfl())
-    data = two_image_batch()
+    frozen_model = FrozenCPUDetector(model).eval()
+    data = [dict(x, height=200, width=180) for x in two_image_batch()]  # resized outputs too
     with torch.no_grad():
         eager = model(data)
-        model.cpu_inference = "frozen"
-        frozen = model(data)
-    assert model._frozen_cpu._key is not None  # it ran frozen
+        frozen = frozen_model(data)
+    assert frozen_model._frozen._key is not None  # it ran frozen
     for e, f in zip(eager, frozen):
         e, f = e["instances"], f["instances"]
         assert len(e) > 10
+        assert f.image_size == e.image_size == (200, 180)
+        assert set(f.get_fields()) == set(e.get_fields())
         assert_same_detections(f, e, model)
 
-    # new weights loaded in place (load_state_dict copies into the tensors): the frozen graph is rebuilt
+    # new weights loaded in place (load_state_dict copies into the tensors): the frozen graph
+    # is rebuilt
+    key = frozen_model._frozen._key
     state = {
         k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
         for k, v in model.state_dict().items()
     }
     model.load_state_dict(state)
     with torch.no_grad():
-        frozen = model(data)
-        model.cpu_inference = "eager"
+        frozen = frozen_model(data)
         eager = model(data)
+    assert frozen_model._frozen._key not in (None, key)
     for e, f in zip(eager, frozen):
         torch.testing.assert_close(
             f["instances"].scores, e["instances"].scores, rtol=0, atol=ROUNDINGS
         )
+    # the frozen model's state is the detector's: its checkpoints load into a plain GFL
+    assert set(frozen_model.detector.state_dict()) == set(model.state_dict())
 
 
-def test_frozen_runs_only_for_cpu_inference_without_gradients_or_autocast():
+def test_frozen_runs_only_for_cpu_inference_without_gradients_or_autocast(monkeypatch):
     model = confident(tiny_gfl())
-    model.cpu_inference = "frozen"
+    frozen_model = FrozenCPUDetector(model).eval()
     with torch.no_grad():
-        assert model._runs_frozen()
+        assert frozen_model.runs_frozen()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not model._runs_frozen()
-        model.train()
-        assert not model._runs_frozen()
-    model.eval()
-    assert not model._runs_frozen()  # gradients enabled: eager, so that they flow
+            assert not frozen_model.runs_frozen()
+        frozen_model.train()
+        assert not frozen_model.runs_frozen() and model.training  # train() reaches the detector
+    frozen_model.eval()
+    assert not frozen_model.runs_frozen()  # gradients enabled: eager, so that they flow
+
+    # where it does not run frozen, it is the detector's own forward: training gives the losses
+    calls = []
+    monkeypatch.setattr(FrozenCPUInference, "__call__", lambda self, x: calls.append(x))
+    frozen_model.train()
+    with EventStorage():
+        losses = frozen_model(two_image_batch())
+    assert set(losses) == {"loss_qfl", "loss_bbox", "loss_dfl"}
+    frozen_model.eval()
+    out = frozen_model(two_image_batch())  # with gradients
+    assert out[0]["instances"].scores.requires_grad
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        frozen_model(two_image_batch())
+    assert not calls
 
 
 def test_a_model_that_cannot_be_traced_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
@@ -150,23 +175,27 @@ def test_a_model_that_cannot_be_traced_falls_back_to_eager_with_a_warning(monkey
         raise RuntimeError("Tracer cannot infer type of output")
 
     monkeypatch.setattr(FrozenCPUInference, "_build", untraceable)
-    model.cpu_inference = "frozen"
+    frozen_model = FrozenCPUDetector(model).eval()
     with caplog.at_level(logging.WARNING), torch.no_grad():
-        out = model(data)
-        model(data)  # not tried again for the same weights: one warning
+        out = frozen_model(data)
+        frozen_model(data)  # not tried again for the same weights: one warning
     warnings = [r for r in caplog.records if "fell back to eager" in r.getMessage()]
     assert len(warnings) == 1 and "Tracer cannot infer type of output" in warnings[0].getMessage()
     for e, o in zip(eager, out):
         assert torch.equal(o["instances"].scores, e["instances"].scores)
 
 
-def test_cpu_inference_setting_in_both_config_systems():
+def test_cpu_inference_setting():
     cfg = add_gfl_config(get_cfg())
-    assert cfg.MODEL.GFL.CPU_INFERENCE == "eager"
-    cfg = tiny_gfl_config()
-    cfg.cpu_inference = "fast"
+    assert cfg.TEST.CPU_INFERENCE == "eager" and "CPU_INFERENCE" not in cfg.MODEL.GFL
+    model = tiny_gfl()
+    assert for_cpu_inference(model) is model
+    assert for_cpu_inference(model, "eager") is model
+    wrapped = for_cpu_inference(model, "frozen")
+    assert isinstance(wrapped, FrozenCPUDetector) and wrapped.detector is model
+    assert wrapped.device == model.device
     with pytest.raises(ValueError, match="cpu_inference must be one of"):
-        instantiate(cfg)
+        for_cpu_inference(model, "fast")
 
 
 def test_class_aware_nms_equals_nms_within_each_class():

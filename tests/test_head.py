@@ -4,7 +4,12 @@ import pytest
 import torch
 from detectron2.layers import ShapeSpec
 
-from gfl_d2.modeling import DistributionGuidedQualityPredictor, distribution_statistics
+from gfl_d2.modeling import (
+    DiracBox2BoxTransform,
+    DistributionBox2BoxTransform,
+    DistributionGuidedQualityPredictor,
+    distribution_statistics,
+)
 from gfl_d2.modeling.head import GFLHead
 
 from .gfocalv2_reference import authors_model, load_authors_reference
@@ -16,7 +21,7 @@ def make_head(**kw):
         num_classes=7,
         conv_dims=[32, 32],
         norm="GN",
-        reg_max=16,
+        box2box_transform=DistributionBox2BoxTransform(reg_max=16),
     )
     args.update(kw)
     torch.manual_seed(0)
@@ -36,9 +41,31 @@ def test_output_shapes(size):
 
 
 def test_reg_max_sets_channels():
-    head = make_head(reg_max=7)
+    head = make_head(box2box_transform=DistributionBox2BoxTransform(reg_max=7))
     _, box = head([torch.randn(1, 32, 4, 4)] * 5)
     assert box[0].shape[1] == 32
+    assert head.output_channels == [7, 32]
+
+
+@pytest.mark.parametrize(
+    "transform, quality, channels",
+    [
+        (DistributionBox2BoxTransform(16), "joint", [7, 68]),
+        (DistributionBox2BoxTransform(16), "dgqp", [7, 68, 1]),
+        (DistributionBox2BoxTransform(8, 0.5), "centerness", [7, 36, 1]),
+        (DiracBox2BoxTransform(8.0), "iou", [7, 4, 1]),
+        (DiracBox2BoxTransform(8.0), "none", [7, 4]),
+    ],
+)
+def test_the_head_is_the_one_source_of_the_output_layout(transform, quality, channels):
+    head = make_head(box2box_transform=transform, quality=quality)
+    assert head.box2box_transform == transform and head.quality == quality
+    assert head.output_channels == channels
+    outputs = head([torch.randn(1, 32, 3, 3)] * 5)
+    assert [o[0].shape[1] for o in outputs] == channels
+    # the layout has one home: the transform (no copies of n or the box channels on the head)
+    for gone in ("reg_max", "box_channels", "box_representation"):
+        assert not hasattr(head, gone)
 
 
 def test_initialisation():
@@ -92,9 +119,24 @@ def test_bad_configuration_is_rejected():
     head = make_head()
     with pytest.raises(ValueError, match="5 levels"):
         head([torch.randn(1, 32, 4, 4)] * 3)
+    with pytest.raises(ValueError, match="quality must be one of"):
+        make_head(quality="joint-ish")
+    with pytest.raises(TypeError, match="reg_max"):
+        make_head(reg_max=16)  # the bins are the transform's
 
 
-# ---------------------------------------------------------------- GFL V2's distribution-guided quality predictor
+def test_dgqp_needs_distributions_with_enough_bins():
+    with pytest.raises(ValueError, match="it needs a DistributionBox2BoxTransform"):
+        make_head(box2box_transform=DiracBox2BoxTransform(), quality="dgqp")
+    # the predictor reads the top-k bins of each edge: n + 1 = 3 bins cannot give 4
+    with pytest.raises(ValueError, match="top 4 of each edge's n \\+ 1 bins"):
+        make_head(box2box_transform=DistributionBox2BoxTransform(reg_max=2), quality="dgqp")
+    make_head(
+        box2box_transform=DistributionBox2BoxTransform(reg_max=2), quality="dgqp", dgqp_topk=3
+    )
+
+
+# ------------------------------------------------ GFL V2's distribution-guided quality predictor
 def test_statistics_are_each_edges_topk_then_their_mean():
     probs = torch.tensor(
         [
@@ -114,7 +156,10 @@ def test_statistics_are_each_edges_topk_then_their_mean():
 
 
 def test_predictor_reads_the_distributions_of_the_head_layout():
-    """(N, 4(n+1), H, W) logits per level: the 20 statistics in the order (l, t, r, b) x (top-4, mean), then the 1x1 convs."""
+    """
+    (N, 4(n+1), H, W) logits per level: the 20 statistics in the order
+    (l, t, r, b) x (top-4, mean), then the 1x1 convs.
+    """
     predictor = DistributionGuidedQualityPredictor(topk=4, channels=64)
     assert predictor.in_channels == 20
     for conv in (predictor.layers[0], predictor.layers[2]):

@@ -227,8 +227,7 @@ def test_non_finite_boxes_are_dropped_and_the_finite_ones_kept(representation, v
     with P3-P5 filtered out by their scores (none with a non-finite box,
     and none of the finite ones lost).
     """
-    cfg = tiny_gfl_config()
-    cfg.box_representation = representation
+    cfg = tiny_gfl_config(box_representation=representation)
     torch.manual_seed(0)
     model = instantiate(cfg).eval()
     images = model.preprocess_image([{"image": shapes_image(*SPECS[0])}])
@@ -249,7 +248,7 @@ def test_non_finite_boxes_are_dropped_and_the_finite_ones_kept(representation, v
 
 
 def test_full_inference_with_non_finite_head_outputs_returns_no_detections(caplog):
-    """A diverged model: the whole forward (postprocessing included) returns nothing and says why."""
+    """A diverged model: the whole forward (postprocessing too) returns nothing and says why."""
     import logging
 
     from detectron2.utils import logger as d2_logger
@@ -307,13 +306,48 @@ def test_odd_image_sizes_align_anchors_with_features():
         assert all(torch.isfinite(v) for v in losses.values())
 
 
+# ------------------------------------------------------------------------------ anchors, strides
+def test_strides_are_the_anchor_generators_not_the_anchor_sizes():
+    """Anchors of 4 x stride (not GFL's 8): the levels' strides are still the generator's."""
+    cfg = tiny_gfl_config()
+    cfg.anchor_generator.sizes = [[32], [64], [128], [256], [512]]
+    torch.manual_seed(0)
+    model = instantiate(cfg)
+    images = model.preprocess_image([{"image": shapes_image(*SPECS[0])}])
+    features = model.backbone(images.tensor)
+    anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+    strides = model.level_strides(anchors)
+    expected = torch.cat(
+        [torch.full((len(a),), float(s)) for a, s in zip(anchors, [8, 16, 32, 64, 128])]
+    )
+    assert strides.dtype == torch.float32
+    torch.testing.assert_close(strides, expected)
+    losses, _ = train_step(model, training_batch(SPECS[:2]))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_anchor_generator_must_fit_the_levels():
+    cfg = tiny_gfl_config()
+    cfg.anchor_generator.strides = [8, 16, 32, 64, 64]
+    with pytest.raises(ValueError, match="differ from the strides of the head's features"):
+        instantiate(cfg)
+    cfg = tiny_gfl_config()
+    cfg.anchor_generator.aspect_ratios = [0.5, 1.0]
+    with pytest.raises(ValueError, match="exactly one anchor per location"):
+        instantiate(cfg)
+    for part in ("anchor_generator", "anchor_matcher"):  # no defaults: the config says which
+        cfg = tiny_gfl_config()
+        del cfg[part]
+        with pytest.raises(TypeError, match=part):
+            instantiate(cfg)
+
+
 # ---------------------------------------------------------------- GFL V2: the fused score
 def test_qfl_trains_the_box_distributions_through_the_predictor():
     """V2's QFL alone gives the regression branch a gradient; V1's gives it none."""
     data = two_image_batch()
     for quality, expected in (("dgqp", True), ("joint", False)):
-        cfg = tiny_gfl_config()
-        cfg.quality = quality
+        cfg = tiny_gfl_config(quality=quality)
         torch.manual_seed(0)
         model = instantiate(cfg).train()
         with EventStorage():
@@ -327,9 +361,11 @@ def test_qfl_trains_the_box_distributions_through_the_predictor():
 
 
 def test_box_loss_weights_are_the_fused_score():
-    """Each positive's GIoU/DFL weight is the detached max over classes of sigmoid(cls) * sigmoid(quality)."""
-    cfg = tiny_gfl_config()
-    cfg.quality = "dgqp"
+    """
+    Each positive's GIoU/DFL weight is the detached max over classes of
+    sigmoid(cls) * sigmoid(quality).
+    """
+    cfg = tiny_gfl_config(quality="dgqp")
     torch.manual_seed(0)
     model = instantiate(cfg).train()
     with torch.no_grad():  # a quality that differs between locations
@@ -344,7 +380,7 @@ def test_box_loss_weights_are_the_fused_score():
         images = model.preprocess_image(data)
         features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
         cls, _, quality = model._transpose_dense_predictions(
-            model.head(features), model._prediction_channels
+            model.head(features), model.head.output_channels
         )
         labels, _ = model.label_anchors(
             model.anchor_generator(features), [d["instances"] for d in data]
@@ -358,11 +394,10 @@ def test_box_loss_weights_are_the_fused_score():
 
 
 def test_inference_scores_are_the_product_and_the_quality_is_in_the_outputs():
-    cfg = tiny_gfl_config()
-    cfg.quality = "dgqp"
+    cfg = tiny_gfl_config(quality="dgqp")
     torch.manual_seed(0)
     v2 = instantiate(cfg).eval()
-    cfg.quality = "joint"
+    cfg.head.quality = "joint"
     v1 = instantiate(cfg).eval()
     v1.load_state_dict({k: v for k, v in v2.state_dict().items() if "dgqp" not in k})
     with torch.no_grad():
@@ -382,8 +417,7 @@ def test_inference_scores_are_the_product_and_the_quality_is_in_the_outputs():
 
 
 def test_v2_trains_under_autocast():
-    cfg = tiny_gfl_config()
-    cfg.quality = "dgqp"
+    cfg = tiny_gfl_config(quality="dgqp")
     torch.manual_seed(0)
     model = instantiate(cfg)
     with torch.autocast("cpu", dtype=torch.bfloat16):

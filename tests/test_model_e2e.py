@@ -23,7 +23,7 @@ from gfl_d2.testing import ROOT
 
 
 def get_model_no_weights(config_path, overrides=()):
-    """detectron2.utils.testing.get_model_no_weights for this project's LazyConfigs (on CUDA if present)."""
+    """detectron2.utils.testing.get_model_no_weights for our LazyConfigs (on CUDA if any)."""
     cfg = LazyConfig.load(os.path.join(ROOT, "configs", config_path))
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
     model = instantiate(cfg.model)
@@ -224,7 +224,7 @@ class IoUBranchDistributionE2ETest(DenseDetectorE2ETest, unittest.TestCase):
     """A separate IoU branch with general distributions."""
 
     CONFIG_PATH = "Synthetic/Ablations/atss_dfl_R_18_FPN_shapes.py"
-    OVERRIDES = ("model.quality=iou",)
+    OVERRIDES = ("model.head.quality=iou",)
 
 
 class JointDiracE2ETest(DenseDetectorE2ETest, unittest.TestCase):

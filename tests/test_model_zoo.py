@@ -1,4 +1,4 @@
-"""gfl_d2.model_zoo finds the configs in any install: from a non-editable install, the copies it ships."""
+"""gfl_d2.model_zoo finds the configs in any install: from a non-editable one, its copies."""
 
 import json
 import os
@@ -10,7 +10,8 @@ from gfl_d2.testing import ROOT
 LOOKUP = """
 import json, gfl_d2.model_zoo as z
 cfg = z.get_config("Synthetic/gfl_R_18_FPN_shapes_quickstart.py")
-print(json.dumps(dict(module=z.__file__, default=z.DEFAULT_CONFIG, reg_max=cfg.model.reg_max,
+reg_max = cfg.model.head.box2box_transform.reg_max
+print(json.dumps(dict(module=z.__file__, default=z.DEFAULT_CONFIG, reg_max=reg_max,
                       coco=z.get_config_file("COCO-Detection/gfl_R_50_FPN_1x.py"),
                       yacs=z.get_config_file("OwnData/gfl_R_50_FPN_finetune.yaml"))))
 """

@@ -57,7 +57,7 @@ def test_lock_holds_with_another_convolution_kernel_and_thread_split(recorded, n
     "change, what",
     [
         (
-            ["model.bin_width=1.001"],
+            ["model.head.box2box_transform.bin_width=1.001"],
             "boxes",
         ),  # every distance 0.1% longer: boxes move by up to a few 0.01 px
         (["model.qfl_beta=2.01"], "loss_qfl"),  # QFL's exponent by 0.5%

@@ -1,6 +1,7 @@
 """End to end: the entry points train, checkpoint and evaluate on a tiny generated dataset, on CPU."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -175,58 +176,64 @@ def test_yacs_train_net(tmp_path):
     assert (out_dir / "model_final.pth").is_file()
 
 
-@pytest.mark.parametrize("weights", [None, "detectron2://ImageNetPretrained/torchvision/R-50.pkl"])
-def test_eval_only_with_the_imagenet_backbone_stops_before_anything_runs(tmp_path, weights):
-    """The COCO configs start from an ImageNet backbone: evaluating that would measure an untrained head."""
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def r50_backbone_only(tmp_path_factory):
+    """A checkpoint of the COCO R-50 GFL's backbone alone, as an ImageNet start gives it."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from gfl_d2.model_zoo import get_config_file
+
+    model = instantiate(LazyConfig.load(get_config_file("COCO-Detection/gfl_R_50_FPN_1x.py")).model)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    path = tmp_path_factory.mktemp("weights") / "backbone_only.pth"
+    torch.save({"model": state}, path)
+    return path
+
+
+def _run_entry_point(cmd, env, timeout=300):
+    return subprocess.run(
+        [sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_eval_only_with_an_untrained_head_stops_after_loading(tmp_path, r50_backbone_only):
+    """Evaluating weights that hold the backbone alone would measure an untrained head: refused."""
     cmd = [
         "tools/train_net.py",
         "--config-file",
         "configs/COCO-Detection/gfl_R_50_FPN_1x.py",
         "--eval-only",
         f"train.output_dir={tmp_path / 'out'}",
-    ] + ([f"train.init_checkpoint={weights}"] if weights else [])
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), FVCORE_CACHE=str(cache))
-    proc = subprocess.run(
-        [sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        f"train.init_checkpoint={r50_backbone_only}",
+    ]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    proc = _run_entry_point(cmd, env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(
+        rf"error: {re.escape(str(r50_backbone_only))} holds no trained weights for \d+ "
+        r"tensor\(s\) of the detector's head \(head\.bbox_pred\.bias, head\.bbox_pred\.weight",
+        proc.stderr,
     )
-    assert proc.returncode != 0
-    assert (
-        "error: --eval-only with train.init_checkpoint=detectron2://ImageNetPretrained/torchvision/R-50.pkl, the "
-        "weights this config trains from (an ImageNet backbone), would evaluate a detector whose head is "
-        "untrained: pass the weights of a trained model: train.init_checkpoint=/path/to/model_final.pth"
-    ) in proc.stderr
-    assert "Traceback" not in proc.stderr
-    # stopped before anything was downloaded, built or written
-    assert (
-        not cache.exists()
-        and not (tmp_path / "out").exists()
-        and not (tmp_path / "datasets").exists()
-    )
+    assert "train.init_checkpoint=/path/to/model.pth" in proc.stderr
+    # the decision is made on what was loaded: a URL that cannot be fetched says so
+    cmd[-1] = "train.init_checkpoint=https://example.invalid/model.pth"
+    proc = _run_entry_point(cmd, dict(env, FVCORE_CACHE=str(tmp_path / "cache")))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: cannot fetch https://example.invalid/model.pth" in proc.stderr
 
 
-def test_yacs_eval_only_with_the_imagenet_backbone_stops_before_anything_runs(tmp_path):
-    env = dict(os.environ, FVCORE_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "projects/GFL/train_net.py",
-            "--config-file",
-            "configs/gfl_R_50_FPN_1x.yaml",
-            "--eval-only",
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert (
-        "error: --eval-only with MODEL.WEIGHTS detectron2://ImageNetPretrained/torchvision/R-50.pkl, the weights "
-        "this config trains from (an ImageNet backbone), would evaluate a detector whose head is untrained: pass "
-        "the weights of a trained model: MODEL.WEIGHTS /path/to/model_final.pth"
-    ) in proc.stderr
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+def test_yacs_eval_only_with_an_untrained_head_stops_after_loading(tmp_path, r50_backbone_only):
+    cmd = [
+        "projects/GFL/train_net.py",
+        "--config-file",
+        "configs/gfl_R_50_FPN_1x.yaml",
+        "--eval-only",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "MODEL.WEIGHTS",
+        str(r50_backbone_only),
+    ]
+    proc = _run_entry_point(cmd, dict(os.environ))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: {r50_backbone_only} holds no trained weights for " in proc.stderr
+    assert "MODEL.WEIGHTS /path/to/model_final.pth" in proc.stderr

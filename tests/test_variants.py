@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
 from detectron2.structures import Boxes
@@ -19,9 +20,16 @@ from fvcore.nn import giou_loss
 from omegaconf import OmegaConf
 
 from gfl_d2.lazy_config import load_lazy_config
-from gfl_d2.modeling import GFL, QFLFCOS, GFLVariant, QFLRetinaNet
-from gfl_d2.modeling.box_coding import distance2box
-from gfl_d2.testing import ROOT, tiny_gfl_config, train_step, two_image_batch
+from gfl_d2.modeling import (
+    GFL,
+    QFLFCOS,
+    DiracBox2BoxTransform,
+    DistributionBox2BoxTransform,
+    GFLVariant,
+    QFLRetinaNet,
+)
+from gfl_d2.modeling.box_coding import anchor_points, distance2box
+from gfl_d2.testing import ROOT, tiny_gfl_config, train_step, two_bin_logits, two_image_batch
 
 SHAPES = os.path.join(ROOT, "configs", "Synthetic")
 # every variant of tools/ablation.py is one of these config files
@@ -77,36 +85,53 @@ def test_variant_settings_reach_the_model():
         (dict(cls_loss="qfl", quality="centerness"), "the classification loss follows the quality"),
         (dict(cls_loss="focal", quality="joint"), "the classification loss follows the quality"),
         (dict(cls_loss="ce"), "cls_loss"),
-        (dict(box_representation="gaussian"), "box_representation"),
         (dict(box_loss_weighting="iou"), "box_loss_weighting"),
     ],
 )
 def test_bad_variant_settings_are_refused(kwargs, match):
-    cfg = tiny_gfl_config()
+    quality = kwargs.pop("quality", "joint")
+    cfg = tiny_gfl_config(quality=quality)  # the quality is the head's
     for k, v in kwargs.items():
         setattr(cfg, k, v)
     with pytest.raises(ValueError, match=match):
         instantiate(cfg)
 
 
+def test_a_box_representation_that_does_not_exist_is_refused():
+    # in a model the box representation is the head's transform object; the variant checks names
+    with pytest.raises(ValueError, match="box_representation"):
+        GFLVariant(box_representation="gaussian")
+
+
+def use_dirac(cfg):
+    """The Dirac delta: the head's transform, and no distributions to output."""
+    cfg.model.head.box2box_transform = L(DiracBox2BoxTransform)(anchor_scale=8.0)
+    cfg.model.output_box_distributions = False
+
+
 @pytest.mark.parametrize(
-    "overrides, box_channels, quality_branch, quality_predictor",
+    "overrides, edit, box_channels, quality_branch, quality_predictor",
     [
-        (["model.reg_max=8"], 36, False, False),
-        (["model.box_representation=dirac"], 4, False, False),
-        (["model.quality=dgqp"], 68, False, True),
-        (["model.quality=iou"], 68, True, False),
+        (["model.head.box2box_transform.reg_max=8"], None, 36, False, False),
+        ([], use_dirac, 4, False, False),
+        (["model.head.quality=dgqp"], None, 68, False, True),
+        (["model.head.quality=iou"], None, 68, True, False),
     ],
     ids=["n", "dirac", "v2", "iou-branch"],
 )
-def test_one_model_setting_sets_the_head_layout(
-    overrides, box_channels, quality_branch, quality_predictor
+def test_one_head_setting_sets_the_layout(
+    overrides, edit, box_channels, quality_branch, quality_predictor
 ):
-    """Each idea is set on the model only; the head reads it (by interpolation) and its layout follows."""
+    """Each idea is set once, on the head; the head's layout and the model's decoding follow."""
     cfg = load_lazy_config(os.path.join(SHAPES, "gfl_R_18_FPN_shapes.py"), overrides)
+    if edit is not None:
+        edit(cfg)
     torch.manual_seed(0)
     model = instantiate(cfg.model)
     head = model.head
+    assert head.output_channels[1] == head.box2box_transform.num_outputs == box_channels
+    assert model.box2box_transform is head.box2box_transform
+    assert model.variant.quality == head.quality
     assert (
         head.bbox_pred.out_channels,
         head.has_quality_branch,
@@ -126,11 +151,11 @@ def test_one_model_setting_sets_the_head_layout(
 
 def test_reg_max_alone_trains_with_its_bins():
     cfg = tiny_gfl_config()
-    cfg.reg_max = 8
+    cfg.head.box2box_transform.reg_max = 8
     torch.manual_seed(0)
     model = instantiate(cfg)
     assert (
-        model.head.box_channels == model.head.bbox_pred.out_channels == 36
+        model.head.box2box_transform.num_outputs == model.head.bbox_pred.out_channels == 36
         and model.box2box_transform.reg_max == 8
     )
     losses, _ = train_step(model, two_image_batch())
@@ -148,14 +173,24 @@ def test_reg_max_alone_trains_with_its_bins():
     ],
     ids=["shapes", "coco"],
 )
-def test_atss_config_sets_the_model_only(atss_config, gfl_config):
-    """ATSS differs from GFL in the model's settings; its head config is GFL's, and the head built has ATSS's layout."""
+def test_atss_config_sets_the_head_only(atss_config, gfl_config):
+    """
+    ATSS differs from GFL in the head's quality and box transform (one setting
+    each), and in turning off the distributions it has no longer to output;
+    the head built has ATSS's layout.
+    """
     atss = load_lazy_config(os.path.join(ROOT, "configs", atss_config))
     gfl = load_lazy_config(os.path.join(ROOT, "configs", gfl_config))
-    assert OmegaConf.to_container(atss.model.head) == OmegaConf.to_container(gfl.model.head)
-    changed = {k for k in gfl.model if k != "head" and atss.model[k] != gfl.model[k]}
-    assert changed == {"quality", "box_representation"}, changed
-    head = instantiate(atss.model.head)  # the interpolations read the model's settings
+    atss_head = OmegaConf.to_container(atss.model.head)
+    gfl_head = OmegaConf.to_container(gfl.model.head)
+    changed = {k for k in gfl_head if atss_head[k] != gfl_head[k]}
+    assert changed == {"quality", "box2box_transform"}, changed
+    keys = (set(gfl.model) | set(atss.model)) - {"head"}
+    changed = {k for k in keys if atss.model.get(k) != gfl.model.get(k)}
+    assert changed == {"output_box_distributions"}, changed
+    assert atss.model.output_box_distributions is False
+    assert instantiate(atss.model.head.box2box_transform) == DiracBox2BoxTransform(8.0)
+    head = instantiate(atss.model.head)
     assert (
         head.bbox_pred.out_channels == 4
         and head.has_quality_branch
@@ -163,50 +198,64 @@ def test_atss_config_sets_the_model_only(atss_config, gfl_config):
     )
 
 
-def test_a_head_setting_that_disagrees_with_the_model_is_refused():
-    for key, value, model_value in (
-        ("reg_max", 8, 16),
-        ("quality", "dgqp", "joint"),
-        ("box_representation", "dirac", "distribution"),
-    ):
-        cfg = tiny_gfl_config()
-        setattr(cfg.head, key, value)  # the head's own copy, overridden alone
-        message = (
-            f"the head was built with {key}={value!r} but the model has {key}={model_value!r}: "
-            f"set model.{key} only"
-        )
-        with pytest.raises(ValueError, match=re.escape(message)):
-            instantiate(cfg)
+@pytest.mark.parametrize(
+    "setting", ["reg_max", "bin_width", "anchor_scale", "quality", "box_representation"]
+)
+def test_the_model_has_no_layout_setting_of_its_own(setting):
+    """The layout has one home, the head: a model-level copy of it is no argument of GFL."""
+    cfg = tiny_gfl_config()
+    setattr(cfg, setting, {"reg_max": 8, "bin_width": 0.5, "anchor_scale": 4.0}.get(setting, "x"))
+    with pytest.raises(TypeError, match=setting):
+        instantiate(cfg)
+
+
+@pytest.mark.parametrize("bin_width", [1.0, 0.5])
+def test_the_model_decodes_with_the_heads_transform(bin_width):
+    cfg = tiny_gfl_config()
+    cfg.head.box2box_transform.bin_width = bin_width
+    model = instantiate(cfg)
+    assert model.box2box_transform is model.head.box2box_transform
+    assert model.box2box_transform == DistributionBox2BoxTransform(16, bin_width)
+    # one level (stride 8): each edge's distribution on two bins, decoded as bins x Δ x stride
+    centers = torch.tensor([[40.0, 40.0], [80.0, 64.0]])
+    anchors = Boxes(torch.cat([centers - 32, centers + 32], dim=1))
+    targets = torch.tensor([[2.0, 3.5, 1.25, 4.0], [1.0, 0.5, 2.75, 3.0]])
+    box_regs = two_bin_logits(targets, 17).reshape(2, -1)
+    scores = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.0, 0.8]])
+    inst = model.inference_single_image([anchors], [scores], [box_regs], (128, 128))
+    expected = distance2box(centers, targets * bin_width * 8.0)
+    torch.testing.assert_close(inst.pred_boxes.tensor, expected)
+    torch.testing.assert_close(inst.pred_classes, torch.tensor([0, 2]))
 
 
 def test_head_refuses_a_quality_its_box_outputs_cannot_give():
-    cfg = tiny_gfl_config()
-    cfg.quality, cfg.box_representation = "dgqp", "dirac"
-    with pytest.raises(ValueError, match="needs box_representation='distribution'"):
+    cfg = tiny_gfl_config(quality="dgqp", box_representation="dirac")
+    with pytest.raises(ValueError, match="it needs a DistributionBox2BoxTransform"):
         instantiate(cfg)
-    cfg = tiny_gfl_config(reg_max=2)
-    cfg.quality = "dgqp"  # the top 4 of 3 bins
-    with pytest.raises(
-        ValueError, match="reads the top 4 of each edge's n \\+ 1 bins, but reg_max=2 gives 3"
-    ):
+    cfg = tiny_gfl_config(reg_max=2, quality="dgqp")  # the top 4 of 3 bins
+    message = (
+        "reads the top 4 of each edge's n + 1 bins, but "
+        "DistributionBox2BoxTransform(reg_max=2, bin_width=1.0) gives 3"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
         instantiate(cfg)
-    cfg = tiny_gfl_config()
-    cfg.quality = "centre"
+    cfg = tiny_gfl_config(quality="centre")
     with pytest.raises(ValueError, match="quality must be one of"):
         instantiate(cfg)
 
 
-def tiny_variant(**kwargs):
-    cfg = tiny_gfl_config()
+def tiny_variant(quality="joint", box_representation="distribution", **kwargs):
+    """The tiny GFL with the head's ``quality`` and box representation, the model's ``kwargs``."""
+    cfg = tiny_gfl_config(quality=quality, box_representation=box_representation)
     for k, v in kwargs.items():
         setattr(cfg, k, v)
     torch.manual_seed(0)
     return instantiate(cfg)
 
 
-def decode_boxes(transform, box_regs, anchors):
-    """(R, D) box outputs and (R, 4) anchors -> (R, 4) boxes in image coordinates."""
-    centers, strides = transform.centers_and_strides(anchors)
+def decode_boxes(transform, box_regs, anchors, strides):
+    """(R, D) box outputs, (R, 4) anchors and (R,) their strides -> (R, 4) image boxes."""
+    centers, strides = anchor_points(anchors, strides)
     return distance2box(centers, transform.decode(box_regs).distances * strides)
 
 
@@ -219,7 +268,7 @@ def labelled(model, data):
 
 
 def stride_boxes(anchors):
-    """FCOS's anchor representation (a stride-sized box) at the same centres as GFL's 8 x stride anchors."""
+    """FCOS's anchors (a stride-sized box) at the same centres as GFL's 8 x stride anchors."""
     out = []
     for a in anchors:
         centers, half = a.get_centers(), (a.tensor[:, 2:] - a.tensor[:, :2]) / 16
@@ -263,9 +312,13 @@ def test_atss_centerness_target_equals_fcos_on_the_same_anchors():
     q = torch.cat(quality, dim=1).reshape(n, num_anchors)
     expected = F.binary_cross_entropy_with_logits(q[pos], theirs[pos], reduction="sum") / pos.sum()
     torch.testing.assert_close(losses["loss_quality"], expected)
-    all_anchors = Boxes.cat(anchors).tensor
+    all_anchors, all_strides = Boxes.cat(anchors).tensor, model.level_strides(anchors)
+    torch.testing.assert_close(all_strides, strides)
     pred = torch.stack(
-        [decode_boxes(model.box2box_transform, d, all_anchors) for d in torch.cat(deltas, dim=1)]
+        [
+            decode_boxes(model.box2box_transform, d, all_anchors, all_strides)
+            for d in torch.cat(deltas, dim=1)
+        ]
     )
     giou = giou_loss(pred[pos], torch.stack(gt_boxes)[pos], reduction="none")
     expected = (giou * theirs[pos]).sum() / theirs[pos].sum() * model.loss_bbox_weight
@@ -303,19 +356,25 @@ def test_dirac_variant_is_plain_giou_regression():
     # inference decodes the same boxes
     anchors_cat = Boxes.cat(anchors).tensor
     torch.testing.assert_close(
-        decode_boxes(model.box2box_transform, all_deltas[0], anchors_cat), pred[0]
+        decode_boxes(
+            model.box2box_transform, all_deltas[0], anchors_cat, model.level_strides(anchors)
+        ),
+        pred[0],
     )
 
 
 def test_untrained_dirac_variant_predicts_its_anchors():
     model = tiny_variant(cls_loss="qfl", quality="joint", box_representation="dirac")
+    # 8 x stride anchors of the levels of stride 8 and 16
     anchors = torch.tensor([[-32.0, -32.0, 32.0, 32.0], [16.0, 0.0, 144.0, 128.0]])
+    strides = torch.tensor([8.0, 16.0])
+    transform = model.box2box_transform
     torch.testing.assert_close(
-        decode_boxes(model.box2box_transform, torch.zeros(2, 4), anchors), anchors
+        decode_boxes(transform, torch.zeros(2, 4), anchors, strides), anchors
     )
     boxes = torch.tensor([[-10.0, -5.0, 20.0, 7.0], [30.0, 10.0, 100.0, 70.0]])
-    box_regs = model.box2box_transform.encode(anchors, boxes)
-    torch.testing.assert_close(decode_boxes(model.box2box_transform, box_regs, anchors), boxes)
+    box_regs = transform.encode(*anchor_points(anchors, strides), boxes)
+    torch.testing.assert_close(decode_boxes(transform, box_regs, anchors, strides), boxes)
 
 
 def test_separate_quality_is_multiplied_into_the_score():
@@ -355,6 +414,8 @@ def test_yacs_keys_build_the_atss_variant():
             "centerness",
             "MODEL.GFL.BOX_REPRESENTATION",
             "dirac",
+            "MODEL.GFL.OUTPUT_BOX_DISTRIBUTIONS",
+            "False",
             "MODEL.DEVICE",
             "cpu",
             "MODEL.RESNETS.DEPTH",
@@ -368,6 +429,7 @@ def test_yacs_keys_build_the_atss_variant():
     model = build_model(cfg)
     assert isinstance(model, GFL) and model.variant == GFLVariant("focal", "centerness", "dirac")
     assert model.head.has_quality_branch and model.head.bbox_pred.out_channels == 4
+    assert model.box2box_transform == DiracBox2BoxTransform(cfg.MODEL.GFL.ANCHOR_SCALE)
 
 
 @pytest.mark.parametrize(
@@ -376,7 +438,7 @@ def test_yacs_keys_build_the_atss_variant():
         (dict(cls_loss="focal", quality="dgqp"), "the classification loss follows the quality"),
         (
             dict(quality="dgqp", box_representation="dirac"),
-            "needs box_representation='distribution'",
+            "it needs a DistributionBox2BoxTransform",
         ),
     ],
 )
@@ -409,14 +471,14 @@ def test_the_quality_alone_chooses_the_classification_loss(quality, loss):
 
 
 def test_v2_logs_the_spread_of_its_predicted_quality_at_the_positives():
-    cfg = tiny_gfl_config()
-    cfg.quality = "dgqp"
+    cfg = tiny_gfl_config(quality="dgqp")
     torch.manual_seed(0)
     model = instantiate(cfg)
     _, storage = train_step(model, two_image_batch())
     history = storage.histories()
     mean, std = history["dgqp_quality_mean"].latest(), history["dgqp_quality_std"].latest()
-    # released initialisation: both 1x1 convs near 0, so every positive's quality is sigmoid(~0) with little spread
+    # released initialisation: both 1x1 convs near 0, so every positive's quality is
+    # sigmoid(~0) with little spread
     assert abs(mean - 0.5) < 0.05 and 0.0 <= std < 0.05
     torch.manual_seed(0)
     _, storage = train_step(instantiate(tiny_gfl_config()), two_image_batch())
