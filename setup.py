@@ -39,5 +39,7 @@ setup(
         "pyyaml",  # YOLO data.yaml
         "matplotlib",  # the precision-recall pictures
     ],
-    extras_require={"dev": ["pytest>=7", "pytest-xdist>=3.2", "onnx", "onnxruntime"]},
+    extras_require={
+        "dev": ["pytest>=7", "pytest-xdist>=3.2", "onnx", "onnxruntime", "ruff==0.17.6"]
+    },
 )
