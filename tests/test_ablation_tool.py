@@ -202,9 +202,10 @@ def test_distillation_rows_train_their_teacher_then_the_student_alone_and_taught
     teacher = json.loads((out / "teacher" / "result.json").read_text())
     assert teacher["config"] == "Synthetic/gfl_R_18_FPN_shapes.py" and "AP" in teacher["metrics"]
     taught = json.loads((out / "Student_LD" / "seed0" / "result.json").read_text())
-    assert f"model.teacher.checkpoint={out / 'teacher' / 'model_final.pth'}" in taught["overrides"]
+    checkpoint = out / "teacher" / "model_final.pth"
+    assert f"distillation.teacher.checkpoint={checkpoint}" in taught["overrides"]
     alone = json.loads((out / "Student" / "seed0" / "result.json").read_text())
-    assert not any(o.startswith("model.teacher") for o in alone["overrides"])
+    assert not any(o.startswith("distillation.") for o in alone["overrides"])
 
     # the taught student's checkpoint is a plain student's
     def keys(name):
@@ -236,7 +237,7 @@ def test_a_given_teacher_is_used_as_it_is_and_a_missing_one_is_refused(tmp_path)
     )
     assert ensure_teacher(args)["checkpoint"] == args.teacher
     _, overrides = run_overrides(args, "Student + LD", 0, str(tmp_path / "run"))
-    assert f"model.teacher.checkpoint={args.teacher}" in overrides
+    assert f"distillation.teacher.checkpoint={args.teacher}" in overrides
     assert not (tmp_path / "out" / "teacher").exists()  # nothing trained
     with pytest.raises(SystemExit, match="--teacher: no checkpoint at"):
         ensure_teacher(argparse.Namespace(**dict(vars(args), teacher=str(tmp_path / "none.pth"))))

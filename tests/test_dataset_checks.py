@@ -95,13 +95,13 @@ def test_bbox_mode_is_required_not_guessed(tmp_path):
 
 def test_reader_dataset_check_and_model_clip_and_drop_the_same_boxes(tmp_path, caplog):
     """
-    One box policy: the VOC reader, the dataset check and the model's tensor
-    checks agree box by box.
+    One box policy: the VOC reader, the dataset check and the training batches'
+    ground-truth check agree box by box.
     """
     from detectron2.structures import BoxMode
 
     from gfl_d2.data import read_dataset_folder
-    from gfl_d2.modeling.input_checks import sanitize_gt_instances
+    from gfl_d2.data.ground_truth import sanitize_gt_instances
     from gfl_d2.testing import make_instances
 
     boxes = [

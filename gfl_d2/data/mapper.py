@@ -9,9 +9,12 @@ the loader in the training process, that is most of the mapper's time on a
 small CPU. :class:`BoxDatasetMapper` returns the same dict (the same image
 tensor, ``gt_boxes`` and ``gt_classes`` bit for bit, the same RNG use) while
 converting and transforming all boxes of a dtype and mode in one call, and
-without copying annotations it does not change. Whatever it does not handle
-(masks, keypoints, recomputed boxes, boxes that are not lists of Python
-numbers, other box modes) goes through detectron2's own code unchanged.
+without copying annotations it does not change. It uses detectron2's public
+steps only (``read_image``, ``check_image_size``, the mapper's
+``augmentations``, ``filter_empty_instances``). Whatever it does not handle
+(masks, keypoints, recomputed boxes, semantic segmentation, proposals, boxes
+that are not lists of Python numbers, other box modes) goes through
+``DatasetMapper.__call__`` unchanged.
 """
 
 import copy
@@ -21,20 +24,12 @@ import numpy as np
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 __all__ = ["BoxDatasetMapper"]
 
 _FAST_MODES = (BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
-
-
-class _SharedAnnotations(list):
-    """The annotations of a dataset dict, handed through ``DatasetMapper.__call__``'s
-    deep copy by reference: :meth:`BoxDatasetMapper._transform_annotations` reads
-    them without changing them (and copies them before any fallback that would)."""
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 def _box_kind(box) -> Optional[str]:
@@ -73,42 +68,59 @@ class BoxDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         annos = dataset_dict.get("annotations")
-        if annos is not None and (self._boxes_only() or not self.is_train):
-            # the parent deep-copies the dict; nothing below changes the annotations
-            dataset_dict = dict(dataset_dict)
-            dataset_dict["annotations"] = _SharedAnnotations(annos)
-        return super().__call__(dataset_dict)
-
-    def _transform_annotations(self, dataset_dict, transforms, image_shape):
-        annos = dataset_dict["annotations"]
+        if annos is None:
+            return super().__call__(dataset_dict)
+        rest = {k: v for k, v in dataset_dict.items() if k != "annotations"}
+        if not self.is_train:
+            # detectron2 drops the annotations at inference: no need to copy them
+            return super().__call__(rest)
         kept = [obj for obj in annos if obj.get("iscrowd", 0) == 0]
+        groups = self._box_groups(kept)
+        if groups is None or "sem_seg_file_name" in rest or self.proposal_topk is not None:
+            return super().__call__(dataset_dict)
+        mapped, transforms = self._map_image(rest)
+        mapped["instances"] = _box_instances(kept, groups, transforms, mapped["image"].shape[1:])
+        return mapped
+
+    def _box_groups(self, kept: List[Dict]) -> Optional[Dict[tuple, List[int]]]:
+        """The indices of ``kept`` by (box mode, dtype); None if a box needs detectron2's path."""
+        if not self._boxes_only():
+            return None
         groups: Dict[tuple, List[int]] = {}
-        fast = self._boxes_only()
         for i, obj in enumerate(kept):
-            kind = _box_kind(obj["bbox"]) if fast else None
+            kind = _box_kind(obj["bbox"])
             mode = obj["bbox_mode"]
             if kind is None or mode not in _FAST_MODES:
-                fast = False
-                break
+                return None
             groups.setdefault((mode, kind), []).append(i)
-        if not fast:
-            if isinstance(annos, _SharedAnnotations):
-                # detectron2's own path edits the annotations in place: give it copies
-                dataset_dict["annotations"] = copy.deepcopy(list(annos))
-            return super()._transform_annotations(dataset_dict, transforms, image_shape)
-        dataset_dict.pop("annotations")
+        return groups
 
-        h, w = image_shape
-        boxes = np.zeros((len(kept), 4), dtype=np.float64)
-        for (mode, kind), index in groups.items():
-            xyxy = _to_xyxy([kept[i]["bbox"] for i in index], mode, kind)
-            # elementwise per box, as transform_instance_annotations does one box at a time
-            xyxy = transforms.apply_box(xyxy).clip(min=0)
-            boxes[index] = np.minimum(xyxy, [w, h, w, h])
+    def _map_image(self, record: Dict):
+        """``DatasetMapper``'s image steps on ``record`` (a copy): the dict with its image, and the
+        transforms applied (the same reads and RNG use)."""
+        mapped = copy.deepcopy(record)
+        image = utils.read_image(mapped["file_name"], format=self.image_format)
+        utils.check_image_size(mapped, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        mapped["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return mapped, transforms
 
-        instances = Instances(image_shape)
-        instances.gt_boxes = Boxes(boxes)
-        instances.gt_classes = torch.tensor(
-            [int(obj["category_id"]) for obj in kept], dtype=torch.int64
-        )
-        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+def _box_instances(kept: List[Dict], groups, transforms, image_shape) -> Instances:
+    """The ``Instances`` of the boxes of ``kept``, as ``transform_instance_annotations`` and
+    ``annotations_to_instances`` make them, empty ones filtered."""
+    h, w = image_shape
+    boxes = np.zeros((len(kept), 4), dtype=np.float64)
+    for (mode, kind), index in groups.items():
+        xyxy = _to_xyxy([kept[i]["bbox"] for i in index], mode, kind)
+        # elementwise per box, as transform_instance_annotations does one box at a time
+        xyxy = transforms.apply_box(xyxy).clip(min=0)
+        boxes[index] = np.minimum(xyxy, [w, h, w, h])
+    instances = Instances((h, w))
+    instances.gt_boxes = Boxes(boxes)
+    instances.gt_classes = torch.tensor(
+        [int(obj["category_id"]) for obj in kept], dtype=torch.int64
+    )
+    return utils.filter_empty_instances(instances)
