@@ -97,11 +97,14 @@ def test_bin_fit_advises_more_bins_when_targets_are_clamped_and_fewer_when_far_t
     # targets up to 20 strides with n = 16: 20% beyond the last bin
     wide = bin_fit(np.linspace(0.0, 20.0, 1000), strides, reg_max=16, bin_width=1.0)
     assert 0.19 < wide["share_clamped"] < 0.21 and wide["recommended_reg_max"] == 20
-    assert "clamped" in wide["advice"] and wide["advice"].endswith("use model.head.box2box_transform.reg_max=20")
+    assert "clamped" in wide["advice"]
+    assert wide["advice"].endswith("use model.head.box2box_transform.reg_max=20")
+    assert wide["advised_change"] == "model.head.box2box_transform.reg_max=20"
     # targets within 3 strides with n = 16: far more bins than used
     narrow = bin_fit(np.linspace(0.0, 3.0, 1000), strides, reg_max=16, bin_width=1.0)
     assert narrow["share_clamped"] == 0 and narrow["recommended_reg_max"] == 4
-    assert "far inside" in narrow["advice"] and "model.head.box2box_transform.reg_max=4" in narrow["advice"]
+    assert "far inside" in narrow["advice"]
+    assert "model.head.box2box_transform.reg_max=4" in narrow["advice"]
     # targets that use the range: no advice; Δ counts (bins 0.5 stride apart cover 8 strides with n
     # = 16)
     assert (
