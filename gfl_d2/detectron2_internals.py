@@ -16,7 +16,6 @@ API                                                         used by
 ``DenseDetector._move_to_current_device(x)``                ``GFL.preprocess_image``
 ``SimpleTrainer._write_metrics(loss_dict, data_time, ...)`` ``gfl_d2.train_loop`` (names non-finite terms)
 ``COCOEvaluator._derive_coco_results(coco_eval, ...)``      ``COCOEvaluatorWithCurves`` (the PR curves)
-``DatasetMapper._transform_annotations(d, t, shape)``       ``BoxDatasetMapper`` (all boxes at once)
 ==========================================================  ==============================================
 """
 
@@ -53,12 +52,6 @@ PROTECTED_APIS = [
         "COCOEvaluator",
         "_derive_coco_results",
         ("self", "coco_eval", "iou_type", "class_names"),
-    ),
-    (
-        "detectron2.data",
-        "DatasetMapper",
-        "_transform_annotations",
-        ("self", "dataset_dict", "transforms", "image_shape"),
     ),
 ]
 
