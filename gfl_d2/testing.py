@@ -1,14 +1,10 @@
 """
-Small models, inputs and runners for tests, in the manner of
+Small models and inputs for tests, in the manner of
 ``detectron2.utils.testing``: a tiny GFL that runs in a second on a CPU,
-synthetic images with their ground truth, one training step, and a runner of
-the repository's tools (``ROOT`` is the checkout of an editable install).
+synthetic images with their ground truth, and one training step. They need
+nothing but the installed package (the repository's own test helpers, which
+run its tools, are ``tests/repo.py``).
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import torch
@@ -27,18 +23,6 @@ from .modeling import (
     GFLHead,
     LastLevelP6P7FromP5,
 )
-
-# the repository checkout (an editable install): its tools/ and configs/
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# overrides that shrink the embedded config to a few seconds (tools/train_net.py tests)
-TINY_OVERRIDES = [
-    "dataloader.train.dataset.names.num_images=16",
-    "dataloader.test.dataset.names.num_images=8",
-    "dataloader.train.total_batch_size=4",
-    "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-]
 
 
 def tiny_gfl_config(
@@ -160,29 +144,3 @@ def train_step(model, data):
         losses = model(data)
         sum(losses.values()).backward()
     return losses, storage
-
-
-def run_tool(args, datasets=None, timeout=600, check=True):
-    """
-    ``python <args>`` from the repository root, as a user runs a tool; returns the finished process.
-    """
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    if datasets is not None:
-        env["DETECTRON2_DATASETS"] = str(datasets)
-    proc = subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check:
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    return proc
-
-
-def read_metrics(path):
-    """The records of a detectron2 ``metrics.json``."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

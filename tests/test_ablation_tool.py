@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from gfl_d2.testing import ROOT
+from .repo import ROOT
 
 
 def test_ablation_tool_runs_saves_and_resumes(tmp_path):

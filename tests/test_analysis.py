@@ -15,8 +15,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.bins import anchors_for_image_size, bin_fit
-from gfl_d2.testing import ROOT, run_tool, tiny_gfl
+from gfl_d2.testing import tiny_gfl
 from gfl_studies.edge_uncertainty import render, summarize_edge_uncertainty
+
+from .repo import ROOT, run_tool
 
 
 def test_visualize_distributions_tool(tmp_path):

@@ -11,11 +11,12 @@ import sys
 
 import pytest
 
-from gfl_d2.testing import ROOT, run_tool
 from gfl_studies.gpu_check import benchmark_rows
 from gfl_studies.mmdet_peer import SKIP_NOTE, run_peer_benchmark
 from gfl_studies.mmdet_peer import render as render_peer
 from gfl_studies.mmdet_runtime import mmdet_available
+
+from .repo import ROOT, run_tool
 
 
 def test_benchmark_smoke_writes_its_report(tmp_path):

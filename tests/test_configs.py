@@ -14,7 +14,8 @@ from gfl_d2 import GFL, add_gfl_config
 from gfl_d2.model_zoo import get_config_file
 from gfl_d2.modeling import DistributionBox2BoxTransform, LocalizationDistiller
 from gfl_d2.teacher import distill_from_lazy_config
-from gfl_d2.testing import ROOT
+
+from .repo import ROOT
 
 LAZY = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
 LAZY = [p for p in LAZY if os.sep + "common" + os.sep not in p]

@@ -23,9 +23,9 @@ from gfl_d2.convert import (
     convert_mmdet_state_dict,
     load_mmdet_checkpoint,
 )
-from gfl_d2.testing import ROOT, run_tool
 
 from .mmdet_gfl_reference import mmdet_gfl_state_dict, mmdet_state_dict_layout, reference_forward
+from .repo import ROOT, run_tool
 
 
 def build(config):

@@ -12,9 +12,9 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_mmdet_state_dict
-from gfl_d2.testing import ROOT
 
 from .mmdet_gfl_reference import GFOCALV2_FIXTURE, mmdet_gfl_state_dict, mmdet_state_dict_layout
+from .repo import ROOT
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_tool_converts_an_authors_v2_checkpoint_file(tmp_path):
     """As the authors' MMDetection 2.x runner saves it: meta with the class names, the state dict."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from gfl_d2.testing import run_tool
+    from .repo import run_tool
 
     sd = mmdet_gfl_state_dict("R-101 ms2x", fixture=GFOCALV2_FIXTURE)
     src, dst = tmp_path / "gfocal_r101_fpn_ms2x.pth", tmp_path / "gflv2_r101.pth"

@@ -18,7 +18,6 @@ from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.convert import ConversionError, convert_checkpoint
 from gfl_d2.cpu_inference import FrozenCPUDetector
-from gfl_d2.testing import ROOT
 from gfl_studies.mmdet_runtime import (
     MMDET_CONFIGS,
     build_mmdet_gfl,
@@ -27,6 +26,8 @@ from gfl_studies.mmdet_runtime import (
     save_as_mmdet,
     trained_like,
 )
+
+from .repo import ROOT
 
 pytestmark = pytest.mark.skipif(
     not mmdet_available(), reason="MMDetection (mmdet, mmengine, mmcv) is not installed"

@@ -11,8 +11,9 @@ from detectron2.config import LazyConfig
 from PIL import Image
 
 from gfl_d2.data import DatasetError, check_dataset_dicts
-from gfl_d2.testing import ROOT
 from gfl_d2.training import build_train_loader
+
+from .repo import ROOT
 
 
 # ---------------------------------------------------------------- bad datasets and files

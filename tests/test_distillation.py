@@ -17,15 +17,9 @@ from gfl_d2.model_zoo import get_config_file
 from gfl_d2.modeling import GFL, LocalizationDistiller, check_teacher
 from gfl_d2.modeling.losses import localization_distillation_loss
 from gfl_d2.teacher import build_teacher, distill_from_lazy_config, distill_from_yacs_config
-from gfl_d2.testing import (
-    TINY_OVERRIDES,
-    read_metrics,
-    run_tool,
-    tiny_gfl,
-    tiny_gfl_config,
-    train_step,
-    two_image_batch,
-)
+from gfl_d2.testing import tiny_gfl, tiny_gfl_config, train_step, two_image_batch
+
+from .repo import TINY_OVERRIDES, read_metrics, run_tool
 
 
 def test_loss_is_the_softened_kl_times_t_squared():

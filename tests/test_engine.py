@@ -12,16 +12,12 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, require_trained_head
+from gfl_d2.errors import WeightsError
 from gfl_d2.model_zoo import DEFAULT_CONFIG
-from gfl_d2.testing import (
-    ROOT,
-    TINY_OVERRIDES,
-    make_instances,
-    read_metrics,
-    shapes_image,
-    tiny_gfl,
-)
+from gfl_d2.testing import make_instances, shapes_image, tiny_gfl
 from gfl_d2.train_loop import SimpleTrainer, clip_gradients
+
+from .repo import ROOT, TINY_OVERRIDES, read_metrics
 
 
 def test_truncated_and_foreign_checkpoints(tmp_path):
@@ -60,8 +56,8 @@ def test_weights_without_the_head_are_refused_for_evaluation(tmp_path):
     checkpointer = CheckedCheckpointer(tiny_gfl())
     checkpointer.load(str(tmp_path / "backbone.pth"))
     with pytest.raises(
-        SystemExit,
-        match=r"error: .*backbone.pth holds no trained weights for \d+ tensor\(s\) of the "
+        WeightsError,
+        match=r".*backbone.pth holds no trained weights for \d+ tensor\(s\) of the "
         r"detector's head \(head\.bbox_pred\.bias, head\.bbox_pred\.weight, .*"
         r"train.init_checkpoint=/path/to/model_final.pth",
     ):
@@ -71,7 +67,7 @@ def test_weights_without_the_head_are_refused_for_evaluation(tmp_path):
     checkpointer = CheckedCheckpointer(other)
     checkpointer.load(str(tmp_path / "trained.pth"))
     with pytest.raises(
-        SystemExit,
+        WeightsError,
         match=r"2 tensor\(s\) of the detector's head \(head.cls_score.bias, head.cls_score.weight\)",
     ):
         require_trained_head(checkpointer, "trained.pth")

@@ -13,7 +13,8 @@ from detectron2.config import LazyConfig, instantiate
 from gfl_d2.data import write_split
 from gfl_d2.export import export
 from gfl_d2.lazy_config import load_lazy_config
-from gfl_d2.testing import ROOT
+
+from .repo import ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py")
 CONFIG_V2 = os.path.join(ROOT, "configs", "Synthetic", "gflv2_R_18_FPN_shapes.py")

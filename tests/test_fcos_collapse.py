@@ -12,8 +12,10 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 
 from gfl_d2.lazy_config import load_lazy_config
-from gfl_d2.testing import ROOT, two_image_batch
+from gfl_d2.testing import two_image_batch
 from gfl_studies.fcos_collapse import read_series, render, summarize_run
+
+from .repo import ROOT
 
 FCOS_CONFIG = os.path.join(ROOT, "configs/Synthetic/fcos_R_18_FPN_shapes.py")
 

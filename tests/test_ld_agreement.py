@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from gfl_d2.testing import run_tool
 from gfl_studies.ld_agreement import agreement
+
+from .repo import run_tool
 
 # gfl-d2's LD loss is float32: each term's log-softmax rounding (|log p| < 10, a couple of ulps)
 # times T^2 = 100

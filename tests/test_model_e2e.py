@@ -19,7 +19,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
-from gfl_d2.testing import ROOT
+from .repo import ROOT
 
 
 def get_model_no_weights(config_path, overrides=()):

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from gfl_d2.testing import ROOT
+from .repo import ROOT
 
 LOOKUP = """
 import json, gfl_d2.model_zoo as z

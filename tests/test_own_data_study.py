@@ -11,7 +11,6 @@ from collections import OrderedDict
 import pytest
 from detectron2.evaluation.testing import print_csv_format
 
-from gfl_d2.testing import run_tool
 from gfl_studies.own_data_study import (
     copypaste_metrics,
     final_metrics,
@@ -19,6 +18,8 @@ from gfl_studies.own_data_study import (
     render,
     summarize,
 )
+
+from .repo import run_tool
 
 
 def test_the_study_reads_the_bin_check_that_training_wrote(tmp_path):

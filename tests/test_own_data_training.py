@@ -12,10 +12,10 @@ import torch
 
 from gfl_d2.convert import convert_checkpoint
 from gfl_d2.data import write_layout
-from gfl_d2.testing import read_metrics, run_tool
 from gfl_studies.bars import BARS_CLASSES, BARS_IDS, BarsConfig, generate_bars_split
 
 from .mmdet_gfl_reference import mmdet_gfl_state_dict
+from .repo import read_metrics, run_tool
 
 SMALL = BarsConfig(min_width=64, max_width=112, min_height=48, max_height=96, max_objects=4)
 FAST = [

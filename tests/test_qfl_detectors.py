@@ -10,7 +10,9 @@ from detectron2.utils.events import EventStorage
 
 from gfl_d2.lazy_config import load_lazy_config
 from gfl_d2.modeling import QFLRetinaNet
-from gfl_d2.testing import ROOT, two_image_batch
+from gfl_d2.testing import two_image_batch
+
+from .repo import ROOT
 
 
 def perfect_deltas(model, anchors, gt_boxes, n):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
-from gfl_d2.testing import run_tool
 from gfl_studies.correlation import spearman
 from gfl_studies.quality_study import detection_candidates, held_quality, true_ious
+
+from .repo import run_tool
 
 
 def test_spearman_against_hand_computed_values():

@@ -11,8 +11,9 @@ import pytest
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, EventStorage
 
-from gfl_d2.testing import ROOT, TINY_OVERRIDES, run_tool
 from gfl_studies.quickstart import bbox_result, parse_log, render, run_once, summarize
+
+from .repo import ROOT, TINY_OVERRIDES, run_tool
 
 
 def seed_log_lines():

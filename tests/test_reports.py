@@ -9,7 +9,6 @@ import os
 
 import pytest
 
-from gfl_d2.testing import ROOT
 from gfl_studies import (
     ablation,
     benchmark,
@@ -22,6 +21,8 @@ from gfl_studies import (
     quality_study,
     quickstart,
 )
+
+from .repo import ROOT
 
 RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
 # report name prefix -> the renderer of the tool that writes it

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gfl_d2.data import ShapesConfig, write_split
-from gfl_d2.testing import ROOT, TINY_OVERRIDES, read_metrics, run_tool
+
+from .repo import ROOT, TINY_OVERRIDES, read_metrics, run_tool
 
 
 def run(cmd, datasets, timeout=600):

@@ -29,7 +29,9 @@ from gfl_d2.modeling import (
     QFLRetinaNet,
 )
 from gfl_d2.modeling.box_coding import anchor_points, distance2box
-from gfl_d2.testing import ROOT, tiny_gfl_config, train_step, two_bin_logits, two_image_batch
+from gfl_d2.testing import tiny_gfl_config, train_step, two_bin_logits, two_image_batch
+
+from .repo import ROOT
 
 SHAPES = os.path.join(ROOT, "configs", "Synthetic")
 # every variant of tools/ablation.py is one of these config files

@@ -14,7 +14,9 @@ from gfl_d2.export import export
 from gfl_d2.lazy_config import load_lazy_config
 from gfl_d2.model_zoo import DEFAULT_CONFIG
 from gfl_d2.predictor import LazyPredictor
-from gfl_d2.testing import run_tool, tiny_gfl
+from gfl_d2.testing import tiny_gfl
+
+from .repo import run_tool
 
 
 def mmdet_checkpoint(path):
