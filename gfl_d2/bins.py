@@ -140,10 +140,9 @@ def bin_fit(
             (yacs: ``"MODEL.GFL.REG_MAX {n}"``).
 
     Returns:
-        dict with the percentiles, the share clamped, per-level 99th
-        percentiles, the recommended n (covering 99% of the targets),
-        ``fixed_by``, ``advice`` (None when there is nothing to do) and
-        ``advised_change``, the override the advice asks for (or None).
+        dict: percentiles, share clamped, per-level 99th percentiles, the n
+        covering 99% of the targets, ``fixed_by``, ``advice`` (None: nothing
+        to do) and ``advised_change`` (the override it asks for, or None).
     """
     p50, p99 = (float(np.percentile(targets, q)) for q in (50, 99))
     clamped = float((targets > (reg_max - 0.1) * bin_width).mean())

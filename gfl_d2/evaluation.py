@@ -33,54 +33,36 @@ def ap_by_size(precision: np.ndarray) -> np.ndarray:
         return np.where(count > 0, summed / np.maximum(count, 1) * 100, np.nan)
 
 
-def plot_precision_recall(
-    precision: np.ndarray,
-    iou_thresholds: Sequence[float],
-    recall_thresholds: Sequence[float],
-    class_names: Sequence[str],
-    path: str,
-    title: str = "",
-) -> str:
-    """Write the picture (per-class PR curves at IoU 0.5 and 0.75, per-class AP by size) to ``path``."""
-    import matplotlib
+def _plot_pr_curves(ax, precision, ious, recalls, class_names, iou, colours) -> None:
+    """One panel: each class's precision-recall curve at the IoU threshold nearest ``iou``."""
+    t = int(np.argmin(np.abs(ious - iou)))
+    for k, name in enumerate(class_names):
+        curve = precision[t, :, k, 0, -1]
+        if (curve > -1).any():
+            ap = curve[curve > -1].mean() * 100
+            label = f"{name} ({ap:.1f})"
+            ax.plot(recalls, np.clip(curve, 0, None), color=colours[k], label=label)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="recall",
+        ylabel="precision",
+        title=f"precision-recall at IoU {ious[t]:.2f} (AP{int(round(ious[t] * 100))} per class)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left", ncol=1 + len(class_names) // 12)
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    ious = np.asarray(iou_thresholds)
-    recalls = np.asarray(recall_thresholds)
-    aps = ap_by_size(precision)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-    colours = plt.cm.tab20(np.linspace(0, 1, max(len(class_names), 2)))
-    for ax, iou in zip(axes[:2], (0.5, 0.75)):
-        t = int(np.argmin(np.abs(ious - iou)))
-        for k, name in enumerate(class_names):
-            curve = precision[t, :, k, 0, -1]
-            if (curve > -1).any():
-                ap = curve[curve > -1].mean() * 100
-                ax.plot(
-                    recalls, np.clip(curve, 0, None), color=colours[k], label=f"{name} ({ap:.1f})"
-                )
-        ax.set(
-            xlim=(0, 1),
-            ylim=(0, 1.02),
-            xlabel="recall",
-            ylabel="precision",
-            title=f"precision-recall at IoU {ious[t]:.2f} (AP{int(round(ious[t] * 100))} per class)",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left", ncol=1 + len(class_names) // 12)
-    ax = axes[2]
+def _plot_ap_by_size(ax, aps: np.ndarray, class_names: Sequence[str]) -> None:
+    """One panel: each class's AP by object size, a bar per area range."""
     x = np.arange(len(class_names))
     width = 0.2
     for a, area in enumerate(_AREAS):
         ax.bar(x + (a - 1.5) * width, np.nan_to_num(aps[:, a]), width, label=area)
     ax.set_xticks(x)
+    many = len(class_names) > 6
     ax.set_xticklabels(
-        class_names,
-        rotation=45 if len(class_names) > 6 else 0,
-        ha="right" if len(class_names) > 6 else "center",
-        fontsize=8,
+        class_names, rotation=45 if many else 0, ha="right" if many else "center", fontsize=8
     )
     ax.set(
         ylabel="AP (IoU 0.50:0.95)",
@@ -89,6 +71,31 @@ def plot_precision_recall(
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
+
+
+def plot_precision_recall(
+    precision: np.ndarray,
+    iou_thresholds: Sequence[float],
+    recall_thresholds: Sequence[float],
+    class_names: Sequence[str],
+    path: str,
+    title: str = "",
+) -> str:
+    """
+    Write the picture (per-class PR curves at IoU 0.5 and 0.75, per-class AP by
+    size) to ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ious, recalls = np.asarray(iou_thresholds), np.asarray(recall_thresholds)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(class_names), 2)))
+    for ax, iou in zip(axes[:2], (0.5, 0.75)):
+        _plot_pr_curves(ax, precision, ious, recalls, class_names, iou, colours)
+    _plot_ap_by_size(axes[2], ap_by_size(precision), class_names)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -25,6 +25,33 @@ from .modeling import (
 )
 
 
+def _tiny_backbone(channels: int):
+    """ResNet-18 with GroupNorm, FPN of ``channels`` on P3-P7."""
+    return L(FPN)(
+        bottom_up=L(ResNet)(
+            stem=L(BasicStem)(in_channels=3, out_channels=64, norm="GN"),
+            stages=L(ResNet.make_default_stages)(depth=18, norm="GN"),
+            out_features=["res3", "res4", "res5"],
+            freeze_at=0,
+        ),
+        in_features=["res3", "res4", "res5"],
+        out_channels=channels,
+        top_block=L(LastLevelP6P7FromP5)(in_channels=channels, out_channels=channels),
+    )
+
+
+def _box_transform(box_representation: str, reg_max: int):
+    from .modeling import DiracBox2BoxTransform
+
+    if box_representation == "distribution":
+        return L(DistributionBox2BoxTransform)(reg_max=reg_max)
+    if box_representation == "dirac":
+        return L(DiracBox2BoxTransform)(anchor_scale=8.0)
+    raise ValueError(
+        f"box_representation must be 'distribution' or 'dirac', got {box_representation!r}"
+    )
+
+
 def tiny_gfl_config(
     num_classes=3,
     reg_max=16,
@@ -39,34 +66,14 @@ def tiny_gfl_config(
     "distribution" (n = ``reg_max``) or "dirac" (which has no distributions to
     output, so ``output_box_distributions`` is off).
     """
-    from .modeling import DiracBox2BoxTransform
-
-    if box_representation == "distribution":
-        transform = L(DistributionBox2BoxTransform)(reg_max=reg_max)
-    elif box_representation == "dirac":
-        transform = L(DiracBox2BoxTransform)(anchor_scale=8.0)
-    else:
-        raise ValueError(
-            f"box_representation must be 'distribution' or 'dirac', got {box_representation!r}"
-        )
     return L(GFL)(
-        backbone=L(FPN)(
-            bottom_up=L(ResNet)(
-                stem=L(BasicStem)(in_channels=3, out_channels=64, norm="GN"),
-                stages=L(ResNet.make_default_stages)(depth=18, norm="GN"),
-                out_features=["res3", "res4", "res5"],
-                freeze_at=0,
-            ),
-            in_features=["res3", "res4", "res5"],
-            out_channels=channels,
-            top_block=L(LastLevelP6P7FromP5)(in_channels=channels, out_channels=channels),
-        ),
+        backbone=_tiny_backbone(channels),
         head=L(GFLHead)(
             input_shape=[ShapeSpec(channels=channels)] * 5,
             num_classes="${..num_classes}",
             conv_dims=[channels] * num_convs,
             norm="GN",
-            box2box_transform=transform,
+            box2box_transform=_box_transform(box_representation, reg_max),
             quality=quality,
         ),
         anchor_generator=L(DefaultAnchorGenerator)(
