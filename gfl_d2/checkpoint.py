@@ -128,7 +128,10 @@ class CheckedCheckpointer(DetectionCheckpointer):
         return problems
 
     def _log_reinitialised(self, incorrect_shapes) -> None:
-        """Say which tensors keep their fresh initialisation (shape differs from the checkpoint's), and why."""
+        """
+        Say which tensors keep their fresh initialisation (shape differs from the checkpoint's),
+        and why.
+        """
         if not incorrect_shapes:
             return
         state = unwrap(self.model).state_dict()
@@ -137,7 +140,8 @@ class CheckedCheckpointer(DetectionCheckpointer):
             why = "its shape differs"
             if key.endswith("cls_score.weight") or key.endswith("cls_score.bias"):
                 why = (
-                    f"the classification layer: the checkpoint has {shape_ckpt[0]} classes, the model "
+                    f"the classification layer: the checkpoint has {shape_ckpt[0]} classes, "
+                    "the model "
                     f"{shape_model[0]} (fine-tuning on another dataset)"
                 )
                 plain = key[len("module.") :] if key.startswith("module.") else key
@@ -145,10 +149,12 @@ class CheckedCheckpointer(DetectionCheckpointer):
                     prior = torch.sigmoid(state[plain].float()).mean().item()
                     why += f"; bias at the prior probability {prior:.3g}"
             lines.append(
-                f"{key}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in the model: {why}"
+                f"{key}: {tuple(shape_ckpt)} in the checkpoint, "
+                f"{tuple(shape_model)} in the model: {why}"
             )
         logger.warning(
-            f"Re-initialised {len(lines)} tensor(s) instead of loading them (they keep the model's own "
+            f"Re-initialised {len(lines)} tensor(s) instead of loading them "
+            "(they keep the model's own "
             "initialisation):\n  " + "\n  ".join(lines)
         )
 
@@ -180,7 +186,9 @@ def require_trained_head(
 
 
 def _fetch(checkpointer: DetectionCheckpointer, path: str, how: str) -> str:
-    """The local file of ``path`` (a file, or a URL fetched into the cache); WeightsError if none."""
+    """
+    The local file of ``path`` (a file, or a URL fetched into the cache); WeightsError if none.
+    """
     if os.path.isfile(path):
         return path
     if "://" not in path:

@@ -15,7 +15,10 @@ __all__ = ["config_argument_parser", "parse_with_overrides", "setup_config"]
 def config_argument_parser(
     description: str, config_required: bool = False
 ) -> argparse.ArgumentParser:
-    """A tool's argument parser with ``--config-file`` (default: the embedded config); see :func:`parse_with_overrides`."""
+    """
+    A tool's argument parser with ``--config-file`` (default: the embedded config); see
+    :func:`parse_with_overrides`.
+    """
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -33,7 +36,10 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv=None) -> argparse
 
 
 def setup_config(args: argparse.Namespace):
-    """detectron2's logger, and the LazyConfig of ``args.config_file`` with ``args.opts`` applied (checked)."""
+    """
+    detectron2's logger, and the LazyConfig of ``args.config_file`` with ``args.opts`` applied
+    (checked).
+    """
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="detectron2")

@@ -5,18 +5,18 @@ detectron2's own subclasses override too) or a step that has no public
 equivalent; ``tests/test_detectron2_internals.py`` fails, naming the API, if
 the installed detectron2 changes one of them.
 
-==========================================================  ==============================================
-API                                                         used by
-==========================================================  ==============================================
-``fvcore Checkpointer._load_file(f)``                       ``CheckedCheckpointer`` (a clear error for an
-                                                            unreadable file), :func:`read_checkpoint_file`
-``fvcore Checkpointer._load_model(checkpoint)``             ``CheckedCheckpointer`` (what was not loaded)
-``DetectionCheckpointer._parsed_url_during_load``           :func:`read_checkpoint_file`
-``DenseDetector._transpose_dense_predictions(preds, dims)`` ``GFL`` (its own predictions, as RetinaNet's)
-``DenseDetector._move_to_current_device(x)``                ``GFL.preprocess_image``
-``SimpleTrainer._write_metrics(loss_dict, data_time, ...)`` ``gfl_d2.train_loop`` (names non-finite terms)
-``COCOEvaluator._derive_coco_results(coco_eval, ...)``      ``COCOEvaluatorWithCurves`` (the PR curves)
-==========================================================  ==============================================
+- ``fvcore Checkpointer._load_file(f)``: ``CheckedCheckpointer`` (a clear error
+  for an unreadable file) and :func:`read_checkpoint_file`;
+- ``fvcore Checkpointer._load_model(checkpoint)``: ``CheckedCheckpointer`` (what
+  was not loaded);
+- ``DetectionCheckpointer._parsed_url_during_load``: :func:`read_checkpoint_file`;
+- ``DenseDetector._transpose_dense_predictions(predictions, dims)``: ``GFL`` (its
+  own predictions, as detectron2's RetinaNet and FCOS);
+- ``DenseDetector._move_to_current_device(x)``: ``GFL.preprocess_image``;
+- ``SimpleTrainer._write_metrics(loss_dict, data_time, ...)``:
+  ``gfl_d2.train_loop`` (names the non-finite loss terms);
+- ``COCOEvaluator._derive_coco_results(coco_eval, ...)``:
+  ``COCOEvaluatorWithCurves`` (the precision-recall pictures).
 """
 
 from typing import Dict

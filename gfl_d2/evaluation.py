@@ -147,7 +147,8 @@ class COCOEvaluatorWithCurves(COCOEvaluator):
         names = list(class_names) if class_names else [str(i) for i in range(precision.shape[2])]
         tag = _iteration_tag()
         path = os.path.join(self._plot_dir, f"pr_curves_{self._dataset_name}_{tag}.png")
-        title = f"{self._dataset_name}, {tag.replace('_', ' ')}: AP {results.get('AP', float('nan')):.1f}"
+        ap = results.get("AP", float("nan"))
+        title = f"{self._dataset_name}, {tag.replace('_', ' ')}: AP {ap:.1f}"
         try:
             plot_precision_recall(
                 precision, coco_eval.params.iouThrs, coco_eval.params.recThrs, names, path, title

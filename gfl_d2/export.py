@@ -98,7 +98,8 @@ def export(
     """
     if method == "scripting":
         raise UsageError(
-            "--export-method scripting is not supported for GFL: detectron2 can script only models whose "
+            "--export-method scripting is not supported for GFL: detectron2 can script only "
+            "models whose "
             "outputs are typed Instances (GeneralizedRCNN); use --export-method tracing"
         )
     if device.startswith("cuda") and not torch.cuda.is_available():

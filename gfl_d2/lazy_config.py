@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 def _allowed_keys(node) -> Optional[set]:
-    """Keys settable on a config node: its own, plus the parameters of a LazyCall target (None: any)."""
+    """
+    Keys settable on a config node: its own, plus the parameters of a LazyCall target (None:
+    any).
+    """
     keys = set(node.keys())
     target = node.get("_target_") if hasattr(node, "get") else None
     if target is None:
@@ -113,7 +116,9 @@ def load_lazy_config(path: str, overrides: Sequence[str] = (), resolve: bool = T
 
 # what to say when a config's mandatory ("???") value is not given
 _MANDATORY_HINTS = {
-    "dataset.root": "the folder of your dataset (COCO, Pascal VOC or YOLO layout): dataset.root=/path/to/data",
+    "dataset.root": (
+        "the folder of your dataset (COCO, Pascal VOC or YOLO layout): dataset.root=/path/to/data"
+    ),
     "train.init_checkpoint": "the weights to start from: train.init_checkpoint=/path/to/model.pth",
 }
 

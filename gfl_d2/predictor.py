@@ -26,7 +26,10 @@ __all__ = [
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
-    """Image files named in ``inputs``, folders expanded (sorted); a clear error for a missing path."""
+    """
+    Image files named in ``inputs``, folders expanded (sorted); a clear error for a missing
+    path.
+    """
     files = []
     for path in inputs:
         if os.path.isdir(path):
@@ -63,7 +66,10 @@ def test_time_augmentations(cfg) -> Tuple[T.AugmentationList, str]:
 
 
 def to_model_input(image: np.ndarray, augmentations: T.AugmentationList) -> torch.Tensor:
-    """(H, W, 3) uint8 image -> the (3, H', W') float tensor the model takes, as the test loader makes it."""
+    """
+    (H, W, 3) uint8 image -> the (3, H', W') float tensor the model takes, as the test loader
+    makes it.
+    """
     aug = T.AugInput(image)
     augmentations(aug)
     return torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)).astype("float32"))

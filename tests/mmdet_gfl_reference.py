@@ -1,9 +1,10 @@
 """
 An MMDetection-format GFL state dict (the keys, shapes and dtypes MMDetection
-itself saves, recorded in tests/fixtures by make_mmdet_gfl_fixture.py) and a forward pass written directly on it with torch.nn.functional,
-following MMDetection's ResNet (pytorch style), FPN (extra convs on P5's output,
-no ReLU before P7) and GFL head. Independent of detectron2's modules: used to
-check that converted weights compute the same function.
+itself saves, recorded in tests/fixtures by make_mmdet_gfl_fixture.py) and a
+forward pass written directly on it with torch.nn.functional, following
+MMDetection's ResNet (pytorch style), FPN (extra convs on P5's output, no ReLU
+before P7) and GFL head. Independent of detectron2's modules: used to check that
+converted weights compute the same function.
 """
 
 import json
@@ -21,7 +22,10 @@ GFOCALV2_FIXTURE = os.path.join(FIXTURES, "gfocalv2_state_dicts.json")
 
 
 def mmdet_state_dict_layout(model: str = "R-50 1x", fixture: str = FIXTURE):
-    """[(key, shape, dtype)] of the state_dict MMDetection's GFL ``model`` saves (from the fixture)."""
+    """
+    [(key, shape, dtype)] of the state_dict MMDetection's GFL ``model`` saves (from the
+    fixture).
+    """
     with open(fixture) as f:
         models = json.load(f)["models"]
     return [

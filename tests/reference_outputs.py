@@ -56,7 +56,10 @@ def batch(size=(128, 128)):
 
 
 def build(name, extra_overrides=()):
-    """The variant's model, with head weights re-drawn (seeded) so that its detections are confident and varied."""
+    """
+    The variant's model, with head weights re-drawn (seeded) so that its detections are
+    confident and varied.
+    """
     config, overrides = VARIANTS[name]
     cfg = load_lazy_config(os.path.join(ROOT, config), [*overrides, *extra_overrides])
     torch.manual_seed(0)

@@ -227,7 +227,10 @@ def test_plain_checkpoint_loads_without_allow_pickle(tmp_path, r50, caplog):
 
 
 def test_allow_pickle_names_a_missing_package(tmp_path, r50):
-    """A checkpoint saved by a training run pickles objects of its framework (mmengine), which may be absent."""
+    """
+    A checkpoint saved by a training run pickles objects of its framework (mmengine), which may
+    be absent.
+    """
     (tmp_path / "trainingframework").mkdir()
     (tmp_path / "trainingframework" / "__init__.py").write_text("class LogHistory:\n    pass\n")
     weights, src = tmp_path / "weights.pth", tmp_path / "epoch_12.pth"
@@ -235,7 +238,8 @@ def test_allow_pickle_names_a_missing_package(tmp_path, r50):
     # saved by another process, where the framework is installed; this one does not have it
     save = (
         "import sys, torch, trainingframework; "
-        "torch.save({'state_dict': torch.load(sys.argv[1]), 'message_hub': trainingframework.LogHistory()}, sys.argv[2])"
+        "torch.save({'state_dict': torch.load(sys.argv[1]), "
+        "'message_hub': trainingframework.LogHistory()}, sys.argv[2])"
     )
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     subprocess.run(

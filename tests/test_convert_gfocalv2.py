@@ -62,7 +62,9 @@ def test_v2_checkpoint_with_another_class_count_is_refused():
 
 
 def test_tool_converts_an_authors_v2_checkpoint_file(tmp_path):
-    """As the authors' MMDetection 2.x runner saves it: meta with the class names, the state dict."""
+    """
+    As the authors' MMDetection 2.x runner saves it: meta with the class names, the state dict.
+    """
     from detectron2.checkpoint import DetectionCheckpointer
 
     from .repo import run_tool

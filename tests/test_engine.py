@@ -1,4 +1,7 @@
-"""Training that can be trusted: checked checkpoints and overrides, named non-finite losses, clipping, resume, determinism, several workers."""
+"""
+Training that can be trusted: checked checkpoints and overrides, named non-finite losses,
+clipping, resume, determinism, several workers.
+"""
 
 import json
 import os
@@ -47,7 +50,10 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
 
 
 def test_weights_without_the_head_are_refused_for_evaluation(tmp_path):
-    """An ImageNet-like checkpoint (backbone only) loads, but evaluating with it stops, naming the head tensors."""
+    """
+    An ImageNet-like checkpoint (backbone only) loads, but evaluating with it stops, naming the
+    head tensors.
+    """
     model = tiny_gfl()
     backbone_only = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     torch.save({"model": backbone_only}, tmp_path / "backbone.pth")
@@ -68,7 +74,8 @@ def test_weights_without_the_head_are_refused_for_evaluation(tmp_path):
     checkpointer.load(str(tmp_path / "trained.pth"))
     with pytest.raises(
         WeightsError,
-        match=r"2 tensor\(s\) of the detector's head \(head.cls_score.bias, head.cls_score.weight\)",
+        match=r"2 tensor\(s\) of the detector's head "
+        r"\(head.cls_score.bias, head.cls_score.weight\)",
     ):
         require_trained_head(checkpointer, "trained.pth")
     checkpointer = CheckedCheckpointer(tiny_gfl())
@@ -102,8 +109,8 @@ def test_unknown_config_key_is_refused_before_training(tmp_path):
     )
     assert proc.returncode != 0
     assert (
-        "config key 'train.max_itr' does not exist: train has no 'max_itr'; did you mean 'train.max_iter'?"
-        in proc.stderr
+        "config key 'train.max_itr' does not exist: train has no 'max_itr'; "
+        "did you mean 'train.max_iter'?" in proc.stderr
     )
     assert not (tmp_path / "shapes").exists()  # nothing was generated or trained
 

@@ -99,7 +99,10 @@ def test_v2_exports_with_its_quality(tmp_path, fmt):
 
 
 def reductions_over_candidates(path):
-    """ONNX reductions (and MatMuls) that take, directly or not, a tensor of the score-filtered candidates."""
+    """
+    ONNX reductions (and MatMuls) that take, directly or not, a tensor of the score-filtered
+    candidates.
+    """
     import onnx
 
     graph = onnx.load(path).graph

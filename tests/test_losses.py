@@ -156,7 +156,8 @@ def test_dfl_under_bf16_autocast():
     torch.testing.assert_close(got.double(), dfl_direct(logits.float(), y), rtol=1e-5, atol=1e-6)
 
 
-# the paper's general form (Eq. 7), of which QFL and DFL are special cases: a reference for the tests
+# the paper's general form (Eq. 7), of which QFL and DFL are special cases: a reference for the
+# tests
 def generalized_focal_loss(
     log_p_left: Tensor,
     log_p_right: Tensor,
@@ -227,7 +228,10 @@ def test_gfl_general_form_equals_formula_and_specialises():
 
 # ---------------------------------------------------------------- GFL V2: QFL on the fused score
 def bce_on_probabilities(p, y, beta):
-    """QFL as the authors compute it with use_sigmoid=False: binary cross-entropy on the probability."""
+    """
+    QFL as the authors compute it with use_sigmoid=False: binary cross-entropy on the
+    probability.
+    """
     return F.binary_cross_entropy(p, y, reduction="none") * (y - p).abs().pow(beta)
 
 
@@ -292,9 +296,9 @@ def test_losses_and_gradient_equal_the_authors(authors):
     inputs = [
         {
             "image": torch.zeros(3, h, w),
-            "instances": Instances((h, w), gt_boxes=Boxes(b), gt_classes=l),
+            "instances": Instances((h, w), gt_boxes=Boxes(b), gt_classes=c),
         }
-        for b, l in zip(authors["gt_bboxes"], authors["gt_labels"])
+        for b, c in zip(authors["gt_bboxes"], authors["gt_labels"])
     ]
     with EventStorage():
         losses = model(inputs)

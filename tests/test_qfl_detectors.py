@@ -1,4 +1,7 @@
-"""QFL as a drop-in for detectron2's RetinaNet and FCOS (QFLRetinaNet, QFLFCOS): only the classification term changes."""
+"""
+QFL as a drop-in for detectron2's RetinaNet and FCOS (QFLRetinaNet, QFLFCOS): only the
+classification term changes.
+"""
 
 import os
 
@@ -26,7 +29,10 @@ def perfect_deltas(model, anchors, gt_boxes, n):
 
 @pytest.mark.parametrize("config", ["retinanet", "fcos"])
 def test_qfl_drop_in_equals_focal_loss_without_alpha_when_boxes_are_perfect(config):
-    """With IoU = 1 at every positive, QFL's target is the hard label and |y - σ|^2 is FL's (1 - p_t)^2."""
+    """
+    With IoU = 1 at every positive, QFL's target is the hard label and |y - σ|^2 is FL's (1 -
+    p_t)^2.
+    """
     base = load_lazy_config(
         os.path.join(ROOT, f"configs/Synthetic/{config}_R_18_FPN_shapes.py")
     ).model

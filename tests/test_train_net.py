@@ -1,4 +1,6 @@
-"""End to end: the entry points train, checkpoint and evaluate on a tiny generated dataset, on CPU."""
+"""
+End to end: the entry points train, checkpoint and evaluate on a tiny generated dataset, on CPU.
+"""
 
 import os
 import re
@@ -32,7 +34,8 @@ def test_lazy_train_net_trains_checkpoints_and_evaluates(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
-    # the bins' fit to the data's regression targets is logged before training (the embedded default:
+    # the bins' fit to the data's regression targets is logged before training (the embedded
+    # default:
     # targets within ~5 strides, n = 16)
     assert "GFL bins: " in log and "99% within" in log
     # the embedded config trains on CUDA where there is one, and says so
@@ -168,7 +171,8 @@ def test_yacs_train_net(tmp_path):
         tmp_path / "datasets",
     )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
-    # detectron2's default MODEL.DEVICE 'cuda' falls back to the CPU without a GPU, and the log says so
+    # detectron2's default MODEL.DEVICE 'cuda' falls back to the CPU without a GPU, and the log
+    # says so
     assert (
         "running on cuda: "
         if torch.cuda.is_available()

@@ -5,7 +5,8 @@ the authors' release; GFL V2 from the authors' GFocalV2 release too) into a
 checkpoint that ``DetectionCheckpointer`` loads into the matching config under
 ``configs/COCO-Detection/`` (the tool names it).
 
-    python tools/convert_mmdet_checkpoint.py gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth pretrained/gfl_R_50_FPN_1x_coco.pth
+    python tools/convert_mmdet_checkpoint.py \
+        gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth pretrained/gfl_R_50_FPN_1x_coco.pth
     python tools/train_net.py --config-file configs/COCO-Detection/gfl_R_50_FPN_1x.py --eval-only \
         train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
 
@@ -31,8 +32,9 @@ def main(argv=None):
     p.add_argument(
         "--allow-pickle",
         action="store_true",
-        help="load a checkpoint that pickles Python objects besides its tensors (e.g. mmengine's log history) "
-        "by full unpickling, which can run code from the file: only for files from a source you trust",
+        help="load a checkpoint that pickles Python objects besides its tensors (e.g. "
+        "mmengine's log history) by full unpickling, which can run code from the file: only "
+        "for files from a source you trust",
     )
     args = p.parse_args(argv)
     if args.allow_pickle:

@@ -65,7 +65,9 @@ def parse_args(argv=None):
 
 
 def draw_detections(image_rgb, instances, class_names, args, out_path):
-    """One figure: the image with boxes and std bands, and a row of 4 bar plots per top detection."""
+    """
+    One figure: the image with boxes and std bands, and a row of 4 bar plots per top detection.
+    """
     top = instances[: args.top]
     rows = max(len(top), 1)
     fig = plt.figure(figsize=(14, max(7, 1.7 * rows)))
@@ -198,8 +200,9 @@ def analyze_targets(cfg, args):
     with open(os.path.join(args.output, "regression_targets.json"), "w") as f:
         json.dump(summary, f, indent=2)
     logger.info(
-        f"{len(values)} regression targets: median {summary['percentiles']['50']:.2f}, 99th percentile "
-        f"{p99:.2f}, max {summary['max']:.2f} strides; {beyond:.2%} exceed n - 0.1 = {reg_max - 0.1:.1f} "
+        f"{len(values)} regression targets: median {summary['percentiles']['50']:.2f}, "
+        f"99th percentile {p99:.2f}, max {summary['max']:.2f} strides; {beyond:.2%} exceed "
+        f"n - 0.1 = {reg_max - 0.1:.1f} "
         f"(clamped in training). Recommended n (covers 99%): {recommended}. Histogram: {out_png}"
     )
     if fit["advice"]:
