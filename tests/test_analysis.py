@@ -135,7 +135,7 @@ def test_bin_advice_never_asks_to_change_n_fixed_by_a_checkpoint():
     assert narrow["advice"] is None and narrow["fixed_by"] == "coco.pth"
     assert narrow["recommended_reg_max"] == 4  # still reported
     wide = bin_fit(np.linspace(0.0, 20.0, 1000), strides, 16, 1.0, fixed_by="coco.pth")
-    assert "clamped" in wide["advice"] and "model.reg_max" not in wide["advice"]
+    assert "clamped" in wide["advice"] and "reg_max" not in wide["advice"]
     assert (
         "n = 16 is fixed by the trained box layer of coco.pth" in wide["advice"]
         and "input size" in wide["advice"]

@@ -192,7 +192,7 @@ def test_fine_tuning_from_a_converted_coco_checkpoint(tmp_path, folders, convert
     assert missing.endswith("head.cls_score.{bias, weight}") and "not used by the model" not in log
     # the bins: n is the checkpoint's, so the check reports the fit and never advises another n
     assert f"n = 16 is fixed by the trained box layer of {converted}" in log
-    assert "model.reg_max=" not in log and "would cover 99%" not in log
+    assert "reg_max=" not in log and "would cover 99%" not in log
     final = torch.load(out / "model_final.pth", weights_only=True)["model"]
     start = torch.load(converted, weights_only=True)["model"]
     key = "backbone.bottom_up.stem.conv1.weight"  # frozen: still the COCO weights
