@@ -10,6 +10,7 @@ from .backbone import (
     LastLevelP6P7FromP5,
     build_gfl_resnet_fpn_backbone,
     make_basic_stages,
+    make_bottleneck_stages,
     make_resnext_stages,
 )
 from .box_coding import (
@@ -23,6 +24,7 @@ from .box_coding import (
     distance2box,
     integral,
 )
+from .deform_conv import DeformBottleneckBlock, DeformConv, ModulatedDeformConv
 from .dgqp import DistributionGuidedQualityPredictor, distribution_statistics
 from .distillation import LocalizationDistiller, check_teacher
 from .head import GFLHead, Scale, build_box2box_transform
@@ -46,6 +48,10 @@ __all__ = [
     "build_gfl_resnet_fpn_backbone",
     "make_basic_stages",
     "make_resnext_stages",
+    "make_bottleneck_stages",
+    "DeformBottleneckBlock",
+    "DeformConv",
+    "ModulatedDeformConv",
     "DiracBox2BoxTransform",
     "DistributionBox2BoxTransform",
     "EdgeDecoding",

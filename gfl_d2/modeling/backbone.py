@@ -1,15 +1,20 @@
 """ResNet-FPN with P6/P7 computed from P5, as in the released GFL models."""
 
+from typing import Sequence
+
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
+from .deform_conv import DeformBottleneckBlock
+
 __all__ = [
     "LastLevelP6P7FromP5",
     "make_basic_stages",
     "make_resnext_stages",
+    "make_bottleneck_stages",
     "build_gfl_resnet_fpn_backbone",
 ]
 
@@ -42,16 +47,49 @@ def make_resnext_stages(depth: int = 101, num_groups: int = 32, width_per_group:
     Stages of a ResNeXt (``ResNet.make_default_stages`` fixes the bottleneck
     width to a quarter of the output): res2's grouped 3x3 conv has
     ``num_groups * width_per_group`` channels, doubling every stage.
+    ``kwargs`` as :func:`make_bottleneck_stages`.
+    """
+    return make_bottleneck_stages(depth, num_groups, width_per_group, **kwargs)
+
+
+def make_bottleneck_stages(
+    depth: int = 50,
+    num_groups: int = 1,
+    width_per_group: int = 64,
+    deform_on_per_stage: Sequence[bool] = (False, False, False, False),
+    deform_modulated: bool = False,
+    deform_num_groups: int = 1,
+    **kwargs,
+):
+    """
+    Stages res2..res5 of a bottleneck ResNet (``num_groups=1``,
+    ``width_per_group=64``) or ResNeXt, with detectron2's deformable switches:
+    the stages flagged in ``deform_on_per_stage`` use
+    :class:`~gfl_d2.modeling.deform_conv.DeformBottleneckBlock` (v1, or
+    modulated with ``deform_modulated``; ``deform_num_groups`` offset groups),
+    as ``MODEL.RESNETS.DEFORM_*`` do in detectron2's yacs configs.
     ``kwargs`` go to ``ResNet.make_stage`` (``norm``, ``stride_in_1x1``, ...).
     """
+    if len(deform_on_per_stage) != 4:
+        raise ValueError(
+            f"deform_on_per_stage needs 4 values (res2..res5), got {deform_on_per_stage}"
+        )
     num_blocks = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[depth]
     bottleneck = num_groups * width_per_group
+    deform = dict(deform_modulated=deform_modulated, deform_num_groups=deform_num_groups)
+    stage_kwargs = [
+        dict(
+            block_class=DeformBottleneckBlock if on else BottleneckBlock,
+            bottleneck_channels=bottleneck * 2**i,
+            **(deform if on else {}),
+        )
+        for i, on in enumerate(deform_on_per_stage)
+    ]
     return _stages(
-        BottleneckBlock,
         num_blocks,
         64,
         [256 * 2**i for i in range(4)],
-        per_stage=dict(bottleneck_channels=[bottleneck * 2**i for i in range(4)]),
+        stage_kwargs,
         num_groups=num_groups,
         **kwargs,
     )
@@ -64,25 +102,25 @@ def make_basic_stages(depth: int = 18, width: int = 64, **kwargs):
     small images on a CPU. ``kwargs`` go to ``ResNet.make_stage`` (``norm``, ...).
     """
     num_blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
-    return _stages(BasicBlock, num_blocks, width, [width * 2**i for i in range(4)], **kwargs)
+    stage_kwargs = [dict(block_class=BasicBlock)] * 4
+    return _stages(num_blocks, width, [width * 2**i for i in range(4)], stage_kwargs, **kwargs)
 
 
-def _stages(block_class, num_blocks, in_channels, out_channels, per_stage=None, **kwargs):
+def _stages(num_blocks, in_channels, out_channels, stage_kwargs, **kwargs):
     """
     ``ResNet.make_stage`` for res2..res5: ``num_blocks[i]`` blocks of
     ``out_channels[i]`` channels, stride 2 on the first block of every stage
-    but res2; ``per_stage`` holds the arguments that differ by stage (lists).
+    but res2; ``stage_kwargs[i]`` holds the arguments of stage i alone (the block class).
     """
     stages = []
     for i, n in enumerate(num_blocks):
         stages.append(
             ResNet.make_stage(
-                block_class=block_class,
                 num_blocks=n,
                 stride_per_block=[1 if i == 0 else 2] + [1] * (n - 1),
                 in_channels=in_channels,
                 out_channels=out_channels[i],
-                **{k: v[i] for k, v in (per_stage or {}).items()},
+                **stage_kwargs[i],
                 **kwargs,
             )
         )
