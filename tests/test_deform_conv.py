@@ -189,3 +189,28 @@ def test_deformable_stages_of_a_resnet_start_as_the_plain_resnet():
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="4 values"):
         make_bottleneck_stages(depth=50, deform_on_per_stage=[True])
+
+
+def test_yacs_deform_switches_build_the_lazyconfig_resnet():
+    """MODEL.RESNETS.DEFORM_* in a yacs config: the same backbone as make_bottleneck_stages."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from gfl_d2 import add_gfl_config
+    from gfl_d2.model_zoo import get_config_file
+
+    cfg = add_gfl_config(get_cfg())
+    cfg.merge_from_file(get_config_file("gfl_R_50_FPN_1x.yaml"))
+    cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, True, True, True]
+    cfg.MODEL.RESNETS.DEFORM_MODULATED = True
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    res4 = model.backbone.bottom_up.res4[0]
+    assert isinstance(res4, DeformBottleneckBlock) and res4.conv2_offset.out_channels == 27
+    assert not isinstance(model.backbone.bottom_up.res2[0], DeformBottleneckBlock)
+    with torch.no_grad():
+        model.eval()([{"image": torch.zeros(3, 64, 64)}])
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    with pytest.raises(ValueError, match="DEPTH >= 50"):
+        build_model(cfg)

@@ -4,7 +4,13 @@ from typing import Sequence
 
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet, build_resnet_backbone
+from detectron2.modeling.backbone import (
+    BACKBONE_REGISTRY,
+    FPN,
+    BasicStem,
+    ResNet,
+    build_resnet_backbone,
+)
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
@@ -128,10 +134,36 @@ def _stages(num_blocks, in_channels, out_channels, stage_kwargs, **kwargs):
     return stages
 
 
+def _build_deformable_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
+    """
+    detectron2's ResNet of a yacs config whose ``MODEL.RESNETS.DEFORM_ON_PER_STAGE``
+    sets deformable stages, with them on torchvision's op (detectron2's
+    ``build_resnet_backbone`` builds its compiled layers).
+    """
+    r = cfg.MODEL.RESNETS
+    if r.DEPTH < 50 or r.RES5_DILATION != 1:
+        raise ValueError(
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE needs a bottleneck ResNet (DEPTH >= 50) with "
+            f"RES5_DILATION 1; got DEPTH {r.DEPTH}, RES5_DILATION {r.RES5_DILATION}"
+        )
+    stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
+    stages = make_bottleneck_stages(
+        r.DEPTH, r.NUM_GROUPS, r.WIDTH_PER_GROUP, r.DEFORM_ON_PER_STAGE, r.DEFORM_MODULATED,
+        r.DEFORM_NUM_GROUPS, norm=r.NORM, stride_in_1x1=r.STRIDE_IN_1X1,
+    )  # fmt: skip
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
 @BACKBONE_REGISTRY.register()
 def build_gfl_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """yacs builder: ResNet + FPN (P3-P5) + P6/P7 from P5's output."""
-    bottom_up = build_resnet_backbone(cfg, input_shape)
+    """
+    yacs builder: ResNet + FPN (P3-P5) + P6/P7 from P5's output; deformable
+    stages (``MODEL.RESNETS.DEFORM_*``) without compiled ops.
+    """
+    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE):
+        bottom_up = _build_deformable_resnet(cfg, input_shape)
+    else:
+        bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     return FPN(
         bottom_up=bottom_up,
