@@ -23,7 +23,6 @@ __all__ = [
     "refuse_missing_values",
     "resolve_num_classes",
     "prepare_datasets",
-    "overridden",
 ]
 
 logger = logging.getLogger(__name__)
@@ -202,8 +201,3 @@ def resolve_num_classes(cfg) -> None:
         f"model.num_classes = {num_classes}"
         + (f", the classes of the dataset in {root}" if root else "")
     )
-
-
-def overridden(overrides: Sequence[str], key: str) -> bool:
-    """Whether the command-line ``overrides`` set ``key`` (``key=value``)."""
-    return any(o.split("=", 1)[0].strip().lstrip("+") == key for o in overrides if "=" in o)
