@@ -19,7 +19,14 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .errors import UsageError
+from .convert_backbone import (
+    ConversionError,
+    backbone_name,
+    convert_backbone_state_dict,
+    describe_backbone,
+    is_backbone_only,
+    rename_backbone_key,
+)
 
 __all__ = [
     "ConversionError",
@@ -44,17 +51,8 @@ DGQP_KEYS = (
 )
 
 
-class ConversionError(UsageError, ValueError):
-    """The checkpoint is not one this converter understands."""
-
-
 # keys renamed by a plain pattern; the structured ones are handled in _rename
 _RULES: List[Tuple[str, str]] = [
-    (r"^backbone\.conv1\.weight$", "backbone.bottom_up.stem.conv1.weight"),
-    (
-        r"^backbone\.bn1\.(weight|bias|running_mean|running_var)$",
-        r"backbone.bottom_up.stem.conv1.norm.\1",
-    ),
     (r"^bbox_head\.gfl_cls\.(weight|bias)$", r"head.cls_score.\1"),
     (r"^bbox_head\.gfl_reg\.(weight|bias)$", r"head.bbox_pred.\1"),
     (r"^bbox_head\.scales\.(\d)\.scale$", r"head.scales.\1.scale"),
@@ -62,21 +60,10 @@ _RULES: List[Tuple[str, str]] = [
 ]
 
 
-def _rename(key: str) -> str:
+def _rename(key: str, res2net: bool = False) -> str:
     """mmdet key -> detectron2 key; ConversionError for a key of unknown meaning."""
-    m = re.match(r"^backbone\.layer(\d)\.(\d+)\.(.*)$", key)
-    if m:
-        stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
-        rest = re.sub(r"^conv(\d)\.weight$", r"conv\1.weight", rest)
-        rest = re.sub(r"^bn(\d)\.(.*)$", r"conv\1.norm.\2", rest)
-        rest = re.sub(r"^downsample\.0\.weight$", "shortcut.weight", rest)
-        rest = re.sub(r"^downsample\.1\.(.*)$", r"shortcut.norm.\1", rest)
-        if not re.match(
-            r"^(conv\d\.(weight|norm\.(weight|bias|running_mean|running_var))|shortcut\.(weight|norm\..*))$",
-            rest,
-        ):
-            raise ConversionError(f"unexpected backbone key {key!r}")
-        return f"backbone.bottom_up.res{stage}.{block}.{rest}"
+    if key.startswith("backbone."):
+        return "backbone.bottom_up." + rename_backbone_key(key, res2net)
     m = re.match(r"^neck\.lateral_convs\.(\d)\.conv\.(weight|bias)$", key)
     if m:
         return f"backbone.fpn_lateral{int(m.group(1)) + 3}.{m.group(2)}"
@@ -150,47 +137,21 @@ def _describe_dgqp(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]) ->
     )
 
 
+# the authors' GFL V1 code (implus/GFocal, an MMDetection 1.1 fork) names the integral's buffer so
+FORK_INTEGRAL_BUFFER = "bbox_head.distribution_project.project"
+
+
 def _refuse_unsupported(keys) -> None:
     """
     ConversionError naming why a checkpoint with these keys is not a GFL this converter understands.
     """
     if not any(k.startswith("backbone.") for k in keys):
         raise ConversionError("no 'backbone.*' keys: not an MMDetection detector checkpoint")
-    if any("conv_offset" in k or ".dcn" in k or "deform" in k for k in keys):
-        raise ConversionError(
-            "this checkpoint uses deformable convolutions (DCN), "
-            "which need detectron2's compiled ops: "
-            "not supported by this converter"
-        )
     if "bbox_head.gfl_cls.weight" not in keys or "bbox_head.gfl_reg.weight" not in keys:
         heads = sorted({k.split(".")[1] for k in keys if k.startswith("bbox_head.")})
         raise ConversionError(f"not a GFL checkpoint: its head has {heads}, not gfl_cls/gfl_reg")
     if not any(k.startswith("neck.lateral_convs.") for k in keys):
         raise ConversionError("not an FPN neck (no neck.lateral_convs.*)")
-    if "backbone.conv1.weight" not in keys or "backbone.layer1.0.conv3.weight" not in keys:
-        raise ConversionError(
-            "the backbone is not a ResNet/ResNeXt with bottleneck blocks (ResNet-50 or deeper)"
-        )
-
-
-def _describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
-    """
-    ResNet/ResNeXt depth, groups and width per group, read off the blocks per
-    stage and conv2's shape.
-    """
-    keys = set(state_dict)
-    blocks = [
-        len({k.split(".")[2] for k in keys if k.startswith(f"backbone.layer{i}.")})
-        for i in range(1, 5)
-    ]
-    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(tuple(blocks))
-    if depth is None:
-        raise ConversionError(f"unknown ResNet layout {blocks} blocks per stage")
-    conv2 = state_dict["backbone.layer1.0.conv2.weight"]
-    num_groups = conv2.shape[0] // conv2.shape[1]
-    return dict(
-        depth=depth, num_groups=num_groups, width_per_group=conv2.shape[1] if num_groups > 1 else 64
-    )
 
 
 def _describe_fpn(state_dict: Dict[str, torch.Tensor]) -> int:
@@ -213,21 +174,78 @@ def _describe_fpn(state_dict: Dict[str, torch.Tensor]) -> int:
     return int(fpn_channels)
 
 
-def _matching_config(backbone: Dict, v2: bool) -> str:
-    """The config under configs/ of this backbone and GFL version."""
-    depth, groups = backbone["depth"], backbone["num_groups"]
-    if groups > 1:
-        if v2:
-            raise ConversionError(
-                "GFL V2 with a ResNeXt backbone: the authors released none without DCN, and "
-                "gfl-d2 has no config for it"
-            )
-        return f"COCO-Detection/gfl_X_{depth}_{groups}x{backbone['width_per_group']}d_FPN_ms2x.py"
-    prefix = "gflv2" if v2 else "gfl"
+# gfl-d2's config of each released architecture: (V2?, kind, depth, groups, deformable stages)
+_PLAIN = (False, False, False, False)
+_C3_C5, _C4_C5 = (False, True, True, True), (False, False, True, True)
+_CONFIGS = {
+    (False, "resnet", 18, 1, _PLAIN): "COCO-Detection/Distillation/ld_R_18_gfl_R_101_FPN_1x.py",
+    (False, "resnet", 34, 1, _PLAIN): "COCO-Detection/Distillation/ld_R_34_gfl_R_101_FPN_1x.py",
+    (False, "resnet", 50, 1, _PLAIN): "COCO-Detection/gfl_R_50_FPN_1x.py",
+    (False, "resnet", 101, 1, _PLAIN): "COCO-Detection/gfl_R_101_FPN_ms2x.py",
+    (False, "resnet", 101, 1, _C3_C5): "COCO-Detection/gfl_R_101_FPN_dconv_c3_c5_ms2x.py",
+    (False, "resnet", 101, 32, _PLAIN): "COCO-Detection/gfl_X_101_32x4d_FPN_ms2x.py",
+    (False, "resnet", 101, 32, _C4_C5): "COCO-Detection/gfl_X_101_32x4d_FPN_dconv_c4_c5_ms2x.py",
+    (True, "resnet", 50, 1, _PLAIN): "COCO-Detection/gflv2_R_50_FPN_1x.py",
+    (True, "resnet", 101, 1, _PLAIN): "COCO-Detection/gflv2_R_101_FPN_ms2x.py",
+    (True, "resnet", 101, 1, _C3_C5): "COCO-Detection/gflv2_R_101_FPN_dconv_c3_c5_ms2x.py",
+    (True, "resnet", 101, 32, _C4_C5): "COCO-Detection/gflv2_X_101_32x4d_FPN_dconv_c4_c5_ms2x.py",
+    (True, "res2net", 101, 1, _C4_C5): "COCO-Detection/gflv2_Res2Net_101_FPN_dconv_c4_c5_ms2x.py",
+}
+
+
+def _matching_config(backbone: Dict, v2: bool) -> Tuple[str, List[str]]:
+    """
+    The config under configs/ of this backbone and GFL version, and the
+    overrides it needs: the quality branch, when only the other version's
+    config has this backbone; the offset kind, when it differs from the
+    releases' (v1, one offset group).
+    """
+    arch = (backbone["kind"], backbone["depth"], backbone["num_groups"])
+    arch += (tuple(backbone["deform_on_per_stage"]),)
+    width = backbone["width_per_group"] if backbone["num_groups"] > 1 else 64
+    standard_width = backbone["kind"] == "res2net" or width == (4 if arch[2] > 1 else 64)
+    config, overrides = _CONFIGS.get((v2,) + arch), []
+    if config is None and (not v2,) + arch in _CONFIGS:
+        config = _CONFIGS[(not v2,) + arch]
+        overrides.append(f"model.head.quality={'dgqp' if v2 else 'joint'}")
+    if config is None or not standard_width:
+        known = sorted({f"{k[1]}-{k[2]}" + ("" if k[3] == 1 else f"-{k[3]}g") for k in _CONFIGS})
+        raise ConversionError(
+            f"GFL{' V2' if v2 else ''} with a {backbone_name(backbone)} backbone: gfl-d2 has no "
+            f"config for it (it has one for each released architecture: {', '.join(known)})"
+        )
+    if backbone["deform_modulated"] or backbone["deform_num_groups"] != 1:
+        stages = "model.backbone.bottom_up.stages"
+        overrides += [f"{stages}.deform_modulated={backbone['deform_modulated']}"]
+        overrides += [f"{stages}.deform_num_groups={backbone['deform_num_groups']}"]
+    return config, overrides
+
+
+# MMDetection's release of each architecture of the authors' V1 fork (configs/gfl/README.md)
+_MMDET_TWINS = {
+    ("resnet", 50, 1): "gfl_r50_fpn_1x_coco (40.2 AP) or gfl_r50_fpn_mstrain_2x_coco (42.9 AP)",
+    ("resnet", 101, 1): "gfl_r101_fpn_mstrain_2x_coco (44.7 AP)",
+    ("resnet", 101, 32): "gfl_x101_32x4d_fpn_mstrain_2x_coco (45.9 AP)",
+}
+_MMDET_DCN_TWINS = {
+    ("resnet", 101, 1): "gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco (47.1 AP)",
+    ("resnet", 101, 32): "gfl_x101_32x4d_fpn_dconv_c4-c5_mstrain_2x_coco (48.1 AP)",
+}
+
+
+def _fork_refusal(backbone: Dict) -> str:
+    """Why a checkpoint of the authors' V1 fork is refused, and MMDetection's model to use."""
+    arch = (backbone["kind"], backbone["depth"], backbone["num_groups"])
+    twins = _MMDET_DCN_TWINS if any(backbone["deform_on_per_stage"]) else _MMDET_TWINS
+    twin = twins.get(arch, "the GFL model of the same backbone in MMDetection's configs/gfl")
     return (
-        f"COCO-Detection/{prefix}_R_50_FPN_1x.py"
-        if depth == 50
-        else f"COCO-Detection/{prefix}_R_{depth}_FPN_ms2x.py"
+        f"{FORK_INTEGRAL_BUFFER!r}: a checkpoint of the authors' GFL V1 code (implus/GFocal, "
+        f"an MMDetection 1.1 fork), {backbone_name(backbone)}. Its weights were trained with "
+        "MMDetection 1.x's box conventions: anchor centres at (stride - 1) / 2 of each cell "
+        "(boxes move by 3.5 to 63.5 pixels from P3 to P7 under gfl-d2's and MMDetection 2+'s "
+        "centres at 0) and '+1' box widths (clipping to w - 1, NMS areas), which gfl-d2 does "
+        "not implement and cannot test without that fork's compiled ops. Convert MMDetection's "
+        f"release of the same model instead: {twin}"
     )
 
 
@@ -248,7 +266,9 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]
     """
     keys = set(state_dict)
     _refuse_unsupported(keys)
-    backbone = _describe_backbone(state_dict)
+    backbone = describe_backbone({k: v for k, v in state_dict.items() if k.startswith("backbone.")})
+    if FORK_INTEGRAL_BUFFER in keys:
+        raise ConversionError(_fork_refusal(backbone))
     gfl_reg = state_dict["bbox_head.gfl_reg.weight"]
     if gfl_reg.shape[0] % 4:
         raise ConversionError(f"bbox_head.gfl_reg has {gfl_reg.shape[0]} channels, not 4 * (n+1)")
@@ -265,8 +285,8 @@ def describe_mmdet_gfl(state_dict: Dict[str, torch.Tensor], meta: Optional[Dict]
         reg_max=int(gfl_reg.shape[0] // 4 - 1),
         num_convs=len({k.split(".")[2] for k in keys if k.startswith("bbox_head.cls_convs.")}),
         fpn_channels=fpn_channels,
-        config=_matching_config(backbone, bool(v2)),
     )
+    info["config"], info["overrides"] = _matching_config(backbone, bool(v2))
     info.update(v2)
     return info
 
@@ -385,6 +405,7 @@ def convert_mmdet_state_dict(
     info = describe_mmdet_gfl(state_dict, meta)
     converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     mapping, dropped = {}, {}
+    res2net = info["kind"] == "res2net"
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
             dropped[key] = "BatchNorm counter (frozen BN keeps none)"
@@ -395,7 +416,7 @@ def convert_mmdet_state_dict(
             continue
         if not torch.is_tensor(value):
             raise ConversionError(f"{key!r} is not a tensor ({type(value).__name__})")
-        new_key = _rename(key)
+        new_key = _rename(key, res2net)
         if new_key in converted:
             raise ConversionError(f"two keys map to {new_key!r}")
         if info["version"] == 2 and key.startswith("bbox_head.gfl_cls."):
@@ -412,10 +433,7 @@ def convert_mmdet_state_dict(
 
 def conversion_report(src: str, info: Dict, verbose: bool = False) -> List[str]:
     """What was recognised, mapped and dropped, as lines to print."""
-    if info["num_groups"] == 1:
-        backbone = f"ResNet-{info['depth']}"
-    else:
-        backbone = f"ResNeXt-{info['depth']} {info['num_groups']}x{info['width_per_group']}d"
+    backbone = backbone_name(info)
     lines = [
         f"{src}: GFL{' V2' if info['version'] == 2 else ''}, {backbone} + FPN "
         f"({info['fpn_channels']} channels, "
@@ -476,6 +494,32 @@ def _write_atomically(state: Dict, meta: Dict, dst: str) -> None:
             os.remove(tmp)
 
 
+def _configs_of(info: Dict) -> List[str]:
+    """The configs whose backbone has this ImageNet network's architecture."""
+    arch = (info["kind"], info["depth"], info["num_groups"])
+    return sorted({config for key, config in _CONFIGS.items() if key[1:4] == arch})
+
+
+def _convert_backbone_checkpoint(src, dst, state, meta) -> ConversionReport:
+    """An ImageNet backbone -> ``train.init_checkpoint`` of the configs with its architecture."""
+    converted, info = convert_backbone_state_dict(state)
+    configs = _configs_of(info)
+    if not configs:
+        raise ConversionError(
+            f"{src}: an ImageNet {backbone_name(info)}: no gfl-d2 config uses this backbone"
+        )
+    _write_atomically(converted, meta, dst)
+    dropped = sorted(set(info["dropped"].values()))
+    lines = [
+        f"{src}: ImageNet {backbone_name(info)} (backbone only): {len(converted)} tensors "
+        f"-> backbone.bottom_up.*; dropped: {', '.join(dropped) or 'nothing'}",
+        f"wrote {dst}; start training with train.init_checkpoint={dst} in "
+        + ", ".join(f"configs/{c}" for c in configs)
+        + " (deformable configs: offset convs start at zero)",
+    ]
+    return ConversionReport(lines, configs[0], [f"train.init_checkpoint={dst}"], info)
+
+
 def convert_checkpoint(
     src: str, dst: str, allow_pickle: bool = False, verbose: bool = False
 ) -> ConversionReport:
@@ -488,10 +532,13 @@ def convert_checkpoint(
         the report: what was recognised, mapped and dropped, and which config to use.
     """
     state, meta = load_mmdet_checkpoint(src, allow_pickle=allow_pickle)
+    if is_backbone_only(state):
+        return _convert_backbone_checkpoint(src, dst, state, meta)
     converted, info = convert_mmdet_state_dict(state, meta)
     lines = conversion_report(src, info, verbose)
     _write_atomically(converted, meta, dst)
     overrides = [f"model.num_classes={info['num_classes']}"] if info["num_classes"] != 80 else []
+    overrides += info["overrides"]
     if info["reg_max"] != 16:
         overrides.append(f"model.head.box2box_transform.reg_max={info['reg_max']}")
     extra = "".join(f" and {o}" for o in overrides)

@@ -22,7 +22,13 @@ from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-__all__ = ["DeformConv", "ModulatedDeformConv", "DeformBottleneckBlock"]
+__all__ = [
+    "DeformConv",
+    "ModulatedDeformConv",
+    "DeformBottleneckBlock",
+    "deformable_3x3",
+    "deform_forward",
+]
 
 
 class DeformConv(nn.Module):
@@ -136,6 +142,54 @@ class ModulatedDeformConv(DeformConv):
         return self._deform(x, offset, mask)
 
 
+def deformable_3x3(
+    channels: int,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    modulated: bool = False,
+    deformable_groups: int = 1,
+    norm: Optional[nn.Module] = None,
+):
+    """
+    A deformable 3x3 convolution (``channels`` in and out, no bias) and the
+    plain convolution that predicts its offsets (and mask, when modulated)
+    from the same input, zero-initialised so that the pair starts as a plain
+    3x3 convolution, as in detectron2 and mmcv.
+
+    Returns:
+        (deformable conv, offset conv): run them with :func:`deform_forward`.
+    """
+    layer = ModulatedDeformConv if modulated else DeformConv
+    kernel_points = 9  # 3x3: (dy, dx) per point, and a mask value when modulated
+    offset_channels = (3 if modulated else 2) * kernel_points * deformable_groups
+    offset_conv = Conv2d(
+        channels, offset_channels, kernel_size=3, stride=stride, padding=dilation,
+        dilation=dilation,
+    )  # fmt: skip
+    nn.init.constant_(offset_conv.weight, 0)
+    nn.init.constant_(offset_conv.bias, 0)
+    conv = layer(
+        channels, channels, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
+        deformable_groups=deformable_groups, bias=False, norm=norm,
+    )  # fmt: skip
+    return conv, offset_conv
+
+
+def deform_forward(conv: DeformConv, offset_conv: nn.Module, x: Tensor) -> Tensor:
+    """
+    ``conv`` on ``x`` (N, C, H, W) with the offsets ``offset_conv`` predicts
+    from ``x``; for a modulated ``conv``, detectron2's and mmcv's split: the
+    first two thirds of the channels are the offsets, the rest, through a
+    sigmoid, the mask.
+    """
+    predicted = offset_conv(x)
+    if isinstance(conv, ModulatedDeformConv):
+        offset_a, offset_b, mask = torch.chunk(predicted, 3, dim=1)
+        return conv(x, torch.cat((offset_a, offset_b), dim=1), mask.sigmoid())
+    return conv(x, predicted)
+
+
 class DeformBottleneckBlock(CNNBlockBase):
     """
     The bottleneck block of detectron2's ResNet with a deformable 3x3
@@ -172,17 +226,9 @@ class DeformBottleneckBlock(CNNBlockBase):
             in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )  # fmt: skip
-        layer = ModulatedDeformConv if deform_modulated else DeformConv
-        kernel_points = 9  # 3x3: (dy, dx) per point, and a mask value when modulated
-        offset_channels = (3 if deform_modulated else 2) * kernel_points * deform_num_groups
-        self.conv2_offset = Conv2d(
-            bottleneck_channels, offset_channels, kernel_size=3, stride=stride_3x3,
-            padding=dilation, dilation=dilation,
-        )  # fmt: skip
-        self.conv2 = layer(
-            bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, padding=dilation,
-            dilation=dilation, groups=num_groups, deformable_groups=deform_num_groups, bias=False,
-            norm=get_norm(norm, bottleneck_channels),
+        self.conv2, self.conv2_offset = deformable_3x3(
+            bottleneck_channels, stride_3x3, dilation, num_groups, deform_modulated,
+            deform_num_groups, get_norm(norm, bottleneck_channels),
         )  # fmt: skip
         self.conv3 = Conv2d(
             bottleneck_channels, out_channels, kernel_size=1, bias=False,
@@ -191,18 +237,10 @@ class DeformBottleneckBlock(CNNBlockBase):
         for conv in (self.conv1, self.conv2, self.conv3, self.shortcut):
             if conv is not None:
                 weight_init.c2_msra_fill(conv)
-        nn.init.constant_(self.conv2_offset.weight, 0)
-        nn.init.constant_(self.conv2_offset.bias, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu_(self.conv1(x))
-        if self.deform_modulated:
-            offset_mask = self.conv2_offset(out)
-            # detectron2's split: the first 2/3 of the channels are the offsets, the rest the mask
-            offset_a, offset_b, mask = torch.chunk(offset_mask, 3, dim=1)
-            out = self.conv2(out, torch.cat((offset_a, offset_b), dim=1), mask.sigmoid())
-        else:
-            out = self.conv2(out, self.conv2_offset(out))
+        out = deform_forward(self.conv2, self.conv2_offset, out)
         out = self.conv3(F.relu_(out))
         shortcut = x if self.shortcut is None else self.shortcut(x)
         return F.relu_(out + shortcut)
