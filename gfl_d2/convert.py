@@ -193,29 +193,43 @@ _CONFIGS = {
 }
 
 
+def _nearest_config(v2: bool, arch: Tuple, deform: Tuple):
+    """
+    The key and config of ``_CONFIGS`` with this backbone architecture, deformable
+    or not as ``deform``: the same stages and version if there is one, else the
+    same stages, else the same version.
+    """
+    candidates = [
+        (k, c) for k, c in _CONFIGS.items() if k[1:4] == arch and any(k[4]) == any(deform)
+    ]
+    if not candidates:
+        return None, None
+    return min(candidates, key=lambda kc: (kc[0][4] != deform, kc[0][0] != v2))
+
+
 def _matching_config(backbone: Dict, v2: bool) -> Tuple[str, List[str]]:
     """
     The config under configs/ of this backbone and GFL version, and the
-    overrides it needs: the quality branch, when only the other version's
-    config has this backbone; the offset kind, when it differs from the
-    releases' (v1, one offset group).
+    overrides it needs where the checkpoint differs from the release the config
+    reproduces: the quality branch (a config of the other version), the
+    deformable stages, the offset kind (v1 and one offset group in the releases).
     """
     arch = (backbone["kind"], backbone["depth"], backbone["num_groups"])
-    arch += (tuple(backbone["deform_on_per_stage"]),)
+    deform = tuple(backbone["deform_on_per_stage"])
     width = backbone["width_per_group"] if backbone["num_groups"] > 1 else 64
     standard_width = backbone["kind"] == "res2net" or width == (4 if arch[2] > 1 else 64)
-    config, overrides = _CONFIGS.get((v2,) + arch), []
-    if config is None and (not v2,) + arch in _CONFIGS:
-        config = _CONFIGS[(not v2,) + arch]
-        overrides.append(f"model.head.quality={'dgqp' if v2 else 'joint'}")
+    key, config = _nearest_config(v2, arch, deform)
     if config is None or not standard_width:
         known = sorted({f"{k[1]}-{k[2]}" + ("" if k[3] == 1 else f"-{k[3]}g") for k in _CONFIGS})
         raise ConversionError(
             f"GFL{' V2' if v2 else ''} with a {backbone_name(backbone)} backbone: gfl-d2 has no "
             f"config for it (it has one for each released architecture: {', '.join(known)})"
         )
+    overrides = [] if key[0] == v2 else [f"model.head.quality={'dgqp' if v2 else 'joint'}"]
+    stages = "model.backbone.bottom_up.stages"
+    if key[4] != deform:
+        overrides.append(f"{stages}.deform_on_per_stage=[{','.join(map(str, deform))}]")
     if backbone["deform_modulated"] or backbone["deform_num_groups"] != 1:
-        stages = "model.backbone.bottom_up.stages"
         overrides += [f"{stages}.deform_modulated={backbone['deform_modulated']}"]
         overrides += [f"{stages}.deform_num_groups={backbone['deform_num_groups']}"]
     return config, overrides

@@ -159,3 +159,18 @@ def test_backbone_with_partly_deformable_stage_is_refused(tmp_path):
     with pytest.raises(ConversionError):
         convert_checkpoint(str(src), str(dst))
     assert not dst.exists()
+
+
+def test_other_deformable_stages_become_an_override():
+    """GFocalV2's README says c3-c5 for its X-101-DCN, its config c4-c5: either converts."""
+    sd = mmdet_gfl_state_dict("X-101-32x4d-DCN ms2x")
+    layer2 = [k for k in mmdet_gfl_state_dict("R-101-DCN ms2x") if "layer2." in k and "offset" in k]
+    for key in layer2:
+        weight = key.endswith("weight")
+        sd[key] = torch.zeros((18, 256, 3, 3) if weight else (18,))
+    converted, info = convert_mmdet_state_dict(sd)
+    assert info["config"] == "COCO-Detection/gfl_X_101_32x4d_FPN_dconv_c4_c5_ms2x.py"
+    assert info["overrides"] == [
+        "model.backbone.bottom_up.stages.deform_on_per_stage=[False,True,True,True]"
+    ]
+    assert_loads_exactly(build(info["config"], info["overrides"]), converted, info)

@@ -2,7 +2,7 @@
 GFL's model parts: the meta-architecture, its head, the box representations,
 ATSS, the losses, GFL V2's quality predictor, the Localization Distillation
 wrapper, detectron2's RetinaNet and FCOS with Quality Focal Loss, and the
-backbone pieces of the released models.
+backbone pieces of the released models (deformable convolutions, Res2Net).
 """
 
 from .atss import ATSSMatcher, atss_labels
@@ -24,7 +24,13 @@ from .box_coding import (
     distance2box,
     integral,
 )
-from .deform_conv import DeformBottleneckBlock, DeformConv, ModulatedDeformConv
+from .deform_conv import (
+    DeformBottleneckBlock,
+    DeformConv,
+    ModulatedDeformConv,
+    deform_forward,
+    deformable_3x3,
+)
 from .dgqp import DistributionGuidedQualityPredictor, distribution_statistics
 from .distillation import LocalizationDistiller, check_teacher
 from .head import GFLHead, Scale, build_box2box_transform
@@ -39,6 +45,7 @@ from .losses import (
 )
 from .meta_arch import GFL
 from .qfl_detectors import QFLFCOS, QFLRetinaNet
+from .res2net import Bottle2neckBlock, DeepStem, make_res2net_stages
 from .variants import GFLVariant
 
 __all__ = [
@@ -52,6 +59,11 @@ __all__ = [
     "DeformBottleneckBlock",
     "DeformConv",
     "ModulatedDeformConv",
+    "deform_forward",
+    "deformable_3x3",
+    "Bottle2neckBlock",
+    "DeepStem",
+    "make_res2net_stages",
     "DiracBox2BoxTransform",
     "DistributionBox2BoxTransform",
     "EdgeDecoding",
