@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """
-Convert a GFL checkpoint in MMDetection's format (MMDetection v2/v3 model zoo,
-the authors' release; GFL V2 from the authors' GFocalV2 release too) into a
-checkpoint that ``DetectionCheckpointer`` loads into the matching config under
-``configs/COCO-Detection/`` (the tool names it).
+Convert a GFL checkpoint in MMDetection's format (MMDetection v2/v3 model zoo
+with its DCN and LD rows; GFL V2 from the authors' GFocalV2 release, Res2Net
+included) into a checkpoint that ``DetectionCheckpointer`` loads into the
+matching config under ``configs/COCO-Detection/`` (the tool names it, with any
+overrides it needs); an ImageNet backbone into a ``train.init_checkpoint``.
 
     python tools/convert_mmdet_checkpoint.py \
         gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth pretrained/gfl_R_50_FPN_1x_coco.pth
@@ -11,7 +12,7 @@ checkpoint that ``DetectionCheckpointer`` loads into the matching config under
         train.init_checkpoint=pretrained/gfl_R_50_FPN_1x_coco.pth
 
 Prints what it mapped. Refuses, with the reason, a checkpoint it does not
-understand (DCN backbones, other architectures) and never leaves a
+understand (other architectures, the authors' MMDetection 1.1 fork) and never leaves a
 half-written output file.
 """
 
