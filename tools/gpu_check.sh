@@ -9,6 +9,7 @@
 #   4. GFL against MMDetection 3.3's GFL (same weights, same images): inference, a training step,
 #      ATSS assignment, where MMDetection is importable (else a one-line note),
 #   5. TorchScript and ONNX export on CUDA, checked against the eager model,
+#   6. the deformable-convolution models against their plain twins (tools/dcn_speed.py),
 # then prints one summary table. Logs and checkpoints go to $GPU_CHECK_OUT (default
 # ./gpu_check); the summary and the benchmark are written as reports (JSON and Markdown)
 # to projects/GFL/results/ as gpu_check.* and gpu_check_benchmark.* (other names: --name).

@@ -401,6 +401,31 @@ def step_export(args, out):
     return rows
 
 
+def step_dcn_speed(args, out):
+    """The deformable models against their plain twins on this device (tools/dcn_speed.py)."""
+    name = f"{args.name}_dcn_speed"
+    size = ["128", "192"] if args.smoke else ["800", "1216"]
+    ok, sec, _ = run_step(
+        "deformable vs plain",
+        [sys.executable, "tools/dcn_speed.py", "--device", "cuda" if torch.cuda.is_available()
+         else "cpu", "--size", *size, "--iterations", "1" if args.smoke else "10",
+         "--results", args.results, "--name", name],
+        os.path.join(out, "dcn_speed.log"),
+        timeout=240,
+    )  # fmt: skip
+    path = os.path.join(args.results, f"{name}.json")
+    if not ok or not os.path.isfile(path):
+        return [dict(step="DCN vs plain", ok=False, seconds=sec, result="failed: see the log")]
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    result = "; ".join(
+        f"{os.path.basename(r['config'])[:-3]} {r['deformable_ms']:.0f} vs "
+        f"{r['plain_ms']:.0f} ms/image ({r['ratio']:.2f}x)"
+        for r in rows
+    )
+    return [dict(step=f"DCN vs plain ({'x'.join(size)})", ok=True, seconds=sec, result=result)]
+
+
 def render(data):
     """The summary table of a GPU-check report ``{"header": ..., "rows": [...]}``."""
     lines = [data["header"], "", "| step | ok | s | result |", "|---|---|---|---|"]
@@ -446,6 +471,7 @@ def run_gpu_check(args):
             ("benchmark", step_benchmark),
             ("peer", step_peer),
             ("export", step_export),
+            ("dcn", step_dcn_speed),
         )
         if n not in args.skip
     ]
@@ -472,7 +498,10 @@ def parse_args(argv=None):
         "--iters", type=int, default=None, help="training iterations per precision (default 300)"
     )
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=["tests", "train", "benchmark", "peer", "export"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["tests", "train", "benchmark", "peer", "export", "dcn"],
     )
     add_report_arguments(p, "gpu_check", results=None)
     args = p.parse_args(argv)
