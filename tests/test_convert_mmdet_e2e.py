@@ -151,3 +151,21 @@ def test_checkpoint_saved_during_training_needs_allow_pickle(tmp_path):
     assert not dst.exists()
     convert_checkpoint(str(src), str(dst), allow_pickle=True)
     assert dst.exists()
+
+
+def test_converted_dcn_model_is_the_ld_teacher_of_its_config(tmp_path):
+    """``ld_R_101_gfl_R_101_dconv_c3_c5_FPN_2x.py``: its teacher, MMDetection's R-101-DCN."""
+    mm_model, _ = build_mmdet_gfl(MMDET_CONFIGS["R-101-DCN ms2x"])
+    trained_like(mm_model)
+    src, dst = tmp_path / "mmdet.pth", tmp_path / "teacher.pth"
+    save_as_mmdet(mm_model, src)
+    convert_checkpoint(str(src), str(dst))
+    cfg = LazyConfig.load(
+        os.path.join(
+            ROOT, "configs/COCO-Detection/Distillation/ld_R_101_gfl_R_101_dconv_c3_c5_FPN_2x.py"
+        )
+    )
+    cfg.distillation.teacher.checkpoint = str(dst)
+    teacher = instantiate(cfg.distillation.teacher)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert_same_detections(teacher, mm_model, frozen=False)
