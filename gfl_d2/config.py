@@ -20,6 +20,7 @@ from .modeling import (
     GFLHead,
     LocalizationDistiller,
 )
+from .modeling.res2net import make_res2net_stages
 from .modeling.yacs_keys import gfl_yacs_arguments, yacs_key
 
 __all__ = ["add_gfl_config", "use_dataset_folder", "constructor_defaults"]
@@ -40,6 +41,12 @@ def add_gfl_config(cfg: CN) -> CN:
     _add_model_keys(cfg.MODEL.GFL)
     _add_head_keys(cfg.MODEL.GFL)
     _add_distillation_keys(cfg.MODEL.GFL)
+    # Res2Net's splits (MODEL.BACKBONE.NAME: build_gfl_res2net_fpn_backbone; depth, norm and
+    # deformable stages from MODEL.RESNETS)
+    res2net = inspect.signature(make_res2net_stages).parameters
+    cfg.MODEL.RES2NET = CN()
+    cfg.MODEL.RES2NET.SCALES = res2net["scales"].default
+    cfg.MODEL.RES2NET.BASE_WIDTH = res2net["base_width"].default
     # CPU inference of the evaluation: "eager", or "frozen" (gfl_d2.cpu_inference)
     cfg.TEST.CPU_INFERENCE = "eager"
     # Quality Focal Loss for detectron2's RetinaNet (META_ARCHITECTURE: QFLRetinaNet)

@@ -22,6 +22,14 @@ PAIRS = [
     ("gflv2_R_50_FPN_1x.yaml", "COCO-Detection/gflv2_R_50_FPN_1x.py"),
     ("gflv2_R_50_FPN_ms2x.yaml", "COCO-Detection/gflv2_R_50_FPN_ms2x.py"),
     ("gflv2_R_101_FPN_ms2x.yaml", "COCO-Detection/gflv2_R_101_FPN_ms2x.py"),
+    (
+        "gflv2_R_101_FPN_dconv_c3_c5_ms2x.yaml",
+        "COCO-Detection/gflv2_R_101_FPN_dconv_c3_c5_ms2x.py",
+    ),
+    (
+        "gflv2_Res2Net_101_FPN_dconv_c4_c5_ms2x.yaml",
+        "COCO-Detection/gflv2_Res2Net_101_FPN_dconv_c4_c5_ms2x.py",
+    ),
     ("ld_R_50_gfl_R_101_FPN_1x.yaml", "COCO-Detection/Distillation/ld_R_50_gfl_R_101_FPN_1x.py"),
 ]
 

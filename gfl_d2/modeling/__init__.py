@@ -8,6 +8,7 @@ backbone pieces of the released models (deformable convolutions, Res2Net).
 from .atss import ATSSMatcher, atss_labels
 from .backbone import (
     LastLevelP6P7FromP5,
+    build_gfl_res2net_fpn_backbone,
     build_gfl_resnet_fpn_backbone,
     make_basic_stages,
     make_bottleneck_stages,
@@ -53,6 +54,7 @@ __all__ = [
     "atss_labels",
     "LastLevelP6P7FromP5",
     "build_gfl_resnet_fpn_backbone",
+    "build_gfl_res2net_fpn_backbone",
     "make_basic_stages",
     "make_resnext_stages",
     "make_bottleneck_stages",

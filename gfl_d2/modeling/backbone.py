@@ -15,6 +15,7 @@ from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
 from .deform_conv import DeformBottleneckBlock
+from .res2net import DeepStem, make_res2net_stages
 
 __all__ = [
     "LastLevelP6P7FromP5",
@@ -22,6 +23,7 @@ __all__ = [
     "make_resnext_stages",
     "make_bottleneck_stages",
     "build_gfl_resnet_fpn_backbone",
+    "build_gfl_res2net_fpn_backbone",
 ]
 
 
@@ -164,6 +166,30 @@ def build_gfl_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         bottom_up = _build_deformable_resnet(cfg, input_shape)
     else:
         bottom_up = build_resnet_backbone(cfg, input_shape)
+    return _gfl_fpn(cfg, bottom_up)
+
+
+@BACKBONE_REGISTRY.register()
+def build_gfl_res2net_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """
+    yacs builder: Res2Net-v1d (``MODEL.RES2NET.SCALES``, ``BASE_WIDTH``; depth,
+    norm, output features and deformable stages from ``MODEL.RESNETS``) + FPN
+    (P3-P5) + P6/P7 from P5's output.
+    """
+    r = cfg.MODEL.RESNETS
+    stem = DeepStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=r.NORM)
+    stages = make_res2net_stages(
+        r.DEPTH, cfg.MODEL.RES2NET.SCALES, cfg.MODEL.RES2NET.BASE_WIDTH, r.DEFORM_ON_PER_STAGE,
+        r.DEFORM_MODULATED, r.DEFORM_NUM_GROUPS, norm=r.NORM,
+    )  # fmt: skip
+    bottom_up = ResNet(
+        stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
+    )
+    return _gfl_fpn(cfg, bottom_up)
+
+
+def _gfl_fpn(cfg, bottom_up):
+    """GFL's FPN on ``bottom_up``: ``MODEL.FPN`` levels and P6/P7 from P5's output."""
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     return FPN(
         bottom_up=bottom_up,
