@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 
 import pytest
 import torch
@@ -195,3 +196,15 @@ def test_yacs_and_lazy_v2_configs_build_the_same_model(name):
             cfg.INPUT.MIN_SIZE_TRAIN == (480, 960) and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range"
         )
         assert cfg.SOLVER.MAX_ITER == lazy.train.max_iter == 180000
+
+
+def test_every_model_zoo_row_and_converter_target_names_an_existing_config():
+    from gfl_d2.convert import _CONFIGS
+
+    named = set(_CONFIGS.values())
+    for doc in ("README.md", os.path.join("projects", "GFL", "README.md")):
+        with open(os.path.join(ROOT, doc)) as f:
+            named |= set(re.findall(r"`(COCO-Detection/[\w/.-]+\.py)`", f.read()))
+    assert len(named) >= 16  # the 16 released rows that convert, and more
+    missing = [c for c in named if not os.path.isfile(os.path.join(ROOT, "configs", c))]
+    assert not missing
