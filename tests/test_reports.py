@@ -12,6 +12,7 @@ import pytest
 from gfl_studies import (
     ablation,
     benchmark,
+    dcn_speed,
     edge_uncertainty,
     fcos_collapse,
     gpu_check,
@@ -27,6 +28,9 @@ from .repo import ROOT
 RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
 # report name prefix -> the renderer of the tool that writes it
 RENDERERS = [
+    ("dcn_speed", dcn_speed.render),
+    ("gpu_check_h100_dcn_speed", dcn_speed.render),
+    ("gpu_check_h200_dcn_speed", dcn_speed.render),
     ("ablation", ablation.render_report),
     ("lr_tuning", ablation.render_report),
     ("fcos_collapse", fcos_collapse.render),
