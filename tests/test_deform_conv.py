@@ -214,3 +214,29 @@ def test_yacs_deform_switches_build_the_lazyconfig_resnet():
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     with pytest.raises(ValueError, match="DEPTH >= 50"):
         build_model(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("modulated", [False, True])
+def test_cuda_kernel_equals_the_float64_reference_and_runs_under_autocast(modulated):
+    """torchvision's CUDA kernel, the path of the GPU check: values, gradients, fp16 autocast."""
+    g = torch.Generator().manual_seed(0)
+    layer_type = ModulatedDeformConv if modulated else DeformConv
+    layer = layer_type(4, 6, 3, padding=1, groups=2, deformable_groups=2).double()
+    x = torch.randn(2, 4, 7, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    offset = torch.rand(2, layer.offset_channels, 7, 9, generator=g, dtype=torch.float64) * 8 - 4
+    mask = torch.rand(2, 18, 7, 9, generator=g, dtype=torch.float64) if modulated else None
+    args = (offset, mask) if modulated else (offset,)
+    want = reference(x, offset, layer.weight, mask)
+    if layer.bias is not None:
+        want = want + layer.bias[None, :, None, None]
+    cuda_layer = layer.cuda()
+    got = cuda_layer(x.cuda(), *[a.cuda() for a in args])
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-10)
+    grad = torch.autograd.grad(got.sum(), x)[0]
+    torch.testing.assert_close(grad.cpu(), torch.autograd.grad(want.sum(), x)[0], rtol=0, atol=1e-9)
+    with torch.autocast("cuda", dtype=torch.float16):
+        half = cuda_layer.float()(x.float().cuda(), *[a.float().cuda() for a in args])
+    # computed in float32 inside autocast: float32 rounding of sums of ~20 terms of order 1
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half.double().cpu(), want, rtol=0, atol=1e-4)
