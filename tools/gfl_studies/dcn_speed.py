@@ -42,21 +42,30 @@ def build(config, overrides, device):
     return instantiate(cfg.model).to(device).eval()
 
 
-def time_inference(model, image, iterations, warmup):
-    """Milliseconds per image, median and all, of ``model`` on ``image`` after ``warmup`` runs."""
+def _time_once(model, inputs, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    model(inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - t)
+
+
+def time_pair(models, image, iterations, warmup):
+    """
+    Milliseconds per image of each of ``models`` on ``image``, the runs alternating between
+    them (so that a load on the machine weighs on both alike); per model the median and all.
+    """
     inputs = [{"image": image}]
-    times = []
+    times = [[] for _ in models]
     with torch.no_grad():
         for i in range(warmup + iterations):
-            if image.is_cuda:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            model(inputs)
-            if image.is_cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times), times
+            for model, record in zip(models, times):
+                t = _time_once(model, inputs, image.is_cuda)
+                if i >= warmup:
+                    record.append(t)
+    return [(statistics.median(t), t) for t in times]
 
 
 def measure(args):
@@ -65,13 +74,15 @@ def measure(args):
     rows = []
     for config, plain in PAIRS:
         row = dict(config=config, plain_overrides=plain)
-        for key, overrides in (("deformable", []), ("plain", plain)):
+        models = []
+        for overrides in ([], plain):
             torch.manual_seed(0)
-            model = build(config, overrides, args.device)
-            row[key + "_ms"], row[key + "_all_ms"] = time_inference(
-                model, image, args.iterations, args.warmup
-            )
-            del model
+            models.append(build(config, overrides, args.device))
+        timed = time_pair(models, image, args.iterations, args.warmup)
+        (row["deformable_ms"], row["deformable_all_ms"]), (row["plain_ms"], row["plain_all_ms"]) = (
+            timed
+        )
+        del models
         row["ratio"] = row["deformable_ms"] / row["plain_ms"]
         print(f"{config}: {row['deformable_ms']:.0f} ms vs plain {row['plain_ms']:.0f} ms")
         rows.append(row)
@@ -92,7 +103,8 @@ def render(data):
         "",
         f"{h['date']}, {h['device']}, torch {h['torch']}, {h['threads']} threads; one "
         f"{h['size'][0]}x{h['size'][1]} image, batch 1, median of {h['iterations']} runs "
-        f"after {h['warmup']} warm-up. Written by `tools/dcn_speed.py`.",
+        f"after {h['warmup']} warm-up, alternating between the two models. Written by "
+        "`tools/dcn_speed.py`.",
         "",
         "| config | deformable (ms/image) | plain twin (ms/image) | deformable / plain |",
         "|---|---:|---:|---:|",
