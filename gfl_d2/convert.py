@@ -1,12 +1,14 @@
 """
 Conversion of GFL checkpoints in MMDetection's format (MMDetection v2/v3 model
-zoo, the authors' releases of GFL V1 and of GFL V2, ``implus/GFocalV2``) to
-this package's detectron2 model.
+zoo with its LD students, the authors' GFL V2 release ``implus/GFocalV2``) to
+this package's detectron2 model, and of ImageNet backbones to training
+starting points.
 
-Supported: ResNet-50/101 and ResNeXt-101 (any groups x width) pytorch-style
-backbones, FPN with P6/P7 from P5's output, the GFL head and GFL V2's
-``GFocalHead`` (its distribution-guided quality predictor ``reg_conf``).
-Anything else (DCN backbones, other necks or heads) is refused with the reason.
+Supported: the backbones of :mod:`gfl_d2.convert_backbone` (ResNet-18 to 152,
+ResNeXt, Res2Net-v1d, deformable stages), FPN with P6/P7 from P5's output, the
+GFL head and GFL V2's ``GFocalHead`` (its distribution-guided quality predictor
+``reg_conf``). Anything else (other necks or heads, the authors' MMDetection
+1.1 fork of GFL V1) is refused with the reason.
 """
 
 import logging
