@@ -1,6 +1,11 @@
 """
 Export of a GFL model by tracing (TorchScript or ONNX), checked against the
 eager model; ``tools/export_model.py`` is its command line.
+
+A model with deformable convolutions (:mod:`gfl_d2.modeling.deform_conv`)
+exports to ONNX at opset 19, where ``torchvision::deform_conv2d`` becomes the
+standard ``DeformConv`` operator (same offset layout: (dy, dx) per kernel
+point per offset group); other models keep opset 17.
 """
 
 import copy
@@ -17,12 +22,15 @@ from detectron2.export import TracingAdapter
 
 from .checkpoint import load_trained_weights
 from .errors import ExportMismatchError, UsageError
+from .modeling.deform_conv import DeformConv
 from .predictor import test_time_augmentations, to_model_input
 
 __all__ = ["export", "verify", "sample_input", "BOX_TOL", "SCORE_TOL"]
 
 logger = logging.getLogger("detectron2")
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
+ONNX_OPSET = 17
+DEFORM_CONV_OPSET = 19  # the first opset with DeformConv
 
 
 def sample_input(cfg, path: Optional[str]) -> torch.Tensor:
@@ -52,6 +60,75 @@ def _load_for_export(cfg, device: str, keep_box_distributions: bool):
     return model
 
 
+def _has_deformable_conv(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, DeformConv) for m in model.modules())
+
+
+def _deform_conv2d_symbolic(
+    g, x, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    groups, offset_groups, use_mask,
+):  # fmt: skip
+    """
+    ``torchvision::deform_conv2d`` as ONNX ``DeformConv`` (opset 19): the same
+    inputs and offset layout; torchvision's placeholder mask (``use_mask``
+    false) is left out, and its bias (zeros when the layer has none) kept.
+    """
+    inputs = [x, weight, offset, bias] + ([mask] if use_mask else [])
+    return g.op(
+        "DeformConv",
+        *inputs,
+        strides_i=[stride_h, stride_w],
+        pads_i=[pad_h, pad_w, pad_h, pad_w],
+        dilations_i=[dil_h, dil_w],
+        group_i=groups,
+        offset_group_i=offset_groups,
+    )
+
+
+def _register_deform_conv_symbolic():
+    """Teach the TorchScript-based ONNX exporter ``torchvision::deform_conv2d`` (opset >= 19)."""
+    from torch.onnx import symbolic_helper
+
+    # five tensors, eight ints (strides, pads, dilations, groups, offset groups), use_mask
+    parse = symbolic_helper.parse_args(*(["v"] * 5), *(["i"] * 8), "b")
+    torch.onnx.register_custom_op_symbolic(
+        "torchvision::deform_conv2d", parse(_deform_conv2d_symbolic), DEFORM_CONV_OPSET
+    )
+
+
+def _require_runtime_deform_conv():
+    """
+    :class:`~gfl_d2.errors.UsageError` unless onnxruntime, which checks the
+    export, runs ONNX ``DeformConv`` (tried on a one-node model): its kernel is
+    recent (1.32 has one; 1.18 and 1.19 are reported to answer NOT_IMPLEMENTED).
+    """
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    shapes = {"X": [1, 1, 2, 2], "W": [1, 1, 1, 1], "offset": [1, 2, 2, 2]}
+    node = helper.make_node("DeformConv", list(shapes), ["Y"])
+    graph = helper.make_graph(
+        [node],
+        "deform_conv",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in shapes.items()],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 2, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFORM_CONV_OPSET)])
+    model.ir_version = 9  # opset 19's
+    try:
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        session.run(None, {k: np.zeros(v, np.float32) for k, v in shapes.items()})
+    except Exception as e:
+        raise UsageError(
+            f"the model has deformable convolutions, which export to ONNX DeformConv "
+            f"(opset {DEFORM_CONV_OPSET}), and onnxruntime {onnxruntime.__version__} cannot "
+            f"run it to check the export ({type(e).__name__}: {e}); use --format torchscript, "
+            "or an onnxruntime that implements DeformConv"
+        ) from e
+
+
 def _write_traced(adapter, fmt: str, output: str, fields) -> str:
     """Trace ``adapter`` into ``output``/model.ts (TorchScript) or model.onnx; the file's path."""
     if fmt == "torchscript":
@@ -60,6 +137,11 @@ def _write_traced(adapter, fmt: str, output: str, fields) -> str:
             traced = torch.jit.trace(adapter, adapter.flattened_inputs)
         traced.save(path)
         return path
+    opset = ONNX_OPSET
+    if _has_deformable_conv(adapter):
+        _require_runtime_deform_conv()
+        _register_deform_conv_symbolic()
+        opset = DEFORM_CONV_OPSET
     path = os.path.join(output, "model.onnx")
     dynamic = {"image": {1: "height", 2: "width"}}
     dynamic.update({name: {0: "detections"} for name in fields})
@@ -68,7 +150,7 @@ def _write_traced(adapter, fmt: str, output: str, fields) -> str:
             adapter,
             adapter.flattened_inputs,
             path,
-            opset_version=17,
+            opset_version=opset,
             dynamo=False,
             input_names=["image"],
             output_names=list(fields) + ["image_size"],

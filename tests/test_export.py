@@ -64,6 +64,12 @@ def test_export_matches_eager(setup, fmt, keep):
     saved = json.loads((out / "export_check.json").read_text())
     assert saved["outputs"][-1] == "image_size"
     assert ("pred_box_std" in saved["outputs"]) == keep
+    if fmt == "onnx":  # no deformable convolution: opset 17, as before DeformConv support
+        import onnx
+
+        graph = onnx.load(path)
+        assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {17}
+        assert all(node.op_type != "DeformConv" for node in graph.graph.node)
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
