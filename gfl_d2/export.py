@@ -29,6 +29,10 @@ __all__ = ["export", "verify", "sample_input", "BOX_TOL", "SCORE_TOL"]
 
 logger = logging.getLogger("detectron2")
 BOX_TOL, SCORE_TOL = 1e-3, 1e-4
+# boxes are compared to BOX_TOL plus this share of their coordinates: 2e-6 is ~16 float32
+# rounding steps of a coordinate, what a deep backbone's rounding (other kernels, another
+# summation order) adds up to at the far end of the integral, where one bin is up to 128 px
+BOX_RTOL = 2e-6
 ONNX_OPSET = 17
 DEFORM_CONV_OPSET = 19  # the first opset with DeformConv
 
@@ -266,9 +270,11 @@ def verify(model, path, fmt, image, fields):
         raise ExportMismatchError(
             f"export check failed: {outs['pred_boxes'].shape[0]} detections vs {len(boxes)} eager"
         )
+    box_diff = np.abs(outs["pred_boxes"] - boxes)
     report = dict(
         detections=int(len(boxes)),
-        max_box_diff=float(np.abs(outs["pred_boxes"] - boxes).max(initial=0.0)),
+        max_box_diff=float(box_diff.max(initial=0.0)),
+        box_diff_within_tolerance=bool((box_diff <= BOX_TOL + BOX_RTOL * np.abs(boxes)).all()),
         max_score_diff=float(np.abs(outs["scores"] - scores).max(initial=0.0)),
         classes_equal=bool(np.array_equal(outs["pred_classes"], classes)),
         runtime=runtime,
@@ -280,7 +286,7 @@ def verify(model, path, fmt, image, fields):
             report[f"max_{name[len('pred_') :]}_diff"] = diff
             report["extras_ok"] = report.get("extras_ok", True) and diff <= tol
     ok = (
-        report["max_box_diff"] <= BOX_TOL
+        report["box_diff_within_tolerance"]
         and report["max_score_diff"] <= SCORE_TOL
         and report["classes_equal"]
         and report.get("extras_ok", True)
