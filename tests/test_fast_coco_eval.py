@@ -33,7 +33,7 @@ from pycocotools.cocoeval import COCOeval
 from gfl_d2 import evaluation
 from gfl_d2.evaluation import COCOEvaluatorWithCurves, fast_cocoeval, use_fast_cocoeval
 
-from .repo import ROOT
+from .repo import ROOT, run_tool
 
 CATEGORY_IDS = [1, 3, 4, 7, 8, 11]  # not contiguous; 8 never annotated, 11 never detected
 NEVER_ANNOTATED, NEVER_DETECTED = 8, 11
@@ -309,3 +309,17 @@ def test_pycocotools_when_faster_coco_eval_does_not_import(monkeypatch, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "faster-coco-eval cannot be imported" in warnings[0]
     assert "ImportError" in warnings[0] and "COCOeval_opt is not built" in warnings[0]
+
+
+def test_speed_tool_writes_an_agreeing_report(tmp_path):
+    from gfl_studies.coco_eval_speed import agree, render
+
+    tool = ["tools/coco_eval_speed.py", "--results", tmp_path, "--name", "smoke"]
+    run_tool([*tool, "--images", "40"])
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    assert agree(data) and data["precision_values_different_not_eps"] == 0
+    assert data["dataset"]["images"] == 40 and data["speedup"] > 0
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert markdown == render(data).rstrip("\n") + "\n"
+    run_tool([*tool, "--report"])
+    assert (tmp_path / "smoke.md").read_text() == markdown
