@@ -180,7 +180,22 @@ def _assert_same_precision(fast, reference):
     )
 
 
-def test_fast_cocoeval_gives_pycocotools_numbers(synthetic):
+def _with_file_name_ids(synthetic):
+    """The set with image ids as gfl-d2's dataset folders name them (sorted unlike numbers)."""
+    dataset, results = synthetic
+    name = {im["id"]: f"images/val/{im['id']}" for im in dataset["images"]}
+    dataset = dict(
+        dataset,
+        images=[dict(im, id=name[im["id"]]) for im in dataset["images"]],
+        annotations=[dict(a, image_id=name[a["image_id"]]) for a in dataset["annotations"]],
+    )
+    return dataset, [dict(r, image_id=name[r["image_id"]]) for r in results]
+
+
+@pytest.mark.parametrize("image_ids", ["numbers", "file names"])
+def test_fast_cocoeval_gives_pycocotools_numbers(synthetic, image_ids):
+    if image_ids == "file names":
+        synthetic = _with_file_name_ids(synthetic)
     reference = _evaluate(COCOeval, synthetic)
     fast = _evaluate(fast_cocoeval(), synthetic)
     assert reference.stats.shape == fast.stats.shape == (12,)
