@@ -32,6 +32,7 @@ setup(
         "torchvision",
         "fvcore",
         "pycocotools",
+        "faster-coco-eval",  # COCO evaluation's fast path without detectron2's compiled ops
         "omegaconf>=2.1,<2.4",
         "numpy",
         "Pillow",

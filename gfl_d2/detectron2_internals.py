@@ -16,13 +16,18 @@ the installed detectron2 changes one of them.
 - ``SimpleTrainer._write_metrics(loss_dict, data_time, ...)``:
   ``gfl_d2.train_loop`` (names the non-finite loss terms);
 - ``COCOEvaluator._derive_coco_results(coco_eval, ...)``:
-  ``COCOEvaluatorWithCurves`` (the precision-recall pictures).
+  ``COCOEvaluatorWithCurves`` (the precision-recall pictures);
+- the module global ``detectron2.evaluation.coco_evaluation.COCOeval_opt``
+  (the fast path's class, pycocotools' ``COCOeval`` where detectron2's compiled
+  ops are missing), read by ``COCOEvaluator.__init__`` and
+  ``COCOEvaluator._eval_predictions``: :func:`gfl_d2.evaluation.use_fast_cocoeval`
+  (``PROTECTED_GLOBALS``).
 """
 
 from typing import Dict
 from urllib.parse import urlparse
 
-__all__ = ["read_checkpoint_file", "PROTECTED_APIS"]
+__all__ = ["read_checkpoint_file", "PROTECTED_APIS", "PROTECTED_GLOBALS"]
 
 # (module, class, attribute, the parameters gfl-d2 passes or overrides with)
 PROTECTED_APIS = [
@@ -52,6 +57,15 @@ PROTECTED_APIS = [
         "COCOEvaluator",
         "_derive_coco_results",
         ("self", "coco_eval", "iou_type", "class_names"),
+    ),
+]
+
+# (module, global gfl-d2 rebinds, the functions of that module that must read it at call time)
+PROTECTED_GLOBALS = [
+    (
+        "detectron2.evaluation.coco_evaluation",
+        "COCOeval_opt",
+        ("COCOEvaluator.__init__", "COCOEvaluator._eval_predictions"),
     ),
 ]
 

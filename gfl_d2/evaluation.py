@@ -3,8 +3,17 @@ detectron2's ``COCOEvaluator`` that also draws what its numbers summarise:
 after each evaluation, one picture with the precision-recall curve of every
 class (IoU 0.5 and 0.75) and the AP of every class by object size, written
 next to the training metrics. The per-class AP table is detectron2's own.
+
+COCO evaluation's fast path on any Python: detectron2's ``COCOEvaluator``
+(``use_fast_impl=True``, its default) runs its compiled ``COCOeval_opt``, and
+where ``detectron2._C`` is not built (e.g. on a Python detectron2 has no
+compiled ops for) falls back to pycocotools' ``COCOeval``, slow on COCO-sized
+sets. :func:`use_fast_cocoeval` puts faster-coco-eval's ``COCOeval`` in its
+place; gfl-d2's entry points call it before building their evaluators.
 """
 
+import functools
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -13,7 +22,16 @@ from detectron2.engine import HookBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["COCOEvaluatorWithCurves", "CountIterations", "plot_precision_recall", "ap_by_size"]
+__all__ = [
+    "COCOEvaluatorWithCurves",
+    "CountIterations",
+    "plot_precision_recall",
+    "ap_by_size",
+    "fast_cocoeval",
+    "use_fast_cocoeval",
+]
+
+logger = logging.getLogger(__name__)
 
 # COCOeval's area ranges, in the order of its precision array
 _AREAS = ("all", "small", "medium", "large")
@@ -105,6 +123,54 @@ def plot_precision_recall(
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def fast_cocoeval() -> type:
+    """
+    The ``COCOeval`` class for detectron2's fast path: detectron2's compiled
+    ``COCOeval_opt`` where ``detectron2._C`` is built, otherwise faster-coco-eval's
+    (:class:`gfl_d2.faster_cocoeval.FasterCOCOeval`), otherwise pycocotools'
+    ``COCOeval`` with a warning naming why. The choice is logged once.
+    """
+    try:
+        from detectron2.evaluation.fast_eval_api import COCOeval_opt
+    except ImportError as e:
+        missing = f"detectron2's compiled COCOeval_opt is not built ({type(e).__name__}: {e})"
+    else:
+        logger.info("COCO evaluation's fast path: detectron2's compiled COCOeval_opt")
+        return COCOeval_opt
+    try:
+        from .faster_cocoeval import FasterCOCOeval, __version__
+    except Exception as e:  # not installed, or its compiled module does not load
+        from pycocotools.cocoeval import COCOeval
+
+        logger.warning(
+            f"COCO evaluation runs pycocotools' COCOeval, slow on COCO-sized sets: {missing}, "
+            f"and faster-coco-eval cannot be imported ({type(e).__name__}: {e})"
+        )
+        return COCOeval
+    logger.info(
+        f"COCO evaluation's fast path: faster-coco-eval {__version__}'s COCOeval; {missing}"
+    )
+    return FasterCOCOeval
+
+
+def use_fast_cocoeval() -> type:
+    """
+    Give detectron2's ``COCOEvaluator`` a fast path where its compiled one is
+    missing: detectron2 then binds ``coco_evaluation.COCOeval_opt`` to
+    pycocotools' ``COCOeval`` and turns ``use_fast_impl`` off; this binds it to
+    :func:`fast_cocoeval` instead, so evaluators built afterwards keep
+    ``use_fast_impl`` and run it (``use_fast_impl=False``: pycocotools, as
+    always). Returns the fast path's class.
+    """
+    from detectron2.evaluation import coco_evaluation
+
+    chosen = fast_cocoeval()
+    if coco_evaluation.COCOeval_opt is coco_evaluation.COCOeval:
+        coco_evaluation.COCOeval_opt = chosen  # see gfl_d2.detectron2_internals
+    return chosen
+
+
 class CountIterations(HookBase):
     """
     Tells the evaluation how many iterations are done (put it before
@@ -131,10 +197,12 @@ class COCOEvaluatorWithCurves(COCOEvaluator):
     """
     ``COCOEvaluator`` (same arguments) that also writes
     ``<plot_dir>/pr_curves_<dataset>_<iteration>.png`` after each bbox
-    evaluation (``plot_dir`` None: no picture).
+    evaluation (``plot_dir`` None: no picture). Its fast path is
+    :func:`use_fast_cocoeval`'s.
     """
 
     def __init__(self, dataset_name: str, *args, plot_dir: Optional[str] = None, **kwargs):
+        use_fast_cocoeval()
         super().__init__(dataset_name, *args, **kwargs)
         self._plot_dir = plot_dir
         self._dataset_name = dataset_name

@@ -30,7 +30,7 @@ from .data import check_dataset_dicts
 from .data.ground_truth import CheckedGroundTruth
 from .devices import create_ddp_model, describe_device, resolve_device
 from .errors import UsageError
-from .evaluation import CountIterations
+from .evaluation import CountIterations, use_fast_cocoeval
 from .lazy_config import load_lazy_config, prepare_datasets, resolve_num_classes
 from .model_zoo import DEFAULT_CONFIG
 from .modeling import GFL
@@ -58,10 +58,12 @@ def do_test(cfg, model):
     """
     Evaluate ``model`` on ``dataloader.test`` (on the CPU through the frozen
     backend with ``train.cpu_inference="frozen"``); ``dataloader.evaluator=None``:
-    train only (tools/ablation.py evaluates separately).
+    train only (tools/ablation.py evaluates separately). A ``COCOEvaluator``
+    evaluates with the fast path of :func:`gfl_d2.evaluation.use_fast_cocoeval`.
     """
     if cfg.dataloader.get("evaluator") is None:
         return {}
+    use_fast_cocoeval()
     model = for_cpu_inference(model, cfg.train.get("cpu_inference", "eager"))
     ret = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)

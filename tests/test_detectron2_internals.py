@@ -10,7 +10,7 @@ import inspect
 import pytest
 import torch
 
-from gfl_d2.detectron2_internals import PROTECTED_APIS, read_checkpoint_file
+from gfl_d2.detectron2_internals import PROTECTED_APIS, PROTECTED_GLOBALS, read_checkpoint_file
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,18 @@ def test_read_checkpoint_file_reads_what_load_reads(tmp_path):
     torch.save(state, tmp_path / "c.pth")
     read = read_checkpoint_file(DetectionCheckpointer(torch.nn.Module()), str(tmp_path / "c.pth"))
     assert torch.equal(read["model"]["w"], state["model"]["w"])
+
+
+@pytest.mark.parametrize(
+    "module, name, readers", PROTECTED_GLOBALS, ids=[n for _, n, _ in PROTECTED_GLOBALS]
+)
+def test_protected_global_is_read_where_gfl_d2_rebinds_it(module, name, readers):
+    owner = importlib.import_module(module)
+    assert hasattr(owner, name), f"detectron2 changed {module}.{name}: it no longer exists"
+    for reader in readers:
+        function = owner
+        for part in reader.split("."):
+            function = getattr(function, part)
+        assert name in function.__code__.co_names, (
+            f"detectron2 changed {module}.{reader}: it no longer reads the global {name}"
+        )

@@ -12,6 +12,7 @@ import pytest
 from gfl_studies import (
     ablation,
     benchmark,
+    coco_eval_speed,
     dcn_speed,
     edge_uncertainty,
     fcos_collapse,
@@ -44,6 +45,7 @@ RENDERERS = [
     ("edge_uncertainty", edge_uncertainty.render),
     ("quickstart", quickstart.render),
     ("ld_agreement", ld_agreement.render),
+    ("coco_eval_speed", coco_eval_speed.render),
     ("ld_", ablation.render_report),  # tools/ablation.py --tables ld
 ]
 
