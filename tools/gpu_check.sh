@@ -31,7 +31,7 @@ PY=${PYTHON:-python3}
 # what detectron2 and gfl-d2 import beyond torch, torchvision, numpy, Pillow, matplotlib,
 # tabulate, tqdm, pyyaml, cloudpickle, portalocker, packaging, tensorboard, opencv
 PURE=(fvcore iopath yacs termcolor "omegaconf>=2.1,<2.4" "hydra-core>=1.1" "antlr4-python3-runtime==4.9.3" "setuptools<81")
-BINARY=(pycocotools)
+BINARY=(pycocotools faster-coco-eval)
 D2_WHEEL="sal-detectron2==0.7.2"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
