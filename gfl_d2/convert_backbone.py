@@ -24,6 +24,7 @@ __all__ = [
     "backbone_name",
     "is_backbone_only",
     "convert_backbone_state_dict",
+    "rename_shufflenet_key",
 ]
 
 
@@ -242,3 +243,36 @@ def convert_backbone_state_dict(state_dict: Dict[str, torch.Tensor]):
         mapping[key] = new_key
     info.update(mapping=mapping, dropped=dropped)
     return converted, info
+
+
+# torchvision's and NanoDet's ShuffleNetV2 Sequential indices -> gfl_d2's ShuffleV2Block names
+_SHUFFLE_BRANCHES = {
+    ("branch1", "0"): "branch1_dw",
+    ("branch1", "1"): "branch1_dw.norm",
+    ("branch1", "2"): "branch1_pw",
+    ("branch1", "3"): "branch1_pw.norm",
+    ("branch2", "0"): "branch2_pw1",
+    ("branch2", "1"): "branch2_pw1.norm",
+    ("branch2", "3"): "branch2_dw",
+    ("branch2", "4"): "branch2_dw.norm",
+    ("branch2", "5"): "branch2_pw2",
+    ("branch2", "6"): "branch2_pw2.norm",
+}
+
+
+def rename_shufflenet_key(key: str) -> str:
+    """
+    A ShuffleNetV2 key of torchvision or NanoDet (``conv1.1.running_mean``,
+    ``stage3.0.branch2.3.weight``; with or without ``backbone.``) -> its name in
+    :class:`gfl_d2.modeling.shufflenet.ShuffleNetV2` (``stem.norm.running_mean``,
+    ``stage3.0.branch2_dw.weight``); ConversionError if it has none.
+    """
+    rest = _strip(key)
+    m = re.match(rf"^conv1\.([01])\.(weight|{_BN[1:-1]})$", rest)
+    if m:
+        return f"stem{'' if m.group(1) == '0' else '.norm'}.{m.group(2)}"
+    m = re.match(rf"^(stage[234])\.(\d+)\.(branch[12])\.(\d)\.(weight|{_BN[1:-1]})$", rest)
+    if m and (m.group(3), m.group(4)) in _SHUFFLE_BRANCHES:
+        name = _SHUFFLE_BRANCHES[(m.group(3), m.group(4))]
+        return f"{m.group(1)}.{m.group(2)}.{name}.{m.group(5)}"
+    raise ConversionError(f"ShuffleNetV2 key {key!r} has no counterpart in gfl-d2's ShuffleNetV2")

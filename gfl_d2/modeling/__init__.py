@@ -47,6 +47,7 @@ from .losses import (
 from .meta_arch import GFL
 from .qfl_detectors import QFLFCOS, QFLRetinaNet
 from .res2net import Bottle2neckBlock, DeepStem, make_res2net_stages
+from .shufflenet import ShuffleNetV2, ShuffleV2Block
 from .variants import GFLVariant
 
 __all__ = [
@@ -66,6 +67,8 @@ __all__ = [
     "Bottle2neckBlock",
     "DeepStem",
     "make_res2net_stages",
+    "ShuffleNetV2",
+    "ShuffleV2Block",
     "DiracBox2BoxTransform",
     "DistributionBox2BoxTransform",
     "EdgeDecoding",
