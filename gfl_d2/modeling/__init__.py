@@ -34,6 +34,7 @@ from .deform_conv import (
 )
 from .dgqp import DistributionGuidedQualityPredictor, distribution_statistics
 from .distillation import LocalizationDistiller, check_teacher
+from .ghost_pan import GhostPAN
 from .head import GFLHead, Scale, build_box2box_transform
 from .losses import (
     LocalizationTargets,
@@ -68,6 +69,7 @@ __all__ = [
     "DeepStem",
     "make_res2net_stages",
     "ShuffleNetV2",
+    "GhostPAN",
     "ShuffleV2Block",
     "DiracBox2BoxTransform",
     "DistributionBox2BoxTransform",
