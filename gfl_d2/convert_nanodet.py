@@ -1,8 +1,9 @@
 """
 NanoDet-Plus's parameter names (RangiLyu/nanodet: ``backbone.*`` ShuffleNetV2,
-``fpn.*`` GhostPAN) -> gfl-d2's (``backbone.bottom_up.*``
-:class:`~gfl_d2.modeling.shufflenet.ShuffleNetV2` inside ``backbone.*``
-:class:`~gfl_d2.modeling.ghost_pan.GhostPAN`).
+``fpn.*`` GhostPAN, ``head.*`` NanoDetPlusHead) -> gfl-d2's
+(``backbone.bottom_up.*`` :class:`~gfl_d2.modeling.shufflenet.ShuffleNetV2`
+inside ``backbone.*`` :class:`~gfl_d2.modeling.ghost_pan.GhostPAN`, ``head.*``
+:class:`~gfl_d2.modeling.nanodet_head.NanoDetPlusHead`).
 """
 
 import re
@@ -62,16 +63,29 @@ def _rename_fpn(rest: str) -> str:
     return f"{name}.{index}.{inner}" if inner else ""
 
 
+def _rename_head(rest: str) -> str:
+    m = re.match(rf"^cls_convs\.(\d+)\.(\d+)\.(depthwise|dwnorm|pointwise|pwnorm)\.{_PARAM}$", rest)
+    if m:
+        return f"towers.{m.group(1)}.{m.group(2)}.{_SEPARABLE[m.group(3)]}.{m.group(4)}"
+    m = re.match(r"^gfl_cls\.(\d+)\.(weight|bias)$", rest)
+    return f"outputs.{m.group(1)}.{m.group(2)}" if m else ""
+
+
 def rename_nanodet_key(key: str) -> str:
     """
-    A NanoDet-Plus backbone or neck key (``backbone.stage2.0.branch1.0.weight``,
+    A NanoDet-Plus backbone, neck or head key (``backbone.stage2.0.branch1.0.weight``,
     ``fpn.top_down_blocks.0.blocks.0.ghost1.primary_conv.1.bias``) -> its gfl-d2 name
     (``backbone.bottom_up.stage2.0.branch1_dw.weight``,
     ``backbone.top_down.0.0.ghost1.primary.norm.bias``); ConversionError if it has none.
     """
     if key.startswith("backbone."):
         return "backbone.bottom_up." + rename_shufflenet_key(key)
-    renamed = _rename_fpn(key[len("fpn.") :]) if key.startswith("fpn.") else ""
-    if not renamed:
-        raise ConversionError(f"NanoDet key {key!r} has no counterpart in gfl-d2's GhostPAN")
-    return "backbone." + renamed
+    if key.startswith("head."):
+        renamed = _rename_head(key[len("head.") :])
+        if renamed:
+            return "head." + renamed
+    elif key.startswith("fpn."):
+        renamed = _rename_fpn(key[len("fpn.") :])
+        if renamed:
+            return "backbone." + renamed
+    raise ConversionError(f"NanoDet key {key!r} has no counterpart in gfl-d2's NanoDet-Plus")

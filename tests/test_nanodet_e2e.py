@@ -59,3 +59,121 @@ def test_shufflenet_and_ghost_pan_give_nanodets_features(name):
     for w, (level, g) in zip(want, got.items()):
         # the same operations in the same order: equal to float32 rounding of values ~1
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def nanodet_plus_in_gfl(size, channels, num_classes=80):
+    """gfl-d2's GFL with NanoDet-Plus's backbone, neck and head, and its inference settings."""
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+    from gfl_d2.modeling import GFL, ATSSMatcher, DistributionBox2BoxTransform
+    from gfl_d2.modeling.nanodet_head import NanoDetPlusHead
+
+    backbone = GhostPAN(
+        ShuffleNetV2(size, activation="LeakyReLU"), ["stage2", "stage3", "stage4"], channels
+    )
+    shapes = backbone.output_shape()
+    head = NanoDetPlusHead(
+        input_shape=[shapes[f] for f in ("p3", "p4", "p5", "p6")],
+        num_classes=num_classes,
+        box2box_transform=DistributionBox2BoxTransform(reg_max=7),
+        feat_channels=channels,
+    )
+    strides = [8, 16, 32, 64]
+    return GFL(
+        backbone=backbone,
+        head=head,
+        head_in_features=["p3", "p4", "p5", "p6"],
+        anchor_generator=DefaultAnchorGenerator(
+            sizes=[[5 * s] for s in strides], aspect_ratios=[1.0], strides=strides, offset=0.0
+        ),
+        anchor_matcher=ATSSMatcher(topk=9),
+        num_classes=num_classes,
+        test_topk_candidates=10**6,  # NanoDet keeps every candidate over the threshold
+        output_box_distributions=False,
+        size_divisibility=32,
+        pixel_mean=[103.53, 116.28, 123.675],
+        pixel_std=[57.375, 57.12, 58.395],
+        input_format="BGR",
+    ).eval()
+
+
+def structured_image(h, w, generator):
+    """A grey BGR image with a dozen flat rectangles and some noise: features that vary."""
+    image = torch.full((3, h, w), 114.0)
+    for _ in range(12):
+        y0, x0 = torch.randint(0, h - 40, (2,), generator=generator).tolist()
+        hh, ww = torch.randint(20, 120, (2,), generator=generator).tolist()
+        image[:, y0 : y0 + hh, x0 : x0 + ww] = torch.randint(0, 256, (3, 1, 1), generator=generator)
+    return (image + 8 * torch.randn(image.shape, generator=generator)).clamp(0, 255)
+
+
+def trained_like(nanodet, generator):
+    """
+    Head weights with confident, varied scores: He-scaled towers (NanoDet initialises them
+    at std 0.01, which makes every location score alike) and outputs.
+    """
+    with torch.no_grad():
+        for m in nanodet.head.cls_convs.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(
+                    torch.randn(m.weight.shape, generator=generator)
+                    * (2 / m.weight[0].numel()) ** 0.5
+                )
+        for conv in nanodet.head.gfl_cls:
+            conv.weight.copy_(
+                torch.randn(conv.weight.shape, generator=generator) / conv.weight[0].numel() ** 0.5
+            )
+            conv.bias[:80].fill_(-3.0)
+
+
+def canonical(boxes, scores, classes):
+    """Detections ordered by class and box (0.01 px): equal-score ties in any order compare."""
+    key = torch.cat([classes[:, None].double(), (boxes.double() / 0.01).round()], dim=1).tolist()
+    order = sorted(range(len(key)), key=key.__getitem__)
+    return boxes[order], scores[order], classes[order]
+
+
+@pytest.mark.parametrize("name", ["m 320", "m-1.5x 416"])
+def test_nanodet_plus_gives_nanodets_outputs_and_detections(name):
+    config, size, channels = CONFIGS[name]
+    torch.manual_seed(0)
+    nanodet, cfg = build_nanodet(config)
+    nanodet.eval()
+    off_default_statistics(nanodet)
+    g = torch.Generator().manual_seed(2)
+    trained_like(nanodet, g)
+    state = {
+        rename_nanodet_key(k): v
+        for k, v in nanodet.state_dict().items()
+        if k.startswith(("backbone.", "fpn.", "head."))
+        and not k.endswith(("num_batches_tracked", "distribution_project.project"))
+    }
+    model = nanodet_plus_in_gfl(size, channels)
+    incompatible = model.load_state_dict(state, strict=False)
+    assert not incompatible.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in incompatible.missing_keys)
+
+    w, h = cfg.data.val.input_size
+    image = structured_image(h, w, g)  # BGR at NanoDet's input size
+    mean = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    std = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)
+    normalized = ((image - mean) / std)[None]
+    with torch.no_grad():
+        raw = nanodet(normalized)  # (1, points, C + 32), levels concatenated row-major
+        features = model.backbone(normalized)
+        predictions = model.head([features[f] for f in model.head_in_features])
+        ours = torch.cat(
+            [torch.cat([c, r], dim=1).flatten(2) for c, r in zip(*predictions)], dim=2
+        ).permute(0, 2, 1)
+        # raw outputs (class logits, then the bins), float32 rounding of values of order 10
+        torch.testing.assert_close(ours, raw, rtol=1e-5, atol=1e-4)
+        ((bboxes, labels),) = nanodet.head.get_bboxes(
+            *raw.split([80, 32], dim=-1), {"img": normalized}
+        )
+        dets = model([{"image": image, "height": h, "width": w}])[0]["instances"]
+    assert len(dets) == len(labels) == 100
+    want = canonical(bboxes[:, :4], bboxes[:, 4], labels)
+    got = canonical(dets.pred_boxes.tensor, dets.scores, dets.pred_classes)
+    assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-3)

@@ -47,6 +47,38 @@ def test_backbone_and_neck_keys_rename_one_to_one_with_their_shapes(name):
     assert sum(torch.Size(s).numel() for s in renamed.values()) > 1e5
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_head_keys_rename_one_to_one_with_their_shapes(name):
+    from detectron2.layers import ShapeSpec
+
+    from gfl_d2.modeling import DistributionBox2BoxTransform
+    from gfl_d2.modeling.nanodet_head import NanoDetPlusHead
+
+    _, channels = MODELS[name]
+    layout = nanodet_layout(name)
+    head = NanoDetPlusHead(
+        input_shape=[ShapeSpec(channels=channels)] * 4,
+        num_classes=80,
+        box2box_transform=DistributionBox2BoxTransform(reg_max=7),
+        feat_channels=channels,
+    )
+    expected = {
+        "head." + k: tuple(v.shape)
+        for k, v in head.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    renamed = {
+        rename_nanodet_key(k): shape
+        for k, shape in layout.items()
+        if k.startswith("head.")
+        and not k.endswith(("num_batches_tracked", "distribution_project.project"))
+    }
+    assert renamed == expected
+    # the training-only auxiliary head and its neck copy are the rest
+    rest = {k.split(".")[0] for k in layout if not k.startswith(("backbone.", "fpn.", "head."))}
+    assert rest == {"aux_fpn", "aux_head"}
+
+
 def test_keys_without_counterpart_are_named():
     with pytest.raises(ConversionError, match="'fpn.upsample.weight'"):
         rename_nanodet_key("fpn.upsample.weight")

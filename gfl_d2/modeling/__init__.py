@@ -46,6 +46,7 @@ from .losses import (
     sigmoid_focal_loss,
 )
 from .meta_arch import GFL
+from .nanodet_head import NanoDetPlusHead
 from .qfl_detectors import QFLFCOS, QFLRetinaNet
 from .res2net import Bottle2neckBlock, DeepStem, make_res2net_stages
 from .shufflenet import ShuffleNetV2, ShuffleV2Block
@@ -70,6 +71,7 @@ __all__ = [
     "make_res2net_stages",
     "ShuffleNetV2",
     "GhostPAN",
+    "NanoDetPlusHead",
     "ShuffleV2Block",
     "DiracBox2BoxTransform",
     "DistributionBox2BoxTransform",
