@@ -29,6 +29,7 @@ from .convert_backbone import (
     is_backbone_only,
     rename_backbone_key,
 )
+from .convert_nanodet import convert_nanodet_state_dict, is_nanodet
 
 __all__ = [
     "ConversionError",
@@ -536,6 +537,26 @@ def _convert_backbone_checkpoint(src, dst, state, meta) -> ConversionReport:
     return ConversionReport(lines, configs[0], [f"train.init_checkpoint={dst}"], info)
 
 
+def _convert_nanodet_checkpoint(src, dst, state, meta) -> ConversionReport:
+    """A NanoDet-Plus checkpoint -> the NanoDet config of its size (either input size)."""
+    converted, info = convert_nanodet_state_dict(state)
+    _write_atomically(converted, meta, dst)
+    configs = [info["config"].format(size) for size in (320, 416)]
+    overrides = [f"model.num_classes={info['num_classes']}"] if info["num_classes"] != 80 else []
+    if info["reg_max"] != 7:
+        overrides.append(f"model.head.box2box_transform.reg_max={info['reg_max']}")
+    reasons = sorted(set(info["dropped"].values()))
+    lines = [
+        f"{src}: {info['name']} (NanoDet), {info['num_classes']} classes, reg_max "
+        f"{info['reg_max']}: {len(converted)} tensors from {info['source']}; dropped: "
+        + "; ".join(reasons),
+        f"wrote {len(converted)} tensors to {dst}; use it with configs/{configs[0]} "
+        f"(or configs/{configs[1]}: the same weights at 416)"
+        + "".join(f" and {o}" for o in overrides),
+    ]
+    return ConversionReport(lines, configs[0], overrides, info)
+
+
 def convert_checkpoint(
     src: str, dst: str, allow_pickle: bool = False, verbose: bool = False
 ) -> ConversionReport:
@@ -548,6 +569,8 @@ def convert_checkpoint(
         the report: what was recognised, mapped and dropped, and which config to use.
     """
     state, meta = load_mmdet_checkpoint(src, allow_pickle=allow_pickle)
+    if is_nanodet(state):
+        return _convert_nanodet_checkpoint(src, dst, state, meta)
     if is_backbone_only(state):
         return _convert_backbone_checkpoint(src, dst, state, meta)
     converted, info = convert_mmdet_state_dict(state, meta)

@@ -7,10 +7,23 @@ inside ``backbone.*`` :class:`~gfl_d2.modeling.ghost_pan.GhostPAN`, ``head.*``
 """
 
 import re
+from collections import OrderedDict
+from typing import Dict, Tuple
+
+import torch
 
 from .convert_backbone import _BN, ConversionError, rename_shufflenet_key
 
-__all__ = ["rename_nanodet_key"]
+__all__ = ["rename_nanodet_key", "is_nanodet", "convert_nanodet_state_dict", "NANODET_CONFIGS"]
+
+# NanoDet-Plus's integral buffer (the bins 0..n), and its training-only parts
+INTEGRAL_BUFFER = "head.distribution_project.project"
+TRAINING_ONLY = ("aux_fpn.", "aux_head.")
+# gfl-d2's config of each released size: stage-2 channels of ShuffleNetV2 -> (name, sizes)
+NANODET_CONFIGS = {
+    116: ("NanoDet-Plus-m", "COCO-Detection/NanoDet/nanodet_plus_m_{}.py"),
+    176: ("NanoDet-Plus-m-1.5x", "COCO-Detection/NanoDet/nanodet_plus_m_1_5x_{}.py"),
+}
 
 _PARAM = rf"(weight|{_BN[1:-1]})"
 # a GhostBottleneck's Sequential indices -> gfl_d2's names
@@ -89,3 +102,70 @@ def rename_nanodet_key(key: str) -> str:
         if renamed:
             return "backbone." + renamed
     raise ConversionError(f"NanoDet key {key!r} has no counterpart in gfl-d2's NanoDet-Plus")
+
+
+def is_nanodet(keys) -> bool:
+    """A NanoDet(-Plus) state dict: its GhostPAN's reduce convs, under any Lightning prefix."""
+    return any(re.match(r"^(avg_model\.|model\.)?fpn\.reduce_layers\.", k) for k in keys)
+
+
+def _model_weights(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict, str]:
+    """
+    The model's tensors without a prefix: the EMA copy ``avg_model.*`` of a
+    Lightning ``.ckpt`` (what NanoDet evaluates and exports), else ``model.*``,
+    else the state dict itself (NanoDet's ``.pth``); and which it was.
+    """
+    for prefix, what in (("avg_model.", "the EMA weights (avg_model.*)"), ("model.", "model.*")):
+        picked = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if picked:
+            return picked, what
+    return dict(state_dict), "the state dict"
+
+
+def _check_bins(value, reg_max: int) -> None:
+    if not torch.is_tensor(value) or not torch.equal(
+        value.detach().float().cpu().flatten(), torch.linspace(0, reg_max, reg_max + 1)
+    ):
+        raise ConversionError(
+            f"{INTEGRAL_BUFFER!r} does not hold the bins 0..{reg_max} that the head's "
+            f"{4 * (reg_max + 1)} box channels per location mean"
+        )
+
+
+def convert_nanodet_state_dict(state_dict: Dict[str, torch.Tensor]):
+    """
+    A NanoDet-Plus state dict (Lightning ``.ckpt``'s or NanoDet's ``.pth``) -> gfl-d2's.
+
+    Returns:
+        (converted state dict, info): info has ``name``, ``config`` (with ``{}``
+        for the input size), ``num_classes``, ``reg_max``, ``source`` (which
+        weights were taken), ``mapping`` and ``dropped`` ({key: why}).
+    """
+    weights, source = _model_weights(state_dict)
+    if INTEGRAL_BUFFER not in weights or "head.gfl_cls.0.weight" not in weights:
+        raise ConversionError("not a NanoDet-Plus model: no head.gfl_cls / integral buffer")
+    reg_max = int(weights[INTEGRAL_BUFFER].numel()) - 1
+    _check_bins(weights[INTEGRAL_BUFFER], reg_max)
+    num_classes = int(weights["head.gfl_cls.0.weight"].shape[0]) - 4 * (reg_max + 1)
+    stage2 = weights.get("backbone.stage2.0.branch1.2.weight")
+    width = None if stage2 is None else int(stage2.shape[0]) * 2
+    if width not in NANODET_CONFIGS:
+        raise ConversionError(
+            f"a ShuffleNetV2 whose stage 2 has {width} channels: gfl-d2 has configs for "
+            f"{sorted(NANODET_CONFIGS)} (1.0x, 1.5x)"
+        )
+    converted, mapping, dropped = OrderedDict(), {}, {}
+    for key, value in weights.items():
+        if key.endswith("num_batches_tracked"):
+            dropped[key] = "BatchNorm counter"
+        elif key == INTEGRAL_BUFFER:
+            dropped[key] = f"the integral's bins 0..{reg_max} (gfl-d2 computes them from n)"
+        elif key.startswith(TRAINING_ONLY):
+            dropped[key] = "the training-only auxiliary head and its neck copy"
+        else:
+            converted[rename_nanodet_key(key)] = value.detach().clone()
+            mapping[key] = rename_nanodet_key(key)
+    name, config = NANODET_CONFIGS[width]
+    info = dict(name=name, config=config, num_classes=num_classes, reg_max=reg_max, source=source)
+    info.update(mapping=mapping, dropped=dropped)
+    return converted, info

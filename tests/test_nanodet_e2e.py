@@ -177,3 +177,50 @@ def test_nanodet_plus_gives_nanodets_outputs_and_detections(name):
     assert torch.equal(got[2], want[2])
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-3)
+
+
+def test_checkpoint_saved_by_nanodet_converts_with_the_tool_and_gives_its_detections(tmp_path):
+    """
+    A file as NanoDet's ``save_model`` writes it (``nanodet/util/check_point.py``: epoch,
+    iter and the bare state dict; the function itself sits behind Lightning's
+    ``rank_zero_only``, stood in for here), converted as the README says.
+    """
+    import os
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    from .repo import ROOT, run_tool
+
+    torch.manual_seed(0)
+    nanodet, cfg = build_nanodet(CONFIGS["m 320"][0])
+    nanodet.eval()
+    off_default_statistics(nanodet)
+    g = torch.Generator().manual_seed(3)
+    trained_like(nanodet, g)
+    src, dst = tmp_path / "model_best.ckpt", tmp_path / "nanodet_plus_m_320.pth"
+    torch.save({"epoch": 300, "state_dict": nanodet.state_dict(), "iter": 1000}, src)
+    printed = run_tool(["tools/convert_mmdet_checkpoint.py", src, dst]).stdout
+    config = printed.rsplit("use it with configs/", 1)[1].split()[0]
+    assert config == "COCO-Detection/NanoDet/nanodet_plus_m_320.py"
+    model = instantiate(LazyConfig.load(os.path.join(ROOT, "configs", config)).model).eval()
+    incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
+    assert not (
+        incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes
+    )
+    image = structured_image(320, 320, g)
+    mean = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    std = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)
+    normalized = ((image - mean) / std)[None]
+    with torch.no_grad():
+        raw = nanodet(normalized)
+        ((bboxes, labels),) = nanodet.head.get_bboxes(
+            *raw.split([80, 32], dim=-1), {"img": normalized}
+        )
+        dets = model([{"image": image, "height": 320, "width": 320}])[0]["instances"]
+    assert len(dets) == len(labels) == 100
+    want = canonical(bboxes[:, :4], bboxes[:, 4], labels)
+    got = canonical(dets.pred_boxes.tensor, dets.scores, dets.pred_classes)
+    assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-3)

@@ -84,3 +84,56 @@ def test_keys_without_counterpart_are_named():
         rename_nanodet_key("fpn.upsample.weight")
     with pytest.raises(ConversionError, match="no counterpart"):
         rename_nanodet_key("fpn.top_down_blocks.0.blocks.0.ghost1.primary_conv.2.weight")
+
+
+def nanodet_state_dict(name, seed=0):
+    """Random tensors of exactly the layout NanoDet's code saves (bins 0..7 in the buffer)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    with open(FIXTURE) as f:
+        entries = json.load(f)["models"][name]["state_dict"]
+    for key, shape, dtype in entries:
+        if key.endswith("distribution_project.project"):
+            state[key] = torch.arange(shape[0], dtype=getattr(torch, dtype))
+        elif key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(100)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(shape, generator=g)
+        else:
+            state[key] = torch.randn(shape, generator=g)
+    return state
+
+
+@pytest.mark.parametrize(
+    "name, config",
+    [("m 416", "nanodet_plus_m_320.py"), ("m-1.5x 320", "nanodet_plus_m_1_5x_320.py")],
+)
+def test_lightning_checkpoint_converts_its_ema_weights_with_the_tool(tmp_path, name, config):
+    """NanoDet's Lightning .ckpt holds model.* and the EMA copy avg_model.*, which NanoDet uses."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    from .repo import ROOT, run_tool
+
+    trained, ema = nanodet_state_dict(name, 0), nanodet_state_dict(name, 1)
+    ckpt = {"epoch": 299, "state_dict": {f"model.{k}": v for k, v in trained.items()}}
+    ckpt["state_dict"].update({f"avg_model.{k}": v for k, v in ema.items()})
+    src, dst = tmp_path / "nanodet-plus.ckpt", tmp_path / "converted.pth"
+    torch.save(ckpt, src)
+    printed = run_tool(["tools/convert_mmdet_checkpoint.py", src, dst]).stdout
+    assert "the EMA weights (avg_model.*)" in printed and "auxiliary head" in printed
+    assert f"use it with configs/COCO-Detection/NanoDet/{config}" in printed
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "NanoDet", config))
+    model = instantiate(cfg.model)
+    incompatible = DetectionCheckpointer(model)._load_model(torch.load(dst, weights_only=True))
+    assert not (
+        incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes
+    )
+    state = model.state_dict()
+    for key in ("backbone.stage2.0.branch2.3.weight", "fpn.reduce_layers.0.conv.weight"):
+        assert torch.equal(state[rename_nanodet_key(key)], ema[key])
+    # NanoDet's own .pth (save_model_state: the EMA state dict, no prefix) converts alike
+    torch.save({"state_dict": ema}, src.with_suffix(".pth"))
+    run_tool(["tools/convert_mmdet_checkpoint.py", src.with_suffix(".pth"), dst])
+    converted = torch.load(dst, weights_only=True)["model"]
+    assert torch.equal(converted["head.outputs.3.bias"], ema["head.gfl_cls.3.bias"])

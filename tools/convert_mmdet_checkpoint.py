@@ -4,7 +4,9 @@ Convert a GFL checkpoint in MMDetection's format (MMDetection v2/v3 model zoo
 with its DCN and LD rows; GFL V2 from the authors' GFocalV2 release, Res2Net
 included) into a checkpoint that ``DetectionCheckpointer`` loads into the
 matching config under ``configs/COCO-Detection/`` (the tool names it, with any
-overrides it needs); an ImageNet backbone into a ``train.init_checkpoint``.
+overrides it needs); an ImageNet backbone into a ``train.init_checkpoint``; a
+NanoDet-Plus checkpoint (NanoDet's Lightning ``.ckpt``, whose EMA weights it
+takes, or its ``.pth``) into ``configs/COCO-Detection/NanoDet/``.
 
     python tools/convert_mmdet_checkpoint.py \
         gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth pretrained/gfl_R_50_FPN_1x_coco.pth

@@ -1,0 +1,55 @@
+"""
+NanoDet-Plus-m at 320x320 (RangiLyu/nanodet's ``nanodet-plus-m_320.yml``):
+ShuffleNetV2 1.0x, GhostPAN 96, NanoDet-Plus's head, n = 7. Published: 27.0
+mAP on COCO val2017. Its released weights convert with
+``tools/convert_mmdet_checkpoint.py`` (a NanoDet ``.ckpt`` or ``.pth``; the EMA
+weights of a ``.ckpt``) and give NanoDet's detections on the same network input
+(tests/test_nanodet_e2e.py).
+
+Evaluation resizes every image to 320x320 without keeping its aspect ratio,
+as NanoDet does (NanoDet warps with OpenCV, detectron2 resizes with PIL: the
+pixels fed to the network differ slightly). Training here uses gfl-d2's GFL
+losses with ATSS labels and NanoDet's optimiser and schedule (AdamW 1e-3, weight
+decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient clipping at 35);
+NanoDet's dynamic soft-label assigner, auxiliary head, weight EMA and
+augmentations are not implemented yet.
+"""
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.model_zoo import get_config
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler
+
+from ...common.models.nanodet_plus import model
+
+dataloader = get_config("common/data/coco.py").dataloader
+train = get_config("common/train.py").train
+
+dataloader.train.mapper.use_instance_mask = False
+dataloader.train.mapper.image_format = "BGR"
+dataloader.train.mapper.augmentations = [
+    L(T.Resize)(shape=(320, 320)),
+    L(T.RandomFlip)(horizontal=True),
+]
+dataloader.train.total_batch_size = 96
+dataloader.test.mapper.image_format = "BGR"
+dataloader.test.mapper.augmentations = [L(T.Resize)(shape=(320, 320))]
+
+optimizer = get_config("common/optim.py").AdamW
+optimizer.lr = 0.001
+optimizer.weight_decay = 0.05
+
+# 300 epochs of COCO train2017 (117,266 images) at 96 images a batch
+train.max_iter = 300 * 117266 // 96
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.05),
+    warmup_length=500 / train.max_iter,
+    warmup_method="linear",
+    warmup_factor=0.0001,
+)
+train.seed = -1
+train.check_bins = 200
+train.clip_grad = dict(enabled=True, clip_type="norm", clip_value=35.0, norm_type=2.0)
+# NanoDet starts from torchvision's ImageNet ShuffleNetV2; from scratch here
+train.init_checkpoint = ""
