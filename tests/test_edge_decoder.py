@@ -66,6 +66,7 @@ def check_decoder(model, h, w, seed=1):
 
 
 def canonical(boxes, scores, classes):
+    """Detections ordered by class and box (0.01 px)."""
     order = np.lexsort((*np.round(boxes / 0.01).T[::-1], classes))
     return boxes[order], scores[order], classes[order]
 
@@ -93,3 +94,49 @@ def test_nms_and_refusals():
     model = instantiate(tiny_gfl_config())
     with pytest.raises(UsageError, match="multiples of"):
         RawOutputs(model)(torch.zeros(1, 3, 100, 128))
+
+
+def test_raw_onnx_export_runs_at_any_batch_and_decodes_to_the_models_detections(tmp_path):
+    """The edge pipeline end to end: the tool's raw ONNX in ONNX Runtime, then the decoder."""
+    import json
+    import os
+
+    import onnxruntime
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from .repo import ROOT, run_tool
+
+    config = os.path.join(ROOT, "configs", "COCO-Detection", "NanoDet", "nanodet_plus_m_320.py")
+    torch.manual_seed(0)
+    cfg = LazyConfig.load(config)
+    cfg.model.num_classes = 4  # fewer candidates: scores far enough apart for one NMS outcome
+    model = confident(instantiate(cfg.model), bias=-2.0, scale=0.05)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
+    out = tmp_path / "export"
+    run_tool(
+        ["tools/export_model.py", "--config-file", config, "--format", "onnx", "--outputs", "raw",
+         "--output", out, f"train.init_checkpoint={tmp_path / 'weights.pth'}",
+         "model.num_classes=4"]
+    )  # fmt: skip
+    check = json.loads((out / "export_check.json").read_text())
+    assert [c["batch"] for c in check["checks"]] == [1, 4, 1] and all(
+        c["ok"] for c in check["checks"]
+    )
+    layout = json.loads((out / "raw_layout.json").read_text())
+    session = onnxruntime.InferenceSession(str(out / "model_raw.onnx"))
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 3, 320, 320, generator=g) * 255
+    raw = session.run(None, {"images": images.numpy()})[0]
+    assert raw.shape == (3, 40 * 40 + 20 * 20 + 10 * 10 + 5 * 5, 4 + 32)
+    for image, image_raw in zip(images, raw):
+        with torch.no_grad():
+            want = model([{"image": image, "height": 320, "width": 320}])[0]["instances"]
+        got = canonical(**decode(image_raw, (320, 320), layout))
+        want = canonical(
+            want.pred_boxes.tensor.numpy(), want.scores.numpy(), want.pred_classes.numpy()
+        )
+        assert len(want[2]) > 20
+        np.testing.assert_array_equal(got[2], want[2])
+        # ONNX Runtime's kernels against torch's: the raw check's tolerance (RAW_TOL)
+        np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-2)

@@ -41,6 +41,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--device", default="cpu", help="device to trace and check on (e.g. cuda); default cpu"
     )
+    p.add_argument(
+        "--outputs",
+        choices=["detections", "raw"],
+        default="detections",
+        help="detections (boxes, scores, classes after NMS) or raw: the per-location outputs "
+        "before any selection, ONNX with a dynamic batch (docs/deployment.md)",
+    )
     return parse_with_overrides(p, argv)
 
 
@@ -56,6 +63,7 @@ def main(argv=None):
         args.sample_image,
         args.keep_box_distributions,
         args.config_file,
+        args.outputs,
     )
 
 
