@@ -114,9 +114,8 @@ def describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
     Returns:
         dict with ``kind`` ("resnet" or "res2net"), ``depth``, ``block``
         ("basic" or "bottleneck"), ``num_groups``, ``width_per_group``,
-        ``scales`` and ``base_width`` (Res2Net), ``res2_out_channels`` and
-        the deformable switches ``deform_on_per_stage``, ``deform_modulated``,
-        ``deform_num_groups``.
+        ``scales`` and ``base_width`` (Res2Net), and the deformable switches
+        ``deform_on_per_stage``, ``deform_modulated``, ``deform_num_groups``.
     """
     sd = {_strip(k): v for k, v in state_dict.items()}
     res2net = "stem.0.weight" in sd
@@ -136,16 +135,13 @@ def describe_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict:
     if res2net:
         splits = len({k.split(".")[3] for k in sd if k.startswith("layer1.0.convs.")})
         info.update(scales=splits + 1, base_width=int(sd["layer1.0.convs.0.weight"].shape[0]))
-        info.update(num_groups=1, width_per_group=64, res2_out_channels=256)
+        info.update(num_groups=1, width_per_group=64)
     else:
         splits = 1
         conv2 = sd["layer1.0.conv2.weight"]
         groups = conv2.shape[0] // conv2.shape[1] if block == "bottleneck" else 1
         info.update(
             num_groups=int(groups), width_per_group=int(conv2.shape[1]) if groups > 1 else 64
-        )
-        info.update(
-            res2_out_channels=int(sd["layer1.0.conv2.weight"].shape[0]) if block == "basic" else 256
         )
     info.update(_describe_deform(sd, blocks, splits))
     if block == "basic" and any(info["deform_on_per_stage"]):

@@ -34,10 +34,10 @@ _GHOST = {
     "cheap_operation.1": "cheap.norm",
 }
 _SHORTCUT = {
-    "0": "shortcut_dw",
-    "1": "shortcut_dw.norm",
-    "2": "shortcut_pw",
-    "3": "shortcut_pw.norm",
+    "0": "shortcut.depthwise",
+    "1": "shortcut.depthwise.norm",
+    "2": "shortcut.pointwise",
+    "3": "shortcut.pointwise.norm",
 }
 _SEPARABLE = {"depthwise": "depthwise", "dwnorm": "depthwise.norm", "pointwise": "pointwise"}
 _SEPARABLE["pwnorm"] = "pointwise.norm"

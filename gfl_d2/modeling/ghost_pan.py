@@ -17,19 +17,22 @@ from detectron2.modeling.backbone import Backbone
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .shufflenet import _activation
+from .shufflenet import activation_layer
 
 __all__ = ["GhostPAN", "GhostModule", "GhostBottleneck", "DepthwiseSeparableConv"]
 
 
 class DepthwiseSeparableConv(nn.Module):
-    """A depthwise k x k conv (stride ``stride``) and a 1x1 conv, each with norm and activation."""
+    """
+    A depthwise k x k conv (stride ``stride``) and a 1x1 conv, each with its norm
+    and activation (``act=None``: none).
+    """
 
     def __init__(
         self, in_channels, out_channels, kernel_size, stride=1, norm="BN", act="LeakyReLU"
     ):
         super().__init__()
-        self.act = _activation(act)
+        self.act = activation_layer(act) if act else nn.Identity()
         self.depthwise = Conv2d(
             in_channels, in_channels, kernel_size, stride=stride, padding=kernel_size // 2,
             groups=in_channels, bias=False, norm=get_norm(norm, in_channels),
@@ -55,7 +58,7 @@ class GhostModule(nn.Module):
         super().__init__()
         primary = math.ceil(out_channels / 2)
         self.out_channels = out_channels
-        self.act = _activation(act) if act else None
+        self.act = activation_layer(act) if act else nn.Identity()
         self.primary = Conv2d(in_channels, primary, 1, bias=False, norm=get_norm(norm, primary))
         self.cheap = Conv2d(
             primary, primary, 3, padding=1, groups=primary, bias=False,
@@ -64,19 +67,16 @@ class GhostModule(nn.Module):
         for conv in (self.primary, self.cheap):
             weight_init.c2_msra_fill(conv)
 
-    def _act(self, x: Tensor) -> Tensor:
-        return x if self.act is None else self.act(x)
-
     def forward(self, x: Tensor) -> Tensor:
-        x = self._act(self.primary(x))
-        return torch.cat([x, self._act(self.cheap(x))], dim=1)[:, : self.out_channels]
+        x = self.act(self.primary(x))
+        return torch.cat([x, self.act(self.cheap(x))], dim=1)[:, : self.out_channels]
 
 
 class GhostBottleneck(nn.Module):
     """
     Two Ghost modules (the second without activation) plus a shortcut: the
-    input itself, or a depthwise ``kernel_size`` conv and a 1x1 conv (each with
-    its norm) when the width changes.
+    input itself, or a depthwise-separable conv without activations when the
+    width changes.
     """
 
     def __init__(self, in_channels, mid_channels, out_channels, kernel_size=5, norm="BN",
@@ -84,20 +84,14 @@ class GhostBottleneck(nn.Module):
         super().__init__()
         self.ghost1 = GhostModule(in_channels, mid_channels, norm, act)
         self.ghost2 = GhostModule(mid_channels, out_channels, norm, None)
-        self.shortcut_dw = self.shortcut_pw = None
+        self.shortcut = None
         if in_channels != out_channels:
-            self.shortcut_dw = Conv2d(
-                in_channels, in_channels, kernel_size, padding=kernel_size // 2,
-                groups=in_channels, bias=False, norm=get_norm(norm, in_channels),
-            )  # fmt: skip
-            self.shortcut_pw = Conv2d(
-                in_channels, out_channels, 1, bias=False, norm=get_norm(norm, out_channels)
+            self.shortcut = DepthwiseSeparableConv(
+                in_channels, out_channels, kernel_size, 1, norm, act=None
             )
-            for conv in (self.shortcut_dw, self.shortcut_pw):
-                weight_init.c2_msra_fill(conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.shortcut_dw is None else self.shortcut_pw(self.shortcut_dw(x))
+        shortcut = x if self.shortcut is None else self.shortcut(x)
         return self.ghost2(self.ghost1(x)) + shortcut
 
 
@@ -141,7 +135,7 @@ class GhostPAN(Backbone):
         )
         for conv in self.reduce:
             weight_init.c2_msra_fill(conv)
-        self.act = _activation(activation)
+        self.act = activation_layer(activation)
 
         def merge():
             return nn.Sequential(

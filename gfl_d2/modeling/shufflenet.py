@@ -15,7 +15,13 @@ from detectron2.modeling.backbone import Backbone
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["ShuffleNetV2", "ShuffleV2Block", "channel_shuffle", "SHUFFLENET_V2_WIDTHS"]
+__all__ = [
+    "ShuffleNetV2",
+    "ShuffleV2Block",
+    "channel_shuffle",
+    "activation_layer",
+    "SHUFFLENET_V2_WIDTHS",
+]
 
 # output channels of the stem and of stages 2-4, per width multiplier
 SHUFFLENET_V2_WIDTHS = {
@@ -33,7 +39,8 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-def _activation(name: str) -> nn.Module:
+def activation_layer(name: str) -> nn.Module:
+    """NanoDet's activations by name: "LeakyReLU" (slope 0.1) or "ReLU"."""
     if name == "LeakyReLU":
         return nn.LeakyReLU(0.1, inplace=True)  # NanoDet's
     if name == "ReLU":
@@ -58,7 +65,7 @@ class ShuffleV2Block(CNNBlockBase):
             raise ValueError(
                 f"a stride-1 unit keeps its {in_channels} channels, not {out_channels}"
             )
-        self.act = _activation(activation)
+        self.act = activation_layer(activation)
         if stride > 1:
             self.branch1_dw = Conv2d(
                 in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels,
@@ -118,7 +125,7 @@ class ShuffleNetV2(Backbone):
         unknown = set(out_features) - set(names)
         if unknown or not out_features:
             raise ValueError(f"out_features must be some of {names}, got {list(out_features)}")
-        self.act = _activation(activation)
+        self.act = activation_layer(activation)
         self.stem = Conv2d(
             in_channels, widths[0], 3, stride=2, padding=1, bias=False,
             norm=get_norm(norm, widths[0]),
