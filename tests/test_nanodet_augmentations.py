@@ -268,7 +268,11 @@ def test_nanodets_colour_jitter_gives_the_same_image(coins, fractions):
     drawn, left = {}, list(fractions)
     for coin, (name, low, high, neutral) in zip(
         coins,
-        [("brightness", -0.2, 0.2, 0.0), ("contrast", 0.6, 1.4, 1.0), ("saturation", 0.5, 1.2, 1.0)],
+        [
+            ("brightness", -0.2, 0.2, 0.0),
+            ("contrast", 0.6, 1.4, 1.0),
+            ("saturation", 0.5, 1.2, 1.0),
+        ],
     ):
         drawn[name] = low + left.pop(0) * (high - low) if coin else neutral
     out = ColorJitterTransform(**drawn).apply_image(image)
