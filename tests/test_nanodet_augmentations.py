@@ -150,6 +150,8 @@ def test_what_nanodet_plus_does_not_use_is_refused():
             NanoDetWarp((320, 320), **kwargs)
     with pytest.raises(ValueError, match="contrast"):
         NanoDetColorJitter(contrast=(1.4, 0.6))
+    with pytest.raises(ValueError, match="affine"):  # a perspective matrix
+        WarpTransform(np.array([[1.0, 0, 0], [0, 1, 0], [1e-3, 0, 1]]), 8, 8)
 
 
 def test_the_colour_jitter_adds_multiplies_and_scales_the_hsv_saturation():
