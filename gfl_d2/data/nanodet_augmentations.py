@@ -208,7 +208,8 @@ class ColorJitterTransform(T.Transform):
             # OpenCV's float HSV round trip with S scaled, in closed form: the largest
             # channel V stays, each other moves away from V by the factor. OpenCV divides
             # by |V|, so where V < 0 (after a negative brightness) the move is reversed.
-            top = out.max(axis=2, keepdims=True)
+            # (numpy's max over an axis of 3 is many times slower than two maximums)
+            top = np.maximum(np.maximum(out[..., 0], out[..., 1]), out[..., 2])[..., None]
             out = top - np.float32(self.saturation) * np.sign(top) * (top - out)
         return out
 
