@@ -16,6 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .detectron2_internals import read_checkpoint_file
 from .devices import unwrap
+from .ema import EMA_KEY, averaged_weights
 from .errors import WeightsError
 
 __all__ = [
@@ -52,19 +53,37 @@ class CheckedCheckpointer(DetectionCheckpointer):
     part of the model (an ImageNet backbone, another detector's backbone) loads
     as usual, with detectron2's report of what was not loaded, which
     :meth:`not_loaded` returns.
+
+    ``use_ema=True`` (the weights to evaluate or run): the weight EMA a
+    checkpoint holds (entry ``"ema"``) is loaded as the model, in place of the
+    trained weights (``"model"``, which resuming a run loads); the log says which.
     """
 
     _incompatible = None
 
+    def __init__(self, model, save_dir: str = "", *, use_ema: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.use_ema = use_ema
+
     # fvcore's hook for reading a file (detectron2's DetectionCheckpointer overrides it too)
     def _load_file(self, filename: str):
         try:
-            return super()._load_file(filename)
+            loaded = super()._load_file(filename)
         except Exception as e:
             raise WeightsError(
                 f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}. "
                 "Is the file complete (not truncated) and a PyTorch / detectron2 checkpoint?"
             ) from e
+        return self._choose_weights(loaded, filename) if self.use_ema else loaded
+
+    def _choose_weights(self, loaded: dict, filename: str) -> dict:
+        """``loaded`` with its weight EMA as the model's weights, if it holds one."""
+        ema = loaded.pop(EMA_KEY, None) if isinstance(loaded, dict) else None
+        if isinstance(ema, dict) and ema:
+            logger.info(f"Loading the weight EMA ('{EMA_KEY}') of {filename}")
+            return dict(loaded, model=averaged_weights(ema))
+        logger.info(f"Loading the trained weights ('model') of {filename}: it holds no weight EMA")
+        return loaded
 
     # fvcore's hook for loading the state dict into the model
     def _load_model(self, checkpoint):
@@ -209,11 +228,12 @@ def load_trained_weights(
     with: ``path`` into ``model`` (:class:`CheckedCheckpointer`), then
     :func:`require_trained_head`. Raises :class:`WeightsError` for no weights, a
     file that cannot be read, an MMDetection checkpoint (to be converted) or a
-    head left untrained. ``how`` says how to give other weights.
+    head left untrained. ``how`` says how to give other weights. A checkpoint
+    holding a weight EMA gives the EMA (``"ema"``), not the trained weights.
     """
     if not path:
         raise WeightsError(f"no weights given: {how}")
-    checkpointer = CheckedCheckpointer(model)
+    checkpointer = CheckedCheckpointer(model, use_ema=True)
     _fetch(checkpointer, path, how)
     checkpointer.load(path, checkpointables=[])
     require_trained_head(checkpointer, path, how)

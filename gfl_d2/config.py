@@ -9,9 +9,12 @@ configuring a model cannot drift apart.
 """
 
 import inspect
+from typing import List
 
 from detectron2.config import CfgNode as CN
 
+from .data.nanodet_augmentations import NanoDetColorJitter, NanoDetWarp
+from .ema import WeightEMA
 from .modeling import (
     GFL,
     ATSSMatcher,
@@ -23,7 +26,14 @@ from .modeling import (
 from .modeling.res2net import make_res2net_stages
 from .modeling.yacs_keys import gfl_yacs_arguments, yacs_key
 
-__all__ = ["add_gfl_config", "use_dataset_folder", "constructor_defaults"]
+__all__ = [
+    "add_gfl_config",
+    "add_recipe_config",
+    "use_dataset_folder",
+    "constructor_defaults",
+    "ema_settings",
+    "nanodet_augmentations",
+]
 
 
 def constructor_defaults(cls) -> dict:
@@ -58,7 +68,48 @@ def add_gfl_config(cfg: CN) -> CN:
     cfg.DATASETS.FOLDER.LAYOUT = "auto"  # or "coco", "voc", "yolo"
     cfg.DATASETS.FOLDER.TRAIN_SPLIT = "train"
     cfg.DATASETS.FOLDER.TEST_SPLIT = "val"
+    add_recipe_config(cfg)
     return cfg
+
+
+def add_recipe_config(cfg: CN) -> CN:
+    """
+    Training-recipe keys (NanoDet-Plus's): ``SOLVER.EMA.*``, a weight EMA
+    (:class:`gfl_d2.ema.WeightEMA`), and ``INPUT.NANODET.*``, NanoDet's
+    augmentations for training (:mod:`gfl_d2.data.nanodet_augmentations`) in place
+    of detectron2's resize and flip. Both off by default; the other defaults change
+    nothing (the constructors' own).
+    """
+    ema = constructor_defaults(WeightEMA)
+    cfg.SOLVER.EMA = CN()
+    cfg.SOLVER.EMA.ENABLED = False
+    cfg.SOLVER.EMA.DECAY = ema["decay"]
+    cfg.SOLVER.EMA.WARMUP = ema["warmup"]  # iterations of NanoDet's ramp of the decay; 0: none
+    warp, color = constructor_defaults(NanoDetWarp), constructor_defaults(NanoDetColorJitter)
+    n = cfg.INPUT.NANODET = CN()
+    n.ENABLED = False
+    n.SIZE = (320, 320)  # (height, width) of every training image, aspect ratio not kept
+    n.SCALE = warp["scale"]
+    n.STRETCH = warp["stretch"]  # ((x low, x high), (y low, y high))
+    n.TRANSLATE = warp["translate"]
+    n.FLIP = warp["flip"]
+    n.BRIGHTNESS = color["brightness"]
+    n.CONTRAST = color["contrast"]
+    n.SATURATION = color["saturation"]
+    return cfg
+
+
+def ema_settings(cfg: CN) -> dict:
+    """``SOLVER.EMA`` as :func:`gfl_d2.ema.build_weight_ema`'s settings."""
+    e = cfg.SOLVER.EMA
+    return {"enabled": e.ENABLED, "decay": e.DECAY, "warmup": e.WARMUP}
+
+
+def nanodet_augmentations(cfg: CN) -> List:
+    """``INPUT.NANODET``'s training augmentations: NanoDet's warp, then its colour jitter."""
+    n = cfg.INPUT.NANODET
+    warp = NanoDetWarp(tuple(n.SIZE), n.SCALE, n.STRETCH, translate=n.TRANSLATE, flip=n.FLIP)
+    return [warp, NanoDetColorJitter(n.BRIGHTNESS, n.CONTRAST, n.SATURATION)]
 
 
 def _add_model_keys(g: CN) -> None:

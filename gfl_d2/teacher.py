@@ -96,7 +96,7 @@ def build_teacher(config_file: str, checkpoint: str, opts: Sequence[str] = ()) -
     config_file = _config_path(config_file)
     _check_checkpoint(checkpoint, config_file)
     model = _load_model_config(config_file, opts)
-    checkpointer = CheckedCheckpointer(model)
+    checkpointer = CheckedCheckpointer(model, use_ema=True)  # a weight EMA, if it has one
     checkpointer.load(checkpoint, checkpointables=[])
     problems = checkpointer.load_problems()
     if problems:

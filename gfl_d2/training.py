@@ -4,8 +4,9 @@ The LazyConfig entry point, in the manner of detectron2's
 training data checked before training starts (and each batch's ground truth
 as it enters, for GFL), the fit of GFL's bins to it logged, and a config's
 ``distillation`` teacher wrapped around the model for training only.
-``--eval-only`` loads weights by the one policy of
-:func:`gfl_d2.checkpoint.load_trained_weights`. ``tools/train_net.py`` runs
+``train.ema`` keeps a weight EMA (:mod:`gfl_d2.ema`), which the evaluation
+uses and the checkpoints hold. ``--eval-only`` loads weights by the one
+policy of :func:`gfl_d2.checkpoint.load_trained_weights`. ``tools/train_net.py`` runs
 :func:`invoke_main`; errors in what was asked are raised as
 :class:`gfl_d2.errors.UsageError` for it to print.
 """
@@ -29,6 +30,7 @@ from .cpu_inference import for_cpu_inference
 from .data import check_dataset_dicts
 from .data.ground_truth import CheckedGroundTruth
 from .devices import create_ddp_model, describe_device, resolve_device
+from .ema import EMA_KEY, build_weight_ema
 from .errors import UsageError
 from .evaluation import CountIterations, use_fast_cocoeval
 from .lazy_config import load_lazy_config, prepare_datasets, resolve_num_classes
@@ -159,19 +161,25 @@ def build_optimizer(cfg, model):
     return optim
 
 
-def build_hooks(cfg, trainer, checkpointer, model):
-    """detectron2's hooks of a LazyConfig run; ``model`` is what the evaluation runs."""
+def build_hooks(cfg, trainer, checkpointer, model, ema=None):
+    """
+    detectron2's hooks of a LazyConfig run; ``model`` is what the evaluation runs,
+    unless a weight EMA (:class:`gfl_d2.ema.WeightEMA`) is given: then its average,
+    updated before the checkpoints and the evaluation see the step.
+    """
     main_process = comm.is_main_process()
     evaluates = cfg.train.eval_period > 0 and cfg.dataloader.get("evaluator") is not None
     writers = default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    evaluated = ema.model if ema is not None else model
     return [
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        ema,
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if main_process
         else None,
         CountIterations(),  # names the evaluation's pictures by the iterations done
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, evaluated)),
         # evaluating periodically: keep the best weights by bbox AP as model_best.pth
         hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", mode="max")
         if main_process and evaluates
@@ -184,7 +192,9 @@ def do_train(cfg, resume: bool = False):
     """
     Train ``cfg.model``; with a ``distillation`` node, the trainer runs the model
     taught by its teacher (:func:`gfl_d2.teacher.distill_from_lazy_config`), while
-    the optimizer, the checkpoints and the evaluation see the model alone.
+    the optimizer, the checkpoints and the evaluation see the model alone. With
+    ``train.ema.enabled`` the evaluation runs the model's weight EMA, and the
+    checkpoints hold it next to the trained weights.
     """
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
@@ -199,8 +209,12 @@ def do_train(cfg, resume: bool = False):
         trainer = AMPTrainer(trained, train_loader, optim, precision=precision)
     else:
         trainer = SimpleTrainer(trained, train_loader, optim)
-    checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    trainer.register_hooks(build_hooks(cfg, trainer, checkpointer, model))
+    ema = build_weight_ema(cfg.train.get("ema", None), model)
+    checkpointables = {EMA_KEY: ema.averaged} if ema is not None else {}
+    checkpointer = CheckedCheckpointer(
+        model, cfg.train.output_dir, trainer=trainer, **checkpointables
+    )
+    trainer.register_hooks(build_hooks(cfg, trainer, checkpointer, model, ema))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # the checkpoint stores the iteration that just finished
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0

@@ -4,8 +4,11 @@ GFL training and evaluation with detectron2's yacs configs and ``DefaultTrainer`
 the way detectron2's ``projects/`` do it. As the LazyConfig entry point
 (``tools/train_net.py``), it checks the training data before training, logs
 the fit of the bins to it, checks each batch's ground truth, trains a
-``MODEL.GFL.LD`` student with its teacher, and refuses ``--eval-only`` with
-weights that leave the head untrained.
+``MODEL.GFL.LD`` student with its teacher, keeps a weight EMA with
+``SOLVER.EMA.ENABLED`` (evaluated, and saved in the checkpoints next to the
+trained weights), trains with NanoDet's augmentations with
+``INPUT.NANODET.ENABLED``, and refuses ``--eval-only`` with weights that leave
+the head untrained (a checkpoint with a weight EMA is evaluated with it).
 
     python projects/GFL/train_net.py --config-file configs/gfl_R_50_FPN_1x.yaml --num-gpus 8
     python projects/GFL/train_net.py --config-file configs/gfl_R_50_FPN_1x.yaml \
@@ -37,11 +40,12 @@ from detectron2.utils.logger import setup_logger
 from gfl_d2 import add_gfl_config  # (also registers GFL)
 from gfl_d2.bins import log_bin_fit
 from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, load_trained_weights
-from gfl_d2.config import use_dataset_folder
+from gfl_d2.config import ema_settings, nanodet_augmentations, use_dataset_folder
 from gfl_d2.cpu_inference import for_cpu_inference
 from gfl_d2.data import check_dataset_dicts, register_shapes
 from gfl_d2.data.ground_truth import CheckedGroundTruth
 from gfl_d2.devices import create_ddp_model, describe_device, resolve_device
+from gfl_d2.ema import EMA_KEY, build_weight_ema
 from gfl_d2.errors import UsageError
 from gfl_d2.evaluation import COCOEvaluatorWithCurves, CountIterations
 from gfl_d2.lazy_config import refuse_missing_values
@@ -77,7 +81,9 @@ class Trainer(DefaultTrainer):
     so that the hooks and ``resume_or_load`` share one checkpointer: a
     :class:`CheckedCheckpointer` of the model (the student alone with
     ``MODEL.GFL.LD``: the trainer runs it taught by its teacher), DDP through
-    gfl-d2's CPU-capable ``create_ddp_model``.
+    gfl-d2's CPU-capable ``create_ddp_model``; with ``SOLVER.EMA.ENABLED`` a
+    weight EMA of the model (:attr:`ema`), which the checkpointer saves and the
+    evaluation runs.
     """
 
     def __init__(self, cfg):
@@ -91,19 +97,34 @@ class Trainer(DefaultTrainer):
         trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_class(trained, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = CheckedCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.ema = build_weight_ema(ema_settings(cfg), model)
+        averaged = {EMA_KEY: self.ema.averaged} if self.ema is not None else {}
+        self.checkpointer = CheckedCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **averaged
+        )
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
         hook_list = super().build_hooks()
         at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
+        if self.ema is not None:
+            # evaluate the average; update it right after the step, before the checkpoints
+            hook_list[at] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate_ema)
+            after = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.LRScheduler))
+            hook_list.insert(after + 1, self.ema)
+            at += 1
         if comm.is_main_process() and self.cfg.TEST.EVAL_PERIOD > 0:
             # after the evaluation: keep the best weights by bbox AP as model_best.pth
             best = hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, "bbox/AP")
             hook_list.insert(at + 1, best)
         hook_list.insert(at, CountIterations())  # names the evaluation's pictures by the iterations
         return hook_list
+
+    def _evaluate_ema(self):
+        """DefaultTrainer's evaluation (its results kept for verify_results), of the EMA."""
+        self._last_eval_results = self.test(self.cfg, self.ema.model)
+        return self._last_eval_results
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -115,7 +136,10 @@ class Trainer(DefaultTrainer):
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         dataset = check_dataset_dicts(dataset, num_classes(cfg))
-        mapper = DatasetMapper(cfg, True)
+        args = DatasetMapper.from_config(cfg, True)
+        if cfg.INPUT.NANODET.ENABLED:  # NanoDet's warp and colour jitter, not the resize and flip
+            args["augmentations"] = nanodet_augmentations(cfg)
+        mapper = DatasetMapper(**args)
         gfl = cfg.MODEL.META_ARCHITECTURE == "GFL"
         if gfl and comm.is_main_process():
             log_yacs_bin_fit(cfg, dataset, mapper)

@@ -10,10 +10,14 @@ Evaluation resizes every image to 320x320 without keeping its aspect ratio,
 as NanoDet does (NanoDet warps with OpenCV, detectron2 resizes with PIL: the
 pixels fed to the network differ slightly). Training here uses gfl-d2's GFL
 losses with ATSS labels and NanoDet's optimiser and schedule (AdamW 1e-3, weight
-decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient clipping at 35);
-NanoDet's dynamic soft-label assignment (``gfl_d2.modeling.dsl_assigner``, not
-yet used in training), auxiliary head, weight EMA and augmentations are not
-part of this recipe yet.
+decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient clipping at 35),
+batch 96 for 300 epochs, its weight EMA (decay 0.9998 with NanoDet's ramp over
+the first iterations; evaluated, and saved next to the trained weights) and its
+augmentations (``gfl_d2.data.nanodet_augmentations``: scale 0.6-1.4, stretch
+0.8-1.2 per axis, translation 0.2, flip 0.5, to 320x320; brightness 0.2,
+contrast 0.6-1.4, saturation 0.5-1.2); NanoDet's dynamic soft-label assignment
+(``gfl_d2.modeling.dsl_assigner``, not yet used in training) and auxiliary head
+are not part of this recipe yet.
 """
 
 import detectron2.data.transforms as T
@@ -22,6 +26,8 @@ from detectron2.model_zoo import get_config
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
+from gfl_d2.data.nanodet_augmentations import NanoDetColorJitter, NanoDetWarp
+
 from ...common.models.nanodet_plus import model
 
 dataloader = get_config("common/data/coco.py").dataloader
@@ -29,9 +35,16 @@ train = get_config("common/train.py").train
 
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper.image_format = "BGR"
+# NanoDet-Plus's pipeline (nanodet-plus-m_320.yml): perspective, rotation and shear are 0 there
 dataloader.train.mapper.augmentations = [
-    L(T.Resize)(shape=(320, 320)),
-    L(T.RandomFlip)(horizontal=True),
+    L(NanoDetWarp)(
+        output_size=(320, 320),
+        scale=(0.6, 1.4),
+        stretch=((0.8, 1.2), (0.8, 1.2)),
+        translate=0.2,
+        flip=0.5,
+    ),
+    L(NanoDetColorJitter)(brightness=0.2, contrast=(0.6, 1.4), saturation=(0.5, 1.2)),
 ]
 dataloader.train.total_batch_size = 96
 dataloader.test.mapper.image_format = "BGR"
@@ -52,5 +65,7 @@ lr_multiplier = L(WarmupParamScheduler)(
 train.seed = -1
 train.check_bins = 200
 train.clip_grad = dict(enabled=True, clip_type="norm", clip_value=35.0, norm_type=2.0)
+# NanoDet's ExpMovingAverager: decay 0.9998, ramped by 1 - exp(-(k + 1) / 2000) at update k
+train.ema = dict(enabled=True, decay=0.9998, warmup=2000)
 # NanoDet starts from torchvision's ImageNet ShuffleNetV2; from scratch here
 train.init_checkpoint = ""

@@ -8,5 +8,5 @@ from detectron2.config import LazyCall as L
 
 from .nanodet_plus_m_320 import dataloader, lr_multiplier, model, optimizer, train
 
-dataloader.train.mapper.augmentations[0] = L(T.Resize)(shape=(416, 416))
+dataloader.train.mapper.augmentations[0].output_size = (416, 416)
 dataloader.test.mapper.augmentations = [L(T.Resize)(shape=(416, 416))]
