@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from gfl_d2.convert_backbone import ConversionError, rename_shufflenet_key
-from gfl_d2.modeling.shufflenet import ShuffleNetV2, channel_shuffle
+from gfl_d2.modeling.shufflenet import ShuffleNetV2, channel_shuffle, shuffle_order
 
 
 def torchvision_stages(model, x):
@@ -73,3 +73,9 @@ def test_leaky_relu_and_bad_arguments():
         ShuffleNetV2(out_features=["res5"])
     with pytest.raises(ConversionError, match="no counterpart"):
         rename_shufflenet_key("stage2.0.branch2.2.weight")  # the ReLU has no weight
+
+
+def test_the_blocks_constant_shuffle_order_is_the_channel_shuffle():
+    x = torch.randn(2, 12, 3, 5)
+    assert torch.equal(x.index_select(1, shuffle_order(12, 2)), channel_shuffle(x, 2))
+    assert not torch.equal(shuffle_order(12, 2), torch.arange(12))

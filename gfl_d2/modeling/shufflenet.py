@@ -19,6 +19,7 @@ __all__ = [
     "ShuffleNetV2",
     "ShuffleV2Block",
     "channel_shuffle",
+    "shuffle_order",
     "activation_layer",
     "SHUFFLENET_V2_WIDTHS",
 ]
@@ -37,6 +38,11 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """(N, C, H, W) with its channels read group by group -> interleaved across the groups."""
     n, c, h, w = x.shape
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def shuffle_order(channels: int, groups: int) -> Tensor:
+    """(C,) the input channel of each output channel of :func:`channel_shuffle`."""
+    return torch.arange(channels).reshape(groups, channels // groups).t().reshape(-1)
 
 
 def activation_layer(name: str) -> nn.Module:
@@ -83,6 +89,9 @@ class ShuffleV2Block(CNNBlockBase):
         for m in self.children():
             if isinstance(m, Conv2d):
                 weight_init.c2_msra_fill(m)
+        # the shuffle as a gather by a constant order: an export has no shape arithmetic for it
+        # (a reshape needs the batch and size of the input, dynamic in an export)
+        self.register_buffer("shuffle_order", shuffle_order(out_channels, 2), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, C_out, H / stride, W / stride)."""
@@ -92,7 +101,7 @@ class ShuffleV2Block(CNNBlockBase):
             passed = self.act(self.branch1_pw(self.branch1_dw(x)))
         x = self.branch2_dw(self.act(self.branch2_pw1(x)))
         x = self.act(self.branch2_pw2(x))
-        return channel_shuffle(torch.cat((passed, x), dim=1), 2)
+        return torch.cat((passed, x), dim=1).index_select(1, self.shuffle_order)
 
 
 class ShuffleNetV2(Backbone):
