@@ -60,7 +60,8 @@ def main(argv=None):
         own = edge_benchmark.export_nanodet_own(args.nanodet_python, "m 320", size, workdir)
         ours = edge_benchmark.export_gfl_d2(own["pth"], size, workdir, calibration)
         diff = edge_benchmark.same_outputs(own["onnx"], ours["fp32"], calibration[0])
-        paths = {"NanoDet's export": own["onnx"], "gfl-d2": ours["fp32"], "gfl-d2 INT8": ours["int8"]}
+        paths = {"NanoDet's export": own["onnx"], "gfl-d2": ours["fp32"]}
+        paths["gfl-d2 INT8"] = ours["int8"]
         timing = edge_benchmark.time_sessions(paths, calibration[0], args.threads, args.runs)
         sizes.append(dict(size=size, max_diff=diff, timing=timing))
         print(size, timing, f"max diff {diff:.2e}")

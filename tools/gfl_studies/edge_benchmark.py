@@ -59,9 +59,12 @@ def export_nanodet_own(python: str, name: str, size: int, workdir: str, seed: in
         tools=tools, config=config, seed=seed, pth=pth, src=src, onnx=onnx, shape=f"{size},{size}"
     )
     env = dict(os.environ, NANODET_SRC=src)
-    done = subprocess.run([python, "-c", code], cwd=workdir, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [python, "-c", code], cwd=workdir, env=env, capture_output=True, text=True
+    )
     if done.returncode != 0 or not os.path.exists(onnx):
-        raise RuntimeError(f"NanoDet's export failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        log = done.stdout[-2000:] + "\n" + done.stderr[-3000:]
+        raise RuntimeError(f"NanoDet's export failed:\n{log}")
     return dict(pth=pth, onnx=onnx)
 
 
@@ -74,9 +77,7 @@ def export_gfl_d2(pth: str, size: int, workdir: str, calibration: Sequence[np.nd
     from gfl_d2.export_raw import export_raw_onnx
     from gfl_d2.quantize import quantize_onnx
 
-    weights, info = convert_nanodet_state_dict(
-        torch.load(pth, map_location="cpu")["state_dict"]
-    )
+    weights, info = convert_nanodet_state_dict(torch.load(pth, map_location="cpu")["state_dict"])
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = LazyConfig.load(os.path.join(repo, "configs", info["config"].format(size)))
     if "aux_head" in cfg.model:
