@@ -54,13 +54,16 @@ class _Images:
         return None if batch is None else {self._name: np.ascontiguousarray(batch, np.float32)}
 
 
-def quantize_onnx(source: str, output: str, images: Sequence[np.ndarray]) -> List[str]:
+def quantize_onnx(
+    source: str, output: str, images: Sequence[np.ndarray], per_channel: bool = True
+) -> List[str]:
     """
     Quantise the ONNX model ``source`` into ``output``.
 
     Args:
         images: calibration batches, each (N, 3, H, W) float32, as the model's
             input takes them (its own ``images`` input: 0-255, its channel order).
+        per_channel: one weight scale per output channel (else one per tensor).
 
     Returns:
         the names of the nodes kept in float (:func:`float_tail`).
@@ -81,7 +84,7 @@ def quantize_onnx(source: str, output: str, images: Sequence[np.ndarray]) -> Lis
         keep = float_tail(model)
         reader = _Images(model.graph.input[0].name, images)
         quantize_static(
-            prepared, output, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            prepared, output, reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=keep,
         )  # fmt: skip
