@@ -29,7 +29,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = confident(instantiate(cfg.model), bias=-1.0)
     g = torch.Generator().manual_seed(2)
-    images = [torch.rand(1, 3, SIZE, SIZE, generator=g) * 255 for _ in range(6)]
+    images = [torch.rand(1, 3, SIZE, SIZE, generator=g) * 255 for _ in range(3)]
     out = tmp_path_factory.mktemp("quantize")
     path, _ = export_raw_onnx(model, images[0][0], str(out))
     int8 = str(out / "int8.onnx")
