@@ -1,0 +1,126 @@
+"""
+The cost of INT8 for a trained GFL (``tools/int8_study.py`` is the command
+line): the model exported with its raw outputs (:mod:`gfl_d2.export_raw`),
+quantised (:mod:`gfl_d2.quantize`) with ranges from the first training
+images through the test-time resize, both graphs run in ONNX Runtime on the
+test set, decoded by the NumPy reference decoder (:mod:`gfl_d2.edge_decoder`)
+and evaluated by the config's COCO evaluator; and their batch-1 latency,
+alternating run by run.
+"""
+
+import json
+import os
+import statistics
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.structures import Boxes, Instances
+
+from gfl_d2.checkpoint import load_trained_weights
+from gfl_d2.edge_decoder import decode
+from gfl_d2.export_raw import export_raw_onnx
+from gfl_d2.quantize import quantize_onnx
+
+from .reports import machine, write_report
+
+__all__ = ["load_model", "network_inputs", "evaluate", "latency", "render", "write"]
+
+
+def load_model(cfg, weights: str) -> torch.nn.Module:
+    """The config's model with ``weights`` (trained, EMA preferred), in eval mode on the CPU."""
+    model = instantiate(cfg.model).eval()
+    load_trained_weights(model, weights)
+    model.output_box_distributions = False
+    return model
+
+
+def network_inputs(cfg, dataset, count: int, divisor: int) -> List[Dict]:
+    """
+    The first ``count`` images of ``dataset`` (a LazyConfig dataset node) through
+    the test-time mapper, zero-padded to ``divisor``: ``array`` (1, 3, H, W) float32,
+    ``size`` (h, w) before padding, and the dataset record.
+    """
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    records = instantiate(dataset)[:count]
+    out = []
+    for record in records:
+        image = mapper(dict(record))["image"].float().numpy()
+        h, w = image.shape[-2:]
+        padded = np.pad(image, ((0, 0), (0, -h % divisor), (0, -w % divisor)))
+        out.append(dict(array=padded[None], size=(h, w), record=record))
+    return out
+
+
+def evaluate(cfg, session, inputs: Sequence[Dict], layout: Dict) -> Dict:
+    """bbox metrics of the ONNX ``session``'s raw outputs decoded on ``inputs``."""
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    evaluator.reset()
+    for item in inputs:
+        raw = session.run(None, {"images": item["array"]})[0][0]
+        found = decode(raw, item["size"], layout)
+        record = item["record"]
+        h, w = item["size"]
+        scale = np.array([record["width"] / w, record["height"] / h] * 2, np.float32)
+        instances = Instances((record["height"], record["width"]))
+        instances.pred_boxes = Boxes(torch.from_numpy(found["boxes"] * scale))
+        instances.scores = torch.from_numpy(found["scores"])
+        instances.pred_classes = torch.from_numpy(found["classes"])
+        evaluator.process([record], [{"instances": instances}])
+    return dict(evaluator.evaluate()["bbox"])
+
+
+def latency(sessions: Dict, array: np.ndarray, runs: int) -> Dict[str, float]:
+    """Median ms of a batch-1 run per session, alternating run by run after 10 warm-up runs."""
+    for s in sessions.values():
+        for _ in range(10):
+            s.run(None, {"images": array})
+    times: Dict[str, List[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, {"images": array})
+            times[k].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def export_and_quantize(model, calibration: Sequence[Dict], out: str, per_channel: bool) -> Dict:
+    """The fp32 raw export and its INT8 version; their paths and the layout."""
+    path, _ = export_raw_onnx(model, torch.from_numpy(calibration[0]["array"][0]), out)
+    int8 = os.path.join(out, f"model_raw_int8{'' if per_channel else '_per_tensor'}.onnx")
+    quantize_onnx(path, int8, [c["array"] for c in calibration], per_channel=per_channel)
+    with open(os.path.join(out, "raw_layout.json")) as f:
+        layout = json.load(f)
+    return dict(fp32=path, int8=int8, layout=layout)
+
+
+def render(data: Dict) -> str:
+    m = data["machine"]
+    lines = [
+        f"`{data['config']}` with `{data['weights']}`; raw-output export in ONNX Runtime "
+        f"{data['onnxruntime']}, {data['threads']} threads, decoded by gfl_d2.edge_decoder, "
+        f"evaluated on {data['test_images']} test images; INT8: QDQ, uint8 activations, int8 "
+        f"weights, ranges from {data['calibration_images']} training images, the head's output "
+        f"convolutions and what follows in float. Latency: batch 1, median of {data['runs']} "
+        f"runs, alternating; {m['device']}, {m['date']}.",
+        "",
+        "| graph | AP | AP50 | AP75 | AP lost | latency (ms) | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = data["graphs"]["fp32"]
+    for name, r in data["graphs"].items():
+        lines.append(
+            f"| {name} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} | "
+            f"{base['AP'] - r['AP']:.1f} | {r['ms']:.2f} | {base['ms'] / r['ms']:.2f}x |"
+        )
+    lines += ["", "Targets: at most 1 AP lost, at least 1.5x faster than fp32."]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: str, name: str, data: Dict) -> str:
+    import onnxruntime
+
+    data = dict(data, machine=machine("cpu"), onnxruntime=onnxruntime.__version__)
+    return write_report(results, name, data, render)
