@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["float_tail", "quantize_onnx", "quantized_ops"]
+__all__ = ["float_tail", "quantize_onnx", "quantized_ops", "calibration_images", "quantize_export"]
 
 
 def float_tail(model) -> List[str]:
@@ -102,3 +102,34 @@ def quantized_ops(path: str) -> dict:
     for node in onnx.load(path).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def calibration_images(cfg, count: int, divisor: int, dataset=None) -> List[np.ndarray]:
+    """
+    The first ``count`` images of ``dataset`` (default: the LazyConfig's
+    ``dataloader.train.dataset``) through its test-time mapper (the resize the
+    deployed model sees), zero-padded to multiples of ``divisor``: each
+    (1, 3, H, W) float32, 0-255, in the model's input format.
+    """
+    from detectron2.config import instantiate
+
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    records = instantiate(dataset if dataset is not None else cfg.dataloader.train.dataset)
+    images = []
+    for record in records[:count]:
+        image = mapper(dict(record))["image"].float().numpy()
+        h, w = image.shape[-2:]
+        images.append(np.pad(image, ((0, 0), (0, -h % divisor), (0, -w % divisor)))[None])
+    return images
+
+
+def quantize_export(cfg, path: str, count: int, divisor: int) -> str:
+    """
+    ``path`` (an exported ONNX model) quantised beside it as ``*_int8.onnx``,
+    calibrated on ``count`` training images of ``cfg``; its path.
+    """
+    if count < 1:
+        raise UsageError(f"--int8 needs at least one calibration image, got {count}")
+    output = os.path.splitext(path)[0] + "_int8.onnx"
+    quantize_onnx(path, output, calibration_images(cfg, count, divisor))
+    return output

@@ -4,17 +4,23 @@ backbone, neck and towers quantised, the head's output convolutions and what
 follows them left in float, and the INT8 model's outputs near the fp32 model's.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 
 from gfl_d2.errors import UsageError
 from gfl_d2.export_raw import export_raw_onnx
 from gfl_d2.quantize import float_tail, quantize_onnx
 
+from .repo import ROOT
 from .test_edge_decoder import confident
 
 SIZE = 128
@@ -85,3 +91,32 @@ def test_int8_outputs_follow_fp32(exported):
 def test_no_calibration_images_is_refused(exported, tmp_path):
     with pytest.raises(UsageError, match="no calibration images"):
         quantize_onnx(exported["fp32"], str(tmp_path / "x.onnx"), [])
+
+
+def _export_model(tmp_path, *extra):
+    config = os.path.join(ROOT, "configs", "Synthetic", "gfl_R_18_FPN_shapes.py")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    torch.manual_seed(0)
+    weights = DetectionCheckpointer(instantiate(LazyConfig.load(config).model), str(tmp_path))
+    weights.save("weights")
+    return subprocess.run(
+        [sys.executable, "tools/export_model.py", "--config-file", config, "--output",
+         str(tmp_path / "out"), *extra, "dataloader.train.dataset.names.num_images=3",
+         "dataloader.test.dataset.names.num_images=1",
+         f"train.init_checkpoint={tmp_path / 'weights.pth'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_export_model_writes_an_int8_model_calibrated_on_training_images(tmp_path):
+    proc = _export_model(tmp_path, "--format", "onnx", "--outputs", "raw", "--int8", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    int8 = tmp_path / "out" / "model_raw_int8.onnx"
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert ort.InferenceSession(str(int8)).get_inputs()[0].shape[0] == "batch"
+
+
+def test_int8_without_raw_outputs_is_refused(tmp_path):
+    proc = _export_model(tmp_path, "--format", "onnx", "--int8", "3")
+    assert proc.returncode != 0 and "--int8 quantises the raw outputs" in proc.stderr

@@ -23,6 +23,7 @@ import sys
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.errors import UsageError
 from gfl_d2.export import export
+from gfl_d2.quantize import quantize_export
 
 
 def parse_args(argv=None):
@@ -48,13 +49,23 @@ def parse_args(argv=None):
         help="detections (boxes, scores, classes after NMS) or raw: the per-location outputs "
         "before any selection, ONNX with a dynamic batch (docs/deployment.md)",
     )
+    p.add_argument(
+        "--int8",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --outputs raw: also write model_raw_int8.onnx, INT8 (ONNX Runtime's static "
+        "quantisation) calibrated on the first N training images (docs/deployment.md)",
+    )
     return parse_with_overrides(p, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup_config(args)
-    return export(
+    if args.int8 and args.outputs != "raw":
+        raise UsageError("--int8 quantises the raw outputs: add --outputs raw --format onnx")
+    path, report = export(
         cfg,
         args.output,
         args.format,
@@ -65,6 +76,10 @@ def main(argv=None):
         args.config_file,
         args.outputs,
     )
+    if args.int8:
+        divisor = report["layout"]["size_divisibility"]
+        print(f"INT8: {quantize_export(cfg, path, args.int8, divisor)}")
+    return path, report
 
 
 if __name__ == "__main__":
