@@ -8,12 +8,13 @@ weights of a ``.ckpt``) and give NanoDet's detections on the same network input
 
 Evaluation resizes every image to 320x320 without keeping its aspect ratio,
 as NanoDet does (NanoDet warps with OpenCV, detectron2 resizes with PIL: the
-pixels fed to the network differ slightly). Training here uses gfl-d2's GFL
-losses with ATSS labels and NanoDet's optimiser and schedule (AdamW 1e-3, weight
-decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient clipping at 35);
-NanoDet's dynamic soft-label assignment (``gfl_d2.modeling.dsl_assigner``, not
-yet used in training), auxiliary head, weight EMA and augmentations are not
-part of this recipe yet.
+pixels fed to the network differ slightly). Training here is NanoDet-Plus's
+(``gfl_d2.modeling.NanoDetPlus``): dynamic soft-label assignment from the
+training-only auxiliary head, whose losses train both heads (detached from the
+backbone and neck after 10 epochs), with NanoDet's optimiser and schedule (AdamW
+1e-3, weight decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient
+clipping at 35); NanoDet's weight EMA and augmentations are not part of this
+recipe yet.
 """
 
 import detectron2.data.transforms as T
