@@ -8,7 +8,7 @@ normalised with NanoDet's mean/std; every candidate over 0.05 goes to NMS
 dynamic soft-label assignment (top-k 13, IoU factor 3) from the training-only
 auxiliary head (NanoDet's SimpleConvHead: 4 convs of 192 channels, GroupNorm,
 LeakyReLU) on the neck's and a copy of the neck's features, which it reads
-detached after 10 epochs of COCO at 96 images a batch. ``model.aux_head=None``
+detached after 10 epochs of COCO at 96 images a batch. ``model.aux_head=null``
 drops the auxiliary parts (assignment from the head itself); inference never
 runs them, and checkpoints without them (converted NanoDet weights) load whole.
 """
