@@ -1,7 +1,9 @@
 """
 gfl-d2's NanoDet-Plus parts against NanoDet's own model code (RangiLyu/nanodet),
 built from its released configs: ShuffleNetV2 + GhostPAN with NanoDet's
-weights renamed by gfl_d2.convert_nanodet give NanoDet's features.
+weights renamed by gfl_d2.convert_nanodet give NanoDet's features, the model
+its outputs and detections, and NanoDetPlus's training step (the aux head's
+assignment, both heads' losses) NanoDet's losses and gradients.
 
 Skipped unless ``NANODET_SRC`` points to a NanoDet source tree
 (tools/gfl_studies/nanodet_runtime.py; never a dependency of gfl-d2).

@@ -176,6 +176,12 @@ class NanoDetPlus(GFL):
         ``aux_predictions`` (per level [cls_logits, box_regs]), the same of the aux
         head as ``aux_*``; labels from the aux head's predictions when it is there.
         """
+        if self.aux_head is not None and aux_predictions is None:
+            # a caller that ran the head alone (LD's wrapper) would leave the aux parts untrained
+            raise ValueError(
+                "NanoDetPlus with an auxiliary head trains through its own forward(); "
+                "to train from the head alone, build it with aux_head=None"
+            )
         anchors = self.anchor_generator(features)
         logits, box_regs = self._transpose_dense_predictions(predictions, self.head.output_channels)
         assigning = (logits, box_regs)
