@@ -24,6 +24,7 @@ __all__ = [
     "load_trained_weights",
     "require_trained_head",
     "holds_layer",
+    "box_layer",
     "CONVERT_HINT",
 ]
 
@@ -258,3 +259,12 @@ def holds_layer(path: str, model: torch.nn.Module, key: str) -> bool:
     state = state.get("model", state) if isinstance(state, dict) else {}
     value = state.get(key, state.get(f"module.{key}")) if isinstance(state, dict) else None
     return value is not None and shape is not None and tuple(value.shape) == tuple(shape)
+
+
+def box_layer(model: torch.nn.Module) -> str:
+    """
+    The state-dict key of a GFL's box layer, whose shape fixes n: its head's
+    ``box_layer`` (``head.bbox_pred.weight`` of :class:`~gfl_d2.modeling.GFLHead`,
+    ``head.outputs.0.weight`` of NanoDet-Plus's head, where the classes share it).
+    """
+    return f"head.{unwrap(model).head.box_layer}.weight"

@@ -20,8 +20,13 @@ from .modeling import (
     ATSSMatcher,
     DiracBox2BoxTransform,
     DistributionBox2BoxTransform,
+    DynamicSoftLabelAssigner,
     GFLHead,
+    GhostPAN,
     LocalizationDistiller,
+    NanoDetPlus,
+    NanoDetPlusHead,
+    ShuffleNetV2,
 )
 from .modeling.res2net import make_res2net_stages
 from .modeling.yacs_keys import gfl_yacs_arguments, yacs_key
@@ -51,6 +56,7 @@ def add_gfl_config(cfg: CN) -> CN:
     _add_model_keys(cfg.MODEL.GFL)
     _add_head_keys(cfg.MODEL.GFL)
     _add_distillation_keys(cfg.MODEL.GFL)
+    _add_nanodet_plus_keys(cfg)
     # Res2Net's splits (MODEL.BACKBONE.NAME: build_gfl_res2net_fpn_backbone; depth, norm and
     # deformable stages from MODEL.RESNETS)
     res2net = inspect.signature(make_res2net_stages).parameters
@@ -155,6 +161,42 @@ def _add_distillation_keys(g: CN) -> None:
     defaults = constructor_defaults(LocalizationDistiller)
     g.LD.LOSS_WEIGHT = defaults["loss_weight"]
     g.LD.TEMPERATURE = defaults["temperature"]
+
+
+def _add_nanodet_plus_keys(cfg: CN) -> None:
+    """
+    NanoDet-Plus (``META_ARCHITECTURE: NanoDetPlus``; classes, bins, losses and
+    inference from ``MODEL.GFL``): the backbone of ``build_nanodet_plus_backbone``
+    (``MODEL.SHUFFLENET_V2``, ``MODEL.GHOST_PAN``), the head, the dynamic
+    soft-label assigner and the training-only auxiliary head
+    (``MODEL.NANODET_PLUS``). Defaults: the constructors', NanoDet-Plus-m's.
+    """
+    shufflenet = constructor_defaults(ShuffleNetV2)
+    cfg.MODEL.SHUFFLENET_V2 = CN()
+    cfg.MODEL.SHUFFLENET_V2.SIZE = shufflenet["size"]  # width: "0.5x", "1.0x", "1.5x", "2.0x"
+    cfg.MODEL.SHUFFLENET_V2.OUT_FEATURES = list(shufflenet["out_features"])
+    cfg.MODEL.SHUFFLENET_V2.NORM = shufflenet["norm"]
+    cfg.MODEL.SHUFFLENET_V2.ACTIVATION = shufflenet["activation"]  # "LeakyReLU" (0.1) or "ReLU"
+    pan = constructor_defaults(GhostPAN)
+    cfg.MODEL.GHOST_PAN = CN()
+    cfg.MODEL.GHOST_PAN.IN_FEATURES = ["stage2", "stage3", "stage4"]
+    for name in ("out_channels", "kernel_size", "num_extra_levels", "num_blocks", "norm"):
+        cfg.MODEL.GHOST_PAN[name.upper()] = pan[name]
+    cfg.MODEL.GHOST_PAN.ACTIVATION = pan["activation"]
+    n = cfg.MODEL.NANODET_PLUS = CN()
+    head = constructor_defaults(NanoDetPlusHead)
+    for name in ("feat_channels", "num_convs", "kernel_size", "norm", "activation"):
+        n[name.upper()] = head[name]
+    dsl = constructor_defaults(DynamicSoftLabelAssigner)
+    n.DSL_TOPK, n.DSL_IOU_FACTOR = dsl["topk"], dsl["iou_factor"]
+    # the auxiliary head (NanoDet's SimpleConvHead) on cat(neck, copy of the neck)
+    n.AUX_HEAD = True
+    n.AUX_FEAT_CHANNELS = 192  # NanoDet-Plus-m's (256 in -1.5x)
+    n.AUX_NUM_CONVS = 4
+    n.AUX_NORM = "GN"
+    n.AUX_ACTIVATION = "LeakyReLU"
+    # from this iteration on the aux parts read detached features (NanoDet: detach_epoch)
+    n.AUX_DETACH_ITER = constructor_defaults(NanoDetPlus)["aux_detach_iter"]
 
 
 # the yacs keys that hold a model's number of classes

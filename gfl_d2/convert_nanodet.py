@@ -14,7 +14,13 @@ import torch
 
 from .convert_backbone import _BN, ConversionError, rename_shufflenet_key
 
-__all__ = ["rename_nanodet_key", "is_nanodet", "convert_nanodet_state_dict", "NANODET_CONFIGS"]
+__all__ = [
+    "rename_nanodet_key",
+    "rename_nanodet_aux_key",
+    "is_nanodet",
+    "convert_nanodet_state_dict",
+    "NANODET_CONFIGS",
+]
 
 # NanoDet-Plus's integral buffer (the bins 0..n), and its training-only parts
 INTEGRAL_BUFFER = "head.distribution_project.project"
@@ -102,6 +108,34 @@ def rename_nanodet_key(key: str) -> str:
         if renamed:
             return "backbone." + renamed
     raise ConversionError(f"NanoDet key {key!r} has no counterpart in gfl-d2's NanoDet-Plus")
+
+
+# SimpleConvHead's names -> GFLHead's: a tower of (conv, norm, activation) triples
+_AUX_TOWERS = {"cls_convs": "cls_subnet", "reg_convs": "bbox_subnet"}
+_AUX_OUTPUTS = {"gfl_cls": "cls_score", "gfl_reg": "bbox_pred"}
+
+
+def rename_nanodet_aux_key(key: str) -> str:
+    """
+    A key of NanoDet-Plus's training-only parts -> gfl-d2's
+    :class:`~gfl_d2.modeling.NanoDetPlus`: ``aux_fpn.*`` (the neck's copy) ->
+    ``aux_neck.*`` as :func:`rename_nanodet_key` names the neck,
+    ``aux_head.*`` (``SimpleConvHead``) -> ``aux_head.*`` (a
+    :class:`~gfl_d2.modeling.GFLHead`). The converter drops them (released
+    weights are for inference); this map is for loading a NanoDet training state.
+    """
+    if key.startswith("aux_fpn."):
+        return "aux_neck." + rename_nanodet_key(key[len("aux_") :])[len("backbone.") :]
+    m = re.match(r"^aux_head\.(cls_convs|reg_convs)\.(\d+)\.(conv|gn)\.(weight|bias)$", key)
+    if m:
+        index = 3 * int(m.group(2)) + (m.group(3) == "gn")
+        return f"aux_head.{_AUX_TOWERS[m.group(1)]}.{index}.{m.group(4)}"
+    m = re.match(r"^aux_head\.(gfl_cls|gfl_reg)\.(weight|bias)$", key)
+    if m:
+        return f"aux_head.{_AUX_OUTPUTS[m.group(1)]}.{m.group(2)}"
+    if re.match(r"^aux_head\.scales\.\d+\.scale$", key):
+        return key
+    raise ConversionError(f"NanoDet key {key!r} has no counterpart in gfl-d2's NanoDetPlus")
 
 
 def is_nanodet(keys) -> bool:

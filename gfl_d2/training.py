@@ -25,7 +25,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig
 
 from .bins import log_bin_fit
-from .checkpoint import CheckedCheckpointer, holds_layer, load_trained_weights
+from .checkpoint import CheckedCheckpointer, box_layer, holds_layer, load_trained_weights
 from .cpu_inference import for_cpu_inference
 from .data import check_dataset_dicts
 from .data.ground_truth import CheckedGroundTruth
@@ -49,9 +49,6 @@ __all__ = [
     "main",
     "invoke_main",
 ]
-
-# the layer whose output channels fix n: a checkpoint holding it trained fixes the bins of the run
-BOX_LAYER = "head.bbox_pred.weight"
 
 logger = logging.getLogger("detectron2")
 
@@ -109,7 +106,7 @@ def build_train_loader(cfg, model=None, weights: str = ""):
             getattr(model, "box2box_transform", None), "has_distributions", False
         )
         if sample and checks_bins and comm.is_main_process():
-            fixed_by = weights if holds_layer(weights, model, BOX_LAYER) else None
+            fixed_by = weights if holds_layer(weights, model, box_layer(model)) else None
             output_dir = cfg.train.output_dir
             log_bin_fit(model, dataset, kwargs["mapper"], sample, fixed_by, output_dir=output_dir)
         target = loader_cfg._target_

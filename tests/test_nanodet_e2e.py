@@ -1,7 +1,9 @@
 """
 gfl-d2's NanoDet-Plus parts against NanoDet's own model code (RangiLyu/nanodet),
 built from its released configs: ShuffleNetV2 + GhostPAN with NanoDet's
-weights renamed by gfl_d2.convert_nanodet give NanoDet's features.
+weights renamed by gfl_d2.convert_nanodet give NanoDet's features, the model
+its outputs and detections, and NanoDetPlus's training step (the aux head's
+assignment, both heads' losses) NanoDet's losses and gradients.
 
 Skipped unless ``NANODET_SRC`` points to a NanoDet source tree
 (tools/gfl_studies/nanodet_runtime.py; never a dependency of gfl-d2).
@@ -259,3 +261,102 @@ def test_dynamic_soft_label_assignment_equals_nanodets(seed):
     assert fg.sum() > 10
     assert torch.equal(matched, theirs.gt_inds - 1)
     torch.testing.assert_close(iou[fg], theirs.max_overlaps[fg], rtol=1e-5, atol=1e-6)
+
+
+def spread_aux_scores(nanodet, generator):
+    """The auxiliary head away from its std-0.01 start (where every location scores alike)."""
+    with torch.no_grad():
+        for name, p in nanodet.aux_head.named_parameters():
+            if name.endswith("conv.weight") or name.startswith(("gfl_cls.w", "gfl_reg.w")):
+                p.copy_(torch.randn(p.shape, generator=generator) * (2 / p[0].numel()) ** 0.5)
+        nanodet.aux_head.gfl_cls.bias.fill_(-3.0)
+
+
+def nanodet_training_pair(seed):
+    """
+    NanoDet's NanoDet-Plus-m (aux head included) and gfl-d2's from the LazyConfig, with
+    NanoDet's weights (the aux parts renamed by rename_nanodet_aux_key), both training.
+    """
+    import os
+
+    from detectron2.config import LazyConfig, instantiate
+
+    from gfl_d2.convert_nanodet import rename_nanodet_aux_key
+
+    from .repo import ROOT
+
+    torch.manual_seed(0)
+    nanodet, _ = build_nanodet(CONFIGS["m 320"][0])
+    g = torch.Generator().manual_seed(seed)
+    trained_like(nanodet, g)
+    spread_aux_scores(nanodet, g)
+    names = {
+        k: (rename_nanodet_aux_key if k.startswith("aux_") else rename_nanodet_key)(k)
+        for k in nanodet.state_dict()
+        if not k.endswith(("num_batches_tracked", "distribution_project.project"))
+    }
+    config = os.path.join(ROOT, "configs", "COCO-Detection", "NanoDet", "nanodet_plus_m_320.py")
+    model = instantiate(LazyConfig.load(config).model)
+    state = nanodet.state_dict()
+    incompatible = model.load_state_dict({names[k]: state[k] for k in names}, strict=False)
+    assert not incompatible.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in incompatible.missing_keys)
+    return nanodet.train(), model.train(), names, g
+
+
+def training_batch(generator, num_images=2, size=320):
+    """BGR images with their boxes (NanoDet's lists of arrays and gfl-d2's Instances)."""
+    from gfl_d2.testing import make_instances
+
+    images, boxes, labels = [], [], []
+    for i in range(num_images):
+        images.append(structured_image(size, size, generator))
+        corners = torch.rand(4 + i, 2, generator=generator) * (size - 120)
+        sides = 20 + 90 * torch.rand(4 + i, 2, generator=generator)
+        boxes.append(torch.cat([corners, corners + sides], dim=1))
+        labels.append(torch.randint(0, 80, (4 + i,), generator=generator))
+    ours = [
+        {"image": im, "instances": make_instances(b, c, (size, size))}
+        for im, b, c in zip(images, boxes, labels)
+    ]
+    mean = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    std = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)
+    theirs = {
+        "img": torch.stack([(im - mean) / std for im in images]),
+        "gt_bboxes": [b.numpy() for b in boxes],
+        "gt_labels": [c.numpy() for c in labels],
+        "gt_bboxes_ignore": None,
+    }
+    return ours, theirs
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["attached", "detached"])
+def test_nanodet_plus_training_losses_and_gradients_equal_nanodets(detached):
+    """
+    NanoDet-Plus's training step (``NanoDetPlus.forward_train``: the aux head's dynamic
+    soft-label assignment and IoUs training both heads) against gfl-d2's on the same
+    weights and batch: each loss term, then the gradient of every parameter; before
+    NanoDet's ``detach_epoch`` and after it (gfl-d2: ``aux_detach_iter``).
+    """
+    from detectron2.utils.events import EventStorage
+
+    nanodet, model, names, g = nanodet_training_pair(seed=4)
+    ours_batch, theirs_batch = training_batch(g)
+    nanodet.set_epoch(nanodet.detach_epoch if detached else nanodet.detach_epoch - 1)
+    _, loss, want = nanodet.forward_train(theirs_batch)
+    loss.backward()
+    with EventStorage(model.aux_detach_iter if detached else model.aux_detach_iter - 1):
+        got = model(ours_batch)
+        sum(got.values()).backward()
+    assert sorted(got) == sorted(want)
+    for k in want:
+        # sums over 2 x 2,125 points x 80 classes of float32 terms of order 1
+        torch.testing.assert_close(got[k], want[k].detach(), rtol=1e-4, atol=1e-6, msg=k)
+    ours = dict(model.named_parameters())
+    largest = max(p.grad.abs().max().item() for p in nanodet.parameters())
+    for k, p in nanodet.named_parameters():
+        diff = (ours[names[k]].grad - p.grad).abs().max().item()
+        # float32 rounding through the network's depth: relative to the tensor's largest
+        # entry, and at least 1e-7 of the largest of all (biases before a BatchNorm have
+        # a gradient that is 0 but for rounding)
+        assert diff <= 1e-3 * p.grad.abs().max().item() + 1e-7 * largest, k

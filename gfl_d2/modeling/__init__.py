@@ -1,8 +1,9 @@
 """
 GFL's model parts: the meta-architecture, its head, the box representations,
 ATSS, the losses, GFL V2's quality predictor, the Localization Distillation
-wrapper, detectron2's RetinaNet and FCOS with Quality Focal Loss, and the
-backbone pieces of the released models (deformable convolutions, Res2Net).
+wrapper, detectron2's RetinaNet and FCOS with Quality Focal Loss, the
+backbone pieces of the released models (deformable convolutions, Res2Net),
+and NanoDet-Plus (ShuffleNetV2, GhostPAN, its head, its training).
 """
 
 from .atss import ATSSMatcher, atss_labels
@@ -34,7 +35,8 @@ from .deform_conv import (
 )
 from .dgqp import DistributionGuidedQualityPredictor, distribution_statistics
 from .distillation import LocalizationDistiller, check_teacher
-from .ghost_pan import GhostPAN
+from .dsl_assigner import DynamicSoftLabelAssigner
+from .ghost_pan import GhostPAN, build_nanodet_plus_backbone
 from .head import GFLHead, Scale, build_box2box_transform
 from .losses import (
     LocalizationTargets,
@@ -47,6 +49,7 @@ from .losses import (
 )
 from .meta_arch import GFL
 from .nanodet_head import NanoDetPlusHead
+from .nanodet_plus import NanoDetPlus
 from .qfl_detectors import QFLFCOS, QFLRetinaNet
 from .res2net import Bottle2neckBlock, DeepStem, make_res2net_stages
 from .shufflenet import ShuffleNetV2, ShuffleV2Block
@@ -72,6 +75,9 @@ __all__ = [
     "ShuffleNetV2",
     "GhostPAN",
     "NanoDetPlusHead",
+    "NanoDetPlus",
+    "DynamicSoftLabelAssigner",
+    "build_nanodet_plus_backbone",
     "ShuffleV2Block",
     "DiracBox2BoxTransform",
     "DistributionBox2BoxTransform",

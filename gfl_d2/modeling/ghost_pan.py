@@ -7,19 +7,27 @@ conv, concatenation, a Ghost bottleneck); extra levels, each the sum of a
 stride-2 conv of the coarsest reduced input and one of the last output.
 """
 
+import copy
 import math
 from typing import Dict, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import Backbone
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .shufflenet import activation_layer
+from .shufflenet import ShuffleNetV2, activation_layer
 
-__all__ = ["GhostPAN", "GhostModule", "GhostBottleneck", "DepthwiseSeparableConv"]
+__all__ = [
+    "GhostPAN",
+    "GhostModule",
+    "GhostBottleneck",
+    "DepthwiseSeparableConv",
+    "build_nanodet_plus_backbone",
+]
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -162,7 +170,14 @@ class GhostPAN(Backbone):
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """(N, 3, H, W) -> {"p3": (N, C, H/8, W/8), ..., one entry per output level}."""
-        features = self.bottom_up(x)
+        return self.forward_neck(self.bottom_up(x))
+
+    def forward_neck(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """
+        The layers after the bottom-up network: its outputs ``in_features``
+        (N, Ci, H/si, W/si) -> the output levels, as :meth:`forward`. NanoDet-Plus's
+        auxiliary neck (:meth:`copy_neck`) reads the same bottom-up features.
+        """
         reduced = [self.act(conv(features[f])) for conv, f in zip(self.reduce, self.in_features)]
         # top-down: coarse to fine, each level merged with the upsampled one above it
         inner = [reduced[-1]]
@@ -179,6 +194,14 @@ class GhostPAN(Backbone):
             outs.append(extra_in(reduced[-1]) + extra_out(outs[-1]))
         return dict(zip(self._out_features, outs))
 
+    def copy_neck(self) -> "GhostPAN":
+        """
+        A deep copy of the layers after the bottom-up network (the same weights),
+        without it (``bottom_up`` None): it runs :meth:`forward_neck` only.
+        """
+        # the memo stands the copy's bottom-up network in with None: it is not copied
+        return copy.deepcopy(self, memo={id(self.bottom_up): None})
+
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
             f: ShapeSpec(
@@ -186,3 +209,19 @@ class GhostPAN(Backbone):
             )
             for f in self._out_features
         }
+
+
+@BACKBONE_REGISTRY.register()
+def build_nanodet_plus_backbone(cfg, input_shape: ShapeSpec) -> GhostPAN:
+    """
+    yacs builder: NanoDet-Plus's ShuffleNetV2 (``MODEL.SHUFFLENET_V2``) inside a
+    GhostPAN (``MODEL.GHOST_PAN``).
+    """
+    s, p = cfg.MODEL.SHUFFLENET_V2, cfg.MODEL.GHOST_PAN
+    bottom_up = ShuffleNetV2(
+        s.SIZE, s.OUT_FEATURES, s.NORM, s.ACTIVATION, in_channels=input_shape.channels
+    )
+    return GhostPAN(
+        bottom_up, p.IN_FEATURES, p.OUT_CHANNELS, p.KERNEL_SIZE, p.NUM_EXTRA_LEVELS,
+        p.NUM_BLOCKS, p.NORM, p.ACTIVATION,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .box_coding import DiracBox2BoxTransform, DistributionBox2BoxTransform
 from .dgqp import DistributionGuidedQualityPredictor
+from .shufflenet import activation_layer
 from .variants import BOX_REPRESENTATIONS, SEPARATE_QUALITIES, check_quality
 
 __all__ = ["GFLHead", "Scale", "build_box2box_transform"]
@@ -26,14 +27,14 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
+def _tower(in_channels: int, conv_dims: List[int], norm: str, activation: str) -> nn.Sequential:
     layers = []
     for in_ch, out_ch in zip([in_channels] + list(conv_dims), conv_dims):
         # a conv followed by a norm layer needs no bias (as in the released models)
         layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=not norm))
         if norm:
             layers.append(get_norm(norm, out_ch))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(activation_layer(activation))
     return nn.Sequential(*layers)
 
 
@@ -95,6 +96,8 @@ class GFLHead(nn.Module):
         conv_dims: output channels of each tower conv.
         norm: normalisation of the tower convs (see ``detectron2.layers.get_norm``);
             GFL uses "GN" (GroupNorm with 32 groups).
+        activation: of the tower convs: "ReLU" (GFL's) or "LeakyReLU" (slope
+            0.1: NanoDet-Plus's auxiliary head, NanoDet's ``SimpleConvHead``).
         prior_prob: initial foreground probability of the classifier.
         box2box_transform: what the box outputs are
             (:class:`DistributionBox2BoxTransform`: n and Δ of the bins;
@@ -108,6 +111,9 @@ class GFLHead(nn.Module):
             (on) and initialisation std (0.01).
     """
 
+    # the layer whose output channels are the box outputs: its shape fixes n (training's bin check)
+    box_layer = "bbox_pred"
+
     @configurable
     def __init__(
         self,
@@ -116,6 +122,7 @@ class GFLHead(nn.Module):
         num_classes: int,
         conv_dims: List[int],
         norm: str = "GN",
+        activation: str = "ReLU",
         prior_prob: float = 0.01,
         box2box_transform,
         quality: str = "joint",
@@ -136,8 +143,8 @@ class GFLHead(nn.Module):
             _check_dgqp_bins(box2box_transform, dgqp_topk)
         self._num_levels = len(input_shape)
 
-        self.cls_subnet = _tower(in_channels, conv_dims, norm)
-        self.bbox_subnet = _tower(in_channels, conv_dims, norm)
+        self.cls_subnet = _tower(in_channels, conv_dims, norm, activation)
+        self.bbox_subnet = _tower(in_channels, conv_dims, norm, activation)
         last = conv_dims[-1] if conv_dims else in_channels
         self.cls_score = nn.Conv2d(last, num_classes, kernel_size=3, stride=1, padding=1)
         box_channels = box2box_transform.num_outputs

@@ -32,6 +32,9 @@ class NanoDetPlusHead(nn.Module):
         prior_prob: initial foreground probability of every class.
     """
 
+    # a layer whose output channels hold the box outputs (after the classes): its shape fixes n
+    box_layer = "outputs.0"
+
     def __init__(
         self,
         *,

@@ -39,7 +39,7 @@ from detectron2.utils.logger import setup_logger
 
 from gfl_d2 import add_gfl_config  # (also registers GFL)
 from gfl_d2.bins import log_bin_fit
-from gfl_d2.checkpoint import CheckedCheckpointer, holds_layer, load_trained_weights
+from gfl_d2.checkpoint import CheckedCheckpointer, box_layer, holds_layer, load_trained_weights
 from gfl_d2.config import ema_settings, nanodet_augmentations, use_dataset_folder
 from gfl_d2.cpu_inference import for_cpu_inference
 from gfl_d2.data import check_dataset_dicts, register_shapes
@@ -50,7 +50,7 @@ from gfl_d2.errors import UsageError
 from gfl_d2.evaluation import COCOEvaluatorWithCurves, CountIterations
 from gfl_d2.lazy_config import refuse_missing_values
 from gfl_d2.teacher import distill_from_yacs_config
-from gfl_d2.training import BOX_LAYER, invoke_main
+from gfl_d2.training import invoke_main
 
 # images sampled by the bin check (the LazyConfig path's train.check_bins)
 CHECK_BINS = 200
@@ -58,6 +58,7 @@ CHECK_BINS = 200
 # the config section that holds MODEL.<section>.NUM_CLASSES, by meta-architecture
 _NUM_CLASSES_SECTION = {
     "GFL": "GFL",
+    "NanoDetPlus": "GFL",
     "RetinaNet": "RETINANET",
     "QFLRetinaNet": "RETINANET",
     "GeneralizedRCNN": "ROI_HEADS",
@@ -140,7 +141,7 @@ class Trainer(DefaultTrainer):
         if cfg.INPUT.NANODET.ENABLED:  # NanoDet's warp and colour jitter, not the resize and flip
             args["augmentations"] = nanodet_augmentations(cfg)
         mapper = DatasetMapper(**args)
-        gfl = cfg.MODEL.META_ARCHITECTURE == "GFL"
+        gfl = _NUM_CLASSES_SECTION.get(cfg.MODEL.META_ARCHITECTURE) == "GFL"  # GFL, NanoDetPlus
         if gfl and comm.is_main_process():
             log_yacs_bin_fit(cfg, dataset, mapper)
         loader = build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)
@@ -171,7 +172,8 @@ def log_yacs_bin_fit(cfg, dataset, mapper):
     cpu.defrost()
     cpu.MODEL.DEVICE = "cpu"
     model = build_model(cpu).eval()
-    fixed_by = cfg.MODEL.WEIGHTS if holds_layer(cfg.MODEL.WEIGHTS, model, BOX_LAYER) else None
+    weights = cfg.MODEL.WEIGHTS
+    fixed_by = weights if holds_layer(weights, model, box_layer(model)) else None
     setting = "MODEL.GFL.REG_MAX {n}"
     log_bin_fit(model, dataset, mapper, CHECK_BINS, fixed_by, setting, output_dir=cfg.OUTPUT_DIR)
 

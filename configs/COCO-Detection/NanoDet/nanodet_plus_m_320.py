@@ -8,16 +8,16 @@ weights of a ``.ckpt``) and give NanoDet's detections on the same network input
 
 Evaluation resizes every image to 320x320 without keeping its aspect ratio,
 as NanoDet does (NanoDet warps with OpenCV, detectron2 resizes with PIL: the
-pixels fed to the network differ slightly). Training here uses gfl-d2's GFL
-losses with ATSS labels and NanoDet's optimiser and schedule (AdamW 1e-3, weight
-decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient clipping at 35),
-batch 96 for 300 epochs, its weight EMA (decay 0.9998 with NanoDet's ramp over
-the first iterations; evaluated, and saved next to the trained weights) and its
-augmentations (``gfl_d2.data.nanodet_augmentations``: scale 0.6-1.4, stretch
-0.8-1.2 per axis, translation 0.2, flip 0.5, to 320x320; brightness 0.2,
-contrast 0.6-1.4, saturation 0.5-1.2); NanoDet's dynamic soft-label assignment
-(``gfl_d2.modeling.dsl_assigner``, not yet used in training) and auxiliary head
-are not part of this recipe yet.
+pixels fed to the network differ slightly). Training here is NanoDet-Plus's
+(``gfl_d2.modeling.NanoDetPlus``): dynamic soft-label assignment from the
+training-only auxiliary head, whose losses train both heads (detached from the
+backbone and neck after 10 epochs), with NanoDet's optimiser and schedule (AdamW
+1e-3, weight decay 0.05, 500 warm-up iterations, cosine to 5e-5, gradient
+clipping at 35), batch 96 for 300 epochs, its weight EMA (decay 0.9998 with
+NanoDet's ramp over the first iterations; evaluated, and saved next to the
+trained weights) and its augmentations (``gfl_d2.data.nanodet_augmentations``:
+scale 0.6-1.4, stretch 0.8-1.2 per axis, translation 0.2, flip 0.5, to
+320x320; brightness 0.2, contrast 0.6-1.4, saturation 0.5-1.2).
 """
 
 import detectron2.data.transforms as T
