@@ -10,6 +10,8 @@
 #      ATSS assignment, where MMDetection is importable (else a one-line note),
 #   5. TorchScript and ONNX export on CUDA, checked against the eager model,
 #   6. the deformable-convolution models against their plain twins (tools/dcn_speed.py),
+#   7. the embedded model of step 2 exported fp32 and INT8, in ONNX Runtime on the machine's CPU:
+#      AP and latency (tools/int8_study.py; needs onnxruntime),
 # then prints one summary table. Logs and checkpoints go to $GPU_CHECK_OUT (default
 # ./gpu_check); the summary and the benchmark are written as reports (JSON and Markdown)
 # to projects/GFL/results/ as gpu_check.* and gpu_check_benchmark.* (other names: --name).
@@ -31,7 +33,7 @@ PY=${PYTHON:-python3}
 # what detectron2 and gfl-d2 import beyond torch, torchvision, numpy, Pillow, matplotlib,
 # tabulate, tqdm, pyyaml, cloudpickle, portalocker, packaging, tensorboard, opencv
 PURE=(fvcore iopath yacs termcolor "omegaconf>=2.1,<2.4" "hydra-core>=1.1" "antlr4-python3-runtime==4.9.3" "setuptools<81")
-BINARY=(pycocotools faster-coco-eval)
+BINARY=(pycocotools faster-coco-eval onnx onnxruntime)
 D2_WHEEL="sal-detectron2==0.7.2"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then

@@ -30,6 +30,7 @@ def main(argv=None):
     p.add_argument("--test-images", type=int, default=300)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (key=value)")
     add_report_arguments(p, "int8_study")
     args = p.parse_args(argv)
     if args.report:
@@ -37,7 +38,7 @@ def main(argv=None):
         return
     if not args.config_file or not args.weights:
         p.error("--config-file and --weights are needed")
-    cfg = load_lazy_config(args.config_file, [], resolve=False)
+    cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
     prepare_datasets(cfg)
     resolve_num_classes(cfg)
     model = int8_study.load_model(cfg, args.weights)

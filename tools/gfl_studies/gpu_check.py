@@ -427,6 +427,31 @@ def step_dcn_speed(args, out):
     return [dict(step=f"DCN vs plain ({'x'.join(size)})", ok=True, seconds=sec, result=result)]
 
 
+def step_int8(args, out):
+    """The embedded model of the train step, fp32 and INT8 in ONNX Runtime on this CPU."""
+    checkpoint = os.path.join(out, "train_fp32", "model_final.pth")
+    name = f"{args.name}_int8"
+    images = dict(train=200 if args.smoke else 1000, val=20 if args.smoke else 100)
+    ok, sec, _ = run_step(
+        "INT8",
+        [sys.executable, "tools/int8_study.py", "--config-file", EMBEDDED, "--weights",
+         checkpoint, "--calibration", "8" if args.smoke else "64", "--test-images",
+         str(images["val"]), "--runs", "5" if args.smoke else "50", "--results", args.results,
+         "--name", name, f"dataloader.train.dataset.names.num_images={images['train']}",
+         f"dataloader.test.dataset.names.num_images={images['val']}"],
+        os.path.join(out, "int8.log"),
+        timeout=300,
+        env=dict(DETECTRON2_DATASETS=os.path.join(out, "datasets")),
+    )  # fmt: skip
+    path = os.path.join(args.results, f"{name}.json")
+    if not ok or not os.path.isfile(path):
+        return [dict(step="INT8 (ONNX Runtime, CPU)", ok=False, seconds=sec, result="see the log")]
+    with open(path) as f:
+        graphs = json.load(f)["graphs"]
+    result = "; ".join(f"{k} AP {g['AP']:.1f}, {g['ms']:.1f} ms" for k, g in graphs.items())
+    return [dict(step="INT8 (ONNX Runtime, CPU)", ok=True, seconds=sec, result=result)]
+
+
 def render(data):
     """The summary table of a GPU-check report ``{"header": ..., "rows": [...]}``."""
     lines = [data["header"], "", "| step | ok | s | result |", "|---|---|---|---|"]
@@ -473,6 +498,7 @@ def run_gpu_check(args):
             ("peer", step_peer),
             ("export", step_export),
             ("dcn", step_dcn_speed),
+            ("int8", step_int8),
         )
         if n not in args.skip
     ]
@@ -502,7 +528,7 @@ def parse_args(argv=None):
         "--skip",
         nargs="*",
         default=[],
-        choices=["tests", "train", "benchmark", "peer", "export", "dcn"],
+        choices=["tests", "train", "benchmark", "peer", "export", "dcn", "int8"],
     )
     add_report_arguments(p, "gpu_check", results=None)
     args = p.parse_args(argv)
