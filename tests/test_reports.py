@@ -14,9 +14,12 @@ from gfl_studies import (
     benchmark,
     coco_eval_speed,
     dcn_speed,
+    edge_benchmark,
+    edge_training,
     edge_uncertainty,
     fcos_collapse,
     gpu_check,
+    int8_study,
     ld_agreement,
     mmdet_peer,
     own_data_study,
@@ -29,6 +32,11 @@ from .repo import ROOT
 RESULTS = os.path.join(ROOT, "projects", "GFL", "results")
 # report name prefix -> the renderer of the tool that writes it
 RENDERERS = [
+    ("int8_", int8_study.render),
+    ("gpu_check_h100_int8", int8_study.render),
+    ("gpu_check_h200_int8", int8_study.render),
+    ("edge_benchmark", edge_benchmark.render),
+    ("edge_training", edge_training.render),
     ("dcn_speed", dcn_speed.render),
     ("gpu_check_h100_dcn_speed", dcn_speed.render),
     ("gpu_check_h200_dcn_speed", dcn_speed.render),
