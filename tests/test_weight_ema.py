@@ -7,6 +7,7 @@ gives the same average (with NANODET_SRC).
 """
 
 import importlib.util
+import io
 import logging
 import math
 import os
@@ -166,28 +167,58 @@ def test_checkpoints_hold_both_and_resuming_restores_both(tmp_path):
     assert_state_close(resumed_ema.model.state_dict(), by_hand(states + more[1:], 0.9, 2.0))
 
 
-def test_the_weights_policy_takes_the_average_and_says_so(tmp_path, caplog):
+@pytest.fixture
+def checkpoint_log():
+    """gfl_d2.checkpoint's messages (the entry points may set gfl_d2's loggers not to propagate)."""
+    stream = io.StringIO()
+    handler, logger = logging.StreamHandler(stream), logging.getLogger("gfl_d2.checkpoint")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+@pytest.fixture
+def fresh_shapes_registration():
+    """shapes_train/val registered by this test alone (another test may have registered them)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    def drop():
+        for name in ("shapes_train", "shapes_val"):
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+
+    drop()
+    yield
+    drop()
+
+
+def test_the_weights_policy_takes_the_average_and_says_so(tmp_path, checkpoint_log):
     model = Toy()
     ema = WeightEMA(model, decay=0.9, warmup=2.0)
     train(model, 2, ema)
     CheckedCheckpointer(model, str(tmp_path), **{EMA_KEY: ema.averaged}).save("final")
     CheckedCheckpointer(model, str(tmp_path)).save("plain")
     fresh = Toy()
-    with caplog.at_level(logging.INFO, logger="gfl_d2.checkpoint"):
-        CheckedCheckpointer(fresh, use_ema=True).load(str(tmp_path / "final.pth"))
-    assert "Loading the weight EMA ('ema') of" in caplog.text
+    CheckedCheckpointer(fresh, use_ema=True).load(str(tmp_path / "final.pth"))
+    assert "Loading the weight EMA ('ema') of" in checkpoint_log.getvalue()
     for k, v in ema.model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="gfl_d2.checkpoint"):
-        CheckedCheckpointer(fresh, use_ema=True).load(str(tmp_path / "plain.pth"))
-    assert "Loading the trained weights ('model')" in caplog.text
-    assert "holds no weight EMA" in caplog.text
+    checkpoint_log.seek(0)
+    checkpoint_log.truncate()
+    CheckedCheckpointer(fresh, use_ema=True).load(str(tmp_path / "plain.pth"))
+    assert "Loading the trained weights ('model')" in checkpoint_log.getvalue()
+    assert "holds no weight EMA" in checkpoint_log.getvalue()
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k
 
 
-def test_lazy_training_evaluates_and_saves_the_average(tmp_path, monkeypatch, caplog):
+def test_lazy_training_evaluates_and_saves_the_average(
+    tmp_path, monkeypatch, fresh_shapes_registration
+):
     """tools/train_net.py's do_train with train.ema: the evaluation runs the EMA's model."""
     from detectron2.config import LazyConfig
 
