@@ -62,8 +62,9 @@ def main(argv=None):
         diff = edge_benchmark.same_outputs(own["onnx"], ours["fp32"], calibration[0])
         paths = {"NanoDet's export": own["onnx"], "gfl-d2": ours["fp32"]}
         paths["gfl-d2 INT8"] = ours["int8"]
+        load = os.getloadavg()[0]
         timing = edge_benchmark.time_sessions(paths, calibration[0], args.threads, args.runs)
-        sizes.append(dict(size=size, max_diff=diff, timing=timing))
+        sizes.append(dict(size=size, max_diff=diff, timing=timing, load_before=load))
         print(size, timing, f"max diff {diff:.2e}")
         edge_benchmark.write(args.results, args.name, sizes, args.threads, args.runs)
     print(render_again(args.results, args.name, edge_benchmark.render))

@@ -142,20 +142,22 @@ def render(data: Dict) -> str:
         "quantisation (QDQ, the head's output convolutions and what follows in float).",
         "",
         "| size | NanoDet's export fp32 (ms) | gfl-d2 fp32 (ms) | gfl-d2 INT8 (ms) | "
-        "gfl-d2 / NanoDet fp32 | INT8 speed-up | outputs max diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "gfl-d2 / NanoDet fp32 | INT8 speed-up | outputs max diff | load before |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["sizes"]:
         t = r["timing"]
         own, ours, int8 = (t[k]["median_ms"] for k in ("NanoDet's export", "gfl-d2", "gfl-d2 INT8"))
+        load = f"{r['load_before']:.2f}" if "load_before" in r else "–"
         lines.append(
             f"| {r['size']} | {own:.2f} | {ours:.2f} | {int8:.2f} | {ours / own:.2f} | "
-            f"{ours / int8:.2f}x | {r['max_diff']:.1e} |"
+            f"{ours / int8:.2f}x | {r['max_diff']:.1e} | {load} |"
         )
     lines += [
         "",
         "Targets: gfl-d2's fp32 at most NanoDet's own export's latency; INT8 at least 1.5x "
-        "faster than fp32 (its AP cost: the INT8 AP study).",
+        "faster than fp32 (its AP cost: the INT8 AP study). Load before: the 1-minute load "
+        "average as the timing started (2 cores: above 2 means other processes took time).",
     ]
     return "\n".join(lines) + "\n"
 
