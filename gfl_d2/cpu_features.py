@@ -99,7 +99,9 @@ def native_bf16_flags(flags: Optional[FrozenSet[str]] = None) -> List[str]:
     return [f for f in BF16_FLAGS[_architecture(flags)] if f in flags]
 
 
-def require_native_bf16(flags: Optional[FrozenSet[str]] = None, what: str = "bfloat16") -> None:
+def require_native_bf16(
+    flags: Optional[FrozenSet[str]] = None, what: str = "bfloat16 inference"
+) -> None:
     """
     UsageError naming the missing flags unless the CPU (``flags``, default:
     this one's) has bfloat16 dot products.
@@ -110,7 +112,7 @@ def require_native_bf16(flags: Optional[FrozenSet[str]] = None, what: str = "bfl
     flags = cpu_flags() if flags is None else flags
     has = ", ".join(f for f in REPORTED_FLAGS if f in flags) or "none of the vector flags listed"
     raise UsageError(
-        f"{what} inference needs a CPU with bfloat16 arithmetic (flag "
+        f"{what} needs a CPU with bfloat16 arithmetic (flag "
         f"{' or '.join(BF16_FLAGS[_architecture(flags)])}), which {name} lacks (it has: {has}): "
         "PyTorch would emulate bfloat16 with float32 arithmetic and conversions around it: "
         "slower than float32, with bfloat16's loss of precision. Run float32 inference on "

@@ -18,6 +18,12 @@ config; :func:`for_cpu_inference`):
   shapes, so one build serves every image size and batch; it is rebuilt when
   any parameter or buffer changes (an optimizer step, ``load_state_dict``,
   ``.to()``).
+* "fused" (:class:`FusedCPUDetector`, :mod:`gfl_d2.cpu_fused`): eager, in
+  channels-last layout, with the ResNet's batch norms folded into its
+  convolutions and the ReLUs and residual additions computed by the
+  convolutions (oneDNN post-ops): the fastest float32 path for the ResNet
+  GFLs (``tools/cpu_throughput.py``), with no trace to build, equal to eager
+  up to float32 rounding; rebuilt when any parameter or buffer changes.
 * "bf16" (:class:`BF16CPUDetector`): the backbone and head under
   ``torch.autocast("cpu", dtype=torch.bfloat16)``, decoding and NMS in
   float32; refused (:class:`~gfl_d2.errors.UsageError`) on a CPU without
@@ -37,19 +43,21 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from torch import Tensor, nn
 
 from .cpu_features import require_native_bf16
+from .cpu_fused import FusedCPUInference
 from .modeling.postprocess import rescale_box_std
 
 __all__ = [
     "CPU_INFERENCE_MODES",
     "FrozenCPUInference",
     "FrozenCPUDetector",
+    "FusedCPUDetector",
     "BF16CPUDetector",
     "for_cpu_inference",
 ]
 
 logger = logging.getLogger(__name__)
 
-CPU_INFERENCE_MODES = ("eager", "frozen", "bf16")
+CPU_INFERENCE_MODES = ("eager", "frozen", "fused", "bf16")
 
 
 class _BackboneAndHead(nn.Module):
@@ -214,6 +222,20 @@ class FrozenCPUDetector(_CPUInferenceDetector):
         return self._frozen(images)
 
 
+class FusedCPUDetector(_CPUInferenceDetector):
+    """
+    The detector with its CPU inference through :class:`~gfl_d2.cpu_fused.FusedCPUInference`:
+    the same outputs as ``detector(batched_inputs)`` up to float32 rounding.
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__(detector)
+        self._fused = FusedCPUInference(detector.backbone, detector.head, detector.head_in_features)
+
+    def backbone_and_head(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        return self._fused(images)
+
+
 class BF16CPUDetector(_CPUInferenceDetector):
     """
     The detector with its backbone and head run under CPU autocast to
@@ -225,7 +247,7 @@ class BF16CPUDetector(_CPUInferenceDetector):
 
     def __init__(self, detector: nn.Module, allow_emulated: bool = False):
         if not allow_emulated:
-            require_native_bf16(what="cpu_inference='bf16': bfloat16")
+            require_native_bf16(what="cpu_inference='bf16' (bfloat16 inference)")
         super().__init__(detector)
         self._unit = _BackboneAndHead(detector.backbone, detector.head, detector.head_in_features)
 
@@ -241,13 +263,16 @@ def for_cpu_inference(
 ) -> nn.Module:
     """
     ``model`` itself for ``mode="eager"``, wrapped in :class:`FrozenCPUDetector`
-    for "frozen", in :class:`BF16CPUDetector` for "bf16" (a UsageError on a CPU
-    without bfloat16 arithmetic unless ``allow_emulated_bf16``).
+    for "frozen", :class:`FusedCPUDetector` for "fused", :class:`BF16CPUDetector`
+    for "bf16" (a UsageError on a CPU without bfloat16 arithmetic unless
+    ``allow_emulated_bf16``).
     """
     if mode not in CPU_INFERENCE_MODES:
         raise ValueError(f"cpu_inference must be one of {CPU_INFERENCE_MODES}, got {mode!r}")
     if mode == "frozen":
         return FrozenCPUDetector(model)
+    if mode == "fused":
+        return FusedCPUDetector(model)
     if mode == "bf16":
         return BF16CPUDetector(model, allow_emulated=allow_emulated_bf16)
     return model
