@@ -29,14 +29,14 @@ def confident(model):
     return model.eval()
 
 
-def assert_same_detections(actual, expected, model):
+def assert_same_detections(actual, expected, model, score_tol=ROUNDINGS, box_tol=ROUNDINGS * 160):
     """
-    The same detections as a set, up to rounding. Where a score lies within
-    rounding of the score threshold or of the last kept detection, another
-    CPU may keep or drop it (or swap it with the next), so such a detection
-    may be missing on either side; every other one must match.
+    The same detections as a set, up to rounding (``score_tol``, ``box_tol``
+    pixels). Where a score lies within rounding of the score threshold or of
+    the last kept detection, another CPU may keep or drop it (or swap it with
+    the next), so such a detection may be missing on either side; every other
+    one must match.
     """
-    score_tol, box_tol = ROUNDINGS, ROUNDINGS * 160
     cutoff = model.test_score_thresh
     for side in (actual, expected):
         if len(side) >= model.max_detections_per_image:

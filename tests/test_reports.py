@@ -13,6 +13,7 @@ from gfl_studies import (
     ablation,
     benchmark,
     coco_eval_speed,
+    cpu_throughput,
     dcn_speed,
     edge_benchmark,
     edge_training,
@@ -54,6 +55,7 @@ RENDERERS = [
     ("quickstart", quickstart.render),
     ("ld_agreement", ld_agreement.render),
     ("coco_eval_speed", coco_eval_speed.render),
+    ("cpu_throughput", cpu_throughput.render),
     ("ld_", ablation.render_report),  # tools/ablation.py --tables ld
 ]
 
