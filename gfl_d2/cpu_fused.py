@@ -19,7 +19,7 @@ multiplications).
 """
 
 import copy
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,9 +107,10 @@ class _FusedStem(nn.Module):
 
 def _fused(module: nn.Module) -> Optional[nn.Module]:
     """The fused stand-in of a block or stem whose convolutions all fold, else None."""
-    if isinstance(module, BasicStem) and _foldable(module.conv1):
+    # exact types: a subclass may compute something else
+    if type(module) is BasicStem and _foldable(module.conv1):
         return _FusedStem(module)
-    if isinstance(module, (BottleneckBlock, BasicBlock)):
+    if type(module) in (BottleneckBlock, BasicBlock):
         convs = [module.conv1, module.conv2] + ([module.conv3] if hasattr(module, "conv3") else [])
         shortcut = [module.shortcut] if module.shortcut is not None else []
         if all(_foldable(c) for c in convs + shortcut):
@@ -128,15 +129,27 @@ def fuse_convolutions(module: nn.Module) -> Tuple[nn.Module, int]:
     fused = copy.deepcopy(module).eval().to(memory_format=torch.channels_last)
     if not torch.backends.mkldnn.is_available():
         return fused, 0
-    count = 0
+    replaced: Dict[int, nn.Module] = {}
     for stand_in_for in (_fused, lambda m: FusedConv(m) if _foldable(m) else None):
         for parent in list(fused.modules()):
             for name, child in list(parent.named_children()):
                 stand_in = stand_in_for(child)
                 if stand_in is not None:
                     setattr(parent, name, stand_in)
-                    count += isinstance(stand_in, (_FusedBlock, _FusedStem))
-    return fused, count
+                    replaced[id(child)] = stand_in
+    _replace_in_lists(fused, replaced)
+    return fused, sum(isinstance(m, (_FusedBlock, _FusedStem)) for m in replaced.values())
+
+
+def _replace_in_lists(root: nn.Module, replaced: Dict[int, nn.Module]) -> None:
+    """
+    The stand-ins also in the plain lists a module keeps its children in
+    (detectron2's FPN calls its convolutions from such lists).
+    """
+    for module in root.modules():
+        for name, value in vars(module).items():
+            if isinstance(value, (list, tuple)) and any(id(v) in replaced for v in value):
+                setattr(module, name, type(value)(replaced.get(id(v), v) for v in value))
 
 
 class FusedCPUInference:

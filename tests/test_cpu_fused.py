@@ -92,8 +92,11 @@ def test_fused_detections_equal_eager_and_follow_new_weights():
         eager, out = model(data), fused(data)
     inference = fused._fused
     assert inference.fused_blocks == 17
-    # every convolution runs through oneDNN: the FPN's and the head's too
+    # every convolution runs through oneDNN: the FPN's (called from plain lists) and the head's
+    backbone = inference._fused[0]
     assert not any(type(m) in (nn.Conv2d, Conv2d) for m in inference._fused.modules())
+    convs = backbone.lateral_convs + backbone.output_convs
+    assert len(convs) == 6 and all(isinstance(c, FusedConv) for c in convs)
     assert any(isinstance(m, BottleneckBlock) for m in model.modules())  # model untouched
     for e, o in zip(eager, out):
         e, o = e["instances"], o["instances"]
