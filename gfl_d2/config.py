@@ -63,7 +63,7 @@ def add_gfl_config(cfg: CN) -> CN:
     cfg.MODEL.RES2NET = CN()
     cfg.MODEL.RES2NET.SCALES = res2net["scales"].default
     cfg.MODEL.RES2NET.BASE_WIDTH = res2net["base_width"].default
-    # CPU inference of the evaluation: "eager", "frozen" or "bf16" (gfl_d2.cpu_inference)
+    # CPU inference of the evaluation: "eager", "frozen", "fused" or "bf16" (gfl_d2.cpu_inference)
     cfg.TEST.CPU_INFERENCE = "eager"
     # Quality Focal Loss for detectron2's RetinaNet (META_ARCHITECTURE: QFLRetinaNet)
     cfg.MODEL.RETINANET.QFL_BETA = 2.0

@@ -116,7 +116,7 @@ def require_native_bf16(
         f"{' or '.join(BF16_FLAGS[_architecture(flags)])}), which {name} lacks (it has: {has}): "
         "PyTorch would emulate bfloat16 with float32 arithmetic and conversions around it: "
         "slower than float32, with bfloat16's loss of precision. Run float32 inference on "
-        "this CPU (cpu_inference 'frozen' or 'eager')."
+        "this CPU (cpu_inference 'fused', 'frozen' or 'eager')."
     )
 
 

@@ -8,7 +8,8 @@ the operator torch.compile's CPU backend uses for the same fusion), so that
 no activation is read and written again for them. Everything runs in
 channels-last layout, which oneDNN's convolutions take without conversion.
 
-:func:`fuse_resnet_blocks` makes the fused copy of a module;
+:func:`fuse_convolutions` makes the fused copy of a module (and runs the
+convolutions outside the blocks through oneDNN too);
 :class:`FusedCPUInference` keeps one of a detector's backbone and head,
 rebuilt whenever a weight changes. A block whose normalisation cannot be
 folded (GroupNorm, batch norm in training) or whose convolutions carry their
@@ -18,25 +19,29 @@ multiplications).
 """
 
 import copy
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import FrozenBatchNorm2d
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 from torch import Tensor, nn
 
-__all__ = ["FusedConv", "fuse_resnet_blocks", "FusedCPUInference"]
+__all__ = ["FusedConv", "fuse_convolutions", "FusedCPUInference"]
 
 
 def _foldable(conv: nn.Module) -> bool:
-    """A detectron2 Conv2d whose norm folds into it (frozen or eval batch norm, or none)."""
+    """
+    A torch or detectron2 Conv2d (not a subclass with another forward) with no
+    activation of its own whose norm, if any, folds into it (frozen or eval batch norm).
+    """
     norm = getattr(conv, "norm", None)
     frozen_bn = isinstance(norm, FrozenBatchNorm2d) or (
         isinstance(norm, nn.BatchNorm2d) and not norm.training
     )
     return (
-        isinstance(conv, nn.Conv2d)
+        type(conv) in (nn.Conv2d, Conv2d)
+        and conv.padding_mode == "zeros"
         and getattr(conv, "activation", None) is None
         and (norm is None or frozen_bn)
     )
@@ -44,7 +49,7 @@ def _foldable(conv: nn.Module) -> bool:
 
 class FusedConv(nn.Module):
     """
-    A detectron2 ``Conv2d`` with its batch norm folded in: (N, C, H, W) ->
+    A torch or detectron2 ``Conv2d`` with its batch norm, if any, folded in: (N, C, H, W) ->
     (N, C', H', W'), channels-last, computed by oneDNN with the ReLU or the
     residual addition applied on the way out.
     """
@@ -53,8 +58,8 @@ class FusedConv(nn.Module):
         super().__init__()
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(len(weight))
-        if conv.norm is not None:  # y = (conv(x) - mean) * scale + beta
-            norm = conv.norm
+        norm = getattr(conv, "norm", None)
+        if norm is not None:  # y = (conv(x) - mean) * scale + beta
             scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
             weight = weight * scale[:, None, None, None]
             bias = (bias - norm.running_mean) * scale + norm.bias
@@ -102,9 +107,10 @@ class _FusedStem(nn.Module):
 
 def _fused(module: nn.Module) -> Optional[nn.Module]:
     """The fused stand-in of a block or stem whose convolutions all fold, else None."""
-    if isinstance(module, BasicStem) and _foldable(module.conv1):
+    # exact types: a subclass may compute something else
+    if type(module) is BasicStem and _foldable(module.conv1):
         return _FusedStem(module)
-    if isinstance(module, (BottleneckBlock, BasicBlock)):
+    if type(module) in (BottleneckBlock, BasicBlock):
         convs = [module.conv1, module.conv2] + ([module.conv3] if hasattr(module, "conv3") else [])
         shortcut = [module.shortcut] if module.shortcut is not None else []
         if all(_foldable(c) for c in convs + shortcut):
@@ -112,23 +118,38 @@ def _fused(module: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def fuse_resnet_blocks(module: nn.Module) -> Tuple[nn.Module, int]:
+def fuse_convolutions(module: nn.Module) -> Tuple[nn.Module, int]:
     """
     A channels-last copy of ``module`` in eval mode (``module`` is left as it
-    is) with its ResNet stem and blocks fused where they fold (and oneDNN is
-    there); and how many were.
+    is) with its ResNet stem and blocks fused where they fold, and every other
+    convolution that folds run by oneDNN as a :class:`FusedConv` (torch's own
+    dispatch sends some, 1x1 or on small inputs, to a slower kernel); and how
+    many stems and blocks were fused. Without oneDNN, the plain copy.
     """
     fused = copy.deepcopy(module).eval().to(memory_format=torch.channels_last)
-    count = 0
     if not torch.backends.mkldnn.is_available():
-        return fused, count
-    for parent in list(fused.modules()):
-        for name, child in list(parent.named_children()):
-            stand_in = _fused(child)
-            if stand_in is not None:
-                setattr(parent, name, stand_in)
-                count += 1
-    return fused, count
+        return fused, 0
+    replaced: Dict[int, nn.Module] = {}
+    for stand_in_for in (_fused, lambda m: FusedConv(m) if _foldable(m) else None):
+        for parent in list(fused.modules()):
+            for name, child in list(parent.named_children()):
+                stand_in = stand_in_for(child)
+                if stand_in is not None:
+                    setattr(parent, name, stand_in)
+                    replaced[id(child)] = stand_in
+    _replace_in_lists(fused, replaced)
+    return fused, sum(isinstance(m, (_FusedBlock, _FusedStem)) for m in replaced.values())
+
+
+def _replace_in_lists(root: nn.Module, replaced: Dict[int, nn.Module]) -> None:
+    """
+    The stand-ins also in the plain lists a module keeps its children in
+    (detectron2's FPN calls its convolutions from such lists).
+    """
+    for module in root.modules():
+        for name, value in vars(module).items():
+            if isinstance(value, (list, tuple)) and any(id(v) in replaced for v in value):
+                setattr(module, name, type(value)(replaced.get(id(v), v) for v in value))
 
 
 class FusedCPUInference:
@@ -153,7 +174,7 @@ class FusedCPUInference:
         """(N, 3, H, W) images -> the backbone's features for the head, the head's outputs."""
         key = self._state_key()
         if key != self._key:
-            self._fused, self.fused_blocks = fuse_resnet_blocks(self._originals)
+            self._fused, self.fused_blocks = fuse_convolutions(self._originals)
             self._key = key
         backbone, head = self._fused
         features = backbone(x.contiguous(memory_format=torch.channels_last))

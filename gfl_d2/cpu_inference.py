@@ -249,11 +249,13 @@ class BF16CPUDetector(_CPUInferenceDetector):
         if not allow_emulated:
             require_native_bf16(what="cpu_inference='bf16' (bfloat16 inference)")
         super().__init__(detector)
-        self._unit = _BackboneAndHead(detector.backbone, detector.head, detector.head_in_features)
 
     def backbone_and_head(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        detector = self.detector
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            features, predictions = self._unit(images)
+            features = detector.backbone(images)
+            features = [features[f] for f in detector.head_in_features]
+            predictions = detector.head(features)
         # (the features only give the anchors their sizes)
         return [f.float() for f in features], [[p.float() for p in kind] for kind in predictions]
 

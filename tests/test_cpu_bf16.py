@@ -111,6 +111,8 @@ def test_bf16_mode_is_refused_naming_the_missing_flags(monkeypatch):
     use_cpuinfo(monkeypatch, SAPPHIRE_RAPIDS)
     wrapped = for_cpu_inference(model, "bf16")
     assert isinstance(wrapped, BF16CPUDetector) and wrapped.detector is model
+    # the wrapper's state is the detector's: its checkpoints load into a plain GFL
+    assert list(wrapped.state_dict()) == [f"detector.{k}" for k in model.state_dict()]
 
 
 def bf16_error(actual, expected):

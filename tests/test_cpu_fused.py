@@ -7,11 +7,12 @@ oneDNN's convolutions, equal to eager up to float32 rounding.
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.layers import FrozenBatchNorm2d
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BottleneckBlock
+from torch import nn
 
-from gfl_d2.cpu_fused import fuse_resnet_blocks
+from gfl_d2.cpu_fused import FusedConv, fuse_convolutions
 from gfl_d2.cpu_inference import FusedCPUDetector, for_cpu_inference
 from gfl_d2.model_zoo import get_config
 from gfl_d2.testing import tiny_gfl, two_image_batch
@@ -47,7 +48,7 @@ def resnet(depth):
 @pytest.mark.parametrize("depth, blocks", [(18, 8), (50, 16)])
 def test_fused_resnet_equals_eager_up_to_rounding(depth, blocks):
     model = resnet(depth)
-    fused, count = fuse_resnet_blocks(model)
+    fused, count = fuse_convolutions(model)
     assert count == blocks + 1  # and the stem
     assert isinstance(model.stem, BasicStem)  # the original is left as it is
     x = torch.randn(2, 3, 96, 128)
@@ -60,13 +61,18 @@ def test_fused_resnet_equals_eager_up_to_rounding(depth, blocks):
 
 
 def test_blocks_that_do_not_fold_stay():
-    model = tiny_gfl().eval()  # GroupNorm everywhere
-    fused, count = fuse_resnet_blocks(model.backbone)
-    assert count == 0
-    assert fuse_resnet_blocks(resnet(18))[1] == 9
+    model = tiny_gfl().eval()  # GroupNorm in every block: only the FPN's convolutions fold
+    fused, count = fuse_convolutions(model.backbone)
+    assert count == 0 and isinstance(fused.fpn_output3, FusedConv)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, actual = model.backbone(x), fused(x)
+    for name, e in expected.items():
+        assert (actual[name] - e).abs().max().item() <= ROUNDINGS * e.abs().max().item(), name
+    assert fuse_convolutions(resnet(18))[1] == 9
     grouped = resnet(18)
     grouped.res2[0].conv1.norm = torch.nn.GroupNorm(32, 64)  # normalises by the input's statistics
-    fused, count = fuse_resnet_blocks(grouped)
+    fused, count = fuse_convolutions(grouped)
     assert count == 8 and fused.res2[0].conv1.norm is not None
 
 
@@ -86,6 +92,11 @@ def test_fused_detections_equal_eager_and_follow_new_weights():
         eager, out = model(data), fused(data)
     inference = fused._fused
     assert inference.fused_blocks == 17
+    # every convolution runs through oneDNN: the FPN's (called from plain lists) and the head's
+    backbone = inference._fused[0]
+    assert not any(type(m) in (nn.Conv2d, Conv2d) for m in inference._fused.modules())
+    convs = backbone.lateral_convs + backbone.output_convs
+    assert len(convs) == 6 and all(isinstance(c, FusedConv) for c in convs)
     assert any(isinstance(m, BottleneckBlock) for m in model.modules())  # model untouched
     for e, o in zip(eager, out):
         e, o = e["instances"], o["instances"]

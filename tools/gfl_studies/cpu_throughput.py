@@ -470,16 +470,28 @@ def _macs(data: Dict) -> List[str]:
 
 
 def _verdict(data: Dict) -> List[str]:
-    best, ref = data["best"], _reference(data)
-    fraction = data["rows"][best]["gflops"] / ref
-    by_cpu = data["rows"][best]["cpu_gflops"] / _reference(data, "cpu_gflops")
-    met = "met" if fraction >= data["target"] else "not met"
+    rows, best, target = data["rows"], data["best"], data["target"]
+    fraction = rows[best]["gflops"] / _reference(data)
+    contiguous = rows[best]["gflops"] / rows[data["references"][0]]["gflops"]
+    by_cpu = rows[best]["cpu_gflops"] / _reference(data, "cpu_gflops")
+    floor = data["conv_floor"].values()
+    ceiling = (
+        2 * sum(k["gmac"] for k in floor) / sum(k["seconds"] for k in floor) / _reference(data)
+    )
+
+    def met(x):
+        return "met" if x >= target else "not met"
+
     return [
         "",
         f"The fastest float32 path, {best}, reaches {fraction:.0%} of the best convolution "
-        f"({by_cpu:.0%} by CPU time): the target of {data['target']:.0%} is {met}. By CPU time: "
-        "CPU seconds x threads in place of wall seconds; on one thread this figure holds "
-        "however busy the machine is, on several it counts the threads' waiting as work.",
+        f"({by_cpu:.0%} by CPU time): the target of {target:.0%} is {met(fraction)} against it; "
+        f"against the contiguous convolution (how the issue's 84% was measured) it reaches "
+        f"{contiguous:.0%}, {met(contiguous)}. The model's convolutions, each alone, reach "
+        f"{ceiling:.0%} of the best convolution (below): the ceiling of any path that runs "
+        "them one after another. By CPU time: CPU seconds x threads in place of wall seconds; "
+        "on one thread this figure holds however busy the machine is, on several it counts "
+        "the threads' waiting as work.",
     ]
 
 
@@ -581,8 +593,16 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default="", help="a trained model: its AP in fp32 and bf16")
     p.add_argument("--config", default="Synthetic/gfl_R_18_FPN_shapes.py",
                    help="the checkpoint's config (a file or a model-zoo name)")  # fmt: skip
-    add_report_arguments(p, f"cpu_throughput_cpu_{os.cpu_count()}cores")
-    return p.parse_args(argv)
+    add_report_arguments(p, None)
+    args = p.parse_args(argv)
+    if args.name is None:  # the machine's cores, or the threads asked for
+        n = args.threads
+        args.name = (
+            f"cpu_throughput_cpu_{n}thread{'s' if n > 1 else ''}"
+            if n
+            else (f"cpu_throughput_cpu_{os.cpu_count()}cores")
+        )
+    return args
 
 
 def main(argv=None):
