@@ -4,6 +4,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -154,7 +155,7 @@ class GFL(DenseDetector):
         settings = {arg: g[yacs_key(arg)] for arg in gfl_yacs_arguments()}
         return {
             "backbone": backbone,
-            "head": GFLHead(cfg, feature_shapes),
+            "head": cls.head_from_config(cfg, feature_shapes),
             "head_in_features": g.IN_FEATURES,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "anchor_matcher": ATSSMatcher(topk=g.ATSS_TOPK),
@@ -165,6 +166,11 @@ class GFL(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
         }
+
+    @classmethod
+    def head_from_config(cls, cfg, feature_shapes: List[ShapeSpec]) -> nn.Module:
+        """The yacs head on features of ``feature_shapes`` (a subclass builds its own)."""
+        return GFLHead(cfg, feature_shapes)
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         outputs = super().forward(batched_inputs)

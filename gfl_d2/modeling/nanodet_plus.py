@@ -14,20 +14,17 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from .atss import ATSSMatcher
 from .box_coding import anchor_points, box2distance, centerness, distance2box
 from .dsl_assigner import DynamicSoftLabelAssigner
 from .head import GFLHead, build_box2box_transform
 from .losses import LocalizationTargets, reduce_mean
 from .meta_arch import GFL
 from .nanodet_head import NanoDetPlusHead
-from .yacs_keys import gfl_yacs_arguments, yacs_key
 
 __all__ = ["NanoDetPlus", "DenseAssignment"]
 
@@ -98,14 +95,8 @@ class NanoDetPlus(GFL):
     @classmethod
     def from_config(cls, cfg):
         g, n = cfg.MODEL.GFL, cfg.MODEL.NANODET_PLUS
-        backbone = build_backbone(cfg)
-        shapes = [backbone.output_shape()[f] for f in g.IN_FEATURES]
-        head = NanoDetPlusHead(
-            input_shape=shapes, num_classes=g.NUM_CLASSES,
-            box2box_transform=build_box2box_transform(cfg), feat_channels=n.FEAT_CHANNELS,
-            num_convs=n.NUM_CONVS, kernel_size=n.KERNEL_SIZE, norm=n.NORM,
-            activation=n.ACTIVATION, prior_prob=g.PRIOR_PROB,
-        )  # fmt: skip
+        args = super().from_config(cfg)
+        shapes = [args["backbone"].output_shape()[f] for f in g.IN_FEATURES]
         aux_head = None
         if n.AUX_HEAD:
             aux_head = GFLHead(
@@ -114,22 +105,22 @@ class NanoDetPlus(GFL):
                 norm=n.AUX_NORM, activation=n.AUX_ACTIVATION, prior_prob=g.PRIOR_PROB,
                 box2box_transform=build_box2box_transform(cfg),
             )  # fmt: skip
-        return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": g.IN_FEATURES,
-            "anchor_generator": build_anchor_generator(cfg, shapes),
-            "anchor_matcher": ATSSMatcher(topk=g.ATSS_TOPK),
-            "assigner": DynamicSoftLabelAssigner(n.DSL_TOPK, n.DSL_IOU_FACTOR),
-            "aux_head": aux_head,
-            "aux_detach_iter": n.AUX_DETACH_ITER,
-            **{arg: g[yacs_key(arg)] for arg in gfl_yacs_arguments()},
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "size_divisibility": g.SIZE_DIVISIBILITY or None,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "input_format": cfg.INPUT.FORMAT,
-        }
+        args.update(
+            assigner=DynamicSoftLabelAssigner(n.DSL_TOPK, n.DSL_IOU_FACTOR),
+            aux_head=aux_head,
+            aux_detach_iter=n.AUX_DETACH_ITER,
+        )
+        return args
+
+    @classmethod
+    def head_from_config(cls, cfg, feature_shapes: List[ShapeSpec]) -> nn.Module:
+        g, n = cfg.MODEL.GFL, cfg.MODEL.NANODET_PLUS
+        return NanoDetPlusHead(
+            input_shape=feature_shapes, num_classes=g.NUM_CLASSES,
+            box2box_transform=build_box2box_transform(cfg), feat_channels=n.FEAT_CHANNELS,
+            num_convs=n.NUM_CONVS, kernel_size=n.KERNEL_SIZE, norm=n.NORM,
+            activation=n.ACTIVATION, prior_prob=g.PRIOR_PROB,
+        )  # fmt: skip
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         if not self.training or self.aux_head is None:
