@@ -86,14 +86,27 @@ def latency(sessions: Dict, array: np.ndarray, runs: int) -> Dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def export_and_quantize(model, calibration: Sequence[Dict], out: str, per_channel: bool) -> Dict:
-    """The fp32 raw export and its INT8 version; their paths and the layout."""
+# the INT8 graphs compared: name -> quantize_onnx's settings (the first is gfl-d2's default)
+VARIANTS = {
+    "INT8 per-channel": dict(per_channel=True, reduce_range=True),
+    "INT8 per-channel, 8-bit weights": dict(per_channel=True, reduce_range=False),
+    "INT8 per-tensor": dict(per_channel=False, reduce_range=True),
+}
+
+
+def export_and_quantize(model, calibration: Sequence[Dict], out: str) -> Dict:
+    """
+    The fp32 raw export and its INT8 versions (``VARIANTS``): ``paths`` (graph
+    name -> file) and ``layout``.
+    """
     path, _ = export_raw_onnx(model, torch.from_numpy(calibration[0]["array"][0]), out)
-    int8 = os.path.join(out, f"model_raw_int8{'' if per_channel else '_per_tensor'}.onnx")
-    quantize_onnx(path, int8, [c["array"] for c in calibration], per_channel=per_channel)
+    paths = {"fp32": path}
+    for i, (name, settings) in enumerate(VARIANTS.items()):
+        paths[name] = os.path.join(out, f"model_raw_int8_{i}.onnx")
+        quantize_onnx(path, paths[name], [c["array"] for c in calibration], **settings)
     with open(os.path.join(out, "raw_layout.json")) as f:
         layout = json.load(f)
-    return dict(fp32=path, int8=int8, layout=layout)
+    return dict(paths=paths, layout=layout)
 
 
 def render(data: Dict) -> str:
@@ -102,9 +115,10 @@ def render(data: Dict) -> str:
         f"`{data['config']}` with `{data['weights']}`; raw-output export in ONNX Runtime "
         f"{data['onnxruntime']}, {data['threads']} threads, decoded by gfl_d2.edge_decoder, "
         f"evaluated on {data['test_images']} test images; INT8: QDQ, uint8 activations, int8 "
-        f"weights, ranges from {data['calibration_images']} training images, the head's output "
-        f"convolutions and what follows in float. Latency: batch 1, median of {data['runs']} "
-        f"runs, alternating; {m['device']}, {m['date']}.",
+        f"weights ({data.get('weight_bits', 'full range')}), ranges from "
+        f"{data['calibration_images']} training images, the head's output convolutions and "
+        f"what follows in float. Latency: batch 1, median of {data['runs']} runs, alternating; "
+        f"{m['device']}, {m['date']}.",
         "",
         "| graph | AP | AP50 | AP75 | AP lost | latency (ms) | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|",
