@@ -68,7 +68,7 @@ def fold_input_scale(path: str) -> bool:
 
 
 def _drop_if_unread(graph, name: str, readers) -> None:
-    """Remove the constant ``name`` (initializer or Constant node) if only the removed node read it."""
+    """Remove the constant ``name`` (initializer or Constant node) if the Div alone read it."""
     if len(readers[name]) != 1:
         return
     for init in graph.initializer:

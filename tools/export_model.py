@@ -76,7 +76,8 @@ def main(argv=None):
     cfg = setup_config(args)
     if args.int8 and args.outputs == "detections":
         raise UsageError(
-            "--int8 quantises the per-location outputs: add --outputs raw (or decoded) --format onnx"
+            "--int8 quantises the per-location outputs: add --outputs raw (or decoded) "
+            "--format onnx"
         )
     if args.calibration_dataset and not args.int8:
         raise UsageError("--calibration-dataset calibrates --int8: add --int8 N")
