@@ -104,6 +104,23 @@ def _quantization_api():
     return onnx, quantization, quant_pre_process
 
 
+# the first opset whose QuantizeLinear / DequantizeLinear take an axis (per-channel scales)
+MIN_OPSET = 13
+
+
+def _at_least_opset(onnx, model, path: str):
+    """``model`` converted to ``MIN_OPSET`` if older (NanoDet's export: 11), saved at ``path``."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < MIN_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, MIN_OPSET)
+        for i, node in enumerate(model.graph.node):  # the converter's new nodes: named for
+            node.name = node.name or f"{node.op_type}_converted_{i}"  # nodes_to_exclude
+        onnx.save(model, path)
+    return model
+
+
 def quantize_onnx(
     source: str, output: str, images: Iterable[np.ndarray], per_channel: bool = True,
     reduce_range: bool = REDUCE_RANGE,
@@ -133,7 +150,7 @@ def quantize_onnx(
     # shape inference and graph optimisation first, as ONNX Runtime recommends
     quant_pre_process(source, prepared, skip_symbolic_shape=True)
     try:
-        model = onnx.load(prepared)
+        model = _at_least_opset(onnx, onnx.load(prepared), prepared)
         keep = float_tail(model)
         reader = _Images(model.graph.input[0].name, itertools.chain([first], images))
         q.quantize_static(
