@@ -2,14 +2,16 @@
 INT8 static quantisation of an exported GFL (ONNX) with ONNX Runtime's
 quantisation tools, calibrated on images the caller provides (the training
 images, through the model's test-time resize): QDQ format, per-channel int8
-weights and uint8 activations, ranges by min/max over the calibration set.
+weights (7-bit, see ``REDUCE_RANGE``) and uint8 activations, ranges by min/max
+over the calibration set.
 
 What decides the boxes stays in float: the head's output convolutions (the
 last convolution on every path to a graph output; they give the class logits
-and the edge-bin logits) and every node after them (the sigmoid, the DFL
-softmax and integral where the graph has them, reshapes, concatenation).
-:func:`float_tail` finds those nodes from the graph, so the rule holds for
-the raw and the decoded exports alike.
+and the edge-bin logits) and every node downstream of them (the sigmoid, the
+DFL softmax and integral and the box decoding where the graph has them, GFL
+V2's quality predictor, reshapes, concatenation). :func:`float_tail` finds
+those nodes from the graph, so the rule holds for the raw and the decoded
+exports alike.
 """
 
 import itertools
@@ -36,21 +38,21 @@ __all__ = [
 REDUCE_RANGE = True
 
 
-def _output_convs(graph) -> Dict[str, object]:
+def _output_convs(nodes: list, outputs: List[str]) -> set:
     """
-    The head's output convolutions: walking back from every graph output, the
-    first ``Conv`` met on each path (a ``Shape`` reads no values: the walk stops
-    there); with the nodes walked through.
+    The head's output convolutions: walking back from the graph's ``outputs``,
+    the first ``Conv`` met on each path (a ``Shape`` reads no values: the walk
+    stops there); with the nodes walked through. Indices into ``nodes``.
     """
-    producer = {out: node for node in graph.node for out in node.output}
-    walked, stack = {}, [o.name for o in graph.output]
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    walked, stack = set(), list(outputs)
     while stack:
-        node = producer.get(stack.pop())
-        if node is None or id(node) in walked:
+        i = producer.get(stack.pop())
+        if i is None or i in walked:
             continue
-        walked[id(node)] = node
-        if node.op_type not in ("Conv", "Shape"):
-            stack.extend(i for i in node.input if i)
+        walked.add(i)
+        if nodes[i].op_type not in ("Conv", "Shape"):
+            stack.extend(name for name in nodes[i].input if name)
     return walked
 
 
@@ -62,23 +64,22 @@ def float_tail(model) -> List[str]:
     and integral, the box decoding, GFL V2's quality predictor, which reads the
     edge distributions), and what lies between them and the outputs.
     """
-    graph = model.graph
-    readers: Dict[str, list] = {}
-    for node in graph.node:
+    nodes = list(model.graph.node)
+    readers: Dict[str, List[int]] = {}
+    for i, node in enumerate(nodes):
         for name in node.input:
-            readers.setdefault(name, []).append(node)
-    tail = _output_convs(graph)
-    stack = [n for n in tail.values() if n.op_type == "Conv"]
+            readers.setdefault(name, []).append(i)
+    tail = _output_convs(nodes, [o.name for o in model.graph.output])
+    stack = [i for i in tail if nodes[i].op_type == "Conv"]
     while stack:  # everything downstream of the output convolutions
-        for out in stack.pop().output:
-            for node in readers.get(out, []):
-                if id(node) not in tail:
-                    tail[id(node)] = node
-                    stack.append(node)
-    unnamed = [n for n in tail.values() if not n.name]
-    if unnamed:
-        raise ValueError(f"{len(unnamed)} nodes without names: name the graph's nodes first")
-    return [n.name for n in tail.values()]
+        for out in nodes[stack.pop()].output:
+            for i in readers.get(out, []):
+                if i not in tail:
+                    tail.add(i)
+                    stack.append(i)
+    if any(not nodes[i].name for i in tail):
+        raise ValueError("nodes without names: name the graph's nodes first")
+    return [nodes[i].name for i in sorted(tail)]
 
 
 class _Images:
