@@ -163,19 +163,22 @@ def _write_traced(adapter, fmt: str, output: str, fields) -> str:
     return path
 
 
-def _export_raw(model, image, output: str, fmt: str):
-    """The raw outputs to ONNX (opset 19 with deformable convs), checked; (path, report)."""
-    from .export_raw import export_raw_onnx
+def _export_dense(model, image, output: str, fmt: str, outputs: str):
+    """
+    The per-location ``outputs`` ("raw" or "decoded") to ONNX (opset 19 with
+    deformable convs), checked; (path, report).
+    """
+    from .export_raw import export_dense_onnx
 
     if fmt != "onnx":
-        raise UsageError("--outputs raw exports ONNX only: add --format onnx")
+        raise UsageError(f"--outputs {outputs} exports ONNX only: add --format onnx")
     opset = ONNX_OPSET
     if _has_deformable_conv(model):
         _require_runtime_deform_conv()
         _register_deform_conv_symbolic()
         opset = DEFORM_CONV_OPSET
-    path, report = export_raw_onnx(model, image.cpu(), output, opset)
-    logger.info(f"exported {path} (raw outputs, dynamic batch); checks: {report['checks']}")
+    path, report = export_dense_onnx(model, image.cpu(), output, outputs, opset)
+    logger.info(f"exported {path} ({outputs} outputs, dynamic batch); checks: {report['checks']}")
     return path, report
 
 
@@ -194,9 +197,9 @@ def export(
     Trace ``cfg.model`` (weights from ``cfg.train.init_checkpoint``) into
     ``output``/model.ts (``fmt="torchscript"``) or model.onnx (``"onnx"``),
     check it against the eager model on the sample image and on another size,
-    and write the check to ``export_check.json``. ``outputs="raw"``: ONNX of
-    the raw per-location outputs with a dynamic batch instead
-    (:func:`gfl_d2.export_raw.export_raw_onnx`).
+    and write the check to ``export_check.json``. ``outputs="raw"`` or
+    ``"decoded"``: ONNX of the per-location outputs before any selection, with
+    a dynamic batch, instead (:func:`gfl_d2.export_raw.export_dense_onnx`).
 
     Returns:
         (path of the exported model, the check's report)
@@ -211,8 +214,8 @@ def export(
         raise UsageError("device cuda requested but CUDA is not available")
     model = _load_for_export(cfg, device, keep_box_distributions)
     image = sample_input(cfg, sample_image).to(device)
-    if outputs == "raw":
-        return _export_raw(model, image, output, fmt)
+    if outputs in ("raw", "decoded"):
+        return _export_dense(model, image, output, fmt, outputs)
     adapter = TracingAdapter(model, [{"image": image}], inference)
     adapter.eval()  # exporters restore the wrapper's mode afterwards
     os.makedirs(output, exist_ok=True)

@@ -13,14 +13,14 @@ NumPy). One tensor per batch, (N, P, C + 4 (n + 1)):
   (softmax, then the sum of bin i * ``bin_width``) times the level's stride.
 """
 
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .errors import UsageError
 
-__all__ = ["RawOutputs"]
+__all__ = ["RawOutputs", "level_outputs"]
 
 
 class RawOutputs(nn.Module):
@@ -59,20 +59,36 @@ class RawOutputs(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        m = self.model
-        divisor = m.backbone.size_divisibility or 1
-        if not torch.jit.is_tracing() and (
-            images.shape[-2] % divisor or images.shape[-1] % divisor
-        ):
-            raise UsageError(
-                f"raw outputs need H and W multiples of {divisor}, got {tuple(images.shape[-2:])}"
-            )
-        features = m.backbone((images - m.pixel_mean) / m.pixel_std)
-        cls_logits, box_regs, *quality = m.head([features[f] for f in m.head_in_features])
-        levels = []
-        for i, (logits, regs) in enumerate(zip(cls_logits, box_regs)):
-            scores = logits.sigmoid()
-            if quality:  # the quality (ATSS's branch, V2's predictor) multiplies the scores
-                scores = scores * quality[0][i].sigmoid()
-            levels.append(torch.cat([scores, regs], dim=1).flatten(2))
+        levels = [
+            torch.cat([scores, regs], dim=1).flatten(2)
+            for scores, regs in level_outputs(self.model, images)
+        ]
         return torch.cat(levels, dim=2).permute(0, 2, 1)
+
+
+def level_outputs(model: nn.Module, images: Tensor) -> List[Tuple[Tensor, Tensor]]:
+    """
+    A GFL model's dense outputs, level by level, fine to coarse.
+
+    Args:
+        images: (N, 3, H, W) float, 0-255 in the model's input format, H and W
+            multiples of its padding (``size_divisibility``).
+
+    Returns:
+        per level, (N, C, H_l, W_l) scores (probabilities; times the quality of
+        a model with one) and (N, D, H_l, W_l) box outputs.
+    """
+    divisor = model.backbone.size_divisibility or 1
+    if not torch.jit.is_tracing() and (images.shape[-2] % divisor or images.shape[-1] % divisor):
+        raise UsageError(
+            f"dense outputs need H and W multiples of {divisor}, got {tuple(images.shape[-2:])}"
+        )
+    features = model.backbone((images - model.pixel_mean) / model.pixel_std)
+    cls_logits, box_regs, *quality = model.head([features[f] for f in model.head_in_features])
+    levels = []
+    for i, (logits, regs) in enumerate(zip(cls_logits, box_regs)):
+        scores = logits.sigmoid()
+        if quality:  # the quality (ATSS's branch, V2's predictor) multiplies the scores
+            scores = scores * quality[0][i].sigmoid()
+        levels.append((scores, regs))
+    return levels

@@ -23,6 +23,7 @@ import sys
 from gfl_d2.cli import config_argument_parser, parse_with_overrides, setup_config
 from gfl_d2.errors import UsageError
 from gfl_d2.export import export
+from gfl_d2.lazy_config import prepare_datasets
 from gfl_d2.quantize import quantize_export
 
 
@@ -44,18 +45,28 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--outputs",
-        choices=["detections", "raw"],
+        choices=["detections", "raw", "decoded"],
         default="detections",
-        help="detections (boxes, scores, classes after NMS) or raw: the per-location outputs "
-        "before any selection, ONNX with a dynamic batch (docs/deployment.md)",
+        help="detections (boxes, scores, classes after NMS); raw: the per-location outputs "
+        "before any decoding (scores and edge-bin logits); decoded: the per-location boxes and "
+        "scores before the selection (threshold, top-k, NMS); raw and decoded are ONNX with a "
+        "dynamic batch (docs/deployment.md)",
     )
     p.add_argument(
         "--int8",
         type=int,
         default=0,
         metavar="N",
-        help="with --outputs raw: also write model_raw_int8.onnx, INT8 (ONNX Runtime's static "
-        "quantisation) calibrated on the first N training images (docs/deployment.md)",
+        help="with --outputs raw or decoded: also write model_<outputs>_int8.onnx, INT8 (ONNX "
+        "Runtime's static quantisation) calibrated on the first N images of the calibration "
+        "dataset (docs/deployment.md)",
+    )
+    p.add_argument(
+        "--calibration-dataset",
+        default=None,
+        metavar="NAME",
+        help="with --int8: a registered detectron2 dataset (names joined by commas) to calibrate "
+        "on, through the config's test-time resize; default: the config's training set",
     )
     return parse_with_overrides(p, argv)
 
@@ -63,8 +74,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup_config(args)
-    if args.int8 and args.outputs != "raw":
-        raise UsageError("--int8 quantises the raw outputs: add --outputs raw --format onnx")
+    if args.int8 and args.outputs == "detections":
+        raise UsageError(
+            "--int8 quantises the per-location outputs: add --outputs raw (or decoded) "
+            "--format onnx"
+        )
+    if args.calibration_dataset and not args.int8:
+        raise UsageError("--calibration-dataset calibrates --int8: add --int8 N")
     path, report = export(
         cfg,
         args.output,
@@ -78,7 +94,10 @@ def main(argv=None):
     )
     if args.int8:
         divisor = report["layout"]["size_divisibility"]
-        print(f"INT8: {quantize_export(cfg, path, args.int8, divisor)}")
+        if args.calibration_dataset:
+            prepare_datasets(cfg)  # the config's datasets registered, should one be asked for
+        int8 = quantize_export(cfg, path, args.int8, divisor, args.calibration_dataset)
+        print(f"INT8: {int8}")
     return path, report
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """
 AP and latency of a trained GFL's INT8 export against its fp32 export, both in
-ONNX Runtime on the config's test set (gfl_studies.int8_study): per-channel and
-per-tensor weight scales.
+ONNX Runtime on the config's test set (gfl_studies.int8_study): per-channel
+weight scales with 7-bit weights (gfl-d2's default, for AVX2 CPUs) and 8-bit
+ones, and per-tensor scales.
 
     python tools/int8_study.py --config-file configs/Synthetic/gfl_R_18_FPN_shapes_quickstart.py \
         --weights output/gfl_R_18_FPN_shapes/model_final.pth --name int8_quickstart_cpu_2cores
@@ -11,9 +12,6 @@ per-tensor weight scales.
 
 import argparse
 import os
-import tempfile
-
-import onnxruntime as ort
 
 from gfl_d2.lazy_config import load_lazy_config, prepare_datasets, resolve_num_classes
 from gfl_studies import int8_study
@@ -41,32 +39,9 @@ def main(argv=None):
     cfg = load_lazy_config(args.config_file, args.opts, resolve=False)
     prepare_datasets(cfg)
     resolve_num_classes(cfg)
-    model = int8_study.load_model(cfg, args.weights)
-    divisor = model.size_divisibility or 32
-    calibration = int8_study.network_inputs(
-        cfg, cfg.dataloader.train.dataset, args.calibration, divisor
-    )
-    tests = int8_study.network_inputs(cfg, cfg.dataloader.test.dataset, args.test_images, divisor)
-    out = tempfile.mkdtemp(prefix="gfl_int8_")
-    graphs = {}
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    paths = {}
-    for per_channel in (True, False):
-        made = int8_study.export_and_quantize(model, calibration, out, per_channel)
-        paths["fp32"] = made["fp32"]
-        paths["INT8 per-channel" if per_channel else "INT8 per-tensor"] = made["int8"]
-    sessions = {
-        k: ort.InferenceSession(v, so, providers=["CPUExecutionProvider"]) for k, v in paths.items()
-    }
-    for name, session in sessions.items():
-        graphs[name] = int8_study.evaluate(cfg, session, tests, made["layout"])
-    ms = int8_study.latency(sessions, tests[0]["array"], args.runs)
-    for name in graphs:
-        graphs[name]["ms"] = ms[name]
-    data = dict(
-        config=args.config_file, weights=args.weights, threads=args.threads, runs=args.runs,
-        calibration_images=len(calibration), test_images=len(tests), graphs=graphs,
+    data = int8_study.study(
+        cfg, args.config_file, args.weights, args.calibration, args.test_images, args.runs,
+        args.threads,
     )  # fmt: skip
     int8_study.write(args.results, args.name, data)
     print(render_again(args.results, args.name, int8_study.render))

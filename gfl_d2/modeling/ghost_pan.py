@@ -77,7 +77,12 @@ class GhostModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.primary(x))
-        return torch.cat([x, self.act(self.cheap(x))], dim=1)[:, : self.out_channels]
+        x = torch.cat([x, self.act(self.cheap(x))], dim=1)
+        # an even width needs no cut (nor an export a Slice, which breaks ONNX Runtime's
+        # blocked layout around it)
+        return (
+            x if 2 * self.primary.out_channels == self.out_channels else x[:, : self.out_channels]
+        )
 
 
 class GhostBottleneck(nn.Module):

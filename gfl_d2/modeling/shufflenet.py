@@ -96,7 +96,9 @@ class ShuffleV2Block(CNNBlockBase):
     def forward(self, x: Tensor) -> Tensor:
         """(N, C_in, H, W) -> (N, C_out, H / stride, W / stride)."""
         if self.stride == 1:
-            passed, x = x.chunk(2, dim=1)
+            # sizes from the module, not the tensor: an export gets a Split of constant sizes
+            half = self.out_channels // 2
+            passed, x = x.split([half, half], dim=1)
         else:
             passed = self.act(self.branch1_pw(self.branch1_dw(x)))
         x = self.branch2_dw(self.act(self.branch2_pw1(x)))

@@ -1,17 +1,19 @@
 """
 Latency of gfl-d2's exported NanoDet-Plus against NanoDet's own export of the
 same weights, in ONNX Runtime on this machine's CPU (``tools/edge_benchmark.py``
-is the command line).
+is the command line), fp32 and INT8, with the graphs' op counts; optionally the
+INT8 AP cost of a trained model (:func:`gfl_studies.int8_study.study`).
 
 NanoDet's side runs in a side environment (:mod:`gfl_studies.nanodet_runtime`:
 a NanoDet source tree, Lightning stood in for, ``onnxsim`` installed there):
 its model built from its own config, saved as its ``.pth``, exported by its
 own ``tools/export_onnx.py`` (opset 11, static 1x3xHxW, simplified). gfl-d2's
-side converts that file with the library's converter and exports the raw
-outputs (dynamic batch, height and width; the normalisation inside the graph),
-then quantises them to INT8 (:mod:`gfl_d2.quantize`). Both fp32 graphs are
-first checked to give the same outputs on the same image; then each is timed
-run by run, alternating, with one thread count for all.
+side converts that file with the library's converter and exports the raw and
+the decoded outputs (dynamic batch, height and width; the normalisation
+inside), then quantises them to INT8 (:mod:`gfl_d2.quantize`); NanoDet's
+export is quantised the same way. The raw graphs are first checked to give
+the same outputs on the same image; then every graph is timed run by run,
+alternating, with one thread count for all.
 """
 
 import os
@@ -26,10 +28,14 @@ import numpy as np
 from .nanodet_runtime import CONFIGS, nanodet_source
 from .reports import machine, write_report
 
-__all__ = ["export_nanodet_own", "export_gfl_d2", "time_sessions", "render", "write"]
+__all__ = [
+    "quantisation", "export_nanodet_own", "export_gfl_d2", "quantize_nanodet_own", "same_outputs",
+    "time_sessions", "graph_ops", "op_times", "render", "write", "NANODET", "GFL_D2",
+]  # fmt: skip
 
 _MEAN = np.array([103.53, 116.28, 123.675], np.float32)[:, None, None]
 _STD = np.array([57.375, 57.12, 58.395], np.float32)[:, None, None]
+NANODET, GFL_D2 = "NanoDet's export", "gfl-d2 raw"  # the two fp32 graphs compared
 
 # run in the side environment's Python: NanoDet's model, its .pth, its own export script
 _NANODET_EXPORT = """
@@ -69,12 +75,15 @@ def export_nanodet_own(python: str, name: str, size: int, workdir: str, seed: in
 
 
 def export_gfl_d2(pth: str, size: int, workdir: str, calibration: Sequence[np.ndarray]) -> Dict:
-    """NanoDet's ``.pth`` converted, exported (raw outputs) and quantised by gfl-d2."""
+    """
+    NanoDet's ``.pth`` converted by gfl-d2, exported (raw and decoded outputs)
+    and quantised; graph name -> path.
+    """
     import torch
     from detectron2.config import LazyConfig, instantiate
 
     from gfl_d2.convert_nanodet import convert_nanodet_state_dict
-    from gfl_d2.export_raw import export_raw_onnx
+    from gfl_d2.export_raw import export_dense_onnx
     from gfl_d2.quantize import quantize_onnx
 
     weights, info = convert_nanodet_state_dict(torch.load(pth, map_location="cpu")["state_dict"])
@@ -84,21 +93,41 @@ def export_gfl_d2(pth: str, size: int, workdir: str, calibration: Sequence[np.nd
         cfg.model.aux_head = None  # training only
     model = instantiate(cfg.model).eval()
     model.load_state_dict(weights, strict=True)
-    out = os.path.join(workdir, f"gfl_d2_{size}")
-    path, _ = export_raw_onnx(model, torch.from_numpy(calibration[0][0]), out)
-    int8 = os.path.join(out, "model_raw_int8.onnx")
-    quantize_onnx(path, int8, calibration)
-    return dict(fp32=path, int8=int8)
+    paths = {}
+    for outputs in ("raw", "decoded"):
+        out = os.path.join(workdir, f"gfl_d2_{size}_{outputs}")
+        path, _ = export_dense_onnx(model, torch.from_numpy(calibration[0][0]), out, outputs)
+        paths[f"gfl-d2 {outputs}"] = path
+        paths[f"gfl-d2 {outputs}, INT8"] = os.path.join(out, f"model_{outputs}_int8.onnx")
+        quantize_onnx(path, paths[f"gfl-d2 {outputs}, INT8"], calibration)
+    return paths
+
+
+def quantize_nanodet_own(path: str, calibration: Sequence[np.ndarray]) -> str:
+    """NanoDet's export quantised as gfl-d2's (on its normalised input); the INT8 file."""
+    from gfl_d2.quantize import quantize_onnx
+
+    int8 = os.path.splitext(path)[0] + "_int8.onnx"
+    quantize_onnx(path, int8, [(x - _MEAN) / _STD for x in calibration])
+    return int8
+
+
+def _feed(session, name: str, image: np.ndarray) -> Dict[str, np.ndarray]:
+    """NanoDet's graphs take the normalised image; gfl-d2's normalise it themselves."""
+    x = (image - _MEAN) / _STD if name.startswith(NANODET) else image
+    return {session.get_inputs()[0].name: x.astype(np.float32)}
 
 
 def same_outputs(nanodet_onnx: str, gfl_onnx: str, image: np.ndarray) -> float:
     """Largest difference of the two fp32 graphs' outputs on ``image`` (1, 3, H, W), 0-255 BGR."""
     import onnxruntime as ort
 
-    theirs = ort.InferenceSession(nanodet_onnx, providers=["CPUExecutionProvider"])
-    ours = ort.InferenceSession(gfl_onnx, providers=["CPUExecutionProvider"])
-    a = theirs.run(None, {theirs.get_inputs()[0].name: (image - _MEAN) / _STD})[0]
-    b = ours.run(None, {"images": image})[0]
+    theirs, ours = (
+        ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+        for p in (nanodet_onnx, gfl_onnx)
+    )
+    a = theirs.run(None, _feed(theirs, NANODET, image))[0]
+    b = ours.run(None, _feed(ours, GFL_D2, image))[0]
     if a.shape != b.shape:
         raise RuntimeError(f"outputs of shapes {a.shape} (NanoDet) and {b.shape} (gfl-d2)")
     return float(np.abs(a - b).max())
@@ -106,8 +135,9 @@ def same_outputs(nanodet_onnx: str, gfl_onnx: str, image: np.ndarray) -> float:
 
 def time_sessions(paths: Dict[str, str], image: np.ndarray, threads: int, runs: int) -> Dict:
     """
-    Median milliseconds of one batch-1 run per model, the models alternating
-    run by run after 10 warm-up runs each; ``threads`` intra-op threads each.
+    Median milliseconds of one batch-1 run per graph, the graphs alternating
+    run by run (a load on the machine weighs on all alike) after 10 warm-up
+    runs each; ``threads`` intra-op threads each, one run at a time.
     """
     import onnxruntime as ort
 
@@ -117,8 +147,7 @@ def time_sessions(paths: Dict[str, str], image: np.ndarray, threads: int, runs: 
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         sessions[name] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        x = image if "NanoDet's" not in name else (image - _MEAN) / _STD
-        feeds[name] = {sessions[name].get_inputs()[0].name: x.astype(np.float32)}
+        feeds[name] = _feed(sessions[name], name, image)
     for name, s in sessions.items():
         for _ in range(10):
             s.run(None, feeds[name])
@@ -131,46 +160,235 @@ def time_sessions(paths: Dict[str, str], image: np.ndarray, threads: int, runs: 
     return {name: dict(median_ms=statistics.median(t), runs=len(t)) for name, t in times.items()}
 
 
+def graph_ops(paths: Dict[str, str], workdir: str) -> Dict[str, Dict]:
+    """Per fp32 graph, its op counts as written and as ONNX Runtime runs them on this CPU."""
+    from gfl_d2.onnx_graph import op_counts, runtime_op_counts
+
+    return {
+        name: dict(
+            written=op_counts(path),
+            runtime=runtime_op_counts(path, os.path.join(workdir, f"{i}.optimized.onnx")),
+        )
+        for i, (name, path) in enumerate(paths.items())
+        if "INT8" not in name
+    }
+
+
+def _conv_kinds(optimized: str) -> Dict[str, str]:
+    """Node name -> "1x1", "depthwise kxk" or "kxk" for the convolutions of an ONNX file."""
+    import onnx
+
+    kinds = {}
+    for node in onnx.load(optimized).graph.node:
+        if "Conv" in node.op_type:
+            a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+            k = a.get("kernel_shape", [0])[0]
+            kinds[node.name] = f"{'depthwise ' if a.get('group', 1) > 1 else ''}{k}x{k}"
+    return kinds
+
+
+def op_times(path: str, name: str, image: np.ndarray, threads: int, runs: int) -> Dict:
+    """
+    Milliseconds per op type of one batch-1 run (convolutions by kind), from
+    ONNX Runtime's profiler: each node's fastest of ``runs`` runs (robust to a
+    load on the machine), summed by type.
+    """
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.enable_profiling = threads, True
+    so.optimized_model_filepath = os.path.splitext(path)[0] + ".profiled.onnx"
+    so.profile_file_prefix = os.path.splitext(path)[0] + "_profile"
+    so.log_severity_level = 3
+    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = _feed(session, name, image)
+    for _ in range(runs):
+        session.run(None, feed)
+    with open(session.end_profiling()) as f:
+        events = [e for e in json.load(f) if e.get("cat") == "Node"]
+    kinds, fastest = _conv_kinds(so.optimized_model_filepath), {}
+    for e in events:
+        if e["name"].endswith("_kernel_time"):
+            node = e["name"][: -len("_kernel_time")]
+            key = (node, e["args"]["op_name"])
+            fastest[key] = min(fastest.get(key, float("inf")), e["dur"] / 1e3)
+    times: Dict[str, float] = {}
+    for (node, op), ms in fastest.items():
+        label = f"{op} {kinds[node]}" if node in kinds else op
+        times[label] = times.get(label, 0.0) + ms
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def _fp32_of(name: str) -> str:
+    """The fp32 graph an INT8 graph was quantised from (older reports: "gfl-d2 INT8")."""
+    return name.replace(", INT8", "").replace(" INT8", "")
+
+
+def _latency_rows(r: Dict) -> List[str]:
+    t = r["timing"]
+    base = t[NANODET]["median_ms"]
+    rows = []
+    for name, v in t.items():
+        ms = v["median_ms"]
+        speedup = f"{t[_fp32_of(name)]['median_ms'] / ms:.2f}x" if "INT8" in name else ""
+        rows.append(f"| {r['size']} | {name} | {ms:.2f} | {ms / base:.2f} | {speedup} |")
+    return rows
+
+
+def _verdicts(sizes: List[Dict]) -> List[str]:
+    """The targets, size by size: fp32 at most NanoDet's own; INT8 1.5x faster than fp32."""
+    ours = GFL_D2 if GFL_D2 in sizes[0]["timing"] else "gfl-d2"
+    lines = []
+    for r in sizes:
+        t = {k: v["median_ms"] for k, v in r["timing"].items()}
+        int8 = next(k for k in t if k.startswith(ours) and "INT8" in k)
+        lines.append(
+            f"- {r['size']}: gfl-d2's fp32 at most NanoDet's own export's latency: "
+            f"{'met' if t[ours] <= t[NANODET] else 'missed'} ({t[ours] / t[NANODET]:.2f}x); "
+            f"INT8 at least 1.5x faster than fp32: "
+            f"{'met' if t[ours] / t[int8] >= 1.5 else 'missed'} ({t[ours] / t[int8]:.2f}x)."
+        )
+    return lines
+
+
+def _ops_rows(ops: Dict[str, Dict]) -> List[str]:
+    rows = []
+    for name, o in ops.items():
+        top = ", ".join(f"{k} {v}" for k, v in list(o["runtime"].items())[:9])
+        rows.append(
+            f"| {name} | {sum(o['written'].values())} | {sum(o['runtime'].values())} | {top} |"
+        )
+    return rows
+
+
+# what the first reports' INT8 was, before quantisation settings were recorded
+_FULL_RANGE = (
+    "`gfl_d2.quantize` (QDQ, uint8 activations, per-channel int8 weights over the full 8-bit "
+    "range, the head's output convolutions and what follows in float)"
+)
+
+
+def quantisation(calibration: int) -> str:
+    """How the INT8 graphs of a report were made, for its header."""
+    from gfl_d2.quantize import REDUCE_RANGE
+
+    bits = "7-bit" if REDUCE_RANGE else "8-bit"
+    return (
+        f"`gfl_d2.quantize` (QDQ, uint8 activations, per-channel {bits} int8 weights, the "
+        "head's output convolutions and all after them in float, ranges from "
+        f"{calibration} training images of the shapes dataset); NanoDet's export quantised the "
+        "same way"
+    )
+
+
+def _exports(data: Dict) -> str:
+    graphs = data["sizes"][0]["timing"]
+    outputs = [o for o in ("raw", "decoded") if f"gfl-d2 {o}" in graphs] or ["raw"]
+    return " and ".join(f"`--outputs {o}`" for o in outputs)
+
+
+_PROFILE_NOTE = (
+    "Milliseconds per op type in one batch-1 run at the last size, from ONNX Runtime's "
+    "profiler: each node's fastest of the profiled runs, summed by type (convolutions by "
+    "kernel; QLinear: INT8 kernels; Reorder / Transpose: layout changes). The sums leave out "
+    "the time between nodes. INT8 pays where a convolution's arithmetic dominates (the 1x1 "
+    "ones); a depthwise convolution or a 3-channel one gains little or loses, and the "
+    "activations, a LeakyReLU that no INT8 convolution fuses, become lookups of their own."
+)
+
+
+def _profile_rows(profile: Dict[str, Dict[str, float]]) -> List[str]:
+    graphs = list(profile)
+    ops = sorted({op for p in profile.values() for op in p}, key=lambda op: -max(
+        p.get(op, 0.0) for p in profile.values()))  # fmt: skip
+    rows = ["| op | " + " | ".join(graphs) + " |", "|---|" + "---:|" * len(graphs)]
+    for op in ops[:14]:
+        rows.append(
+            f"| {op} | " + " | ".join(f"{profile[g].get(op, 0.0):.2f}" for g in graphs) + " |"
+        )
+    rest = [sum(v for op, v in profile[g].items() if op not in ops[:14]) for g in graphs]
+    rows.append("| other | " + " | ".join(f"{r:.2f}" for r in rest) + " |")
+    rows.append("| sum | " + " | ".join(f"{sum(profile[g].values()):.2f}" for g in graphs) + " |")
+    return rows
+
+
+_GRAPHS_NOTE = (
+    "NanoDet's graph has static shapes, simplified by onnxsim, and takes the normalised image; "
+    "its channel shuffle is Reshape-Transpose-Reshape and its channel split Slices. gfl-d2's "
+    "has a dynamic batch, height and width and normalises the 0-255 image itself (a Sub; the "
+    "division by the std is folded into the first convolution's weights); its shuffle is one "
+    "Gather by a constant order, its split one Split of constant sizes, BatchNorm is folded "
+    "into the convolutions by the exporter, and the only shape arithmetic left is the "
+    "per-level flattening of the head's outputs (a few Shape nodes on 1-D shapes). ONNX "
+    "Runtime runs the convolutions of both in its blocked NCHWc layout, with a Reorder "
+    "wherever an op it cannot run in that layout (Split, Slice, Gather, Transpose) reads or "
+    "writes their tensors; the decoded graph adds the points, the DFL softmax and integral "
+    "(one Softmax and one MatMul over all levels) and the clipping."
+)
+
+
 def render(data: Dict) -> str:
     m = data["machine"]
     lines = [
-        f"NanoDet-Plus-m, batch 1, ONNX Runtime {data['onnxruntime']} on the CPU, "
-        f"{data['threads']} intra-op threads, median of {data['runs']} runs per model, the "
-        f"models alternating run by run; {m['device']}, {m['date']}. NanoDet's export: its own "
-        "`tools/export_onnx.py` (opset 11, static shape, onnxsim) on its normalised input; "
-        "gfl-d2's: `--outputs raw` (dynamic batch and size, normalisation inside), and its INT8 "
-        "quantisation (QDQ, the head's output convolutions and what follows in float).",
+        "# NanoDet-Plus-m exported by gfl-d2 and by NanoDet",
         "",
-        "| size | NanoDet's export fp32 (ms) | gfl-d2 fp32 (ms) | gfl-d2 INT8 (ms) | "
-        "gfl-d2 / NanoDet fp32 | INT8 speed-up | outputs max diff | load before |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Batch 1, ONNX Runtime {data['onnxruntime']} on the CPU, {data['threads']} intra-op "
+        f"threads, median of {data['runs']} runs per graph after 10 warm-up runs, the graphs "
+        f"alternating run by run; {m['device']}, {m['date']}. The same random weights: "
+        "NanoDet's model from its own config, exported by its own `tools/export_onnx.py` (opset "
+        "11, static shape, onnxsim) and run on its normalised input; converted into gfl-d2 by "
+        f"the library's converter, exported with {_exports(data)} (dynamic batch and size, the "
+        f"normalisation inside). INT8: {data.get('quantisation', _FULL_RANGE)}. Written by "
+        "`tools/edge_benchmark.py`.",
+        "",
+        "| size | graph | median (ms) | / NanoDet's export fp32 | INT8 speed-up |",
+        "|---:|---|---:|---:|---:|",
     ]
     for r in data["sizes"]:
-        t = r["timing"]
-        own, ours, int8 = (t[k]["median_ms"] for k in ("NanoDet's export", "gfl-d2", "gfl-d2 INT8"))
-        load = f"{r['load_before']:.2f}" if "load_before" in r else "–"
-        lines.append(
-            f"| {r['size']} | {own:.2f} | {ours:.2f} | {int8:.2f} | {ours / own:.2f} | "
-            f"{ours / int8:.2f}x | {r['max_diff']:.1e} | {load} |"
-        )
+        lines += _latency_rows(r)
+    loads = ", ".join(
+        f"{r['size']}: {r['load_before']:.2f}" for r in data["sizes"] if "load_before" in r
+    )
+    diffs = ", ".join(f"{r['size']}: {r['max_diff']:.1e}" for r in data["sizes"])
     lines += [
         "",
-        "Targets: gfl-d2's fp32 at most NanoDet's own export's latency; INT8 at least 1.5x "
-        "faster than fp32 (its AP cost: the INT8 AP study). Load before: the 1-minute load "
-        "average as the timing started (2 cores: above 2 means other processes took time).",
-    ]
+        f"Largest difference of the raw outputs of the two fp32 graphs on one image: {diffs}. "
+        + (f"1-minute load average as each size's timing began: {loads} (above the number of "
+           "cores: other processes took time)." if loads else ""),
+        "",
+        "Targets:",
+        *_verdicts(data["sizes"]),
+    ]  # fmt: skip
+    if "ops" in data:
+        lines += ["", "## The graphs", "",
+                  "| graph | nodes written | nodes ONNX Runtime runs | most frequent, as run |",
+                  "|---|---:|---:|---|", *_ops_rows(data["ops"]), "", _GRAPHS_NOTE]  # fmt: skip
+    if "profile" in data:
+        lines += ["", "## Where the time goes", "", *_profile_rows(data["profile"]), "",
+                  _PROFILE_NOTE]  # fmt: skip
+    if "ap" in data:
+        from .int8_study import render_table
+
+        a = data["ap"]
+        lines += [
+            "", "## INT8's AP cost", "",
+            f"`{a['config']}` with `{a['weights']}`: raw-output export, decoded by "
+            f"`gfl_d2.edge_decoder`, evaluated on {a['test_images']} test images; INT8 ranges "
+            f"from {a['calibration_images']} training images; weights {a['weight_bits']}. "
+            f"Latency: batch 1 at the config's test size, median of {a['runs']} runs.",
+            "", *render_table(a), "", "Target: at most 1 AP lost.",
+        ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def write(results: str, name: str, sizes: List[Dict], threads: int, runs: int) -> str:
+def write(results: str, name: str, data: Dict) -> str:
+    """``data`` (sizes, threads, runs; ops, ap) with the machine's description, as a report."""
     import onnxruntime
 
     data = dict(
-        machine=machine("cpu"),
-        onnxruntime=onnxruntime.__version__,
+        data, machine=machine("cpu"), onnxruntime=onnxruntime.__version__,
         python=sys.version.split()[0],
-        threads=threads,
-        runs=runs,
-        sizes=sizes,
-    )
+    )  # fmt: skip
     return write_report(results, name, data, render)

@@ -11,6 +11,7 @@ alternating run by run.
 import json
 import os
 import statistics
+import tempfile
 import time
 from typing import Dict, List, Sequence
 
@@ -26,7 +27,10 @@ from gfl_d2.quantize import quantize_onnx
 
 from .reports import machine, write_report
 
-__all__ = ["load_model", "network_inputs", "evaluate", "latency", "render", "write"]
+__all__ = [
+    "load_model", "network_inputs", "evaluate", "latency", "study", "render", "render_table",
+    "write",
+]  # fmt: skip
 
 
 def load_model(cfg, weights: str) -> torch.nn.Module:
@@ -55,7 +59,10 @@ def network_inputs(cfg, dataset, count: int, divisor: int) -> List[Dict]:
 
 
 def evaluate(cfg, session, inputs: Sequence[Dict], layout: Dict) -> Dict:
-    """bbox metrics of the ONNX ``session``'s raw outputs decoded on ``inputs``."""
+    """
+    bbox metrics of the ONNX ``session``'s raw outputs decoded on ``inputs``,
+    by the config's evaluator (COCOEvaluator: its ``img_ids``).
+    """
     evaluator = instantiate(cfg.dataloader.evaluator)
     evaluator.reset()
     for item in inputs:
@@ -69,7 +76,8 @@ def evaluate(cfg, session, inputs: Sequence[Dict], layout: Dict) -> Dict:
         instances.scores = torch.from_numpy(found["scores"])
         instances.pred_classes = torch.from_numpy(found["classes"])
         evaluator.process([record], [{"instances": instances}])
-    return dict(evaluator.evaluate()["bbox"])
+    # against the images evaluated only, should they be fewer than the test set
+    return dict(evaluator.evaluate(img_ids=[item["record"]["image_id"] for item in inputs])["bbox"])
 
 
 def latency(sessions: Dict, array: np.ndarray, runs: int) -> Dict[str, float]:
@@ -86,26 +94,62 @@ def latency(sessions: Dict, array: np.ndarray, runs: int) -> Dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def export_and_quantize(model, calibration: Sequence[Dict], out: str, per_channel: bool) -> Dict:
-    """The fp32 raw export and its INT8 version; their paths and the layout."""
+# the INT8 graphs compared: name -> quantize_onnx's settings (the first is gfl-d2's default)
+VARIANTS = {
+    "INT8 per-channel": dict(per_channel=True, reduce_range=True),
+    "INT8 per-channel, 8-bit weights": dict(per_channel=True, reduce_range=False),
+    "INT8 per-tensor": dict(per_channel=False, reduce_range=True),
+}
+
+
+def export_and_quantize(model, calibration: Sequence[Dict], out: str) -> Dict:
+    """
+    The fp32 raw export and its INT8 versions (``VARIANTS``): ``paths`` (graph
+    name -> file) and ``layout``.
+    """
     path, _ = export_raw_onnx(model, torch.from_numpy(calibration[0]["array"][0]), out)
-    int8 = os.path.join(out, f"model_raw_int8{'' if per_channel else '_per_tensor'}.onnx")
-    quantize_onnx(path, int8, [c["array"] for c in calibration], per_channel=per_channel)
+    paths = {"fp32": path}
+    for i, (name, settings) in enumerate(VARIANTS.items()):
+        paths[name] = os.path.join(out, f"model_raw_int8_{i}.onnx")
+        quantize_onnx(path, paths[name], [c["array"] for c in calibration], **settings)
     with open(os.path.join(out, "raw_layout.json")) as f:
         layout = json.load(f)
-    return dict(fp32=path, int8=int8, layout=layout)
+    return dict(paths=paths, layout=layout)
 
 
-def render(data: Dict) -> str:
-    m = data["machine"]
+def study(cfg, config_file: str, weights: str, calibration: int, test_images: int, runs: int,
+          threads: int) -> Dict:  # fmt: skip
+    """
+    The study on a LazyConfig ``cfg`` whose datasets are registered: ``weights``
+    exported and quantised (``VARIANTS``), each graph's AP on the first
+    ``test_images`` test images and its batch-1 latency; the report's data.
+    """
+    import onnxruntime as ort
+
+    model = load_model(cfg, weights)
+    divisor = model.size_divisibility or 32
+    ranges = network_inputs(cfg, cfg.dataloader.train.dataset, calibration, divisor)
+    tests = network_inputs(cfg, cfg.dataloader.test.dataset, test_images, divisor)
+    made = export_and_quantize(model, ranges, tempfile.mkdtemp(prefix="gfl_int8_"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = {
+        k: ort.InferenceSession(v, options, providers=["CPUExecutionProvider"])
+        for k, v in made["paths"].items()
+    }
+    graphs = {name: evaluate(cfg, s, tests, made["layout"]) for name, s in sessions.items()}
+    for name, ms in latency(sessions, tests[0]["array"], runs).items():
+        graphs[name]["ms"] = ms
+    return dict(
+        config=config_file, weights=weights, threads=threads, runs=runs,
+        calibration_images=len(ranges), test_images=len(tests), graphs=graphs,
+        weight_bits="7-bit unless named 8-bit",
+    )  # fmt: skip
+
+
+def render_table(data: Dict) -> List[str]:
+    """The AP and latency table of :func:`study`'s data, with the targets' verdicts."""
     lines = [
-        f"`{data['config']}` with `{data['weights']}`; raw-output export in ONNX Runtime "
-        f"{data['onnxruntime']}, {data['threads']} threads, decoded by gfl_d2.edge_decoder, "
-        f"evaluated on {data['test_images']} test images; INT8: QDQ, uint8 activations, int8 "
-        f"weights, ranges from {data['calibration_images']} training images, the head's output "
-        f"convolutions and what follows in float. Latency: batch 1, median of {data['runs']} "
-        f"runs, alternating; {m['device']}, {m['date']}.",
-        "",
         "| graph | AP | AP50 | AP75 | AP lost | latency (ms) | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -115,7 +159,24 @@ def render(data: Dict) -> str:
             f"| {name} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} | "
             f"{base['AP'] - r['AP']:.1f} | {r['ms']:.2f} | {base['ms'] / r['ms']:.2f}x |"
         )
-    lines += ["", "Targets: at most 1 AP lost, at least 1.5x faster than fp32."]
+    return lines
+
+
+def render(data: Dict) -> str:
+    m = data["machine"]
+    lines = [
+        f"`{data['config']}` with `{data['weights']}`; raw-output export in ONNX Runtime "
+        f"{data['onnxruntime']}, {data['threads']} threads, decoded by gfl_d2.edge_decoder, "
+        f"evaluated on {data['test_images']} test images; INT8: QDQ, uint8 activations, int8 "
+        f"weights ({data.get('weight_bits', 'full range')}), ranges from "
+        f"{data['calibration_images']} training images, the head's output convolutions and "
+        f"what follows in float. Latency: batch 1, median of {data['runs']} runs, alternating; "
+        f"{m['device']}, {m['date']}.",
+        "",
+        *render_table(data),
+        "",
+        "Targets: at most 1 AP lost, at least 1.5x faster than fp32.",
+    ]
     return "\n".join(lines) + "\n"
 
 
