@@ -13,19 +13,18 @@ the decoded outputs (dynamic batch, height and width; the normalisation
 inside), then quantises them to INT8 (:mod:`gfl_d2.quantize`); NanoDet's
 export is quantised the same way. The raw graphs are first checked to give
 the same outputs on the same image; then every graph is timed run by run,
-alternating, with one thread count for all.
+alternating block by block, with one thread count for all.
 """
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
 
 from .nanodet_runtime import CONFIGS, nanodet_source
+from .onnx_timing import describe, median_latency
 from .reports import machine, write_report
 
 __all__ = [
@@ -135,9 +134,8 @@ def same_outputs(nanodet_onnx: str, gfl_onnx: str, image: np.ndarray) -> float:
 
 def time_sessions(paths: Dict[str, str], image: np.ndarray, threads: int, runs: int) -> Dict:
     """
-    Median milliseconds of one batch-1 run per graph, the graphs alternating
-    run by run (a load on the machine weighs on all alike) after 10 warm-up
-    runs each; ``threads`` intra-op threads each, one run at a time.
+    Median milliseconds of one batch-1 run per graph (:func:`median_latency`:
+    blocks of consecutive runs, alternating), ``threads`` intra-op threads each.
     """
     import onnxruntime as ort
 
@@ -148,16 +146,7 @@ def time_sessions(paths: Dict[str, str], image: np.ndarray, threads: int, runs: 
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         sessions[name] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         feeds[name] = _feed(sessions[name], name, image)
-    for name, s in sessions.items():
-        for _ in range(10):
-            s.run(None, feeds[name])
-    times: Dict[str, List[float]] = {name: [] for name in sessions}
-    for _ in range(runs):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[name])
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: dict(median_ms=statistics.median(t), runs=len(t)) for name, t in times.items()}
+    return median_latency(sessions, feeds, runs)
 
 
 def graph_ops(paths: Dict[str, str], workdir: str) -> Dict[str, Dict]:
@@ -329,14 +318,19 @@ _GRAPHS_NOTE = (
 )
 
 
+def _timing(data: Dict) -> str:
+    """How the runs were timed."""
+    return describe(next(iter(data["sizes"][0]["timing"].values())).get("block"))
+
+
 def render(data: Dict) -> str:
     m = data["machine"]
     lines = [
         "# NanoDet-Plus-m exported by gfl-d2 and by NanoDet",
         "",
         f"Batch 1, ONNX Runtime {data['onnxruntime']} on the CPU, {data['threads']} intra-op "
-        f"threads, median of {data['runs']} runs per graph after 10 warm-up runs, the graphs "
-        f"alternating run by run; {m['device']}, {m['date']}. The same random weights: "
+        f"threads, median of {data['runs']} runs per graph, {_timing(data)}; "
+        f"{m['device']}, {m['date']}. The same random weights: "
         "NanoDet's model from its own config, exported by its own `tools/export_onnx.py` (opset "
         "11, static shape, onnxsim) and run on its normalised input; converted into gfl-d2 by "
         f"the library's converter, exported with {_exports(data)} (dynamic batch and size, the "

@@ -5,14 +5,12 @@ quantised (:mod:`gfl_d2.quantize`) with ranges from the first training
 images through the test-time resize, both graphs run in ONNX Runtime on the
 test set, decoded by the NumPy reference decoder (:mod:`gfl_d2.edge_decoder`)
 and evaluated by the config's COCO evaluator; and their batch-1 latency,
-alternating run by run.
+in blocks of runs, alternating (:mod:`gfl_studies.onnx_timing`).
 """
 
 import json
 import os
-import statistics
 import tempfile
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -25,6 +23,7 @@ from gfl_d2.edge_decoder import decode
 from gfl_d2.export_raw import export_raw_onnx
 from gfl_d2.quantize import quantize_onnx
 
+from .onnx_timing import BLOCK, describe, median_latency
 from .reports import machine, write_report
 
 __all__ = [
@@ -81,17 +80,9 @@ def evaluate(cfg, session, inputs: Sequence[Dict], layout: Dict) -> Dict:
 
 
 def latency(sessions: Dict, array: np.ndarray, runs: int) -> Dict[str, float]:
-    """Median ms of a batch-1 run per session, alternating run by run after 10 warm-up runs."""
-    for s in sessions.values():
-        for _ in range(10):
-            s.run(None, {"images": array})
-    times: Dict[str, List[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, {"images": array})
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median ms of a batch-1 run per session (:func:`median_latency`: blocks, alternating)."""
+    feeds = {k: {"images": array} for k in sessions}
+    return {k: v["median_ms"] for k, v in median_latency(sessions, feeds, runs).items()}
 
 
 # the INT8 graphs compared: name -> quantize_onnx's settings (the first is gfl-d2's default)
@@ -141,7 +132,7 @@ def study(cfg, config_file: str, weights: str, calibration: int, test_images: in
     for name, ms in latency(sessions, tests[0]["array"], runs).items():
         graphs[name]["ms"] = ms
     return dict(
-        config=config_file, weights=weights, threads=threads, runs=runs,
+        config=config_file, weights=weights, threads=threads, runs=runs, block=BLOCK,
         calibration_images=len(ranges), test_images=len(tests), graphs=graphs,
         weight_bits="7-bit unless named 8-bit",
     )  # fmt: skip
@@ -170,7 +161,8 @@ def render(data: Dict) -> str:
         f"evaluated on {data['test_images']} test images; INT8: QDQ, uint8 activations, int8 "
         f"weights ({data.get('weight_bits', 'full range')}), ranges from "
         f"{data['calibration_images']} training images, the head's output convolutions and "
-        f"what follows in float. Latency: batch 1, median of {data['runs']} runs, alternating; "
+        f"what follows in float. Latency: batch 1, median of {data['runs']} runs, "
+        f"{describe(data.get('block'))}; "
         f"{m['device']}, {m['date']}.",
         "",
         *render_table(data),
