@@ -101,6 +101,7 @@ class CheckedCheckpointer(DetectionCheckpointer):
                 "The checkpoint holds no model weights: its entries "
                 f"{not_tensors[:3]} are not tensors"
             )
+        self._fit_class_rows(model_state, checkpoint.get("num_classes"))
         self._unexpected = [k for k in model_state if k not in self.model.state_dict()]
         incompatible = super()._load_model(checkpoint)
         self._incompatible = incompatible
@@ -114,6 +115,28 @@ class CheckedCheckpointer(DetectionCheckpointer):
                 f"{sample}): it is a checkpoint of another architecture"
             )
         return incompatible
+
+    def _fit_class_rows(self, state: dict, num_classes) -> None:
+        """
+        A head whose classes share layers with the box outputs (NanoDet-Plus's)
+        keeps the box rows of a checkpoint trained with another number of
+        classes (its ``fit_class_rows``); ``num_classes``: the checkpoint's, if it says.
+        """
+        fit = getattr(getattr(unwrap(self.model), "head", None), "fit_class_rows", None)
+        if fit is None:
+            return
+        prefix = "module.head." if any(k.startswith("module.head.") for k in state) else "head."
+        fitted = fit(state, prefix, num_classes if isinstance(num_classes, int) else None)
+        if fitted:
+            lines = [
+                f"{key}: the checkpoint has {theirs} classes, the model {ours}"
+                for key, (theirs, ours) in fitted.items()
+            ]
+            logger.warning(
+                f"Loaded only the box rows of {len(lines)} tensor(s) whose rows the classes share "
+                "with the box distributions; their class rows keep the model's initialisation "
+                "(fine-tuning on another dataset):\n  " + "\n  ".join(lines)
+            )
 
     def not_loaded(self) -> List[str]:
         """
@@ -256,9 +279,17 @@ def holds_layer(path: str, model: torch.nn.Module, key: str) -> bool:
         state = read_checkpoint_file(reader, local)
     except Exception:  # the load itself will say what is wrong with the file
         return False
+    classes = state.get("num_classes") if isinstance(state, dict) else None
     state = state.get("model", state) if isinstance(state, dict) else {}
     value = state.get(key, state.get(f"module.{key}")) if isinstance(state, dict) else None
-    return value is not None and shape is not None and tuple(value.shape) == tuple(shape)
+    if value is None or shape is None:
+        return False
+    fit = getattr(unwrap(model).head, "fit_class_rows", None) if key.startswith("head.") else None
+    if fit is not None and tuple(value.shape) != tuple(shape):  # a class change keeps the box rows
+        one = {key: value}
+        fit(one, "head.", classes if isinstance(classes, int) else None)
+        value = one[key]
+    return tuple(value.shape) == tuple(shape)
 
 
 def box_layer(model: torch.nn.Module) -> str:

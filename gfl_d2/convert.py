@@ -492,8 +492,12 @@ class ConversionReport(list):
         self.config, self.overrides, self.info = config, overrides, info
 
 
-def _write_atomically(state: Dict, meta: Dict, dst: str) -> None:
-    """``{"model": state}`` to ``dst``, never a half-written file."""
+def _write_atomically(state: Dict, meta: Dict, dst: str, num_classes: Optional[int] = None) -> None:
+    """
+    ``{"model": state}`` to ``dst``, never a half-written file; with the model's
+    ``num_classes`` where it has a head (what a class change needs to know of
+    a layer that the classes share with the box outputs).
+    """
     out_dir = os.path.dirname(os.path.abspath(dst))
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
@@ -504,6 +508,8 @@ def _write_atomically(state: Dict, meta: Dict, dst: str) -> None:
             "__author__": "gfl-d2 convert_mmdet_checkpoint",
             "mmdet_meta_keys": sorted(meta),
         }
+        if num_classes is not None:
+            payload["num_classes"] = int(num_classes)
         torch.save(payload, tmp)
         os.replace(tmp, dst)
     finally:
@@ -540,15 +546,22 @@ def _convert_backbone_checkpoint(src, dst, state, meta) -> ConversionReport:
 def _convert_nanodet_checkpoint(src, dst, state, meta) -> ConversionReport:
     """A NanoDet-Plus checkpoint -> the NanoDet config of its size (either input size)."""
     converted, info = convert_nanodet_state_dict(state)
-    _write_atomically(converted, meta, dst)
+    _write_atomically(converted, meta, dst, info["num_classes"])
     configs = [info["config"].format(size) for size in (320, 416)]
     overrides = [f"model.num_classes={info['num_classes']}"] if info["num_classes"] != 80 else []
     if info["reg_max"] != 7:
         overrides.append(f"model.head.box2box_transform.reg_max={info['reg_max']}")
     reasons = sorted(set(info["dropped"].values()))
+    aux = sum(k.startswith(("aux_neck.", "aux_head.")) for k in converted)
     lines = [
         f"{src}: {info['name']} (NanoDet), {info['num_classes']} classes, reg_max "
-        f"{info['reg_max']}: {len(converted)} tensors from {info['source']}; dropped: "
+        f"{info['reg_max']}: {len(converted)} tensors from {info['source']}"
+        + (
+            f" ({aux} of the training-only auxiliary head and neck copy, for fine-tuning)"
+            if aux
+            else ""
+        )
+        + "; dropped: "
         + "; ".join(reasons),
         f"wrote {len(converted)} tensors to {dst}; use it with configs/{configs[0]} "
         f"(or configs/{configs[1]}: the same weights at 416)"
@@ -575,7 +588,7 @@ def convert_checkpoint(
         return _convert_backbone_checkpoint(src, dst, state, meta)
     converted, info = convert_mmdet_state_dict(state, meta)
     lines = conversion_report(src, info, verbose)
-    _write_atomically(converted, meta, dst)
+    _write_atomically(converted, meta, dst, info["num_classes"])
     overrides = [f"model.num_classes={info['num_classes']}"] if info["num_classes"] != 80 else []
     overrides += info["overrides"]
     if info["reg_max"] != 16:

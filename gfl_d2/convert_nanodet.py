@@ -121,8 +121,9 @@ def rename_nanodet_aux_key(key: str) -> str:
     :class:`~gfl_d2.modeling.NanoDetPlus`: ``aux_fpn.*`` (the neck's copy) ->
     ``aux_neck.*`` as :func:`rename_nanodet_key` names the neck,
     ``aux_head.*`` (``SimpleConvHead``) -> ``aux_head.*`` (a
-    :class:`~gfl_d2.modeling.GFLHead`). The converter drops them (released
-    weights are for inference); this map is for loading a NanoDet training state.
+    :class:`~gfl_d2.modeling.GFLHead`). The converter keeps them: fine-tuning
+    starts from a trained auxiliary head, as NanoDet's own does (inference
+    never runs them).
     """
     if key.startswith("aux_fpn."):
         return "aux_neck." + rename_nanodet_key(key[len("aux_") :])[len("backbone.") :]
@@ -194,8 +195,9 @@ def convert_nanodet_state_dict(state_dict: Dict[str, torch.Tensor]):
             dropped[key] = "BatchNorm counter"
         elif key == INTEGRAL_BUFFER:
             dropped[key] = f"the integral's bins 0..{reg_max} (gfl-d2 computes them from n)"
-        elif key.startswith(TRAINING_ONLY):
-            dropped[key] = "the training-only auxiliary head and its neck copy"
+        elif key.startswith(TRAINING_ONLY):  # kept for fine-tuning; inference never runs them
+            converted[rename_nanodet_aux_key(key)] = value.detach().clone()
+            mapping[key] = rename_nanodet_aux_key(key)
         else:
             converted[rename_nanodet_key(key)] = value.detach().clone()
             mapping[key] = rename_nanodet_key(key)

@@ -8,15 +8,13 @@ ResNet GFL (V1 and V2) and NanoDet-Plus, eager and in ONNX Runtime at any batch.
 
 import collections
 import json
-import os
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
 from gfl_d2.decoded_outputs import DecodedOutputs
 from gfl_d2.edge_decoder import decoded_boxes, select
@@ -25,8 +23,7 @@ from gfl_d2.export_raw import export_dense_onnx
 from gfl_d2.raw_outputs import RawOutputs
 from gfl_d2.testing import tiny_gfl_config
 
-from .repo import ROOT, run_tool
-from .test_edge_decoder import canonical, confident
+from .test_edge_decoder import canonical, confident, export_confident_nanodet
 
 
 def detections(model, image):
@@ -111,18 +108,7 @@ def test_gfl_v2_decoded_onnx_export_is_checked_at_two_batches_and_sizes(tmp_path
 
 def test_decoded_onnx_export_selects_to_the_models_detections_at_any_batch(tmp_path):
     """The tool's decoded ONNX in ONNX Runtime at batch 3, then the NumPy selection."""
-    config = os.path.join(ROOT, "configs", "COCO-Detection", "NanoDet", "nanodet_plus_m_320.py")
-    torch.manual_seed(0)
-    cfg = LazyConfig.load(config)
-    cfg.model.num_classes = 4  # fewer candidates: scores far enough apart for one NMS outcome
-    model = confident(instantiate(cfg.model), bias=-2.0, scale=0.05)
-    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
-    out = tmp_path / "export"
-    run_tool(
-        ["tools/export_model.py", "--config-file", config, "--format", "onnx", "--outputs",
-         "decoded", "--output", out, f"train.init_checkpoint={tmp_path / 'weights.pth'}",
-         "model.num_classes=4"]
-    )  # fmt: skip
+    model, out = export_confident_nanodet(tmp_path, "decoded")
     check = json.loads((out / "export_check.json").read_text())
     assert [c["batch"] for c in check["checks"]] == [1, 4, 1]
     # a graph ONNX Runtime runs fast: BatchNorm folded into the convs, the std's division

@@ -96,12 +96,13 @@ def test_nms_and_refusals():
         RawOutputs(model)(torch.zeros(1, 3, 100, 128))
 
 
-def test_raw_onnx_export_runs_at_any_batch_and_decodes_to_the_models_detections(tmp_path):
-    """The edge pipeline end to end: the tool's raw ONNX in ONNX Runtime, then the decoder."""
-    import json
+def export_confident_nanodet(tmp_path, outputs: str):
+    """
+    NanoDet-Plus-m 320 with 4 classes and confident random weights, saved and
+    exported by the tool with ``--outputs outputs``; (the model, the export folder).
+    """
     import os
 
-    import onnxruntime
     from detectron2.checkpoint import DetectionCheckpointer
 
     from .repo import ROOT, run_tool
@@ -114,10 +115,20 @@ def test_raw_onnx_export_runs_at_any_batch_and_decodes_to_the_models_detections(
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
     out = tmp_path / "export"
     run_tool(
-        ["tools/export_model.py", "--config-file", config, "--format", "onnx", "--outputs", "raw",
-         "--output", out, f"train.init_checkpoint={tmp_path / 'weights.pth'}",
+        ["tools/export_model.py", "--config-file", config, "--format", "onnx", "--outputs",
+         outputs, "--output", out, f"train.init_checkpoint={tmp_path / 'weights.pth'}",
          "model.num_classes=4"]
     )  # fmt: skip
+    return model, out
+
+
+def test_raw_onnx_export_runs_at_any_batch_and_decodes_to_the_models_detections(tmp_path):
+    """The edge pipeline end to end: the tool's raw ONNX in ONNX Runtime, then the decoder."""
+    import json
+
+    import onnxruntime
+
+    model, out = export_confident_nanodet(tmp_path, "raw")
     check = json.loads((out / "export_check.json").read_text())
     assert [c["batch"] for c in check["checks"]] == [1, 4, 1] and all(
         c["ok"] for c in check["checks"]

@@ -79,6 +79,31 @@ def test_head_keys_rename_one_to_one_with_their_shapes(name):
     assert rest == {"aux_fpn", "aux_head"}
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_auxiliary_keys_rename_one_to_one_with_their_shapes(name):
+    """The training-only neck copy and head (kept by the converter, for fine-tuning)."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from gfl_d2.convert_nanodet import rename_nanodet_aux_key
+
+    from .repo import ROOT
+
+    config = "nanodet_plus_m_1_5x_320.py" if "1.5x" in name else "nanodet_plus_m_320.py"
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "COCO-Detection", "NanoDet", config))
+    model = instantiate(cfg.model)
+    expected = {
+        k: tuple(v.shape)
+        for k, v in model.state_dict().items()
+        if k.startswith(("aux_neck.", "aux_head.")) and not k.endswith("num_batches_tracked")
+    }
+    renamed = {
+        rename_nanodet_aux_key(k): shape
+        for k, shape in nanodet_layout(name).items()
+        if k.startswith(("aux_fpn.", "aux_head.")) and not k.endswith("num_batches_tracked")
+    }
+    assert renamed == expected
+
+
 def test_keys_without_counterpart_are_named():
     with pytest.raises(ConversionError, match="'fpn.upsample.weight'"):
         rename_nanodet_key("fpn.upsample.weight")

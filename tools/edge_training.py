@@ -6,6 +6,7 @@ embedded shapes dataset, each seed in fresh clones, and write the report
 Run it on a quiet machine: the times are the point.
 
     python tools/edge_training.py --seeds 1 2 3 --name edge_training_cpu_2cores
+    python tools/edge_training.py --seeds 3 --add --name edge_training_cpu_2cores  # one more seed
     python tools/edge_training.py --report --name edge_training_cpu_2cores
 """
 
@@ -33,6 +34,11 @@ def main(argv=None):
     p.add_argument("--repo", default=REPOSITORY, help="the repository to clone (default: this one)")
     p.add_argument("--workdir", default="", help="where the clones go (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the clones (trained weights)")
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the report's earlier runs (other seeds, each with its commit) and add these",
+    )
     add_report_arguments(p, "edge_training")
     args = p.parse_args(argv)
     if args.report:
@@ -40,9 +46,13 @@ def main(argv=None):
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="gfl_edge_training_")
     runs = []
+    earlier = []
+    if args.add:
+        replaced = [dict(model=m, seed=s) for s in args.seeds for m in args.models]
+        earlier = edge_training.earlier_runs(args.results, args.name, replaced)
     for seed in args.seeds:
         runs += edge_training.run_seed(args.repo, workdir, seed, args.models, args.keep)
-        edge_training.write(args.results, args.name, runs, args.models, args.repo)
+        edge_training.write(args.results, args.name, earlier + runs, args.models, args.repo)
     print(render_again(args.results, args.name, edge_training.render))
 
 

@@ -8,8 +8,9 @@ does :class:`~gfl_d2.modeling.GFLHead` (its ``box2box_transform``, quality
 """
 
 import math
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
+import torch
 from detectron2.layers import ShapeSpec
 from torch import Tensor, nn
 
@@ -71,6 +72,43 @@ class NanoDetPlusHead(nn.Module):
             # NanoDet's: every output channel starts at the classes' prior (a shift of all
             # of an edge's bins leaves its distribution unchanged)
             nn.init.constant_(conv.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def fit_class_rows(
+        self, state: Dict[str, Tensor], prefix: str, checkpoint_classes: Optional[int] = None
+    ) -> Dict[str, Tuple[int, int]]:
+        """
+        Fit, in ``state`` (a checkpoint's tensors, this head's under ``prefix``),
+        the output convolutions of a head trained with another number of classes
+        to this head: the classes and the box distributions share them, so their
+        box rows (the last 4 (n + 1)) are kept and their class rows become this
+        head's own (its initialisation), as a class change keeps the box
+        regression of a head with a separate box layer.
+
+        Args:
+            checkpoint_classes: the checkpoint's class count, where it says;
+                else its rows less this head's box outputs (the same n assumed).
+
+        Returns:
+            key -> (the checkpoint's classes, this head's) of each tensor fitted.
+            A tensor whose box rows cannot be this head's (another n) is left
+            as it is: its shape differs and the loading leaves it at its
+            initialisation.
+        """
+        box_rows, own = self.box2box_transform.num_outputs, self.state_dict()
+        fitted = {}
+        for i in range(len(self.outputs)):
+            for name in (f"outputs.{i}.weight", f"outputs.{i}.bias"):
+                key, mine = prefix + name, own[name]
+                value = state.get(key)
+                if value is None or value.shape == mine.shape or value.shape[1:] != mine.shape[1:]:
+                    continue
+                classes = checkpoint_classes or value.shape[0] - box_rows
+                if classes < 1 or value.shape[0] - classes != box_rows:
+                    continue
+                rows = [mine[: self.num_classes].to(value), value[classes:]]
+                state[key] = torch.cat(rows)
+                fitted[key] = (classes, self.num_classes)
+        return fitted
 
     @property
     def output_channels(self) -> List[int]:

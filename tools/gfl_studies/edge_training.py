@@ -8,6 +8,8 @@ the machine's speed touches both; the report gives each run's AP, training
 time and iteration time, and per config the mean and spread.
 """
 
+import json
+import os
 import statistics
 from typing import Dict, List, Sequence
 
@@ -16,7 +18,7 @@ import torch
 from .quickstart import repository_state, run_once
 from .reports import machine, mean_std, write_report
 
-__all__ = ["MODELS", "run_seed", "render", "write"]
+__all__ = ["MODELS", "run_seed", "earlier_runs", "render", "write"]
 
 # (name, the arguments of tools/train_net.py): the quick start is train_net.py without a config
 MODELS = {
@@ -33,7 +35,7 @@ def run_seed(repo: str, workdir: str, seed: int, models: Sequence[str], keep: bo
         folder = f"{workdir}/seed{seed}_{name.split()[0].lower()}"
         print(f"seed {seed}: {name}: python tools/train_net.py {' '.join(args)}")
         record = run_once(repo, folder, args, keep=keep)
-        records.append(dict(record, model=name, seed=seed))
+        records.append(dict(record, model=name, seed=seed, commit=repository_state(repo)["commit"]))
     return records
 
 
@@ -67,11 +69,22 @@ def _summary(runs: Sequence[Dict], name: str) -> str:
     )
 
 
+def _commits(data: Dict) -> str:
+    """The commit the runs cloned (a run added later may have cloned another: each named)."""
+    seeds: Dict[str, set] = {}
+    for r in data["runs"]:
+        seeds.setdefault(r.get("commit", data["commit"])[:7], set()).add(r["seed"])
+    commits = sorted(seeds)
+    if len(commits) == 1:
+        return commits[0]
+    return ", ".join(f"{c} (seeds {', '.join(map(str, sorted(seeds[c])))})" for c in commits)
+
+
 def render(data: Dict) -> str:
     m = data["machine"]
     lines = [
         f"Each config trained from scratch on the shapes dataset by `python tools/train_net.py` "
-        f"in a fresh clone of commit {data['commit'][:7]}, the two alternating; {m['device']}, "
+        f"in a fresh clone of commit {_commits(data)}, the two alternating; {m['device']}, "
         f"torch {m['torch']}, {m['date']}. Training: detectron2's logged start to end; "
         "time: the whole process (data generation, training, evaluation); "
         "other CPU: the cores' busy time not the run's own, per second of the run.",
@@ -86,6 +99,24 @@ def render(data: Dict) -> str:
     if failed:
         lines.append(f"Runs that failed: {', '.join(failed)} (log tails in the JSON).")
     return "\n".join(lines) + "\n"
+
+
+def earlier_runs(results: str, name: str, replaced: Sequence[Dict]) -> List[Dict]:
+    """
+    The runs of the report ``<results>/<name>.json`` (each with its commit) that
+    are not of a (model, seed) in ``replaced``; none if there is no report.
+    """
+    path = os.path.join(results, f"{name}.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        data = json.load(f)
+    again = {(r["model"], r["seed"]) for r in replaced}
+    return [
+        dict(r, commit=r.get("commit", data["commit"]))
+        for r in data["runs"]
+        if (r["model"], r["seed"]) not in again
+    ]
 
 
 def write(results: str, name: str, runs: Sequence[Dict], models: Sequence[str], repo: str) -> str:
