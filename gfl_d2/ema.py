@@ -11,10 +11,11 @@ state dict).
 
 import logging
 import math
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from detectron2.engine import HookBase
+from torch import Tensor
 
 from .devices import unwrap
 
@@ -40,6 +41,31 @@ def ema_retention(step: int, decay: float, warmup: float) -> float:
     return decay * (1.0 - math.exp(-(step + 1) / warmup))
 
 
+def _floats_averaged(ema_fn: Callable) -> Callable:
+    """
+    ``ema_fn`` (torch's ``get_ema_multi_avg_fn``) for the float groups of
+    tensors only; the others (BatchNorm's step counter, a constant index such
+    as ShuffleNetV2's channel order) become the model's values. torch's EMA
+    computes an integer tensor's average in float and truncates it: an index
+    of 5 averaged with itself can come back as 4.
+    """
+
+    def build(retention: float) -> Callable:
+        average = ema_fn(retention)
+
+        def update(averaged: List[Tensor], current: List[Tensor], n_averaged) -> None:
+            # AveragedModel passes one device and dtype per call
+            if averaged[0].is_floating_point() or averaged[0].is_complex():
+                average(averaged, current, n_averaged)
+            else:
+                for a, c in zip(averaged, current):
+                    a.copy_(c)
+
+        return update
+
+    return build
+
+
 class WeightEMA(HookBase):
     """
     A moving average of ``model``'s parameters and buffers (the model inside a
@@ -63,7 +89,7 @@ class WeightEMA(HookBase):
         except ImportError as e:  # torch < 2.1
             raise ImportError(f"weight EMA needs torch 2.1 or later: {e}") from e
         self._source = unwrap(model)
-        self._ema_fn = get_ema_multi_avg_fn
+        self._ema_fn = _floats_averaged(get_ema_multi_avg_fn)
         self.decay, self.warmup = decay, warmup
         # use_buffers: NanoDet averages the BatchNorm statistics too
         self.averaged = AveragedModel(self._source, use_buffers=True)

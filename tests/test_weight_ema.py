@@ -70,13 +70,13 @@ def train(model, steps, ema=None, trainer_class=SimpleTrainer, start=0, **kwargs
 
 
 def by_hand(states, decay, warmup, first=1):
-    """The EMA of ``states`` (float64; integer buffers truncated as torch's EMA does)."""
+    """The EMA of ``states`` (float64; integer buffers: the model's own, not averaged)."""
     ema = {k: v.double() for k, v in states[0].items()}
     for step, state in enumerate(states[1:], start=first):
         keep = decay * (1.0 - math.exp(-(step + 1) / warmup))
         for k, v in state.items():
             mixed = keep * ema[k] + (1.0 - keep) * v.double()
-            ema[k] = mixed.trunc() if not v.is_floating_point() else mixed
+            ema[k] = mixed if v.is_floating_point() else v.double()
     return ema
 
 
@@ -96,12 +96,43 @@ def test_the_average_equals_one_computed_by_hand_over_three_steps():
     states = train(model, 3, ema)
     want = by_hand(states, 0.9, 2.0)
     assert_state_close(ema.model.state_dict(), want)
-    # the buffers are averaged too (BatchNorm's statistics and its count), and the average
-    # lags the model by far more than the tolerance
+    # the float buffers are averaged too (BatchNorm's statistics; its count is the model's),
+    # and the average lags the model by far more than the tolerance
     assert "net.1.running_mean" in want and "net.1.num_batches_tracked" in want
     for k in ("net.0.weight", "net.1.running_var"):
         assert (ema.model.state_dict()[k] - states[-1][k]).abs().max() > 1e-2, k
     assert ema.updates() == 4  # the copy and three updates
+
+
+def test_integer_buffers_are_the_models_not_averaged():
+    """
+    NanoDet-Plus's ShuffleNetV2 gathers channels by a constant index buffer: an
+    average computed in float and truncated (torch's EMA of an integer tensor)
+    turned index 5 into 4 and the averaged model into one that detects nothing.
+    Late in NanoDet's ramp (retention about 0.55), the averaged model of an
+    unchanged model must compute what the model computes.
+    """
+    from detectron2.config import LazyConfig, instantiate
+
+    from .repo import ROOT
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs", "Synthetic", "nanodet_plus_m_shapes.py"))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    ema = WeightEMA(model, decay=0.9998, warmup=2000)
+    ema.update()  # the copy
+    ema.averaged.n_averaged.fill_(1600)
+    for _ in range(3):
+        ema.update()
+    order = "backbone.bottom_up.stage2.1.shuffle_order"
+    assert torch.equal(dict(ema.model.named_buffers())[order], dict(model.named_buffers())[order])
+    image = torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        features = model.backbone(model.preprocess_image([{"image": image}]).tensor)
+        averaged = ema.model.eval().backbone(ema.model.preprocess_image([{"image": image}]).tensor)
+    for name, value in features.items():
+        # the same weights; the average of equal floats moves them by float32 rounding only
+        torch.testing.assert_close(averaged[name], value, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_nanodets_ramp_of_the_decay():
@@ -289,7 +320,7 @@ def test_nanodets_own_ema_gives_the_same_average(first):
     for k, v in theirs.state.items():
         if v.is_floating_point():
             torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6, msg=k)
-        else:
-            assert torch.equal(got[k], v), k
+        else:  # NanoDet averages BatchNorm's step count too (truncated); here it is the model's
+            assert torch.equal(got[k], model.state_dict()[k]), k
     moved = (got["net.0.weight"] - model.state_dict()["net.0.weight"]).abs().max()
     assert moved > 1e-4  # the average is not the model itself

@@ -12,6 +12,8 @@
 #   6. the deformable-convolution models against their plain twins (tools/dcn_speed.py),
 #   7. the embedded model of step 2 exported fp32 and INT8, in ONNX Runtime on the machine's CPU:
 #      AP and latency (tools/int8_study.py; needs onnxruntime),
+#   8. on the machine's CPU, GFL R-50's throughput against the CPU's own convolution and
+#      bfloat16 where the CPU has it, with the AP of step 2's model (tools/cpu_throughput.py),
 # then prints one summary table. Logs and checkpoints go to $GPU_CHECK_OUT (default
 # ./gpu_check); the summary and the benchmark are written as reports (JSON and Markdown)
 # to projects/GFL/results/ as gpu_check.* and gpu_check_benchmark.* (other names: --name).

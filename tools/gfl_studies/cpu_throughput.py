@@ -397,9 +397,11 @@ def measure(args, log=print) -> Dict:
         floor = conv_floor(model, images, max(3, args.repeat // 2))
         around = pre_and_post(model, image, args.repeat)
     ap = None
-    if args.checkpoint:
+    if args.checkpoint and bf16["measured"]:
         log(f"AP of {args.checkpoint}, float32 and bfloat16")
         ap = ap_fp32_vs_bf16(args.config, args.checkpoint, args.force_bf16)
+    elif args.checkpoint:
+        log("no AP comparison: bfloat16 inference is refused on this CPU (see the report)")
     header = dict(
         machine("cpu"), cpu=describe_cpu(), size=list(args.size),
         padded_size=list(images.shape[-2:]), repeat=args.repeat, warmup=args.warmup,

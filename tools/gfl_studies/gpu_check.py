@@ -452,6 +452,45 @@ def step_int8(args, out):
     return [dict(step="INT8 (ONNX Runtime, CPU)", ok=True, seconds=sec, result=result)]
 
 
+def step_cpu(args, out):
+    """
+    The ResNet GFL's CPU throughput against the machine's own convolution, and
+    bfloat16 where the CPU has it (tools/cpu_throughput.py), with the AP of the
+    train step's embedded model in float32 and bfloat16.
+    """
+    name = f"{args.name}_cpu"
+    size = ["128", "192"] if args.smoke else ["800", "1216"]
+    ok, sec, _ = run_step(
+        "CPU throughput",
+        [sys.executable, "tools/cpu_throughput.py", "--size", *size, "--repeat",
+         "2" if args.smoke else "3", "--checkpoint",
+         os.path.join(out, "train_fp32", "model_final.pth"), "--config", EMBEDDED,
+         "--results", args.results, "--name", name],
+        os.path.join(out, "cpu_throughput.log"),
+        timeout=300,
+        env=dict(DETECTRON2_DATASETS=os.path.join(out, "datasets")),
+    )  # fmt: skip
+    path = os.path.join(args.results, f"{name}.json")
+    if not ok or not os.path.isfile(path):
+        return [dict(step="CPU throughput", ok=False, seconds=sec, result="see the log")]
+    with open(path) as f:
+        data = json.load(f)
+    rows, best = data["rows"], data["best"]
+    reference = max(rows[r]["gflops"] for r in data["references"])
+    result = f"{best} {rows[best]['gflops'] / reference:.0%} of the best convolution"
+    bf16 = [n for n in data["paths"] if n.startswith("bf16")]
+    if bf16:
+        fastest = min(bf16, key=lambda n: rows[n]["seconds"])
+        result += f"; bf16 {rows[best]['seconds'] / rows[fastest]['seconds']:.2f}x fp32"
+    else:
+        result += "; bf16 refused (no bf16 units)"
+    if data.get("ap"):
+        result += f", {data['ap']['ap_lost']:.2f} AP lost"
+    cpu = data["header"]["cpu"]
+    return [dict(step=f"CPU throughput ({cpu['model']}, {cpu['cores']} cores)", ok=True,
+                 seconds=sec, result=result)]  # fmt: skip
+
+
 def render(data):
     """The summary table of a GPU-check report ``{"header": ..., "rows": [...]}``."""
     lines = [data["header"], "", "| step | ok | s | result |", "|---|---|---|---|"]
@@ -499,6 +538,7 @@ def run_gpu_check(args):
             ("export", step_export),
             ("dcn", step_dcn_speed),
             ("int8", step_int8),
+            ("cpu", step_cpu),
         )
         if n not in args.skip
     ]
@@ -528,7 +568,7 @@ def parse_args(argv=None):
         "--skip",
         nargs="*",
         default=[],
-        choices=["tests", "train", "benchmark", "peer", "export", "dcn", "int8"],
+        choices=["tests", "train", "benchmark", "peer", "export", "dcn", "int8", "cpu"],
     )
     add_report_arguments(p, "gpu_check", results=None)
     args = p.parse_args(argv)
