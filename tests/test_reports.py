@@ -47,6 +47,8 @@ RENDERERS = [
     ("benchmark_mmdet", mmdet_peer.render),
     ("benchmark", benchmark.render),
     ("gpu_check_h100_benchmark", benchmark.render),
+    ("gpu_check_h100_cpu", cpu_throughput.render),
+    ("gpu_check_h200_cpu", cpu_throughput.render),
     ("gpu_check", gpu_check.render),
     ("own_data_study", own_data_study.render_report),
     ("own_data_lr_tuning", own_data_study.render_report),

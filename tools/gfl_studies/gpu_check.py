@@ -402,23 +402,33 @@ def step_export(args, out):
     return rows
 
 
+def run_reporting_step(label: str, cmd, log_path: str, report: str, timeout: int, env=None):
+    """
+    ``cmd``, a tool that writes the report ``report`` (JSON) to the results
+    folder (:func:`run_step`); (seconds, the report's data, or None if the tool
+    failed or wrote none).
+    """
+    ok, sec, _ = run_step(label, cmd, log_path, timeout=timeout, env=env)
+    if not ok or not os.path.isfile(report):
+        return sec, None
+    with open(report) as f:
+        return sec, json.load(f)
+
+
 def step_dcn_speed(args, out):
     """The deformable models against their plain twins on this device (tools/dcn_speed.py)."""
     name = f"{args.name}_dcn_speed"
     size = ["128", "192"] if args.smoke else ["800", "1216"]
-    ok, sec, _ = run_step(
+    sec, data = run_reporting_step(
         "deformable vs plain",
         [sys.executable, "tools/dcn_speed.py", "--device", "cuda" if torch.cuda.is_available()
          else "cpu", "--size", *size, "--iterations", "1" if args.smoke else "10",
          "--results", args.results, "--name", name],
-        os.path.join(out, "dcn_speed.log"),
-        timeout=240,
+        os.path.join(out, "dcn_speed.log"), os.path.join(args.results, f"{name}.json"), 240,
     )  # fmt: skip
-    path = os.path.join(args.results, f"{name}.json")
-    if not ok or not os.path.isfile(path):
+    if data is None:
         return [dict(step="DCN vs plain", ok=False, seconds=sec, result="failed: see the log")]
-    with open(path) as f:
-        rows = json.load(f)["rows"]
+    rows = data["rows"]
     result = "; ".join(
         f"{os.path.basename(r['config'])[:-3]} {r['deformable_ms']:.0f} vs "
         f"{r['plain_ms']:.0f} ms/image ({r['ratio']:.2f}x)"
@@ -432,22 +442,19 @@ def step_int8(args, out):
     checkpoint = os.path.join(out, "train_fp32", "model_final.pth")
     name = f"{args.name}_int8"
     images = dict(train=200 if args.smoke else 1000, val=20 if args.smoke else 100)
-    ok, sec, _ = run_step(
+    sec, data = run_reporting_step(
         "INT8",
         [sys.executable, "tools/int8_study.py", "--config-file", EMBEDDED, "--weights",
          checkpoint, "--calibration", "8" if args.smoke else "64", "--test-images",
          str(images["val"]), "--runs", "5" if args.smoke else "50", "--results", args.results,
          "--name", name, f"dataloader.train.dataset.names.num_images={images['train']}",
          f"dataloader.test.dataset.names.num_images={images['val']}"],
-        os.path.join(out, "int8.log"),
-        timeout=300,
+        os.path.join(out, "int8.log"), os.path.join(args.results, f"{name}.json"), 300,
         env=dict(DETECTRON2_DATASETS=os.path.join(out, "datasets")),
     )  # fmt: skip
-    path = os.path.join(args.results, f"{name}.json")
-    if not ok or not os.path.isfile(path):
+    if data is None:
         return [dict(step="INT8 (ONNX Runtime, CPU)", ok=False, seconds=sec, result="see the log")]
-    with open(path) as f:
-        graphs = json.load(f)["graphs"]
+    graphs = data["graphs"]
     result = "; ".join(f"{k} AP {g['AP']:.1f}, {g['ms']:.1f} ms" for k, g in graphs.items())
     return [dict(step="INT8 (ONNX Runtime, CPU)", ok=True, seconds=sec, result=result)]
 
@@ -460,21 +467,17 @@ def step_cpu(args, out):
     """
     name = f"{args.name}_cpu"
     size = ["128", "192"] if args.smoke else ["800", "1216"]
-    ok, sec, _ = run_step(
+    sec, data = run_reporting_step(
         "CPU throughput",
         [sys.executable, "tools/cpu_throughput.py", "--size", *size, "--repeat",
          "2" if args.smoke else "3", "--checkpoint",
          os.path.join(out, "train_fp32", "model_final.pth"), "--config", EMBEDDED,
          "--results", args.results, "--name", name],
-        os.path.join(out, "cpu_throughput.log"),
-        timeout=300,
+        os.path.join(out, "cpu_throughput.log"), os.path.join(args.results, f"{name}.json"), 300,
         env=dict(DETECTRON2_DATASETS=os.path.join(out, "datasets")),
     )  # fmt: skip
-    path = os.path.join(args.results, f"{name}.json")
-    if not ok or not os.path.isfile(path):
+    if data is None:
         return [dict(step="CPU throughput", ok=False, seconds=sec, result="see the log")]
-    with open(path) as f:
-        data = json.load(f)
     rows, best = data["rows"], data["best"]
     reference = max(rows[r]["gflops"] for r in data["references"])
     result = f"{best} {rows[best]['gflops'] / reference:.0%} of the best convolution"
