@@ -63,6 +63,17 @@ def test_converter_keeps_the_auxiliary_parts_and_the_class_count(converted):
                        source["aux_fpn.reduce_layers.0.conv.weight"])  # fmt: skip
 
 
+def test_a_model_without_auxiliary_parts_loads_the_converted_file_strictly(converted):
+    """Inference, export: the model built with aux_head=None leaves the aux tensors out."""
+    cfg = LazyConfig.load(CONFIG)
+    cfg.model.aux_head = None
+    model = instantiate(cfg.model)
+    state = torch.load(converted, weights_only=True)["model"]
+    assert any(k.startswith("aux_head.") for k in state)
+    model.load_state_dict(state, strict=True)
+    assert torch.equal(model.state_dict()["head.outputs.1.weight"], state["head.outputs.1.weight"])
+
+
 @pytest.mark.parametrize("recorded", [True, False], ids=["class count recorded", "inferred"])
 def test_class_change_keeps_the_box_rows_of_the_shared_layer(converted, tmp_path, caplog, recorded):
     path = converted

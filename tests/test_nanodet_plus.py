@@ -273,15 +273,25 @@ def test_bfloat16_autocast_trains():
 def test_box_layer_and_bin_check(tmp_path):
     """
     NanoDet-Plus's box outputs share a layer with the classes (``head.outputs.N``): a
-    checkpoint holding it at this shape fixes n; the bin check reads the ATSS labels.
+    checkpoint holding its box rows (any class count) fixes n; the bin check reads the ATSS
+    labels.
     """
     model = tiny_nanodet_plus()
     assert box_layer(model) == "head.outputs.0.weight"
     path = tmp_path / "model.pth"
     torch.save({"model": model.state_dict()}, path)
     assert holds_layer(str(path), model, box_layer(model))
+    # another class count keeps the box rows (a class change fine-tunes them); another n does not
     more_classes = NanoDetPlus(assigner=DynamicSoftLabelAssigner(), **tiny_parts(num_classes=5))
-    assert not holds_layer(str(path), more_classes, box_layer(more_classes))
+    assert holds_layer(str(path), more_classes, box_layer(more_classes))
+    other_n = tiny_parts(num_classes=5)
+    other_n["head"] = NanoDetPlusHead(
+        input_shape=[ShapeSpec(channels=32)] * 4, num_classes=5,
+        box2box_transform=DistributionBox2BoxTransform(reg_max=9), feat_channels=32,
+        num_convs=1, kernel_size=3,
+    )  # fmt: skip
+    other_n = NanoDetPlus(assigner=DynamicSoftLabelAssigner(), **other_n)
+    assert not holds_layer(str(path), other_n, box_layer(other_n))
     model.eval()
     data = two_image_batch()
     targets, strides = regression_targets(model, [0, 1], lambda i: data[i], 2)

@@ -250,8 +250,19 @@ class NanoDetPlus(GFL):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # an inference checkpoint (none of the aux parts' tensors) loads whole: the
-        # training-only parts keep their values; a checkpoint with some of them loads as usual
-        if self.aux_head is not None:
+        # training-only parts keep their values; a checkpoint with some of them loads as usual.
+        # A model built without them (aux_head=None) leaves out a checkpoint's aux parts
+        # (converted NanoDet weights hold them, for fine-tuning).
+        if self.aux_head is None:
+            aux = [k for k in state_dict if k.startswith(tuple(f"{prefix}{p}." for p in AUX_PARTS))]
+            for key in aux:
+                del state_dict[key]
+            if aux:
+                logger.info(
+                    f"Left out the checkpoint's auxiliary neck and head ({len(aux)} tensors, "
+                    "training-only): this model was built without them"
+                )
+        else:
             own = {}
             for part in AUX_PARTS:
                 own.update(getattr(self, part).state_dict(prefix=f"{prefix}{part}."))

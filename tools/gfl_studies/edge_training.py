@@ -34,8 +34,9 @@ def run_seed(repo: str, workdir: str, seed: int, models: Sequence[str], keep: bo
         args = [*MODELS[name], f"train.seed={seed}"]
         folder = f"{workdir}/seed{seed}_{name.split()[0].lower()}"
         print(f"seed {seed}: {name}: python tools/train_net.py {' '.join(args)}")
+        commit = repository_state(repo)["commit"]  # what the clone gets
         record = run_once(repo, folder, args, keep=keep)
-        records.append(dict(record, model=name, seed=seed, commit=repository_state(repo)["commit"]))
+        records.append(dict(record, model=name, seed=seed, commit=commit))
     return records
 
 
@@ -69,15 +70,22 @@ def _summary(runs: Sequence[Dict], name: str) -> str:
     )
 
 
+def _models(data: Dict) -> List[str]:
+    """The models of the report's runs, in :data:`MODELS`' order."""
+    ran = {r["model"] for r in data["runs"]} | set(data["models"])
+    return [m for m in MODELS if m in ran] + sorted(ran - set(MODELS))
+
+
 def _commits(data: Dict) -> str:
     """The commit the runs cloned (a run added later may have cloned another: each named)."""
-    seeds: Dict[str, set] = {}
+    runs: Dict[str, List[str]] = {}
     for r in data["runs"]:
-        seeds.setdefault(r.get("commit", data["commit"])[:7], set()).add(r["seed"])
-    commits = sorted(seeds)
-    if len(commits) == 1:
-        return commits[0]
-    return ", ".join(f"{c} (seeds {', '.join(map(str, sorted(seeds[c])))})" for c in commits)
+        runs.setdefault(r.get("commit", data["commit"])[:7], []).append(
+            f"{r['model'].split(' (')[0]} seed {r['seed']}"
+        )
+    if len(runs) == 1:
+        return next(iter(runs))
+    return ", ".join(f"{c} ({', '.join(names)})" for c, names in sorted(runs.items()))
 
 
 def render(data: Dict) -> str:
@@ -93,7 +101,7 @@ def render(data: Dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[_row(r) for r in data["runs"]],
         "",
-        *[_summary(data["runs"], name) for name in data["models"]],
+        *[_summary(data["runs"], name) for name in _models(data)],
     ]
     failed = [f"{r['model']} seed {r['seed']}" for r in data["runs"] if r["returncode"] != 0]
     if failed:
