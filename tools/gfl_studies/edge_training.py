@@ -92,7 +92,8 @@ def render(data: Dict) -> str:
     m = data["machine"]
     lines = [
         f"Each config trained from scratch on the shapes dataset by `python tools/train_net.py` "
-        f"in a fresh clone of commit {_commits(data)}, the two alternating; {m['device']}, "
+        f"in a fresh clone of commit {_commits(data)}, the configs in turn seed by seed (a run "
+        f"added later names its own commit); {m['device']}, "
         f"torch {m['torch']}, {m['date']}. Training: detectron2's logged start to end; "
         "time: the whole process (data generation, training, evaluation); "
         "other CPU: the cores' busy time not the run's own, per second of the run.",
