@@ -16,7 +16,7 @@ exports alike.
 
 import itertools
 import os
-from typing import Dict, Iterable, Iterator, List, Optional, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -27,6 +27,7 @@ __all__ = [
     "quantize_onnx",
     "calibration_records",
     "calibration_images",
+    "network_inputs",
     "quantize_export",
     "REDUCE_RANGE",
 ]
@@ -182,20 +183,31 @@ def calibration_records(cfg, dataset: Union[str, None, object] = None) -> List[D
     return instantiate(dataset)
 
 
-def calibration_images(cfg, count: int, divisor: int, dataset=None) -> Iterator[np.ndarray]:
+def network_inputs(cfg, records: Sequence[Dict], divisor: int) -> Iterator[Dict]:
     """
-    The first ``count`` images of :func:`calibration_records` through the
-    config's test-time mapper (the resize the deployed model sees), zero-padded
-    to multiples of ``divisor``, one at a time: each (1, 3, H, W) float32,
-    0-255, in the model's input format (the graph normalises them itself).
+    ``records`` (dataset dicts) through the config's test-time mapper (the
+    resize the deployed model sees), zero-padded to multiples of ``divisor``,
+    one at a time: ``array`` (1, 3, H, W) float32, 0-255, in the model's input
+    format (the graph normalises it itself), ``size`` (h, w) before padding, and
+    the ``record``.
     """
     from detectron2.config import instantiate
 
     mapper = instantiate(cfg.dataloader.test.mapper)
-    for record in calibration_records(cfg, dataset)[:count]:
+    for record in records:
         image = mapper(dict(record))["image"].float().numpy()
         h, w = image.shape[-2:]
-        yield np.pad(image, ((0, 0), (0, -h % divisor), (0, -w % divisor)))[None]
+        array = np.pad(image, ((0, 0), (0, -h % divisor), (0, -w % divisor)))[None]
+        yield dict(array=array, size=(h, w), record=record)
+
+
+def calibration_images(cfg, count: int, divisor: int, dataset=None) -> Iterator[np.ndarray]:
+    """
+    The first ``count`` images of :func:`calibration_records` as
+    :func:`network_inputs` gives them, each (1, 3, H, W).
+    """
+    records = calibration_records(cfg, dataset)[:count]
+    return (item["array"] for item in network_inputs(cfg, records, divisor))
 
 
 def quantize_export(cfg, path: str, count: int, divisor: int, dataset=None) -> str:

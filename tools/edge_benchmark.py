@@ -9,7 +9,7 @@ source tree (NANODET_SRC) and a side Python with ``onnxsim`` for NanoDet's
 export script (--nanodet-python); neither is a dependency of gfl-d2.
 
     NANODET_SRC=/path/to/nanodet python tools/edge_benchmark.py \
-        --nanodet-python /tmp/nanoenv/bin/python --sizes 320 416 --runs 100 \
+        --nanodet-python /tmp/nanoenv/bin/python --sizes 320 416 --runs 100 --repeats 3 \
         --config-file configs/Synthetic/nanodet_plus_m_shapes.py \
         --weights output/nanodet_plus_m_shapes/model_final.pth --name edge_benchmark_cpu_2cores
     python tools/edge_benchmark.py --report --name edge_benchmark_cpu_2cores
@@ -54,7 +54,9 @@ def measure_size(args, size: int, workdir: str) -> dict:
     paths.update(edge_benchmark.export_gfl_d2(own["pth"], size, workdir, calibration))
     diff = edge_benchmark.same_outputs(own["onnx"], paths[edge_benchmark.GFL_D2], calibration[0])
     load = os.getloadavg()[0]
-    timing = edge_benchmark.time_sessions(paths, calibration[0], args.threads, args.runs)
+    timing = edge_benchmark.repeated_timing(
+        paths, calibration[0], args.threads, args.runs, args.repeats
+    )
     print(size, {k: round(v["median_ms"], 2) for k, v in timing.items()}, f"max diff {diff:.1e}")
     ops = edge_benchmark.graph_ops(paths, workdir)
     profiled = (edge_benchmark.NANODET, edge_benchmark.GFL_D2, f"{edge_benchmark.GFL_D2}, INT8")
@@ -85,6 +87,7 @@ def parse_args(argv=None):
     p.add_argument("--nanodet-python", default=sys.executable, help="Python with onnxsim")
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 416])
     p.add_argument("--runs", type=int, default=100, help="timed runs per graph (at least 50)")
+    p.add_argument("--repeats", type=int, default=3, help="timings, each with new sessions")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     p.add_argument("--calibration", type=int, default=32, help="calibration images")
     p.add_argument("--profile-runs", type=int, default=20, help="runs of the op-time profile")
@@ -107,7 +110,7 @@ def main(argv=None):
         p.error("--config-file and --weights go together")
     workdir = tempfile.mkdtemp(prefix="gfl_edge_benchmark_")
     data = dict(
-        threads=args.threads, runs=args.runs, sizes=[],
+        threads=args.threads, runs=args.runs, repeats=args.repeats, sizes=[],
         quantisation=edge_benchmark.quantisation(args.calibration),
     )  # fmt: skip
     for size in args.sizes:

@@ -21,13 +21,13 @@ from detectron2.structures import Boxes, Instances
 from gfl_d2.checkpoint import load_trained_weights
 from gfl_d2.edge_decoder import decode
 from gfl_d2.export_raw import export_raw_onnx
-from gfl_d2.quantize import quantize_onnx
+from gfl_d2.quantize import calibration_records, network_inputs, quantize_onnx
 
 from .onnx_timing import BLOCK, describe, median_latency
 from .reports import machine, write_report
 
 __all__ = [
-    "load_model", "network_inputs", "evaluate", "latency", "study", "render", "render_table",
+    "load_model", "evaluate", "latency", "study", "render", "render_table",
     "write",
 ]  # fmt: skip
 
@@ -38,23 +38,6 @@ def load_model(cfg, weights: str) -> torch.nn.Module:
     load_trained_weights(model, weights)
     model.output_box_distributions = False
     return model
-
-
-def network_inputs(cfg, dataset, count: int, divisor: int) -> List[Dict]:
-    """
-    The first ``count`` images of ``dataset`` (a LazyConfig dataset node) through
-    the test-time mapper, zero-padded to ``divisor``: ``array`` (1, 3, H, W) float32,
-    ``size`` (h, w) before padding, and the dataset record.
-    """
-    mapper = instantiate(cfg.dataloader.test.mapper)
-    records = instantiate(dataset)[:count]
-    out = []
-    for record in records:
-        image = mapper(dict(record))["image"].float().numpy()
-        h, w = image.shape[-2:]
-        padded = np.pad(image, ((0, 0), (0, -h % divisor), (0, -w % divisor)))
-        out.append(dict(array=padded[None], size=(h, w), record=record))
-    return out
 
 
 def evaluate(cfg, session, inputs: Sequence[Dict], layout: Dict) -> Dict:
@@ -119,8 +102,9 @@ def study(cfg, config_file: str, weights: str, calibration: int, test_images: in
 
     model = load_model(cfg, weights)
     divisor = model.size_divisibility or 32
-    ranges = network_inputs(cfg, cfg.dataloader.train.dataset, calibration, divisor)
-    tests = network_inputs(cfg, cfg.dataloader.test.dataset, test_images, divisor)
+    ranges = list(network_inputs(cfg, calibration_records(cfg)[:calibration], divisor))
+    test_records = instantiate(cfg.dataloader.test.dataset)[:test_images]
+    tests = list(network_inputs(cfg, test_records, divisor))
     made = export_and_quantize(model, ranges, tempfile.mkdtemp(prefix="gfl_int8_"))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
