@@ -17,6 +17,7 @@ alternating block by block, with one thread count for all.
 """
 
 import os
+import statistics
 import subprocess
 import sys
 from typing import Callable, Dict, List, Sequence
@@ -244,40 +245,42 @@ def _ratios(t: Dict, name: str, base: str) -> List[float]:
     return [x / y for x, y in zip(a, b)]
 
 
-def _with_range(ratios: List[float], median: float, suffix: str = "") -> str:
-    """``median``, and the repeats' range where there were several."""
-    text = f"{median:.2f}{suffix}"
-    if len(ratios) > 1:
-        text += f" ({min(ratios):.2f}-{max(ratios):.2f}{suffix})"
+def _with_range(values: List[float], suffix: str = "") -> str:
+    """
+    The median of ``values`` (each repeat's ratio: a drift of the machine's speed
+    between repeats cancels in it), and their range where there were several.
+    """
+    text = f"{statistics.median(values):.2f}{suffix}"
+    if len(values) > 1:
+        text += f" ({min(values):.2f}-{max(values):.2f}{suffix})"
     return text
 
 
 def _latency_rows(r: Dict) -> List[str]:
     t = r["timing"]
-    base = t[NANODET]["median_ms"]
     rows = []
     for name, v in t.items():
-        ms = v["median_ms"]
-        ratio = _with_range(_ratios(t, name, NANODET), ms / base)
         speedup = ""
         if "INT8" in name:
-            gains = [1 / x for x in _ratios(t, name, _fp32_of(name))]
-            speedup = _with_range(gains, t[_fp32_of(name)]["median_ms"] / ms, "x")
-        rows.append(f"| {r['size']} | {name} | {ms:.2f} | {ratio} | {speedup} |")
+            speedup = _with_range([1 / x for x in _ratios(t, name, _fp32_of(name))], "x")
+        rows.append(
+            f"| {r['size']} | {name} | {v['median_ms']:.2f} | "
+            f"{_with_range(_ratios(t, name, NANODET))} | {speedup} |"
+        )
     return rows
 
 
-def _verdict(values: List[float], value: float, ok: Callable[[float], bool], suffix: str) -> str:
+def _verdict(values: List[float], ok: Callable[[float], bool], suffix: str) -> str:
     """
-    "met" or "missed" for ``value`` (the median) where every repeat's value
-    agrees, else that the target lies within the repeats' spread.
+    "met" or "missed" where every repeat's value agrees, else that the target
+    lies within the repeats' spread; with the values' median and range.
     """
-    shown = f"{value:.2f}{suffix}"
+    shown = f"{statistics.median(values):.2f}{suffix}"
     if len(values) > 1:
         shown += f"; repeats {min(values):.2f}{suffix} to {max(values):.2f}{suffix}"
-    if all(ok(x) for x in values + [value]):
+    if all(ok(x) for x in values):
         return f"met ({shown})"
-    if not any(ok(x) for x in values + [value]):
+    if not any(ok(x) for x in values):
         return f"missed ({shown})"
     return f"within the spread of the repeats ({shown})"
 
@@ -288,11 +291,9 @@ def _verdicts(sizes: List[Dict]) -> List[str]:
     lines = []
     for r in sizes:
         t = r["timing"]
-        ms = {k: v["median_ms"] for k, v in t.items()}
         int8 = next(k for k in t if k.startswith(ours) and "INT8" in k)
-        fp32 = _verdict(_ratios(t, ours, NANODET), ms[ours] / ms[NANODET], lambda x: x <= 1, "x")
-        gains = [1 / x for x in _ratios(t, int8, ours)]
-        gain = _verdict(gains, ms[ours] / ms[int8], lambda x: x >= 1.5, "x")
+        fp32 = _verdict(_ratios(t, ours, NANODET), lambda x: x <= 1, "x")
+        gain = _verdict([1 / x for x in _ratios(t, int8, ours)], lambda x: x >= 1.5, "x")
         lines.append(
             f"- {r['size']}: gfl-d2's fp32 at most NanoDet's own export's latency: {fp32}; "
             f"INT8 at least 1.5x faster than fp32: {gain}."
@@ -387,8 +388,9 @@ def _repeats(data: Dict) -> str:
     if n == 1:
         return ""
     return (
-        f"; all of it repeated {n} times with new sessions: the medians are the repeats' "
-        "median, the ranges in brackets the repeats' lowest and highest"
+        f"; all of it repeated {n} times with new sessions: a graph's median is the repeats' "
+        "median; a ratio is the median of the repeats' ratios (a drift of the machine's speed "
+        "between repeats cancels in each), in brackets their lowest and highest"
     )
 
 
