@@ -155,10 +155,12 @@ def repeated_timing(
     paths: Dict[str, str], image: np.ndarray, threads: int, runs: int, repeats: int
 ) -> Dict:
     """
-    :func:`time_sessions` ``repeats`` times, with new sessions each time (a
-    session's placement in memory and its threads' cores change its speed
-    more than its runs vary): per graph, ``median_ms`` (the median of the
-    repeats' medians), ``repeats_ms`` (each repeat's median), ``runs``, ``block``.
+    :func:`time_sessions` ``repeats`` times, with new sessions each time (on a
+    2-core virtual machine the ratio of two graphs' medians changed from one
+    set of sessions to the next by up to 15%, and the speed of all of them
+    by 40%): per graph, ``median_ms`` (the median of the repeats' medians),
+    ``repeats_ms`` (each repeat's median, for the ratios repeat by repeat),
+    ``runs``, ``block``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
