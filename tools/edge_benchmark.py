@@ -108,6 +108,8 @@ def main(argv=None):
         return
     if bool(args.config_file) != bool(args.weights):
         p.error("--config-file and --weights go together")
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     workdir = tempfile.mkdtemp(prefix="gfl_edge_benchmark_")
     data = dict(
         threads=args.threads, runs=args.runs, repeats=args.repeats, sizes=[],
